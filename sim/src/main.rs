@@ -1,0 +1,165 @@
+//! `reflex-sim`: check the simulators against Gymnasium and play episodes.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use reflex_msgs::{Action, ActionSpace};
+use reflex_sim::reference::{check_file, EnvReport};
+use reflex_sim::{make, SimRng};
+
+#[derive(Parser)]
+#[command(name = "reflex-sim", version, about = "reflex's simulated robots")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Replay a Gymnasium reference file (JSON Lines) and report deviations.
+    Check {
+        /// The reference file, e.g. tests/data/gymnasium/CartPole-v1.jsonl.
+        file: PathBuf,
+        /// Largest step-by-step deviation allowed (observation, reward, state).
+        #[arg(long, default_value_t = 1e-5)]
+        tol: f64,
+    },
+    /// Play episodes with uniformly random actions and print their returns.
+    Run {
+        /// Env name: cartpole, acrobot, mountaincar, pendulum,
+        /// mountaincarcontinuous, a Gymnasium id, or a -masked/-flicker/-noisy variant.
+        #[arg(long, default_value = "cartpole")]
+        env: String,
+        /// Number of episodes.
+        #[arg(long, default_value_t = 3)]
+        episodes: u32,
+        /// Seed of the first episode (episode k uses seed + k); actions use their own stream.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Also print every step (observation, action, reward).
+        #[arg(long)]
+        trace: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Check { file, tol } => check(&file, tol),
+        Command::Run {
+            env,
+            episodes,
+            seed,
+            trace,
+        } => run(&env, episodes, seed, trace).map(|()| true),
+    };
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn check(file: &std::path::Path, tol: f64) -> anyhow::Result<bool> {
+    anyhow::ensure!(tol >= 0.0, "--tol must be a non-negative number, got {tol}");
+    let reports = check_file(file).with_context(|| format!("checking {}", file.display()))?;
+    let mut all_pass = true;
+    for report in &reports {
+        print_report(report, tol);
+        all_pass &= report.passes(tol);
+    }
+    Ok(all_pass)
+}
+
+fn print_report(r: &EnvReport, tol: f64) {
+    let verdict = if r.passes(tol) { "PASS" } else { "FAIL" };
+    println!(
+        "{}: {} episodes, {} steps  [{verdict} at tol {tol:e}]",
+        r.env, r.episodes, r.steps
+    );
+    println!(
+        "  reset from seed  max |Δstate| {:.3e}   reset obs max |Δ| {:.3e}",
+        r.reset_state, r.reset_obs
+    );
+    println!(
+        "  step by step     max |Δobs| {:.3e}  |Δreward| {:.3e}  |Δstate| {:.3e}  flag mismatches {}",
+        r.step_obs, r.step_reward, r.step_state, r.step_flag_mismatches
+    );
+    println!(
+        "  free running     max |Δobs| {:.3e}  |Δreward| {:.3e}  |Δreturn| {:.3e}  flag mismatches {}",
+        r.free_obs, r.free_reward, r.free_return, r.free_flag_mismatches
+    );
+    for problem in &r.first_problems {
+        println!("  ! {problem}");
+    }
+}
+
+fn random_action(space: &ActionSpace, rng: &mut SimRng) -> Action {
+    match space {
+        ActionSpace::Discrete { n } => Action::Discrete(rng.below(u64::from(*n)) as u32),
+        ActionSpace::Box(b) => Action::Continuous(
+            b.low
+                .iter()
+                .zip(&b.high)
+                .map(|(&lo, &hi)| rng.uniform(f64::from(lo), f64::from(hi)) as f32)
+                .collect(),
+        ),
+    }
+}
+
+fn run(name: &str, episodes: u32, seed: u64, trace: bool) -> anyhow::Result<()> {
+    let mut env = make(name)?;
+    let mut action_rng = SimRng::seed(seed.wrapping_add(1000));
+    println!(
+        "{} ({}): observation {:?}, action space {:?}, time limit {:?}",
+        name,
+        env.id(),
+        env.observation_space().low.len(),
+        env.action_space(),
+        env.max_episode_steps()
+    );
+    let mut returns = Vec::new();
+    for k in 0..episodes {
+        let obs = env.reset(Some(seed + u64::from(k))).to_vec();
+        if trace {
+            println!("  reset obs {obs:?}");
+        }
+        let (mut total, mut length) = (0.0, 0u32);
+        loop {
+            let action = random_action(env.action_space(), &mut action_rng);
+            let step = env.step(&action)?;
+            total += step.reward;
+            length += 1;
+            if trace {
+                println!(
+                    "  t={:<4} action {:?} reward {:+.4} obs {:?}",
+                    length - 1,
+                    action,
+                    step.reward,
+                    env.obs()
+                );
+            }
+            if step.done() {
+                let end = if step.terminated {
+                    "terminated"
+                } else {
+                    "truncated"
+                };
+                println!(
+                    "episode {k} (seed {}): return {total:.3}, length {length}, {end}",
+                    seed + u64::from(k)
+                );
+                break;
+            }
+        }
+        returns.push(total);
+    }
+    let mean = returns.iter().sum::<f64>() / returns.len().max(1) as f64;
+    println!("mean return over {episodes} episodes: {mean:.3}");
+    Ok(())
+}
