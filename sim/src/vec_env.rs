@@ -6,6 +6,8 @@
 //! episode for every env that finished, and `final_obs(i)` the last observation of
 //! the finished one, which is what a replay buffer needs as `next_obs`.
 
+use std::collections::VecDeque;
+
 use reflex_msgs::{Action, ActionSpace, BoxSpace};
 
 use crate::env::{action_fits, Env, Step};
@@ -25,6 +27,10 @@ pub struct EpisodeSummary {
     pub terminated: bool,
 }
 
+/// Finished-episode summaries kept until drained; older ones are dropped (and
+/// counted) so a runner nobody drains does not grow without bound.
+pub const MAX_PENDING_EPISODES: usize = 4096;
+
 /// N envs of the same task stepped in lockstep.
 pub struct VecEnv {
     envs: Vec<Box<dyn Env>>,
@@ -34,7 +40,8 @@ pub struct VecEnv {
     steps: Vec<Step>,
     returns: Vec<f64>,
     lengths: Vec<u32>,
-    finished: Vec<EpisodeSummary>,
+    finished: VecDeque<EpisodeSummary>,
+    dropped_episodes: u64,
 }
 
 impl VecEnv {
@@ -77,7 +84,8 @@ impl VecEnv {
             ],
             returns: vec![0.0; n],
             lengths: vec![0; n],
-            finished: Vec::new(),
+            finished: VecDeque::new(),
+            dropped_episodes: 0,
         })
     }
 
@@ -142,7 +150,11 @@ impl VecEnv {
             self.lengths[i] += 1;
             if step.done() {
                 self.final_obs[row.clone()].copy_from_slice(env.obs());
-                self.finished.push(EpisodeSummary {
+                if self.finished.len() == MAX_PENDING_EPISODES {
+                    self.finished.pop_front();
+                    self.dropped_episodes += 1;
+                }
+                self.finished.push_back(EpisodeSummary {
                     env_index: i,
                     episode_return: self.returns[i],
                     length: self.lengths[i],
@@ -171,8 +183,15 @@ impl VecEnv {
             .map(|_| &self.final_obs[i * self.obs_dim..(i + 1) * self.obs_dim])
     }
 
-    /// Takes the episodes finished since the last call.
+    /// Takes the episodes finished since the last call (at most the newest
+    /// [`MAX_PENDING_EPISODES`]).
     pub fn drain_episodes(&mut self) -> Vec<EpisodeSummary> {
-        std::mem::take(&mut self.finished)
+        self.finished.drain(..).collect()
+    }
+
+    /// Episode summaries dropped because more than [`MAX_PENDING_EPISODES`]
+    /// piled up undrained.
+    pub fn dropped_episodes(&self) -> u64 {
+        self.dropped_episodes
     }
 }

@@ -308,3 +308,23 @@ fn vec_env_refuses_bad_actions_without_stepping() {
     let mixed = vec![make("cartpole").unwrap(), make("acrobot").unwrap()];
     assert!(VecEnv::from_envs(mixed).is_err());
 }
+
+#[test]
+fn undrained_episode_summaries_are_bounded_and_counted() {
+    use reflex_sim::vec_env::MAX_PENDING_EPISODES;
+    let mut vec = VecEnv::new("cartpole", 4).unwrap();
+    vec.reset(0);
+    let push_right = vec![Action::Discrete(1); 4];
+    let mut ended = 0u64;
+    while ended < MAX_PENDING_EPISODES as u64 + 100 {
+        ended += vec
+            .step(&push_right)
+            .unwrap()
+            .iter()
+            .filter(|s| s.done())
+            .count() as u64;
+    }
+    let kept = vec.drain_episodes();
+    assert_eq!(kept.len(), MAX_PENDING_EPISODES);
+    assert_eq!(vec.dropped_episodes(), ended - MAX_PENDING_EPISODES as u64);
+}
