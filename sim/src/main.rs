@@ -115,13 +115,19 @@ fn random_action(space: &ActionSpace, rng: &mut SimRng) -> Action {
 fn run(name: &str, episodes: u32, seed: u64, trace: bool) -> anyhow::Result<()> {
     let mut env = make(name)?;
     let mut action_rng = SimRng::seed(seed.wrapping_add(1000));
+    let actions = match env.action_space() {
+        ActionSpace::Discrete { n } => format!("{n} discrete actions"),
+        ActionSpace::Box(b) => format!("continuous actions in {:?}..{:?}", b.low, b.high),
+    };
+    let limit = env
+        .max_episode_steps()
+        .map_or("no time limit".to_string(), |n| {
+            format!("time limit {n} steps")
+        });
     println!(
-        "{} ({}): observation {:?}, action space {:?}, time limit {:?}",
-        name,
+        "{name} ({}): {}-dim observation, {actions}, {limit}",
         env.id(),
         env.observation_space().low.len(),
-        env.action_space(),
-        env.max_episode_steps()
     );
     let mut returns = Vec::new();
     for k in 0..episodes {
