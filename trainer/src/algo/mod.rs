@@ -1,0 +1,3 @@
+//! Learning algorithms, one file each.
+
+pub mod dqn;

@@ -1,0 +1,61 @@
+//! Replay: where experience waits to be learned from.
+//!
+//! - [`ReplayBuffer`] (`uniform.rs`): a fixed-capacity ring of transitions,
+//!   structure-of-arrays, sampled uniformly with replacement.
+//! - [`SumTree`] (`sum_tree.rs`): priorities with `O(log n)` proportional lookup.
+//! - [`PrioritizedReplay`] (`prioritized.rs`): proportional prioritized replay
+//!   over the ring buffer's storage.
+//! - [`NStepAccumulator`] (`nstep.rs`): per-stream n-step returns in front of
+//!   either buffer, correct across terminated and truncated episode ends.
+//! - [`Batch`] (`batch.rs`): what sampling returns, contiguous row-major arrays.
+//! - `to_bytes`/`from_bytes` on both buffers (`state.rs`): their checkpoint state.
+//!
+//! Every buffer stores `discount` (`γ^m`, 0 when terminated) rather than a done
+//! flag, so a learner's target is `reward + discount · V(next_obs)` whatever
+//! `n` was. Randomness comes from a caller-supplied [`reflex_sim::SimRng`], so a
+//! run's sampling is reproducible from its seed and checkpointed RNG state.
+//! Nothing here depends on candle.
+
+#![warn(missing_docs)]
+
+mod batch;
+mod error;
+mod nstep;
+mod prioritized;
+mod state;
+mod sum_tree;
+mod transition;
+mod uniform;
+
+pub use batch::{Batch, BatchActions};
+pub use error::ReplayError;
+pub use nstep::NStepAccumulator;
+pub use prioritized::PrioritizedReplay;
+pub use state::REPLAY_FORMAT_VERSION;
+pub use sum_tree::SumTree;
+pub use transition::{ActionRef, ActionShape, EnvStep, Transition};
+pub use uniform::ReplayBuffer;
+
+/// A vector of `rows × width` copies of `value`, or [`ReplayError::TooLarge`]
+/// when that many cannot be allocated: sizes come from configs and checkpoint
+/// headers, and an impossible one must be an error, not an abort.
+fn try_vec<T: Clone>(
+    what: &'static str,
+    rows: usize,
+    width: usize,
+    value: T,
+) -> Result<Vec<T>, ReplayError> {
+    let too_large = ReplayError::TooLarge { what, rows, width };
+    let len = rows.checked_mul(width).ok_or(too_large.clone())?;
+    let mut values = Vec::new();
+    values.try_reserve_exact(len).map_err(|_| too_large)?;
+    values.resize(len, value);
+    Ok(values)
+}
+
+/// Anything that stores transitions: both buffers, so the n-step accumulator
+/// can sit in front of either.
+pub trait TransitionSink {
+    /// Stores one transition, or refuses it (and stores nothing).
+    fn store(&mut self, transition: &Transition<'_>) -> Result<(), ReplayError>;
+}

@@ -1,0 +1,219 @@
+//! A training run's configuration: presets, config files and `--set`
+//! overrides resolved into one [`RunConfig`], and the run folder it writes.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::algo::dqn::DqnConfig;
+use crate::TrainError;
+
+/// Everything that defines a run. Stored fully resolved as `config.toml` in the
+/// run folder.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RunConfig {
+    /// Env name (see `reflex-sim`): `cartpole`, `acrobot`, …
+    pub env: String,
+    /// Algorithm: `dqn`.
+    pub algo: String,
+    /// Seed of everything random in the run.
+    pub seed: u64,
+    /// Env steps to train for.
+    pub steps: u64,
+    /// Greedy episodes of the final evaluation (`eval.json`).
+    pub eval_episodes: u32,
+    /// Env steps between periodic evaluations written to `metrics.csv` (0 = none).
+    pub eval_interval: u64,
+    /// Greedy episodes of each periodic evaluation.
+    pub eval_interval_episodes: u32,
+    /// DQN hyperparameters.
+    pub dqn: DqnConfig,
+}
+
+impl Default for RunConfig {
+    fn default() -> Self {
+        Self {
+            env: "cartpole".into(),
+            algo: "dqn".into(),
+            seed: 0,
+            steps: 50_000,
+            eval_episodes: 20,
+            eval_interval: 5_000,
+            eval_interval_episodes: 5,
+            dqn: DqnConfig::default(),
+        }
+    }
+}
+
+/// The presets shipped in `trainer/presets/`, by `<env>-<algo>`.
+const PRESETS: &[(&str, &str)] = &[("cartpole-dqn", include_str!("../presets/cartpole-dqn.toml"))];
+
+/// The preset for an env short name and algorithm, if one ships.
+pub fn preset(env: &str, algo: &str) -> Option<&'static str> {
+    let short = reflex_sim::registry::lookup(env).map_or(env, |e| e.short);
+    let key = format!("{short}-{algo}");
+    PRESETS
+        .iter()
+        .find(|(name, _)| *name == key)
+        .map(|(_, text)| *text)
+}
+
+/// Merges `overlay` into `base`, table by table (overlay wins).
+fn merge(base: &mut toml::Table, overlay: toml::Table) {
+    for (key, value) in overlay {
+        match (base.get_mut(&key), value) {
+            (Some(toml::Value::Table(inner)), toml::Value::Table(over)) => merge(inner, over),
+            (_, value) => {
+                base.insert(key, value);
+            }
+        }
+    }
+}
+
+/// Parses `a.b.c=value` (value in TOML syntax; bare words are strings) into a table.
+fn parse_set(assignment: &str) -> Result<toml::Table, TrainError> {
+    let (path, raw) = assignment
+        .split_once('=')
+        .ok_or_else(|| TrainError::Config(format!("--set `{assignment}`: expected KEY=VALUE")))?;
+    let value: toml::Value = toml::from_str::<toml::Table>(&format!("v = {raw}"))
+        .map(|mut t| {
+            t.remove("v")
+                .unwrap_or(toml::Value::String(raw.to_string()))
+        })
+        .unwrap_or_else(|_| toml::Value::String(raw.trim().to_string()));
+    let mut table = toml::Table::new();
+    let keys: Vec<&str> = path.trim().split('.').collect();
+    let (last, parents) = keys.split_last().expect("split yields at least one item");
+    let mut leaf = toml::Table::new();
+    leaf.insert((*last).to_string(), value);
+    let mut node = leaf;
+    for parent in parents.iter().rev() {
+        let mut outer = toml::Table::new();
+        outer.insert((*parent).to_string(), toml::Value::Table(node));
+        node = outer;
+    }
+    merge(&mut table, node);
+    Ok(table)
+}
+
+/// Resolves a run's configuration. Layers, later ones winning: the preset for
+/// the run's env and algorithm (if one ships), `config_file`, the `--set`
+/// assignments, then the explicit CLI values. The env and algorithm that pick
+/// the preset are themselves taken from the later layers (default `cartpole` and
+/// `dqn`). Unknown keys anywhere are errors that name the key.
+pub fn resolve(
+    config_file: Option<&Path>,
+    sets: &[String],
+    explicit: &toml::Table,
+) -> Result<RunConfig, TrainError> {
+    let mut overlay = toml::Table::new();
+    if let Some(path) = config_file {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| TrainError::Config(format!("cannot read {}: {e}", path.display())))?;
+        let file: toml::Table = toml::from_str(&text)
+            .map_err(|e| TrainError::Config(format!("{}: {e}", path.display())))?;
+        merge(&mut overlay, file);
+    }
+    for assignment in sets {
+        merge(&mut overlay, parse_set(assignment)?);
+    }
+    merge(&mut overlay, explicit.clone());
+    let defaults = RunConfig::default();
+    let pick = |key: &str, default: &str| {
+        overlay
+            .get(key)
+            .and_then(|v| v.as_str())
+            .unwrap_or(default)
+            .to_string()
+    };
+    let (env, algo) = (pick("env", &defaults.env), pick("algo", &defaults.algo));
+
+    let mut table = toml::Table::new();
+    if let Some(text) = preset(&env, &algo) {
+        merge(
+            &mut table,
+            toml::from_str(text).map_err(|e| TrainError::Config(format!("preset: {e}")))?,
+        );
+    }
+    merge(&mut table, overlay);
+    let config: RunConfig = toml::Value::Table(table)
+        .try_into()
+        .map_err(|e: toml::de::Error| TrainError::Config(e.to_string()))?;
+    reflex_sim::make(&config.env)?;
+    if config.algo != "dqn" {
+        return Err(TrainError::Config(format!(
+            "unknown algo `{}` (known: dqn)",
+            config.algo
+        )));
+    }
+    Ok(config)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn explicit(pairs: &[(&str, toml::Value)]) -> toml::Table {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect()
+    }
+
+    fn named(env: &str, algo: &str) -> toml::Table {
+        explicit(&[("env", env.into()), ("algo", algo.into())])
+    }
+
+    #[test]
+    fn preset_then_file_then_sets_then_flags() {
+        let dir = std::env::temp_dir().join(format!("reflex-run-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("run.toml");
+        std::fs::write(
+            &file,
+            "steps = 7000\n[dqn]\ngamma = 0.95\nbatch_size = 32\n",
+        )
+        .unwrap();
+        let sets = vec![
+            "dqn.gamma=0.9".to_string(),
+            "dqn.net.hidden=[64, 64]".to_string(),
+        ];
+        let mut flags = named("CartPole-v1", "dqn");
+        flags.insert("seed".into(), toml::Value::Integer(3));
+        let c = resolve(Some(&file), &sets, &flags).unwrap();
+        assert_eq!(c.steps, 7000, "file over preset");
+        assert_eq!(c.dqn.batch_size, 32, "file over preset");
+        assert_eq!(c.dqn.gamma, 0.9, "--set over file");
+        assert_eq!(c.dqn.net.hidden, vec![64, 64]);
+        assert!(c.dqn.net.dueling, "untouched preset value");
+        assert_eq!(c.dqn.learning_rate, 2.3e-3, "preset value");
+        assert_eq!(c.seed, 3);
+        std::fs::remove_dir_all(dir).ok();
+    }
+
+    #[test]
+    fn unknown_keys_and_names_are_refused() {
+        let none = toml::Table::new();
+        let err = resolve(None, &["dqn.gama=0.9".into()], &none).unwrap_err();
+        assert!(err.to_string().contains("gama"), "{err}");
+        let err = resolve(None, &[], &named("cartpole", "ppo")).unwrap_err();
+        assert!(err.to_string().contains("unknown algo `ppo`"), "{err}");
+        let err = resolve(None, &[], &named("cartpoel", "dqn")).unwrap_err();
+        assert!(err.to_string().contains("unknown env"), "{err}");
+        assert!(resolve(None, &["nonsense".into()], &none).is_err());
+        let err = resolve(Some(Path::new("/nonexistent.toml")), &[], &none).unwrap_err();
+        assert!(
+            err.to_string().contains("cannot read /nonexistent.toml"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn resolved_config_round_trips_through_toml() {
+        let c = resolve(None, &[], &toml::Table::new()).unwrap();
+        let text = toml::to_string(&c).unwrap();
+        let back: RunConfig = toml::from_str(&text).unwrap();
+        assert_eq!(back, c);
+    }
+}
