@@ -11,6 +11,7 @@
 //! nothing depends on it, and robots never ship it.
 
 pub mod algo;
+pub mod checkpoint;
 pub mod nn;
 pub mod optim;
 pub mod replay;
@@ -37,6 +38,9 @@ pub enum TrainError {
     /// The simulator refused an action or a name.
     #[error("sim: {0}")]
     Sim(#[from] reflex_sim::SimError),
+    /// A checkpoint that cannot be written or read.
+    #[error("checkpoint {0}")]
+    Checkpoint(String),
     /// A configuration that cannot work.
     #[error("config: {0}")]
     Config(String),

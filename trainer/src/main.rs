@@ -6,11 +6,13 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context};
+use candle_core::Device;
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use reflex_msgs::ActionSpace;
-use reflex_sim::{make, Env, SimRng};
+use reflex_sim::{make, Env};
 use reflex_trainer::algo::dqn::{evaluate, train, Dqn, Observer, Progress};
+use reflex_trainer::checkpoint;
 use reflex_trainer::run::{resolve, RunConfig};
 use reflex_trainer::TrainError;
 use serde::Serialize;
@@ -59,6 +61,38 @@ enum Command {
         #[arg(long, default_value_t = 1)]
         threads: usize,
     },
+    /// Continue a run from its newest checkpoint (after a crash or kill).
+    Resume {
+        /// The run folder given to `run --out`.
+        run: PathBuf,
+        /// Logs only, no progress bar.
+        #[arg(long)]
+        quiet: bool,
+        /// Compute threads for candle's CPU kernels.
+        #[arg(long, default_value_t = 1)]
+        threads: usize,
+    },
+    /// Evaluate a checkpoint greedily and print the eval.json record.
+    Eval {
+        /// A checkpoint folder (runs/NAME/checkpoints/step-…) or a run folder (its newest).
+        #[arg(long)]
+        checkpoint: PathBuf,
+        /// Env to evaluate on [default: the run's].
+        #[arg(long)]
+        env: Option<String>,
+        /// Greedy episodes.
+        #[arg(long, default_value_t = 20)]
+        episodes: u32,
+        /// Seed of the first episode (episode k uses seed + k).
+        #[arg(long, default_value_t = 1_000_000)]
+        seed: u64,
+    },
+}
+
+fn threads_from(threads: usize) {
+    if std::env::var_os("RAYON_NUM_THREADS").is_none() {
+        reflex_trainer::set_compute_threads(threads);
+    }
 }
 
 fn main() {
@@ -88,13 +122,25 @@ fn main() {
             if let Some(steps) = steps {
                 explicit.insert("steps".into(), toml::Value::Integer(steps as i64));
             }
-            if std::env::var_os("RAYON_NUM_THREADS").is_none() {
-                reflex_trainer::set_compute_threads(threads);
-            }
+            threads_from(threads);
             resolve(config.as_deref(), &sets, &explicit)
                 .map_err(anyhow::Error::from)
-                .and_then(|config| run(&config, &out, quiet))
+                .and_then(|config| run(&config, &out, quiet, false))
         }
+        Command::Resume {
+            run: dir,
+            quiet,
+            threads,
+        } => {
+            threads_from(threads);
+            read_config(&dir).and_then(|config| run(&config, &dir, quiet, true))
+        }
+        Command::Eval {
+            checkpoint,
+            env,
+            episodes,
+            seed,
+        } => eval(&checkpoint, env, episodes, seed),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");
@@ -128,6 +174,9 @@ struct MetricsRow {
 
 struct RunObserver {
     metrics: csv::Writer<fs::File>,
+    run_dir: PathBuf,
+    eval_interval: u64,
+    checkpoint_interval: u64,
     bar: ProgressBar,
     quiet: bool,
     started: Instant,
@@ -172,6 +221,13 @@ impl Observer for RunObserver {
     }
 
     fn periodic(&mut self, progress: &Progress, dqn: &Dqn) -> Result<(), TrainError> {
+        if self.checkpoint_interval > 0 && progress.step.is_multiple_of(self.checkpoint_interval) {
+            let _ = self.metrics.flush();
+            checkpoint::save(&self.run_dir, dqn)?;
+        }
+        if self.eval_interval == 0 || !progress.step.is_multiple_of(self.eval_interval) {
+            return Ok(());
+        }
         let (mean, _) = evaluate(
             dqn,
             self.eval_env.as_mut(),
@@ -190,13 +246,15 @@ impl Observer for RunObserver {
     }
 }
 
-fn run(config: &RunConfig, out: &Path, quiet: bool) -> anyhow::Result<()> {
-    fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
-    write_atomic(
-        &out.join("config.toml"),
-        toml::to_string(config)?.as_bytes(),
-    )?;
-    let mut env = make(&config.env)?;
+/// The run's resolved configuration, as `run` stored it.
+fn read_config(dir: &Path) -> anyhow::Result<RunConfig> {
+    let path = dir.join("config.toml");
+    let text = fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+}
+
+/// A fresh learner for `config`'s env.
+fn learner(config: &RunConfig, env: &dyn Env, device: &Device) -> anyhow::Result<Dqn> {
     let n_actions = match env.action_space() {
         ActionSpace::Discrete { n } => *n as usize,
         ActionSpace::Box(_) => bail!(
@@ -205,14 +263,55 @@ fn run(config: &RunConfig, out: &Path, quiet: bool) -> anyhow::Result<()> {
         ),
     };
     let obs_dim = env.observation_space().low.len();
-    let device = candle_core::Device::Cpu;
-    let mut rng = SimRng::seed(config.seed);
-    let mut dqn = Dqn::new(config.dqn.clone(), obs_dim, n_actions, &mut rng, &device)?;
+    Ok(Dqn::new(
+        config.dqn.clone(),
+        obs_dim,
+        n_actions,
+        config.seed,
+        device,
+    )?)
+}
+
+fn gcd(a: u64, b: u64) -> u64 {
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
+    }
+}
+
+fn run(config: &RunConfig, out: &Path, quiet: bool, resume: bool) -> anyhow::Result<()> {
+    let device = Device::Cpu;
+    let mut env = make(&config.env)?;
+    let mut dqn = learner(config, env.as_ref(), &device)?;
+    if resume {
+        let latest = checkpoint::latest(out)?.with_context(|| {
+            format!(
+                "{} has no complete checkpoint to resume from",
+                out.display()
+            )
+        })?;
+        checkpoint::load(&latest, &mut dqn, &device)?;
+        eprintln!(
+            "resuming {} from {} (step {})",
+            out.display(),
+            latest.display(),
+            dqn.steps_done
+        );
+    } else {
+        fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+        write_atomic(
+            &out.join("config.toml"),
+            toml::to_string(config)?.as_bytes(),
+        )?;
+    }
 
     let bar = if quiet {
         ProgressBar::hidden()
     } else {
         let bar = ProgressBar::new(config.steps);
+        bar.set_position(dqn.steps_done);
+        bar.set_position(dqn.steps_done);
         bar.set_style(
             ProgressStyle::with_template(
                 "{elapsed_precise} [{bar:30}] {pos}/{len} steps {per_sec} {msg}",
@@ -223,8 +322,20 @@ fn run(config: &RunConfig, out: &Path, quiet: bool) -> anyhow::Result<()> {
     };
     // Evaluation episodes use seeds far from the training ones.
     let eval_seed = config.seed.wrapping_mul(1_000).wrapping_add(1_000_000);
+    let metrics_path = out.join("metrics.csv");
+    let metrics_file = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&metrics_path)
+        .with_context(|| format!("opening {}", metrics_path.display()))?;
+    let header = metrics_file.metadata()?.len() == 0;
     let mut observer = RunObserver {
-        metrics: csv::Writer::from_path(out.join("metrics.csv"))?,
+        metrics: csv::WriterBuilder::new()
+            .has_headers(header)
+            .from_writer(metrics_file),
+        run_dir: out.to_path_buf(),
+        eval_interval: config.eval_interval,
+        checkpoint_interval: config.checkpoint_interval,
         bar: bar.clone(),
         quiet,
         started: Instant::now(),
@@ -239,14 +350,16 @@ fn run(config: &RunConfig, out: &Path, quiet: bool) -> anyhow::Result<()> {
             config.algo, config.env, config.steps, config.seed
         );
     }
+    let periodic = gcd(config.eval_interval, config.checkpoint_interval);
     train(
         &mut dqn,
         env.as_mut(),
         config.steps,
         config.seed,
-        config.eval_interval,
+        periodic,
         &mut observer,
     )?;
+    let saved = checkpoint::save(out, &dqn)?;
     observer.metrics.flush()?;
     bar.finish_and_clear();
 
@@ -264,11 +377,53 @@ fn run(config: &RunConfig, out: &Path, quiet: bool) -> anyhow::Result<()> {
     write_atomic(&out.join("eval.json"), json.as_bytes())?;
     println!("{json}");
     eprintln!(
-        "{} steps in {:.1}s; run folder {}",
+        "{} steps in {:.1}s; run folder {}; checkpoint {}",
         config.steps,
         observer.started.elapsed().as_secs_f64(),
-        out.display()
+        out.display(),
+        saved.display()
     );
+    Ok(())
+}
+
+/// `reflex-train eval`: loads a checkpoint's online network and evaluates it.
+fn eval(
+    checkpoint_path: &Path,
+    env_name: Option<String>,
+    episodes: u32,
+    seed: u64,
+) -> anyhow::Result<()> {
+    // A run folder means its newest checkpoint; a checkpoint lives in run/checkpoints/.
+    let (run_dir, checkpoint_dir) = if checkpoint_path.join("config.toml").exists() {
+        let latest = checkpoint::latest(checkpoint_path)?
+            .with_context(|| format!("{} has no checkpoint", checkpoint_path.display()))?;
+        (checkpoint_path.to_path_buf(), latest)
+    } else {
+        let run_dir = checkpoint_path
+            .parent()
+            .and_then(Path::parent)
+            .with_context(|| format!("{} is not inside a run folder", checkpoint_path.display()))?;
+        (run_dir.to_path_buf(), checkpoint_path.to_path_buf())
+    };
+    let mut config = read_config(&run_dir)?;
+    if let Some(name) = env_name {
+        config.env = name;
+    }
+    let device = Device::Cpu;
+    let mut env = make(&config.env)?;
+    let dqn = learner(&config, env.as_ref(), &device)?;
+    checkpoint::load_online(&checkpoint_dir, &dqn.online, &device)?;
+    let (mean_return, std_return) = evaluate(&dqn, env.as_mut(), episodes, seed)?;
+    let report = EvalReport {
+        mean_return,
+        std_return,
+        episodes,
+        env: &config.env,
+        algo: &config.algo,
+        steps: config.steps,
+        seed: config.seed,
+    };
+    println!("{}", serde_json::to_string_pretty(&report)?);
     Ok(())
 }
 

@@ -27,6 +27,8 @@ pub struct RunConfig {
     pub eval_interval: u64,
     /// Greedy episodes of each periodic evaluation.
     pub eval_interval_episodes: u32,
+    /// Env steps between checkpoints (0 = only at the end).
+    pub checkpoint_interval: u64,
     /// DQN hyperparameters.
     pub dqn: DqnConfig,
 }
@@ -41,6 +43,7 @@ impl Default for RunConfig {
             eval_episodes: 20,
             eval_interval: 5_000,
             eval_interval_episodes: 5,
+            checkpoint_interval: 10_000,
             dqn: DqnConfig::default(),
         }
     }

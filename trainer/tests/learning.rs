@@ -9,7 +9,7 @@
 //! random policy averages about 22 and never gets there.
 
 use candle_core::Device;
-use reflex_sim::{make, Env, SimRng};
+use reflex_sim::{make, Env};
 use reflex_trainer::algo::dqn::{evaluate, train, Dqn, DqnConfig, Observer, Progress};
 use reflex_trainer::TrainError;
 
@@ -34,7 +34,7 @@ impl Observer for Record {
 fn cartpole_run(config: DqnConfig, steps: u64, seed: u64) -> Record {
     reflex_trainer::set_compute_threads(1);
     let mut env = make("cartpole").unwrap();
-    let mut dqn = Dqn::new(config, 4, 2, &mut SimRng::seed(seed), &Device::Cpu).unwrap();
+    let mut dqn = Dqn::new(config, 4, 2, seed, &Device::Cpu).unwrap();
     let mut record = Record {
         eval_env: make("cartpole").unwrap(),
         returns: Vec::new(),

@@ -167,21 +167,36 @@ pub struct Dqn {
     pub replay: Replay,
     /// Turns env steps into (n-step) transitions.
     pub nstep: NStepAccumulator,
+    /// Env steps taken so far (what a resumed run continues from).
+    pub steps_done: u64,
+    /// Draws exploration decisions and random actions.
+    pub act_rng: SimRng,
+    /// Draws replay samples.
+    pub replay_rng: SimRng,
     device: Device,
     batch: Batch,
 }
 
 impl Dqn {
-    /// A fresh learner for an env with `obs_dim` observations and `n_actions` actions.
+    /// A fresh learner for an env with `obs_dim` observations and `n_actions`
+    /// actions; `seed` fixes its initial weights and every later random draw.
     pub fn new(
         config: DqnConfig,
         obs_dim: usize,
         n_actions: usize,
-        rng: &mut SimRng,
+        seed: u64,
         device: &Device,
     ) -> Result<Self, TrainError> {
         let heads = if config.twin { 2 } else { 1 };
-        let online = QNetwork::new(&config.net, obs_dim, n_actions, heads, rng, device)?;
+        let mut init_rng = SimRng::seed(seed);
+        let online = QNetwork::new(
+            &config.net,
+            obs_dim,
+            n_actions,
+            heads,
+            &mut init_rng,
+            device,
+        )?;
         let target = online.duplicate()?;
         let optimizer = Adam::new(online.vars(), config.learning_rate)?;
         let storage = ReplayBuffer::new(
@@ -216,6 +231,9 @@ impl Dqn {
             optimizer,
             replay,
             nstep,
+            steps_done: 0,
+            act_rng: SimRng::seed(seed.wrapping_add(1)),
+            replay_rng: SimRng::seed(seed.wrapping_add(2)),
             device: device.clone(),
             batch: Batch::default(),
         })
@@ -235,8 +253,9 @@ impl Dqn {
     }
 
     /// One gradient update on a sampled batch. `beta` is PER's importance exponent.
-    pub fn update(&mut self, beta: f64, rng: &mut SimRng) -> Result<UpdateStats, TrainError> {
+    pub fn update(&mut self, beta: f64) -> Result<UpdateStats, TrainError> {
         let b = self.config.batch_size;
+        let rng = &mut self.replay_rng;
         match &self.replay {
             Replay::Uniform(buffer) => buffer.sample_into(b, rng, &mut self.batch)?,
             Replay::Prioritized(buffer) => buffer.sample_into(b, beta, rng, &mut self.batch)?,
@@ -350,8 +369,10 @@ pub trait Observer {
     }
 }
 
-/// Trains for `total_steps` env steps on `env`, seeded by `seed`, calling
-/// `observer.periodic` every `periodic_every` steps (never when 0).
+/// Trains until `total_steps` env steps have been taken on `env`, continuing
+/// from `dqn.steps_done` (0 for a fresh learner), and calls `observer.periodic`
+/// every `periodic_every` steps (never when 0). A fresh run's first episode uses
+/// `seed`; a resumed run starts a new episode seeded by `seed + steps_done`.
 pub fn train(
     dqn: &mut Dqn,
     env: &mut dyn Env,
@@ -361,17 +382,17 @@ pub fn train(
     observer: &mut dyn Observer,
 ) -> Result<(), TrainError> {
     let n_actions = dqn.online.n_actions() as u64;
-    let mut act_rng = SimRng::seed(seed.wrapping_add(1));
-    let mut replay_rng = SimRng::seed(seed.wrapping_add(2));
-    let mut obs = env.reset(Some(seed)).to_vec();
+    let mut obs = env.reset(Some(seed.wrapping_add(dqn.steps_done))).to_vec();
     let mut next_obs = vec![0.0; obs.len()];
     let (mut episode_return, mut length) = (0.0, 0u32);
     let mut last_update = None;
-    for step in 1..=total_steps {
+    while dqn.steps_done < total_steps {
+        dqn.steps_done += 1;
+        let step = dqn.steps_done;
         // ε-greedy.
         let epsilon = dqn.config.exploration.value(step - 1, total_steps);
-        let action = if act_rng.next_f64() < epsilon {
-            act_rng.below(n_actions) as u32
+        let action = if dqn.act_rng.next_f64() < epsilon {
+            dqn.act_rng.below(n_actions) as u32
         } else {
             dqn.greedy(&obs)?
         };
@@ -401,19 +422,22 @@ pub fn train(
         }
 
         let config = &dqn.config;
-        if step > config.learning_starts && step % config.train_freq == 0 && !dqn.replay.is_empty()
+        if step > config.learning_starts
+            && step.is_multiple_of(config.train_freq)
+            && !dqn.replay.is_empty()
         {
+            // PER's β anneals linearly from β0 to 1 over the run.
             let beta =
                 config.per_beta0 + (1.0 - config.per_beta0) * (step as f64 / total_steps as f64);
             for _ in 0..config.gradient_steps {
-                last_update = Some(dqn.update(beta.min(1.0), &mut replay_rng)?);
+                last_update = Some(dqn.update(beta.min(1.0))?);
             }
             observer.trained(&progress(last_update));
         }
-        if step % dqn.config.target_update_interval == 0 {
+        if step.is_multiple_of(dqn.config.target_update_interval) {
             dqn.update_target()?;
         }
-        if periodic_every > 0 && step % periodic_every == 0 {
+        if periodic_every > 0 && step.is_multiple_of(periodic_every) {
             observer.periodic(&progress(last_update), dqn)?;
         }
     }

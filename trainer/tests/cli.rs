@@ -1,0 +1,184 @@
+//! `reflex-train` as a user runs it: a run folder, a kill -9 and a resume, eval,
+//! and clear errors for bad settings.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn train_cmd() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_reflex-train"));
+    cmd.env("RAYON_NUM_THREADS", "1");
+    cmd
+}
+
+fn out_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("reflex-train-cli-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+const SMALL: [&str; 6] = [
+    "--set",
+    "dqn.net.hidden=[32, 32]",
+    "--set",
+    "checkpoint_interval=1000",
+    "--set",
+    "eval_interval=1000",
+];
+
+fn read_json(path: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+#[test]
+fn run_writes_its_folder_and_eval_reads_it_back() {
+    let out = out_dir("run");
+    let status = train_cmd()
+        .args([
+            "run", "--env", "cartpole", "--steps", "2500", "--seed", "3", "--quiet", "--out",
+        ])
+        .arg(&out)
+        .args(SMALL)
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let config = std::fs::read_to_string(out.join("config.toml")).unwrap();
+    assert!(
+        config.contains("steps = 2500") && config.contains("hidden = [32, 32]"),
+        "{config}"
+    );
+    let eval = read_json(&out.join("eval.json"));
+    for key in [
+        "mean_return",
+        "std_return",
+        "episodes",
+        "env",
+        "algo",
+        "steps",
+        "seed",
+    ] {
+        assert!(eval.get(key).is_some(), "eval.json lacks {key}: {eval}");
+    }
+    assert_eq!(eval["episodes"], 20);
+    assert_eq!(eval["seed"], 3);
+    let metrics = std::fs::read_to_string(out.join("metrics.csv")).unwrap();
+    let mut lines = metrics.lines();
+    assert_eq!(
+        lines.next().unwrap(),
+        "step,episode_return,eval_return,loss,q_mean,epsilon,steps_per_s"
+    );
+    let evals = metrics
+        .lines()
+        .skip(1)
+        .filter(|l| l.split(',').nth(2).is_some_and(|v| !v.is_empty()))
+        .count();
+    assert_eq!(evals, 2, "evaluations at 1000 and 2000:\n{metrics}");
+    assert!(out
+        .join("checkpoints/step-0000002500/weights.safetensors")
+        .exists());
+
+    let output = train_cmd()
+        .args(["eval", "--episodes", "3", "--checkpoint"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let printed: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(printed["episodes"], 3);
+    assert_eq!(printed["env"], "cartpole");
+    std::fs::remove_dir_all(&out).ok();
+}
+
+#[test]
+fn a_killed_run_resumes_from_its_last_checkpoint() {
+    let out = out_dir("resume");
+    let mut child = train_cmd()
+        .args([
+            "run", "--env", "cartpole", "--steps", "6000", "--quiet", "--out",
+        ])
+        .arg(&out)
+        .args(SMALL)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let first = out.join("checkpoints/step-0000002000");
+    let start = Instant::now();
+    while !first.exists() {
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "no checkpoint appeared"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap(); // SIGKILL: no chance to clean up
+    child.wait().unwrap();
+    assert!(!out.join("eval.json").exists(), "killed before the end");
+
+    let output = train_cmd()
+        .arg("resume")
+        .arg(&out)
+        .arg("--quiet")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(stderr.contains("resuming"), "{stderr}");
+    assert_eq!(read_json(&out.join("eval.json"))["steps"], 6000);
+    assert!(out.join("checkpoints/step-0000006000").exists());
+    let metrics = std::fs::read_to_string(out.join("metrics.csv")).unwrap();
+    assert_eq!(
+        metrics.matches("step,episode_return").count(),
+        1,
+        "one header after resume"
+    );
+    let last_step: u64 = metrics
+        .lines()
+        .last()
+        .unwrap()
+        .split(',')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(last_step > 5000, "metrics continue to the end: {last_step}");
+    std::fs::remove_dir_all(&out).ok();
+}
+
+#[test]
+fn bad_settings_are_clear_errors() {
+    for (args, expected) in [
+        (vec!["run", "--quiet", "--set", "dqn.gama=0.9"], "gama"),
+        (
+            vec!["run", "--quiet", "--env", "pendulum"],
+            "continuous actions",
+        ),
+        (vec!["run", "--quiet", "--env", "cartpoel"], "unknown env"),
+        (
+            vec!["resume", "--quiet", "/nonexistent/run"],
+            "/nonexistent/run/config.toml",
+        ),
+        (
+            vec![
+                "eval",
+                "--checkpoint",
+                "/nonexistent/run/checkpoints/step-1",
+            ],
+            "/nonexistent/run",
+        ),
+    ] {
+        let output = train_cmd().args(&args).output();
+        let output = match output {
+            Ok(o) => o,
+            Err(e) => panic!("{args:?}: {e}"),
+        };
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+    }
+}
