@@ -50,7 +50,11 @@ impl Default for RunConfig {
 }
 
 /// The presets shipped in `trainer/presets/`, by `<env>-<algo>`.
-const PRESETS: &[(&str, &str)] = &[("cartpole-dqn", include_str!("../presets/cartpole-dqn.toml"))];
+const PRESETS: &[(&str, &str)] = &[
+    ("cartpole-dqn", include_str!("../presets/cartpole-dqn.toml")),
+    ("acrobot-dqn", include_str!("../presets/acrobot-dqn.toml")),
+    ("mountaincar-dqn", include_str!("../presets/mountaincar-dqn.toml")),
+];
 
 /// The preset for an env short name and algorithm, if one ships.
 pub fn preset(env: &str, algo: &str) -> Option<&'static str> {
@@ -210,6 +214,17 @@ mod tests {
             err.to_string().contains("cannot read /nonexistent.toml"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn every_shipped_preset_resolves() {
+        for (name, _) in PRESETS {
+            let (env, algo) = name.split_once('-').unwrap();
+            let c = resolve(None, &[], &named(env, algo)).unwrap();
+            assert_eq!(c.env, env, "{name}");
+        }
+        let acrobot = resolve(None, &[], &named("Acrobot-v1", "dqn")).unwrap();
+        assert_eq!((acrobot.steps, acrobot.dqn.batch_size), (100_000, 128));
     }
 
     #[test]
