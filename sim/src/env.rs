@@ -2,6 +2,7 @@
 
 use reflex_msgs::{Action, ActionSpace, BoxSpace};
 
+use crate::rng::SimRng;
 use crate::SimError;
 
 /// What one `step` returns besides the observation (read it with [`Env::obs`]).
@@ -113,5 +114,20 @@ pub fn action_fits(action: &Action, space: &ActionSpace) -> bool {
             values.len() == space.low.len() && values.iter().all(|v| v.is_finite())
         }
         _ => false,
+    }
+}
+
+/// A uniformly random action from `space` (a random policy, the baseline every
+/// learner must beat): an index below `n`, or each component uniform in its bounds.
+pub fn random_action(space: &ActionSpace, rng: &mut SimRng) -> Action {
+    match space {
+        ActionSpace::Discrete { n } => Action::Discrete(rng.below(u64::from(*n)) as u32),
+        ActionSpace::Box(b) => Action::Continuous(
+            b.low
+                .iter()
+                .zip(&b.high)
+                .map(|(&lo, &hi)| rng.uniform(f64::from(lo), f64::from(hi)) as f32)
+                .collect(),
+        ),
     }
 }

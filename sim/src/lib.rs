@@ -17,7 +17,7 @@ pub mod registry;
 pub mod rng;
 pub mod vec_env;
 
-pub use env::{Env, Step};
+pub use env::{random_action, Env, Step};
 pub use registry::{make, EnvName, ENVS};
 pub use rng::SimRng;
 pub use vec_env::{EpisodeSummary, VecEnv};

@@ -5,9 +5,9 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use reflex_msgs::{Action, ActionSpace};
+use reflex_msgs::ActionSpace;
 use reflex_sim::reference::{check_file, EnvReport};
-use reflex_sim::{make, SimRng};
+use reflex_sim::{make, random_action, SimRng};
 
 #[derive(Parser)]
 #[command(name = "reflex-sim", version, about = "reflex's simulated robots")]
@@ -96,19 +96,6 @@ fn print_report(r: &EnvReport, tol: f64) {
     );
     for problem in &r.first_problems {
         println!("  ! {problem}");
-    }
-}
-
-fn random_action(space: &ActionSpace, rng: &mut SimRng) -> Action {
-    match space {
-        ActionSpace::Discrete { n } => Action::Discrete(rng.below(u64::from(*n)) as u32),
-        ActionSpace::Box(b) => Action::Continuous(
-            b.low
-                .iter()
-                .zip(&b.high)
-                .map(|(&lo, &hi)| rng.uniform(f64::from(lo), f64::from(hi)) as f32)
-                .collect(),
-        ),
     }
 }
 

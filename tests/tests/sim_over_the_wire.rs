@@ -4,10 +4,10 @@
 //! transitions that replay exactly in a fresh simulator.
 
 use reflex_msgs::{
-    decode, decode_from_slice, encode, encode_to_slice, Action, ActionSpace, Transition,
-    TransitionBatch, TransitionN, WIRE_VERSION,
+    decode, decode_from_slice, encode, encode_to_slice, Transition, TransitionBatch, TransitionN,
+    WIRE_VERSION,
 };
-use reflex_sim::{make, Env, SimRng};
+use reflex_sim::{make, random_action, Env, SimRng};
 
 /// Plays one episode with random actions and records it as transitions.
 fn record_episode(name: &str, seed: u64, robot: &str) -> Vec<Transition> {
@@ -16,16 +16,7 @@ fn record_episode(name: &str, seed: u64, robot: &str) -> Vec<Transition> {
     let mut obs = env.reset(Some(seed)).to_vec();
     let mut out = Vec::new();
     for step in 0.. {
-        let action = match env.action_space() {
-            ActionSpace::Discrete { n } => Action::Discrete(rng.below(u64::from(*n)) as u32),
-            ActionSpace::Box(b) => Action::Continuous(
-                b.low
-                    .iter()
-                    .zip(&b.high)
-                    .map(|(&lo, &hi)| rng.uniform(f64::from(lo), f64::from(hi)) as f32)
-                    .collect(),
-            ),
-        };
+        let action = random_action(env.action_space(), &mut rng);
         let result = env.step(&action).unwrap();
         let next_obs = env.obs().to_vec();
         out.push(Transition {

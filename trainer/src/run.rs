@@ -53,7 +53,10 @@ impl Default for RunConfig {
 const PRESETS: &[(&str, &str)] = &[
     ("cartpole-dqn", include_str!("../presets/cartpole-dqn.toml")),
     ("acrobot-dqn", include_str!("../presets/acrobot-dqn.toml")),
-    ("mountaincar-dqn", include_str!("../presets/mountaincar-dqn.toml")),
+    (
+        "mountaincar-dqn",
+        include_str!("../presets/mountaincar-dqn.toml"),
+    ),
 ];
 
 /// The preset for an env short name and algorithm, if one ships.
