@@ -14,6 +14,7 @@ pub mod algo;
 pub mod checkpoint;
 pub mod nn;
 pub mod optim;
+pub mod plot;
 pub mod replay;
 pub mod run;
 pub mod schedule;
@@ -41,6 +42,9 @@ pub enum TrainError {
     /// A checkpoint that cannot be written or read.
     #[error("checkpoint {0}")]
     Checkpoint(String),
+    /// The learning curve could not be drawn.
+    #[error("plot: {0}")]
+    Plot(String),
     /// A configuration that cannot work.
     #[error("config: {0}")]
     Config(String),

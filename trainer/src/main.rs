@@ -360,6 +360,11 @@ fn run(config: &RunConfig, out: &Path, quiet: bool, resume: bool) -> anyhow::Res
         &mut observer,
     )?;
     let saved = checkpoint::save(out, &dqn)?;
+    let title = format!("{} · {} · seed {}", config.env, config.algo, config.seed);
+    if let Err(e) = reflex_trainer::plot::draw_curve(&metrics_path, &out.join("curve.png"), &title)
+    {
+        eprintln!("warning: curve.png not drawn: {e}");
+    }
     observer.metrics.flush()?;
     bar.finish_and_clear();
 
