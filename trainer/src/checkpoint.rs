@@ -21,6 +21,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
+use reflex_msgs::hash::to_hex;
 use reflex_sim::SimRng;
 use serde::{Deserialize, Serialize};
 
@@ -42,10 +43,6 @@ struct State {
     adam_steps: u64,
     act_rng: String,
     replay_rng: String,
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn unhex(text: &str) -> Option<Vec<u8>> {
@@ -106,8 +103,8 @@ pub fn save(run_dir: &Path, dqn: &Dqn) -> Result<PathBuf, TrainError> {
         format: CHECKPOINT_FORMAT,
         step: dqn.steps_done,
         adam_steps: dqn.optimizer.steps(),
-        act_rng: hex(&dqn.act_rng.to_bytes()),
-        replay_rng: hex(&dqn.replay_rng.to_bytes()),
+        act_rng: to_hex(&dqn.act_rng.to_bytes()),
+        replay_rng: to_hex(&dqn.replay_rng.to_bytes()),
     };
     let json = serde_json::to_vec_pretty(&state).map_err(|e| bad(&partial, e))?;
     write_file(&partial.join("state.json"), &json)?;

@@ -160,6 +160,21 @@ struct EvalReport<'a> {
     seed: u64,
 }
 
+impl<'a> EvalReport<'a> {
+    /// The record for `config`'s run from `episodes` greedy episodes.
+    fn new(config: &'a RunConfig, (mean_return, std_return): (f64, f64), episodes: u32) -> Self {
+        Self {
+            mean_return,
+            std_return,
+            episodes,
+            env: &config.env,
+            algo: &config.algo,
+            steps: config.steps,
+            seed: config.seed,
+        }
+    }
+}
+
 /// One row of `metrics.csv`: an episode end or a periodic evaluation.
 #[derive(Serialize)]
 struct MetricsRow {
@@ -368,16 +383,8 @@ fn run(config: &RunConfig, out: &Path, quiet: bool, resume: bool) -> anyhow::Res
     observer.metrics.flush()?;
     bar.finish_and_clear();
 
-    let (mean_return, std_return) = evaluate(&dqn, env.as_mut(), config.eval_episodes, eval_seed)?;
-    let report = EvalReport {
-        mean_return,
-        std_return,
-        episodes: config.eval_episodes,
-        env: &config.env,
-        algo: &config.algo,
-        steps: config.steps,
-        seed: config.seed,
-    };
+    let stats = evaluate(&dqn, env.as_mut(), config.eval_episodes, eval_seed)?;
+    let report = EvalReport::new(config, stats, config.eval_episodes);
     let json = serde_json::to_string_pretty(&report)?;
     write_atomic(&out.join("eval.json"), json.as_bytes())?;
     println!("{json}");
@@ -418,16 +425,8 @@ fn eval(
     let mut env = make(&config.env)?;
     let dqn = learner(&config, env.as_ref(), &device)?;
     checkpoint::load_online(&checkpoint_dir, &dqn.online, &device)?;
-    let (mean_return, std_return) = evaluate(&dqn, env.as_mut(), episodes, seed)?;
-    let report = EvalReport {
-        mean_return,
-        std_return,
-        episodes,
-        env: &config.env,
-        algo: &config.algo,
-        steps: config.steps,
-        seed: config.seed,
-    };
+    let stats = evaluate(&dqn, env.as_mut(), episodes, seed)?;
+    let report = EvalReport::new(&config, stats, episodes);
     println!("{}", serde_json::to_string_pretty(&report)?);
     Ok(())
 }
