@@ -1,9 +1,37 @@
 //! reflex-daemon: `reflexd`, the on-robot runtime.
 //!
-//! This crate will own policy loading and validation (tract), the fixed-rate
-//! control loop, the safety layer, transports (zenoh, ROS 2), the transition
-//! spool and policy hot-swap. It is empty until the daemon issues land: nothing
-//! here pretends to run a policy yet.
+//! `reflexd` reads observations, runs the policy at a fixed rate, guards what goes to
+//! the actuators and records the experience for the learner:
+//!
+//! ```text
+//! ObservationSource ─▶ control thread ─▶ ActionSink
+//!                       │ Actor (policy) → Explorer → Safety
+//!                       └─ Transition ─▶ uplink thread ─▶ Spool ─▶ TransitionSink
+//! PolicySource / policy file ─▶ swap thread (verify, load, validate) ─▶ control thread
+//! ```
+//!
+//! One module per concern: [`config`] (robot.toml), [`actor`] (the policy seam),
+//! [`explore`] (ε-greedy, Gaussian / OU noise), [`safety`] (clamp, non-finite
+//! guard, rate limit, watchdog, e-stop), [`control`] (the fixed-rate loop and the
+//! [`Daemon`] handle), [`spool`] and [`uplink`] (batching, spooling, accounting),
+//! [`swap`] (signatures and hot-swap), [`transport`] (the traits and in-process
+//! channels).
 //!
 //! It depends on `reflex-msgs` only; it must never depend on the trainer or on
-//! candle, because it ships to robots.
+//! candle, because it ships to robots, and its dependency tree is pure Rust so it
+//! cross-compiles for aarch64 boards with just a cross linker.
+
+pub mod actor;
+pub mod config;
+pub mod control;
+pub mod explore;
+pub mod safety;
+pub mod spool;
+pub mod swap;
+pub mod transport;
+pub mod uplink;
+
+pub use actor::{Actor, ActorError, ActorOutput, Loader};
+pub use config::{Config, ConfigError, DEFAULT_CONFIG_TOML};
+pub use control::{Daemon, DaemonError, LoopStats, Report, Transports};
+pub use safety::EStop;

@@ -1,0 +1,633 @@
+//! The control loop: one thread, a fixed rate, absolute deadlines.
+//!
+//! Tick `k` is due at `start + k · period` (never "last tick + period", so there is
+//! no drift). Each tick:
+//!
+//! 1. swaps in a policy the swap thread has validated, if any (recurrent state reset);
+//! 2. takes the newest observation;
+//! 3. if it is fresh, closes the previous step's transition with it (reward and
+//!    `terminated` / `truncated` come from this observation, the one *after* the
+//!    action, see `Observation`'s docs) and hands the transition to the uplink;
+//! 4. unless the episode just ended, steps the policy, adds exploration, runs the
+//!    safety layer and sends the action;
+//! 5. without a fresh observation, sends the safe action only if the watchdog tripped
+//!    or the e-stop is engaged.
+//!
+//! A tick that ends after the next deadline is an overrun: it is counted and the
+//! missed deadlines are skipped (the loop never tries to catch up with a burst).
+//! Latency (fresh observation taken → action sent) and jitter (wake-up − deadline)
+//! go into histograms reported in [`LoopStats`] and `Status`.
+//!
+//! Transition convention: a transition `(obs, action, reward, next_obs,
+//! terminated, truncated)` is recorded when the observation that follows `obs` in
+//! the same episode (`step + 1`) arrives. If observations were skipped, the episode
+//! changed without a done flag, or the safe action replaced the command in between
+//! (watchdog, e-stop), the pending step is discarded (counted): the daemon cannot know
+//! what the robot did. On a done observation the daemon sends no action and resets the
+//! policy's recurrent state and the exploration noise; the robot (or simulator)
+//! resets and publishes step 0 of the next episode.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::Receiver;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use hdrhistogram::Histogram;
+use reflex_msgs::{Action, ActionCommand, Observation, Status, Transition};
+
+use crate::actor::{Actor, Loader};
+use crate::config::Config;
+use crate::explore::Explorer;
+use crate::safety::{EStop, Safety, SafetyCounters, SafetyError, Watchdog};
+use crate::spool::{Spool, SpoolError};
+use crate::swap::{BadKey, FileWatcher, SwapStats, Swapper, Validator, Verifier};
+use crate::transport::{ActionSink, ObservationSource, PolicySource, StatusSink, TransitionSink};
+use crate::uplink::{TransitionStats, TransitionTotals, Uplink, UplinkReport, UplinkSender};
+
+/// Why the daemon could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// The configuration is invalid.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// The safety configuration does not fit the policy.
+    #[error(transparent)]
+    Safety(#[from] SafetyError),
+    /// The spool could not be opened.
+    #[error(transparent)]
+    Spool(#[from] SpoolError),
+    /// The public key is invalid.
+    #[error(transparent)]
+    Key(#[from] BadKey),
+    /// The initial policy is unusable.
+    #[error("initial policy: {0}")]
+    Policy(String),
+}
+
+/// Everything the daemon talks to.
+pub struct Transports {
+    /// Observations from the robot.
+    pub observations: Box<dyn ObservationSource>,
+    /// Actions to the robot.
+    pub actions: Box<dyn ActionSink>,
+    /// Transitions to the learner (may fail: spooled).
+    pub transitions: Box<dyn TransitionSink>,
+    /// Status heartbeats.
+    pub status: Box<dyn StatusSink>,
+    /// Policy updates.
+    pub policies: Box<dyn PolicySource>,
+}
+
+/// Loop timing and bookkeeping totals.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LoopStats {
+    /// Ticks run.
+    pub ticks: u64,
+    /// Ticks that stepped the policy and sent an action.
+    pub acting_ticks: u64,
+    /// Ticks that ended after the next deadline.
+    pub overruns: u64,
+    /// Deadlines skipped after overruns.
+    pub skipped_deadlines: u64,
+    /// Latency (fresh observation → action sent) percentiles, nanoseconds.
+    pub latency_p50_ns: u64,
+    /// 99th percentile.
+    pub latency_p99_ns: u64,
+    /// Maximum.
+    pub latency_max_ns: u64,
+    /// Wake-up jitter (wake − deadline) percentiles, nanoseconds.
+    pub jitter_p50_ns: u64,
+    /// 99th percentile.
+    pub jitter_p99_ns: u64,
+    /// Maximum.
+    pub jitter_max_ns: u64,
+    /// Policies swapped in.
+    pub swaps: u64,
+    /// Policy steps that returned an error (→ safe action).
+    pub policy_errors: u64,
+    /// Observations never acted on because a newer one came in the same tick.
+    pub skipped_observations: u64,
+    /// Observations of the wrong dimension (→ safe action, no transition).
+    pub bad_observations: u64,
+    /// Pending steps discarded (skipped observations, episode change without done,
+    /// safe action in between).
+    pub discarded_steps: u64,
+    /// The safety layer's totals.
+    pub safety: SafetyCounters,
+}
+
+/// State shared between the control thread and the [`Daemon`] handle.
+#[derive(Debug)]
+struct Shared {
+    status: Mutex<Status>,
+    stats: Mutex<LoopStats>,
+}
+
+/// The step waiting for its next observation.
+#[derive(Debug)]
+struct Pending {
+    episode_id: u64,
+    step: u32,
+    obs: Vec<f32>,
+    action: Action,
+    policy_version: u64,
+    recurrent_h: Vec<f32>,
+    recurrent_c: Vec<f32>,
+}
+
+/// The control loop's state (lives on the control thread).
+pub struct ControlLoop {
+    robot_id: String,
+    actor: Box<dyn Actor>,
+    obs_dim: usize,
+    explorer: Explorer,
+    safety: Safety,
+    watchdog: Watchdog,
+    estop: EStop,
+    observations: Box<dyn ObservationSource>,
+    actions: Box<dyn ActionSink>,
+    status_sink: Box<dyn StatusSink>,
+    uplink: UplinkSender,
+    swaps: Receiver<Box<dyn Actor>>,
+    pending: Option<Pending>,
+    last_seq: Option<u64>,
+    inbox: Vec<Observation>,
+    latency: Histogram<u64>,
+    jitter: Histogram<u64>,
+    stats: LoopStats,
+    heartbeat_seq: u64,
+    transition_stats: Arc<TransitionStats>,
+    swap_stats: Arc<SwapStats>,
+    shared: Arc<Shared>,
+}
+
+fn histogram() -> Histogram<u64> {
+    // 1 ns .. 100 s at 3 significant digits.
+    Histogram::new_with_bounds(1, 100_000_000_000, 3).expect("valid histogram bounds")
+}
+
+fn unix_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+impl ControlLoop {
+    /// One tick at `now`.
+    pub fn tick(&mut self, now: Instant) {
+        self.stats.ticks += 1;
+        self.take_swap();
+        let estop = self.estop.is_engaged();
+        let mut inbox = std::mem::take(&mut self.inbox);
+        if let Err(e) = self.observations.poll(&mut inbox) {
+            tracing::warn!("observation source: {e}");
+        }
+        let n = inbox.len();
+        let mut newest = None;
+        for (i, obs) in inbox.drain(..).enumerate() {
+            if self.last_seq == Some(obs.seq) {
+                continue; // a repeat of what we already saw
+            }
+            self.last_seq = Some(obs.seq);
+            self.close_pending(&obs);
+            if obs.done() {
+                // The episode is over: no action; the robot resets.
+                self.actor.reset();
+                self.explorer.reset();
+            } else if i + 1 == n {
+                newest = Some(obs);
+            } else {
+                self.stats.skipped_observations += 1;
+            }
+        }
+        self.inbox = inbox;
+        if n > 0 {
+            self.watchdog.feed(now);
+        }
+        match newest {
+            Some(obs) => self.act(obs, now, estop),
+            None => {
+                let tripped = self.watchdog.tripped(now);
+                if tripped || estop {
+                    // Nothing fresh to act on, but the robot must stop now.
+                    let (action, _) = self.safety.fallback(tripped, estop);
+                    self.discard_pending();
+                    self.send_action(self.last_seq.unwrap_or(0), 0, action);
+                }
+            }
+        }
+    }
+
+    fn take_swap(&mut self) {
+        let mut newest = None;
+        while let Ok(actor) = self.swaps.try_recv() {
+            newest = Some(actor);
+        }
+        if let Some(mut actor) = newest {
+            actor.reset();
+            tracing::info!("policy v{} -> v{}", self.actor.version(), actor.version());
+            self.actor = actor;
+            self.explorer.reset();
+            self.stats.swaps += 1;
+        }
+    }
+
+    fn discard_pending(&mut self) {
+        if self.pending.take().is_some() {
+            self.stats.discarded_steps += 1;
+        }
+    }
+
+    /// Closes the pending step with `obs`, the observation after it.
+    fn close_pending(&mut self, obs: &Observation) {
+        let Some(p) = self.pending.take() else {
+            return;
+        };
+        if obs.episode_id != p.episode_id || obs.step != p.step.wrapping_add(1) {
+            self.stats.discarded_steps += 1;
+            return;
+        }
+        self.uplink.send(Transition {
+            robot_id: self.robot_id.clone(),
+            episode_id: p.episode_id,
+            step: p.step,
+            obs: p.obs,
+            action: p.action,
+            reward: obs.reward,
+            next_obs: obs.values.clone(),
+            terminated: obs.terminated,
+            truncated: obs.truncated,
+            policy_version: p.policy_version,
+            recurrent_h: p.recurrent_h,
+            recurrent_c: p.recurrent_c,
+            ..Transition::default()
+        });
+    }
+
+    /// Policy → exploration → safety → action out, for a fresh, non-terminal `obs`.
+    fn act(&mut self, obs: Observation, now: Instant, estop: bool) {
+        if obs.step == 0 {
+            // A new episode (possibly without a done flag before it).
+            self.actor.reset();
+            self.explorer.reset();
+        }
+        let (h, c) = self
+            .actor
+            .recurrent_state()
+            .map_or((Vec::new(), Vec::new()), |(h, c)| (h.to_vec(), c.to_vec()));
+        let version = self.actor.version();
+        let usable = obs.values.len() == self.obs_dim;
+        let (action, verdict) = if !usable {
+            self.stats.bad_observations += 1;
+            self.safety.fallback(false, estop)
+        } else {
+            match self.actor.step(&obs.values) {
+                Ok(out) => {
+                    let proposed = self.explorer.propose(out, self.safety.space());
+                    self.safety.filter(proposed, false, estop)
+                }
+                Err(e) => {
+                    self.stats.policy_errors += 1;
+                    tracing::warn!("policy step failed: {e}; safe action");
+                    self.safety.fallback(false, estop)
+                }
+            }
+        };
+        let version = if verdict.safe_action() { 0 } else { version };
+        self.send_action(obs.seq, version, action.clone());
+        self.stats.acting_ticks += 1;
+        let _ = self.latency.record(now.elapsed().as_nanos().max(1) as u64);
+        if usable {
+            self.pending = Some(Pending {
+                episode_id: obs.episode_id,
+                step: obs.step,
+                obs: obs.values,
+                action,
+                policy_version: version,
+                recurrent_h: h,
+                recurrent_c: c,
+            });
+        }
+    }
+
+    fn send_action(&mut self, seq: u64, policy_version: u64, action: Action) {
+        let command = ActionCommand {
+            robot_id: self.robot_id.clone(),
+            seq,
+            timestamp_ns: unix_ns(),
+            policy_version,
+            action,
+            ..ActionCommand::default()
+        };
+        if let Err(e) = self.actions.send(&command) {
+            tracing::warn!("action sink: {e}");
+        }
+    }
+
+    /// The current loop statistics.
+    pub fn stats(&self) -> LoopStats {
+        let mut s = self.stats.clone();
+        s.latency_p50_ns = self.latency.value_at_quantile(0.5);
+        s.latency_p99_ns = self.latency.value_at_quantile(0.99);
+        s.latency_max_ns = self.latency.max();
+        s.jitter_p50_ns = self.jitter.value_at_quantile(0.5);
+        s.jitter_p99_ns = self.jitter.value_at_quantile(0.99);
+        s.jitter_max_ns = self.jitter.max();
+        s.safety = self.safety.counters();
+        s
+    }
+
+    /// A status heartbeat (advances the heartbeat sequence).
+    pub fn status(&mut self, now: Instant) -> Status {
+        let stats = self.stats();
+        let totals: TransitionTotals = self.transition_stats.totals();
+        let status = Status {
+            robot_id: self.robot_id.clone(),
+            timestamp_ns: unix_ns(),
+            heartbeat_seq: self.heartbeat_seq,
+            policy_version: self.actor.version(),
+            ticks: stats.ticks,
+            overruns: stats.overruns,
+            transitions_sent: totals.sent,
+            transitions_spooled: totals.spooled,
+            transitions_dropped: totals.dropped,
+            decode_errors: self.observations.decode_errors()
+                + self.swap_stats.decode_errors.load(Ordering::SeqCst),
+            policy_updates_rejected: self.swap_stats.rejected.load(Ordering::SeqCst),
+            safety_interventions: stats.safety.interventions,
+            watchdog_tripped: self.watchdog.tripped(now),
+            estop_active: self.estop.is_engaged(),
+            latency_p50_us: (stats.latency_p50_ns / 1000) as u32,
+            latency_p99_us: (stats.latency_p99_ns / 1000) as u32,
+            latency_max_us: (stats.latency_max_ns / 1000).min(u64::from(u32::MAX)) as u32,
+            ..Status::default()
+        };
+        self.heartbeat_seq += 1;
+        status
+    }
+
+    fn publish_status(&mut self, now: Instant) {
+        let status = self.status(now);
+        if let Err(e) = self.status_sink.publish(&status) {
+            tracing::debug!("status sink: {e}");
+        }
+        *self.shared.status.lock().expect("status lock") = status;
+        *self.shared.stats.lock().expect("stats lock") = self.stats();
+    }
+
+    /// Runs ticks at `period` on absolute deadlines until `stop` is set, then sends
+    /// the safe action and a final status.
+    fn run(
+        mut self,
+        period: Duration,
+        spin: Duration,
+        status_every: Duration,
+        stop: Arc<AtomicBool>,
+    ) -> LoopStats {
+        let start = Instant::now();
+        let period_ns = period.as_nanos().max(1);
+        let deadline_of = |k: u64| start + Duration::from_nanos((period_ns * u128::from(k)) as u64);
+        let mut k: u64 = 0;
+        let mut next_status = start;
+        while !stop.load(Ordering::Relaxed) {
+            let deadline = deadline_of(k);
+            sleep_until(deadline, spin);
+            let woke = Instant::now();
+            let _ = self
+                .jitter
+                .record(woke.saturating_duration_since(deadline).as_nanos().max(1) as u64);
+            self.tick(woke);
+            if woke >= next_status {
+                self.publish_status(woke);
+                next_status = woke + status_every;
+            }
+            let end = Instant::now();
+            k += 1;
+            if end > deadline_of(k) {
+                self.stats.overruns += 1;
+                let behind = ((end - start).as_nanos() / period_ns) as u64 + 1;
+                self.stats.skipped_deadlines += behind - k;
+                k = behind;
+            }
+        }
+        // Clean stop: the actuators get the safe action last.
+        // The step in flight never completes: it is not a transition (nor counted as
+        // a discarded one).
+        let action = self.safety.safe_action().clone();
+        self.pending = None;
+        self.send_action(self.last_seq.unwrap_or(0), 0, action);
+        self.publish_status(Instant::now());
+        self.stats()
+    }
+}
+
+/// Sleeps until `deadline`, yielding in a busy loop for the last `spin`.
+fn sleep_until(deadline: Instant, spin: Duration) {
+    let now = Instant::now();
+    if deadline <= now {
+        return;
+    }
+    let remaining = deadline - now;
+    if remaining > spin {
+        std::thread::sleep(remaining - spin);
+    }
+    while Instant::now() < deadline {
+        std::thread::yield_now();
+    }
+}
+
+/// What the daemon reports when it stops.
+#[derive(Debug, Clone)]
+pub struct Report {
+    /// The last status.
+    pub status: Status,
+    /// Loop statistics.
+    pub stats: LoopStats,
+    /// Transition accounting (balanced: `produced + recovered == sent + spooled +
+    /// dropped`).
+    pub transitions: TransitionTotals,
+    /// The uplink's final report.
+    pub uplink: UplinkReport,
+    /// Policies accepted by the swap thread.
+    pub policies_accepted: u64,
+    /// Policies refused by the swap thread.
+    pub policies_rejected: u64,
+}
+
+/// A running daemon: control, uplink and swap threads.
+pub struct Daemon {
+    stop: Arc<AtomicBool>,
+    control: JoinHandle<LoopStats>,
+    uplink: Uplink,
+    swapper: Swapper,
+    shared: Arc<Shared>,
+    estop: EStop,
+    transition_stats: Arc<TransitionStats>,
+    swap_stats: Arc<SwapStats>,
+}
+
+impl Daemon {
+    /// Starts the daemon with `actor` as the initial policy; `loader` loads the
+    /// policies offered later (file changes and updates).
+    pub fn start(
+        config: &Config,
+        actor: Box<dyn Actor>,
+        loader: Loader,
+        transports: Transports,
+    ) -> Result<Self, DaemonError> {
+        config.validate().map_err(DaemonError::Config)?;
+        let spec = actor.spec().clone();
+        spec.validate()
+            .map_err(|e| DaemonError::Policy(e.to_string()))?;
+        let safety = Safety::new(&spec.action_space, &config.safety, config.rate_hz)?;
+        let verifier = Verifier::new(
+            config
+                .policy
+                .public_key_bytes()
+                .map_err(DaemonError::Config)?,
+        )?;
+        let spool = Spool::open(&config.spool)?;
+        let (uplink_tx, uplink, transition_stats) = Uplink::start(
+            config.robot_id.clone(),
+            spool,
+            transports.transitions,
+            &config.batching,
+            &config.spool,
+        );
+
+        let watcher = (config.policy.reload_poll_ms > 0).then(|| {
+            let initial = std::fs::read(&config.policy.path).ok();
+            FileWatcher::new(
+                &config.policy.path,
+                Duration::from_millis(config.policy.reload_poll_ms),
+                initial.as_deref(),
+            )
+        });
+        let swap_stats = Arc::new(SwapStats::default());
+        let validator = Validator::new(verifier, loader, &spec);
+        let (swapper, swaps) = Swapper::start(
+            validator,
+            transports.policies,
+            watcher,
+            Duration::from_millis(10),
+            swap_stats.clone(),
+        );
+
+        let estop = EStop::new(config.safety.start_estopped);
+        let now = Instant::now();
+        let watchdog = Watchdog::new(
+            (config.safety.watchdog_ms > 0)
+                .then(|| Duration::from_millis(config.safety.watchdog_ms)),
+            now,
+        );
+        let shared = Arc::new(Shared {
+            status: Mutex::new(Status {
+                robot_id: config.robot_id.clone(),
+                policy_version: actor.version(),
+                ..Status::default()
+            }),
+            stats: Mutex::new(LoopStats::default()),
+        });
+        let control = ControlLoop {
+            robot_id: config.robot_id.clone(),
+            obs_dim: spec.observation_space.dim(),
+            explorer: Explorer::new(&config.mode, &spec.action_space),
+            actor,
+            safety,
+            watchdog,
+            estop: estop.clone(),
+            observations: transports.observations,
+            actions: transports.actions,
+            status_sink: transports.status,
+            uplink: uplink_tx,
+            swaps,
+            pending: None,
+            last_seq: None,
+            inbox: Vec::new(),
+            latency: histogram(),
+            jitter: histogram(),
+            stats: LoopStats::default(),
+            heartbeat_seq: 0,
+            transition_stats: transition_stats.clone(),
+            swap_stats: swap_stats.clone(),
+            shared: shared.clone(),
+        };
+        let stop = Arc::new(AtomicBool::new(false));
+        let (period, spin) = (config.period(), Duration::from_micros(config.spin_us));
+        let status_every = Duration::from_millis(config.status_interval_ms);
+        let thread_stop = stop.clone();
+        let control = std::thread::Builder::new()
+            .name("reflexd-control".into())
+            .spawn(move || control.run(period, spin, status_every, thread_stop))
+            .expect("spawn the control thread");
+        tracing::info!(
+            robot = %config.robot_id,
+            fleet = %config.fleet,
+            rate_hz = config.rate_hz,
+            policy_version = spec.policy_version,
+            "reflexd running"
+        );
+        Ok(Self {
+            stop,
+            control,
+            uplink,
+            swapper,
+            shared,
+            estop,
+            transition_stats,
+            swap_stats,
+        })
+    }
+
+    /// The latest status (refreshed every `status_interval_ms`).
+    pub fn status(&self) -> Status {
+        self.shared.status.lock().expect("status lock").clone()
+    }
+
+    /// The latest loop statistics (refreshed with the status).
+    pub fn stats(&self) -> LoopStats {
+        self.shared.stats.lock().expect("stats lock").clone()
+    }
+
+    /// Transition accounting right now.
+    pub fn transitions(&self) -> TransitionTotals {
+        self.transition_stats.totals()
+    }
+
+    /// Policies accepted by the swap thread so far.
+    pub fn policies_accepted(&self) -> u64 {
+        self.swap_stats.accepted.load(Ordering::SeqCst)
+    }
+
+    /// Policies refused by the swap thread so far.
+    pub fn policies_rejected(&self) -> u64 {
+        self.swap_stats.rejected.load(Ordering::SeqCst)
+    }
+
+    /// The e-stop input (engage / clear from anywhere).
+    pub fn estop(&self) -> EStop {
+        self.estop.clone()
+    }
+
+    /// Stops cleanly: the control thread sends the safe action and a last status,
+    /// the swap thread stops, the uplink sends what it can and writes the rest to the
+    /// disk spool.
+    pub fn stop(self) -> Report {
+        self.stop.store(true, Ordering::SeqCst);
+        let stats = self.control.join().expect("the control thread panicked");
+        self.swapper.stop();
+        // The control loop (and with it the last uplink sender) is gone: the uplink
+        // flushes and exits.
+        let uplink = self.uplink.join();
+        let status = self.shared.status.lock().expect("status lock").clone();
+        Report {
+            status,
+            stats,
+            transitions: self.transition_stats.totals(),
+            uplink,
+            policies_accepted: self.swap_stats.accepted.load(Ordering::SeqCst),
+            policies_rejected: self.swap_stats.rejected.load(Ordering::SeqCst),
+        }
+    }
+}
