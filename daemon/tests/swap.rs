@@ -1,0 +1,377 @@
+//! Policy hot-swap: signature checks, good and bad policies, and swaps inside a
+//! running daemon (the old policy keeps running when a new one is refused).
+
+mod common;
+
+use std::sync::mpsc::Receiver;
+use std::time::{Duration, Instant};
+
+use ed25519_dalek::{Signer, SigningKey};
+use reflex_daemon::swap::{FileWatcher, SwapError, Validator, Verifier};
+use reflex_daemon::transport::{inproc, Null, PolicyMessage};
+use reflex_daemon::{Config, Daemon, Transports};
+use reflex_msgs::{Action, ActionCommand, ActionSpace, Observation, PolicyUpdate};
+
+const HANG: Duration = Duration::from_secs(60);
+
+fn key(seed: u8) -> SigningKey {
+    SigningKey::from_bytes(&[seed; 32])
+}
+
+fn update(policy: &common::Linear) -> PolicyUpdate {
+    PolicyUpdate::new(policy.spec.clone(), policy.to_bytes())
+}
+
+fn signed(policy: &common::Linear, key: &SigningKey) -> PolicyUpdate {
+    let mut u = update(policy);
+    let signature = key.sign(&u.signing_message());
+    u.set_signature(signature.to_bytes());
+    u
+}
+
+fn validator(public_key: Option<[u8; 32]>) -> Validator {
+    Validator::new(
+        Verifier::new(public_key).unwrap(),
+        common::loader(),
+        &common::cartpole_spec(1),
+    )
+}
+
+fn offer(v: &mut Validator, u: PolicyUpdate) -> Result<u64, SwapError> {
+    v.validate(&PolicyMessage::Update(Box::new(u)))
+        .map(|a| a.version())
+}
+
+#[test]
+fn signed_update_is_accepted() {
+    let k = key(1);
+    let mut v = validator(Some(k.verifying_key().to_bytes()));
+    assert_eq!(
+        offer(&mut v, signed(&common::cartpole_controller(2), &k)).unwrap(),
+        2
+    );
+    assert_eq!(v.current_version(), 2);
+}
+
+#[test]
+fn unsigned_update_refused_when_a_key_is_configured() {
+    let k = key(1);
+    let mut v = validator(Some(k.verifying_key().to_bytes()));
+    let err = offer(&mut v, update(&common::cartpole_controller(2))).unwrap_err();
+    assert!(matches!(err, SwapError::Unsigned { version: 2 }), "{err}");
+    assert_eq!(v.current_version(), 1);
+}
+
+#[test]
+fn wrong_key_refused() {
+    let mut v = validator(Some(key(1).verifying_key().to_bytes()));
+    let err = offer(&mut v, signed(&common::cartpole_controller(2), &key(2))).unwrap_err();
+    assert!(
+        matches!(err, SwapError::BadSignature { version: 2 }),
+        "{err}"
+    );
+}
+
+#[test]
+fn tampered_bytes_refused() {
+    let k = key(1);
+    let mut v = validator(Some(k.verifying_key().to_bytes()));
+    // Bytes changed after signing: the hash no longer matches.
+    let mut u = signed(&common::cartpole_controller(2), &k);
+    u.onnx.push(b' ');
+    let err = offer(&mut v, u.clone()).unwrap_err();
+    assert!(matches!(err, SwapError::Integrity { .. }), "{err}");
+    // Bytes and hash both replaced: the signature no longer verifies.
+    u.onnx_sha256 = reflex_msgs::hash::sha256(&u.onnx);
+    let err = offer(&mut v, u.clone()).unwrap_err();
+    assert!(matches!(err, SwapError::BadSignature { .. }), "{err}");
+    // The version changed after signing: refused too (it is signed).
+    let mut u = signed(&common::cartpole_controller(2), &k);
+    u.policy_version = 3;
+    u.spec.policy_version = 3;
+    assert!(matches!(
+        offer(&mut v, u).unwrap_err(),
+        SwapError::BadSignature { .. }
+    ));
+    // Tampered, without a key configured: the hash check still refuses.
+    let mut open = validator(None);
+    let mut u = update(&common::cartpole_controller(2));
+    u.onnx.push(b' ');
+    assert!(matches!(
+        offer(&mut open, u).unwrap_err(),
+        SwapError::Integrity { .. }
+    ));
+}
+
+#[test]
+fn unsigned_update_accepted_without_a_key() {
+    let mut v = validator(None);
+    assert_eq!(
+        offer(&mut v, update(&common::cartpole_controller(2))).unwrap(),
+        2
+    );
+}
+
+#[test]
+fn bad_policies_refused() {
+    let mut v = validator(None);
+    // The runtime refuses to load it.
+    let mut p = common::cartpole_controller(2);
+    p.fail_load = true;
+    assert!(matches!(
+        offer(&mut v, update(&p)).unwrap_err(),
+        SwapError::Load { .. }
+    ));
+    // Non-finite output on the probe.
+    let mut p = common::cartpole_controller(2);
+    p.nan = true;
+    assert!(matches!(
+        offer(&mut v, update(&p)).unwrap_err(),
+        SwapError::Probe { .. }
+    ));
+    // A different action space than the running policy's.
+    let mut p = common::cartpole_controller(2);
+    p.spec.action_space = ActionSpace::Discrete { n: 3 };
+    p.w.push(vec![0.0; 4]);
+    p.b.push(0.0);
+    assert!(matches!(
+        offer(&mut v, update(&p)).unwrap_err(),
+        SwapError::Incompatible { .. }
+    ));
+    // An invalid spec.
+    let mut p = common::cartpole_controller(2);
+    p.spec.algorithm.clear();
+    assert!(matches!(
+        offer(&mut v, update(&p)).unwrap_err(),
+        SwapError::Spec { .. }
+    ));
+    // Not newer than the running version (replay / rollback).
+    assert!(matches!(
+        offer(&mut v, update(&common::cartpole_controller(1))).unwrap_err(),
+        SwapError::NotNewer {
+            version: 1,
+            current: 1
+        }
+    ));
+    // After all that, a good one still goes in.
+    assert_eq!(
+        offer(&mut v, update(&common::cartpole_controller(2))).unwrap(),
+        2
+    );
+    // The update's version must match the version in the policy file itself.
+    let mut u = update(&common::cartpole_controller(3));
+    u.onnx = common::cartpole_controller(4).to_bytes();
+    u.onnx_sha256 = reflex_msgs::hash::sha256(&u.onnx);
+    assert!(matches!(
+        offer(&mut v, u).unwrap_err(),
+        SwapError::Incompatible { .. }
+    ));
+}
+
+#[test]
+fn file_watcher_yields_changed_contents_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("policy.json");
+    let v1 = common::cartpole_controller(1).to_bytes();
+    std::fs::write(&path, &v1).unwrap();
+    let mut w = FileWatcher::new(&path, Duration::from_millis(1), Some(&v1));
+    assert!(w.check().is_none(), "unchanged");
+    let v2 = common::cartpole_controller(2).to_bytes();
+    std::fs::write(&path, &v2).unwrap();
+    match w.check() {
+        Some(PolicyMessage::File { bytes, .. }) => assert_eq!(bytes, v2),
+        other => panic!("expected the new file, got {other:?}"),
+    }
+    assert!(w.check().is_none(), "reported once");
+    // Rewritten with the same contents: not a new policy.
+    std::fs::write(&path, &v2).unwrap();
+    assert!(w.check().is_none());
+}
+
+/// A running daemon fed observations by hand.
+struct Rig {
+    daemon: Daemon,
+    obs: std::sync::mpsc::Sender<Observation>,
+    actions: Receiver<ActionCommand>,
+    policies: std::sync::mpsc::Sender<PolicyMessage>,
+    seq: u64,
+}
+
+impl Rig {
+    fn start(config: Config) -> Self {
+        let (obs, obs_rx) = inproc::observations();
+        let (action_tx, actions) = inproc::actions();
+        let (transition_tx, _transitions, _link) = inproc::transitions();
+        let (policies, policy_rx) = inproc::policies();
+        let daemon = Daemon::start(
+            &config,
+            Box::new(common::cartpole_controller(1)),
+            common::loader(),
+            Transports {
+                observations: Box::new(obs_rx),
+                actions: Box::new(action_tx),
+                transitions: Box::new(transition_tx),
+                status: Box::new(Null),
+                policies: Box::new(policy_rx),
+            },
+        )
+        .unwrap();
+        Self {
+            daemon,
+            obs,
+            actions,
+            policies,
+            seq: 0,
+        }
+    }
+
+    /// Sends an observation and returns the action answering it.
+    fn act(&mut self, values: [f32; 4]) -> ActionCommand {
+        self.seq += 1;
+        self.obs
+            .send(Observation {
+                seq: self.seq,
+                step: self.seq as u32,
+                values: values.to_vec(),
+                ..Observation::default()
+            })
+            .unwrap();
+        loop {
+            let c = self.actions.recv_timeout(HANG).expect("an action");
+            if c.seq == self.seq {
+                return c;
+            }
+        }
+    }
+
+    /// Acts until the running version is `version` (the swap happens between ticks).
+    fn until_version(&mut self, version: u64) -> ActionCommand {
+        let start = Instant::now();
+        loop {
+            let c = self.act([0.0, 0.0, 0.1, 0.0]);
+            if c.policy_version == version {
+                return c;
+            }
+            assert!(start.elapsed() < HANG, "policy v{version} never swapped in");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+}
+
+fn rig_config() -> Config {
+    let mut config = Config {
+        rate_hz: 2000.0,
+        ..Config::default()
+    };
+    config.safety.watchdog_ms = 0;
+    config.policy.reload_poll_ms = 0;
+    config
+}
+
+#[test]
+fn daemon_swaps_good_policies_and_keeps_the_old_one_on_refusal() {
+    let mut rig = Rig::start(rig_config());
+    let c = rig.act([0.0, 0.0, 0.1, 0.0]);
+    assert_eq!((c.policy_version, c.action), (1, Action::Discrete(1)));
+
+    // v2 pushes the other way: the swap is visible in the actions.
+    let mut v2 = common::cartpole_controller(2);
+    v2.w.swap(0, 1);
+    rig.policies
+        .send(PolicyMessage::Update(Box::new(update(&v2))))
+        .unwrap();
+    let c = rig.until_version(2);
+    assert_eq!(c.action, Action::Discrete(0));
+
+    // A broken v3 is refused; v2 keeps running.
+    let mut v3 = common::cartpole_controller(3);
+    v3.nan = true;
+    rig.policies
+        .send(PolicyMessage::Update(Box::new(update(&v3))))
+        .unwrap();
+    let start = Instant::now();
+    while rig.daemon.policies_rejected() < 1 {
+        assert!(start.elapsed() < HANG);
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    for _ in 0..10 {
+        let c = rig.act([0.0, 0.0, 0.1, 0.0]);
+        assert_eq!((c.policy_version, c.action), (2, Action::Discrete(0)));
+    }
+
+    let report = rig.daemon.stop();
+    assert_eq!(report.stats.swaps, 1);
+    assert_eq!((report.policies_accepted, report.policies_rejected), (1, 1));
+    assert_eq!(report.status.policy_updates_rejected, 1);
+    assert_eq!(report.status.policy_version, 2);
+}
+
+#[test]
+fn daemon_reloads_the_policy_file_when_it_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("policy.json");
+    std::fs::write(&path, common::cartpole_controller(1).to_bytes()).unwrap();
+    let mut config = rig_config();
+    config.policy.path = path.clone();
+    config.policy.reload_poll_ms = 5;
+    let mut rig = Rig::start(config);
+    assert_eq!(rig.act([0.0; 4]).policy_version, 1);
+    // A refused file (broken) changes nothing…
+    let mut broken = common::cartpole_controller(5);
+    broken.nan = true;
+    std::fs::write(&path, broken.to_bytes()).unwrap();
+    let start = Instant::now();
+    while rig.daemon.policies_rejected() < 1 {
+        assert!(start.elapsed() < HANG);
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    assert_eq!(rig.act([0.0; 4]).policy_version, 1);
+    // …a good one swaps in.
+    std::fs::write(&path, common::cartpole_controller(7).to_bytes()).unwrap();
+    rig.until_version(7);
+    let report = rig.daemon.stop();
+    assert_eq!(report.stats.swaps, 1);
+}
+
+#[test]
+fn estop_and_watchdog_in_the_running_daemon() {
+    let mut config = rig_config();
+    config.safety.safe_action_index = 0;
+    let mut rig = Rig::start(config);
+    assert_eq!(rig.act([0.0, 0.0, 0.1, 0.0]).action, Action::Discrete(1));
+    let estop = rig.daemon.estop();
+    estop.engage();
+    let c = rig.act([0.0, 0.0, 0.1, 0.0]);
+    assert_eq!((c.action, c.policy_version), (Action::Discrete(0), 0));
+    estop.clear();
+    assert_eq!(rig.act([0.0, 0.0, 0.1, 0.0]).action, Action::Discrete(1));
+    let report = rig.daemon.stop();
+    assert!(report.stats.safety.estop >= 1);
+}
+
+#[test]
+fn watchdog_sends_the_safe_action_when_observations_stop() {
+    let mut config = rig_config();
+    config.safety.watchdog_ms = 20;
+    config.status_interval_ms = 2;
+    let mut rig = Rig::start(config);
+    // A fresh observation feeds the watchdog before the policy acts on it.
+    assert_eq!(rig.act([0.0, 0.0, 0.1, 0.0]).action, Action::Discrete(1));
+    // Observations stop: the safe action follows, and the status says why.
+    let start = Instant::now();
+    loop {
+        let c = rig.actions.recv_timeout(HANG).expect("an action");
+        if c.policy_version == 0 && c.action == Action::Discrete(0) {
+            break;
+        }
+        assert!(start.elapsed() < HANG);
+    }
+    while !rig.daemon.status().watchdog_tripped {
+        assert!(start.elapsed() < HANG);
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    // Observations resume: the policy drives again.
+    assert_eq!(rig.act([0.0, 0.0, 0.1, 0.0]).action, Action::Discrete(1));
+    let report = rig.daemon.stop();
+    assert!(report.stats.safety.watchdog >= 1);
+}
