@@ -631,3 +631,20 @@ impl Daemon {
         }
     }
 }
+
+/// Runs a daemon until `shutdown` is set (e.g. by a SIGINT/SIGTERM handler), then
+/// stops it cleanly (safe action out, spool flushed) and returns its report.
+pub fn serve(
+    config: &Config,
+    actor: Box<dyn Actor>,
+    loader: Loader,
+    transports: Transports,
+    shutdown: &AtomicBool,
+) -> Result<Report, DaemonError> {
+    let daemon = Daemon::start(config, actor, loader, transports)?;
+    while !shutdown.load(Ordering::SeqCst) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    tracing::info!("shutting down: safe action out, flushing the spool");
+    Ok(daemon.stop())
+}

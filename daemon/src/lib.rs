@@ -33,5 +33,5 @@ pub mod uplink;
 
 pub use actor::{Actor, ActorError, ActorOutput, Loader};
 pub use config::{Config, ConfigError, DEFAULT_CONFIG_TOML};
-pub use control::{Daemon, DaemonError, LoopStats, Report, Transports};
+pub use control::{serve, Daemon, DaemonError, LoopStats, Report, Transports};
 pub use safety::EStop;

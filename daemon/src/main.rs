@@ -1,0 +1,119 @@
+//! `reflexd`: the on-robot daemon.
+//!
+//! ```text
+//! reflexd run --config robot.toml            # run until SIGINT / SIGTERM
+//! reflexd check-config --config robot.toml   # parse and validate, then exit
+//! reflexd print-default-config > robot.toml  # the fully commented defaults
+//! ```
+
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+use reflex_daemon::config::TransportKind;
+use reflex_daemon::{Actor, Config, Loader, Transports, DEFAULT_CONFIG_TOML};
+
+#[derive(Parser)]
+#[command(
+    name = "reflexd",
+    version,
+    about = "reflex's on-robot daemon: runs a policy at a fixed rate behind a safety layer and streams experience to the learner"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the daemon until SIGINT or SIGTERM (then: safe action out, spool flushed).
+    Run {
+        /// The configuration file.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Parse and validate a configuration file, then exit (0 = valid).
+    CheckConfig {
+        /// The configuration file.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Print the default configuration as a fully commented TOML file.
+    PrintDefaultConfig,
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match Cli::parse().command {
+        Command::PrintDefaultConfig => {
+            print!("{DEFAULT_CONFIG_TOML}");
+            Ok(())
+        }
+        Command::CheckConfig { config } => {
+            let parsed = Config::load(&config)?;
+            println!(
+                "{}: ok (robot {} in fleet {}, {} Hz, {:?} mode, transport {:?})",
+                config.display(),
+                parsed.robot_id,
+                parsed.fleet,
+                parsed.rate_hz,
+                parsed.mode.kind,
+                parsed.transport.kind
+            );
+            Ok(())
+        }
+        Command::Run { config } => run(&config),
+    }
+}
+
+fn run(path: &std::path::Path) -> anyhow::Result<()> {
+    let config = Config::load(path)?;
+    let shutdown = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(signal, shutdown.clone())
+            .context("installing signal handlers")?;
+    }
+    let transports = transports(&config)?;
+    let (actor, loader) = policy_runtime(&config)?;
+    let report = reflex_daemon::serve(&config, actor, loader, transports, &shutdown)?;
+    let t = report.transitions;
+    tracing::info!(
+        ticks = report.stats.ticks,
+        overruns = report.stats.overruns,
+        sent = t.sent,
+        spooled = t.spooled,
+        dropped = t.dropped,
+        "reflexd stopped"
+    );
+    Ok(())
+}
+
+/// The transports named by `[transport] kind`. Only the in-process one exists so far,
+/// and it connects within one process (tests, reflex-train's local loop), not to a
+/// robot: `reflexd run` refuses every kind clearly until the network transports land.
+fn transports(config: &Config) -> anyhow::Result<Transports> {
+    match config.transport.kind {
+        TransportKind::Inproc => bail!(
+            "transport \"inproc\" only connects within one process (tests, reflex-train's local loop); \
+             `reflexd run` needs a network transport such as \"zenoh\", which this build does not have yet"
+        ),
+        kind => bail!("transport {kind:?} is not built into this reflexd yet"),
+    }
+}
+
+/// The initial policy (from `policy.path`) and the loader for later ones: the ONNX
+/// runtime plugs in here.
+fn policy_runtime(config: &Config) -> anyhow::Result<(Box<dyn Actor>, Loader)> {
+    bail!(
+        "no ONNX policy runtime is wired into this build yet (policy.path = {})",
+        config.policy.path.display()
+    )
+}
