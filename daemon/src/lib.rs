@@ -11,6 +11,7 @@
 //! ```
 //!
 //! One module per concern: [`config`] (robot.toml), [`actor`] (the policy seam),
+//! [`policy`] (ONNX policy files checked against the contract and run with tract),
 //! [`explore`] (ε-greedy, Gaussian / OU noise), [`safety`] (clamp, non-finite
 //! guard, rate limit, watchdog, e-stop), [`control`] (the fixed-rate loop and the
 //! [`Daemon`] handle), [`spool`] and [`uplink`] (batching, spooling, accounting),
@@ -25,6 +26,7 @@ pub mod actor;
 pub mod config;
 pub mod control;
 pub mod explore;
+pub mod policy;
 pub mod safety;
 pub mod spool;
 pub mod swap;
@@ -34,4 +36,5 @@ pub mod uplink;
 pub use actor::{Actor, ActorError, ActorOutput, Loader};
 pub use config::{Config, ConfigError, DEFAULT_CONFIG_TOML};
 pub use control::{serve, Daemon, DaemonError, LoopStats, Report, Transports};
+pub use policy::{Policy, PolicyLoadError, PolicyOutput};
 pub use safety::EStop;

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use reflex_daemon::config::TransportKind;
+use reflex_daemon::policy::onnx_loader;
 use reflex_daemon::{Actor, Config, Loader, Transports, DEFAULT_CONFIG_TOML};
 
 #[derive(Parser)]
@@ -112,8 +113,9 @@ fn transports(config: &Config) -> anyhow::Result<Transports> {
 /// The initial policy (from `policy.path`) and the loader for later ones: the ONNX
 /// runtime plugs in here.
 fn policy_runtime(config: &Config) -> anyhow::Result<(Box<dyn Actor>, Loader)> {
-    bail!(
-        "no ONNX policy runtime is wired into this build yet (policy.path = {})",
-        config.policy.path.display()
-    )
+    let path = &config.policy.path;
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let loader = onnx_loader();
+    let actor = loader(&bytes).map_err(|e| anyhow::anyhow!("refusing {}: {e}", path.display()))?;
+    Ok((actor, loader))
 }

@@ -12,6 +12,8 @@
 
 pub mod algo;
 pub mod checkpoint;
+pub mod eval;
+pub mod export;
 pub mod nn;
 pub mod optim;
 pub mod plot;
@@ -48,4 +50,7 @@ pub enum TrainError {
     /// A configuration that cannot work.
     #[error("config: {0}")]
     Config(String),
+    /// A policy could not be exported to ONNX.
+    #[error("export: {0}")]
+    Export(String),
 }

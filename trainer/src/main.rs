@@ -9,10 +9,16 @@ use anyhow::{bail, Context};
 use candle_core::Device;
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
+use reflex_daemon::Policy;
 use reflex_msgs::ActionSpace;
+use reflex_msgs::PolicySpec;
 use reflex_sim::{make, Env};
 use reflex_trainer::algo::dqn::{evaluate, train, Dqn, Observer, Progress};
 use reflex_trainer::checkpoint;
+use reflex_trainer::eval::evaluate_policy;
+use reflex_trainer::export::{
+    export_beside_checkpoint, policy_for_checkpoint, spec_for, POLICY_FILE,
+};
 use reflex_trainer::run::{resolve, RunConfig};
 use reflex_trainer::TrainError;
 use serde::Serialize;
@@ -72,12 +78,16 @@ enum Command {
         #[arg(long, default_value_t = 1)]
         threads: usize,
     },
-    /// Evaluate a checkpoint greedily and print the eval.json record.
+    /// Evaluate a checkpoint, or an exported policy through the robots' runtime
+    /// (tract), greedily; the eval.json record is the last line of stdout.
     Eval {
         /// A checkpoint folder (runs/NAME/checkpoints/step-…) or a run folder (its newest).
+        #[arg(long, required_unless_present = "policy", conflicts_with = "policy")]
+        checkpoint: Option<PathBuf>,
+        /// An exported ONNX policy, run with the daemon's runtime.
         #[arg(long)]
-        checkpoint: PathBuf,
-        /// Env to evaluate on [default: the run's].
+        policy: Option<PathBuf>,
+        /// Env to evaluate on [default: the run's, or the policy spec's].
         #[arg(long)]
         env: Option<String>,
         /// Greedy episodes.
@@ -86,6 +96,17 @@ enum Command {
         /// Seed of the first episode (episode k uses seed + k).
         #[arg(long, default_value_t = 1_000_000)]
         seed: u64,
+    },
+    /// Export a run's policy (its newest checkpoint, or --checkpoint) to ONNX.
+    Export {
+        /// The run folder given to `run --out`.
+        run: PathBuf,
+        /// A checkpoint folder of that run [default: the newest].
+        #[arg(long)]
+        checkpoint: Option<PathBuf>,
+        /// Output file [default: RUN/policy.onnx].
+        #[arg(short, long)]
+        output: Option<PathBuf>,
     },
 }
 
@@ -137,10 +158,20 @@ fn main() {
         }
         Command::Eval {
             checkpoint,
+            policy,
             env,
             episodes,
             seed,
-        } => eval(&checkpoint, env, episodes, seed),
+        } => match (checkpoint, policy) {
+            (_, Some(policy)) => eval_policy(&policy, env, episodes, seed),
+            (Some(checkpoint), None) => eval(&checkpoint, env, episodes, seed),
+            (None, None) => Err(anyhow::anyhow!("eval needs --checkpoint or --policy")),
+        },
+        Command::Export {
+            run,
+            checkpoint,
+            output,
+        } => export(&run, checkpoint, output),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");
@@ -199,6 +230,9 @@ struct RunObserver {
     eval_episodes: u32,
     eval_seed: u64,
     recent_returns: Vec<f64>,
+    /// Spec of the exported policies (training step and checkpoint hash filled in
+    /// per export).
+    spec: PolicySpec,
 }
 
 impl RunObserver {
@@ -238,7 +272,8 @@ impl Observer for RunObserver {
     fn periodic(&mut self, progress: &Progress, dqn: &Dqn) -> Result<(), TrainError> {
         if self.checkpoint_interval > 0 && progress.step.is_multiple_of(self.checkpoint_interval) {
             let _ = self.metrics.flush();
-            checkpoint::save(&self.run_dir, dqn)?;
+            let saved = checkpoint::save(&self.run_dir, dqn)?;
+            export_beside_checkpoint(&saved, &dqn.online, &self.spec, dqn.optimizer.steps())?;
         }
         if self.eval_interval == 0 || !progress.step.is_multiple_of(self.eval_interval) {
             return Ok(());
@@ -358,6 +393,7 @@ fn run(config: &RunConfig, out: &Path, quiet: bool, resume: bool) -> anyhow::Res
         eval_episodes: config.eval_interval_episodes,
         eval_seed,
         recent_returns: Vec::new(),
+        spec: spec_for(&config.algo, &config.env, env.as_ref()),
     };
     if quiet {
         eprintln!(
@@ -375,38 +411,39 @@ fn run(config: &RunConfig, out: &Path, quiet: bool, resume: bool) -> anyhow::Res
         &mut observer,
     )?;
     let saved = checkpoint::save(out, &dqn)?;
+    let exported =
+        export_beside_checkpoint(&saved, &dqn.online, &observer.spec, dqn.optimizer.steps())?;
+    fs::copy(&exported, out.join(POLICY_FILE))
+        .with_context(|| format!("copying {} into {}", exported.display(), out.display()))?;
+    // Every row must be on disk before the curve reads the file back.
+    observer.metrics.flush()?;
     let title = format!("{} · {} · seed {}", config.env, config.algo, config.seed);
     if let Err(e) = reflex_trainer::plot::draw_curve(&metrics_path, &out.join("curve.png"), &title)
     {
         eprintln!("warning: curve.png not drawn: {e}");
     }
-    observer.metrics.flush()?;
     bar.finish_and_clear();
 
     let stats = evaluate(&dqn, env.as_mut(), config.eval_episodes, eval_seed)?;
     let report = EvalReport::new(config, stats, config.eval_episodes);
     let json = serde_json::to_string_pretty(&report)?;
     write_atomic(&out.join("eval.json"), json.as_bytes())?;
-    println!("{json}");
+    println!("{}", serde_json::to_string(&report)?);
     eprintln!(
-        "{} steps in {:.1}s; run folder {}; checkpoint {}",
+        "{} steps in {:.1}s; run folder {}; checkpoint {}; policy {}",
         config.steps,
         observer.started.elapsed().as_secs_f64(),
         out.display(),
-        saved.display()
+        saved.display(),
+        out.join(POLICY_FILE).display()
     );
     Ok(())
 }
 
-/// `reflex-train eval`: loads a checkpoint's online network and evaluates it.
-fn eval(
-    checkpoint_path: &Path,
-    env_name: Option<String>,
-    episodes: u32,
-    seed: u64,
-) -> anyhow::Result<()> {
-    // A run folder means its newest checkpoint; a checkpoint lives in run/checkpoints/.
-    let (run_dir, checkpoint_dir) = if checkpoint_path.join("config.toml").exists() {
+/// A run folder and checkpoint from a path that is either (a run folder means its
+/// newest checkpoint; a checkpoint lives in run/checkpoints/).
+fn run_and_checkpoint(checkpoint_path: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
+    Ok(if checkpoint_path.join("config.toml").exists() {
         let latest = checkpoint::latest(checkpoint_path)?
             .with_context(|| format!("{} has no checkpoint", checkpoint_path.display()))?;
         (checkpoint_path.to_path_buf(), latest)
@@ -416,7 +453,18 @@ fn eval(
             .and_then(Path::parent)
             .with_context(|| format!("{} is not inside a run folder", checkpoint_path.display()))?;
         (run_dir.to_path_buf(), checkpoint_path.to_path_buf())
-    };
+    })
+}
+
+/// `reflex-train eval --checkpoint`: loads a checkpoint's online network and
+/// evaluates it.
+fn eval(
+    checkpoint_path: &Path,
+    env_name: Option<String>,
+    episodes: u32,
+    seed: u64,
+) -> anyhow::Result<()> {
+    let (run_dir, checkpoint_dir) = run_and_checkpoint(checkpoint_path)?;
     let mut config = read_config(&run_dir)?;
     if let Some(name) = env_name {
         config.env = name;
@@ -427,7 +475,75 @@ fn eval(
     checkpoint::load_online(&checkpoint_dir, &dqn.online, &device)?;
     let stats = evaluate(&dqn, env.as_mut(), episodes, seed)?;
     let report = EvalReport::new(&config, stats, episodes);
-    println!("{}", serde_json::to_string_pretty(&report)?);
+    println!("{}", serde_json::to_string(&report)?);
+    Ok(())
+}
+
+/// `reflex-train eval --policy`: runs an exported policy with the daemon's
+/// runtime, so the number is what a robot would get.
+fn eval_policy(
+    path: &Path,
+    env_name: Option<String>,
+    episodes: u32,
+    seed: u64,
+) -> anyhow::Result<()> {
+    let mut policy =
+        Policy::load(path).with_context(|| format!("refusing policy {}", path.display()))?;
+    let env_name = env_name.unwrap_or_else(|| policy.spec().env_id.clone());
+    let mut env = make(&env_name)?;
+    let spec = policy.spec();
+    if env.observation_space().dim() != spec.observation_space.dim()
+        || env.action_space() != &spec.action_space
+    {
+        bail!(
+            "{} was trained for {} ({} obs, {:?}); {env_name} does not match",
+            path.display(),
+            spec.env_id,
+            spec.observation_space.dim(),
+            spec.action_space
+        );
+    }
+    let (mean_return, std_return) = evaluate_policy(&mut policy, env.as_mut(), episodes, seed)?;
+    let spec = policy.spec();
+    let report = EvalReport {
+        mean_return,
+        std_return,
+        episodes,
+        env: &env_name,
+        algo: &spec.algorithm,
+        steps: spec.training_step,
+        seed,
+    };
+    println!("{}", serde_json::to_string(&report)?);
+    Ok(())
+}
+
+/// `reflex-train export`: a checkpoint's online network to ONNX.
+fn export(
+    run_dir: &Path,
+    checkpoint_path: Option<PathBuf>,
+    output: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    let (run_dir, checkpoint_dir) =
+        run_and_checkpoint(checkpoint_path.as_deref().unwrap_or(run_dir))?;
+    let config = read_config(&run_dir)?;
+    let device = Device::Cpu;
+    let env = make(&config.env)?;
+    let mut dqn = learner(&config, env.as_ref(), &device)?;
+    checkpoint::load(&checkpoint_dir, &mut dqn, &device)?;
+    let spec = spec_for(&config.algo, &config.env, env.as_ref());
+    let bytes = policy_for_checkpoint(&checkpoint_dir, &dqn.online, &spec, dqn.optimizer.steps())?;
+    // The file must load in the runtime robots use before it is written.
+    Policy::from_bytes(&bytes).context("the exported policy does not validate")?;
+    let output = output.unwrap_or_else(|| run_dir.join(POLICY_FILE));
+    reflex_trainer::export::write_atomic(&output, &bytes)?;
+    eprintln!(
+        "exported {} ({} bytes) from {}",
+        output.display(),
+        bytes.len(),
+        checkpoint_dir.display()
+    );
+    println!("{}", output.display());
     Ok(())
 }
 

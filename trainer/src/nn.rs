@@ -232,6 +232,77 @@ impl QNetwork {
         Ok(q)
     }
 
+    /// Appends this network's forward pass to an ONNX graph, reading `input`
+    /// `[batch, obs_dim]` and writing Q-values `[batch, n_actions]` to `output`:
+    /// `Gemm` per affine layer (weights under their [`named_vars`](Self::named_vars)
+    /// names), `LayerNormalization` (ε = 1e-5 on the variance, as here), `Relu` or
+    /// `Tanh`, the dueling combination with `ReduceMean`, and `Min` over twin heads.
+    pub fn to_onnx(
+        &self,
+        g: &mut crate::export::OnnxGraph,
+        input: &str,
+        output: &str,
+    ) -> Result<()> {
+        use crate::export::Attr;
+        let dense = |g: &mut crate::export::OnnxGraph,
+                     name: &str,
+                     layer: &Dense,
+                     x: &str,
+                     out: Option<&str>|
+         -> Result<String> {
+            let w = g.parameter(&format!("{name}.weight"), &layer.weight)?;
+            let b = g.parameter(&format!("{name}.bias"), &layer.bias)?;
+            Ok(g.op("Gemm", &[x, &w, &b], &[Attr::Int("transB", 1)], out))
+        };
+        let mut x = input.to_string();
+        for (i, (layer, norm)) in self.trunk.iter().enumerate() {
+            x = dense(g, &format!("trunk.{i}"), layer, &x, None)?;
+            if let Some(norm) = norm {
+                let gain = g.parameter(&format!("trunk.{i}.norm.gain"), &norm.gain)?;
+                let offset = g.parameter(&format!("trunk.{i}.norm.offset"), &norm.offset)?;
+                x = g.op(
+                    "LayerNormalization",
+                    &[&x, &gain, &offset],
+                    &[
+                        Attr::Int("axis", -1),
+                        Attr::Float("epsilon", Norm::EPS as f32),
+                    ],
+                    None,
+                );
+            }
+            let op = match self.activation {
+                Activation::Relu => "Relu",
+                Activation::Tanh => "Tanh",
+            };
+            x = g.op(op, &[&x], &[], None);
+        }
+        let single = self.heads.len() == 1;
+        let mut qs = Vec::new();
+        for (h, head) in self.heads.iter().enumerate() {
+            let out = single.then_some(output);
+            qs.push(match head {
+                Head::Plain(q) => dense(g, &format!("head{h}.q"), q, &x, out)?,
+                Head::Dueling { value, advantage } => {
+                    let v = dense(g, &format!("head{h}.value"), value, &x, None)?;
+                    let a = dense(g, &format!("head{h}.advantage"), advantage, &x, None)?;
+                    let mean = g.op(
+                        "ReduceMean",
+                        &[&a],
+                        &[Attr::Ints("axes", vec![1]), Attr::Int("keepdims", 1)],
+                        None,
+                    );
+                    let centered = g.op("Sub", &[&a, &mean], &[], None);
+                    g.op("Add", &[&v, &centered], &[], out)
+                }
+            });
+        }
+        if !single {
+            let refs: Vec<&str> = qs.iter().map(String::as_str).collect();
+            g.op("Min", &refs, &[], Some(output));
+        }
+        Ok(())
+    }
+
     /// Every parameter with its stable name, in a fixed order.
     pub fn named_vars(&self) -> Vec<(String, Var)> {
         let mut out = Vec::new();

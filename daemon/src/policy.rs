@@ -1,0 +1,515 @@
+//! The policy runtime: an ONNX policy file, checked against the contract in
+//! shared/DESIGN.md ("ONNX policy") and run with tract.
+//!
+//! [`Policy::from_bytes`] refuses, with a typed [`PolicyLoadError`] naming what is
+//! wrong, anything a robot should not run: bytes that are not an ONNX model, a
+//! missing or inconsistent [`PolicySpec`], inputs or outputs with the wrong names,
+//! types or shapes, operators tract does not support, and a graph whose output on
+//! a probe observation is not finite. Loading never panics: tract's own checks run
+//! behind a panic guard, and a panic there becomes [`PolicyLoadError::Panicked`].
+//!
+//! [`Policy::step`] runs one observation (batch 1) through the optimized plan. The
+//! observation and output buffers are allocated once at load; tract itself still
+//! allocates its small per-run tensors (see BENCHMARKS.md for the latency this
+//! costs).
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use crate::actor::{Actor, ActorError, Loader};
+use std::path::Path;
+
+use reflex_msgs::onnx::{
+    INPUT_C, INPUT_H, INPUT_OBS, INPUT_PREV_ACTION, METADATA_POLICY_SPEC, OUTPUT_ACTION, OUTPUT_C,
+    OUTPUT_H, OUTPUT_Q,
+};
+use reflex_msgs::{ActionSpace, PolicySpec};
+use std::sync::Arc;
+use tract_onnx::pb;
+use tract_onnx::prelude::*;
+
+/// ONNX `TensorProto.DataType` of float32.
+const ONNX_FLOAT: i32 = 1;
+
+/// Why a policy file was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyLoadError {
+    /// The file could not be read.
+    #[error("reading {path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The bytes are not an ONNX model (corrupt, truncated, not protobuf).
+    #[error("not an ONNX model ({0})")]
+    Decode(String),
+    /// The model has no graph.
+    #[error("the ONNX model has no graph")]
+    NoGraph,
+    /// No `reflex.policy_spec` entry in `metadata_props`.
+    #[error("the ONNX model has no `{METADATA_POLICY_SPEC}` metadata: not a reflex policy")]
+    MissingSpec,
+    /// The spec metadata is not a valid JSON `PolicySpec`.
+    #[error("`{METADATA_POLICY_SPEC}` metadata is not a policy spec: {0}")]
+    BadSpec(String),
+    /// The spec is internally inconsistent.
+    #[error("policy spec: {0}")]
+    InvalidSpec(#[from] reflex_msgs::PolicyError),
+    /// A kind of policy this runtime does not run yet.
+    #[error("unsupported policy: {0}")]
+    Unsupported(String),
+    /// The graph's inputs are not the ones the spec calls for.
+    #[error("graph inputs are {found:?}; a {kind} policy needs exactly {expected:?}")]
+    WrongInputs {
+        /// Policy kind, e.g. "discrete feed-forward".
+        kind: &'static str,
+        /// Names the contract requires.
+        expected: Vec<String>,
+        /// Names the graph declares.
+        found: Vec<String>,
+    },
+    /// The graph's outputs are not the ones the spec calls for.
+    #[error("graph outputs are {found:?}; a {kind} policy needs exactly {expected:?}")]
+    WrongOutputs {
+        /// Policy kind.
+        kind: &'static str,
+        /// Names the contract requires.
+        expected: Vec<String>,
+        /// Names the graph declares.
+        found: Vec<String>,
+    },
+    /// An input or output is declared with a type other than float32.
+    #[error("`{name}` is declared as ONNX type {found}; the contract is float32 (1)")]
+    WrongType {
+        /// Tensor name.
+        name: String,
+        /// ONNX `elem_type`.
+        found: i32,
+    },
+    /// An input or output has a shape that disagrees with the spec.
+    #[error("`{name}` has shape {found}; the spec calls for [batch, {expected}]")]
+    WrongShape {
+        /// Tensor name.
+        name: String,
+        /// Expected feature width.
+        expected: usize,
+        /// What the graph declares or tract infers.
+        found: String,
+    },
+    /// tract could not build or optimize the graph (unsupported operator,
+    /// inconsistent shapes, bad initializers…).
+    #[error("tract cannot run the graph: {0}")]
+    Graph(String),
+    /// The graph produced NaN or infinity on the probe observation.
+    #[error("output `{output}` is not finite on the probe observation (value {value} at {index})")]
+    NonFiniteOutput {
+        /// Output name.
+        output: &'static str,
+        /// Index of the first bad value.
+        index: usize,
+        /// The value.
+        value: f32,
+    },
+    /// An observation of the wrong length was given to [`Policy::step`].
+    #[error("observation has {found} values; the policy takes {expected}")]
+    ObservationLength {
+        /// `obs_dim`.
+        expected: usize,
+        /// Given length.
+        found: usize,
+    },
+    /// tract failed while running a step.
+    #[error("running the policy: {0}")]
+    Run(String),
+    /// tract panicked; the message is kept.
+    #[error("tract panicked while {during}: {message}")]
+    Panicked {
+        /// What was being done.
+        during: &'static str,
+        /// The panic's message.
+        message: String,
+    },
+}
+
+/// What one step of a policy gives: the same type the control loop consumes
+/// from any [`Actor`].
+pub use crate::actor::ActorOutput as PolicyOutput;
+
+/// A loaded, validated policy, ready to step.
+pub struct Policy {
+    spec: PolicySpec,
+    sha256: [u8; 32],
+    state: TypedSimpleState,
+    obs_dim: usize,
+    /// Output width: `n_actions` (q) or `act_dim` (action).
+    out_dim: usize,
+    discrete: bool,
+    output: Vec<f32>,
+}
+
+impl std::fmt::Debug for Policy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Policy")
+            .field("algorithm", &self.spec.algorithm)
+            .field("env_id", &self.spec.env_id)
+            .field("obs_dim", &self.obs_dim)
+            .field("out_dim", &self.out_dim)
+            .field("discrete", &self.discrete)
+            .field("sha256", &reflex_msgs::hash::to_hex(&self.sha256))
+            .finish()
+    }
+}
+
+fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "unknown panic".to_string()
+    }
+}
+
+/// Runs `f`, turning a panic into [`PolicyLoadError::Panicked`].
+fn guarded<T>(
+    during: &'static str,
+    f: impl FnOnce() -> Result<T, PolicyLoadError>,
+) -> Result<T, PolicyLoadError> {
+    catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|payload| {
+        Err(PolicyLoadError::Panicked {
+            during,
+            message: panic_message(payload),
+        })
+    })
+}
+
+/// The element type and dims of a declared graph input or output (`None` where
+/// the file leaves them out).
+fn declared(info: &pb::ValueInfoProto) -> (Option<i32>, Option<Vec<Option<i64>>>) {
+    let Some(pb::type_proto::Value::TensorType(t)) =
+        info.r#type.as_ref().and_then(|t| t.value.as_ref())
+    else {
+        return (None, None);
+    };
+    let dims = t.shape.as_ref().map(|s| {
+        s.dim
+            .iter()
+            .map(|d| match d.value {
+                Some(pb::tensor_shape_proto::dimension::Value::DimValue(v)) => Some(v),
+                _ => None,
+            })
+            .collect()
+    });
+    (Some(t.elem_type), dims)
+}
+
+/// Checks a declared tensor: float32, rank 2, feature width `width` (batch free).
+fn check_declared(info: &pb::ValueInfoProto, width: usize) -> Result<(), PolicyLoadError> {
+    let (elem, dims) = declared(info);
+    if let Some(elem) = elem {
+        if elem != ONNX_FLOAT {
+            return Err(PolicyLoadError::WrongType {
+                name: info.name.clone(),
+                found: elem,
+            });
+        }
+    }
+    if let Some(dims) = dims {
+        let ok = dims.len() == 2
+            && dims[1].is_none_or(|w| w == width as i64)
+            && dims[0].is_none_or(|b| b >= 1);
+        if !ok {
+            let shown: Vec<String> = dims
+                .iter()
+                .map(|d| d.map_or("?".to_string(), |v| v.to_string()))
+                .collect();
+            return Err(PolicyLoadError::WrongShape {
+                name: info.name.clone(),
+                expected: width,
+                found: format!("[{}]", shown.join(", ")),
+            });
+        }
+    }
+    Ok(())
+}
+
+impl Policy {
+    /// Reads and validates a policy file.
+    pub fn load(path: impl AsRef<Path>) -> Result<Policy, PolicyLoadError> {
+        let path = path.as_ref();
+        let bytes = std::fs::read(path).map_err(|source| PolicyLoadError::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::from_bytes(&bytes)
+    }
+
+    /// Validates and prepares a policy from the bytes of an ONNX file.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Policy, PolicyLoadError> {
+        guarded("loading the policy", || Self::from_bytes_unguarded(bytes))
+    }
+
+    fn from_bytes_unguarded(bytes: &[u8]) -> Result<Policy, PolicyLoadError> {
+        use tract_onnx::prelude::Framework;
+        let onnx = tract_onnx::onnx();
+        let proto = onnx
+            .proto_model_for_read(&mut &bytes[..])
+            .map_err(|e| PolicyLoadError::Decode(format!("{e:#}")))?;
+        let graph = proto.graph.as_ref().ok_or(PolicyLoadError::NoGraph)?;
+
+        let spec_json = proto
+            .metadata_props
+            .iter()
+            .find(|p| p.key == METADATA_POLICY_SPEC)
+            .ok_or(PolicyLoadError::MissingSpec)?;
+        let spec: PolicySpec = serde_json::from_str(&spec_json.value)
+            .map_err(|e| PolicyLoadError::BadSpec(e.to_string()))?;
+        spec.validate()?;
+        if spec.is_recurrent() {
+            return Err(PolicyLoadError::Unsupported(format!(
+                "recurrent policies ({INPUT_OBS}, {INPUT_PREV_ACTION}, {INPUT_H}, {INPUT_C} → \
+                 {OUTPUT_H}, {OUTPUT_C}) are not run by this build yet"
+            )));
+        }
+
+        let obs_dim = spec.observation_space.dim();
+        let (discrete, out_name, out_dim, kind) = match &spec.action_space {
+            ActionSpace::Discrete { n } => (true, OUTPUT_Q, *n as usize, "discrete feed-forward"),
+            ActionSpace::Box(space) => {
+                (false, OUTPUT_ACTION, space.dim(), "continuous feed-forward")
+            }
+        };
+
+        // Graph inputs, minus initializers (IR < 4 lists weights as inputs too).
+        let initializers: std::collections::HashSet<&str> =
+            graph.initializer.iter().map(|t| t.name.as_str()).collect();
+        let inputs: Vec<&pb::ValueInfoProto> = graph
+            .input
+            .iter()
+            .filter(|i| !initializers.contains(i.name.as_str()))
+            .collect();
+        let input_names: Vec<String> = inputs.iter().map(|i| i.name.clone()).collect();
+        if input_names != [INPUT_OBS] {
+            return Err(PolicyLoadError::WrongInputs {
+                kind,
+                expected: vec![INPUT_OBS.to_string()],
+                found: input_names,
+            });
+        }
+        let output_names: Vec<String> = graph.output.iter().map(|o| o.name.clone()).collect();
+        if output_names != [out_name] {
+            return Err(PolicyLoadError::WrongOutputs {
+                kind,
+                expected: vec![out_name.to_string()],
+                found: output_names,
+            });
+        }
+        check_declared(inputs[0], obs_dim)?;
+        check_declared(&graph.output[0], out_dim)?;
+
+        let graph_err = |e: TractError| PolicyLoadError::Graph(format!("{e:#}"));
+        let mut model = onnx.model_for_proto_model(&proto).map_err(graph_err)?;
+        model
+            .set_input_fact(0, f32::fact([1, obs_dim]).into())
+            .map_err(graph_err)?;
+        let typed = model.into_typed().map_err(graph_err)?;
+        let fact = typed.output_fact(0).map_err(graph_err)?;
+        if fact.datum_type != f32::datum_type() {
+            return Err(PolicyLoadError::WrongType {
+                name: out_name.to_string(),
+                found: -1,
+            });
+        }
+        let shape_ok = fact
+            .shape
+            .as_concrete()
+            .is_some_and(|s| s.len() == 2 && s[0] == 1 && s[1] == out_dim);
+        if !shape_ok {
+            return Err(PolicyLoadError::WrongShape {
+                name: out_name.to_string(),
+                expected: out_dim,
+                found: format!("{:?} (inferred for batch 1)", fact.shape),
+            });
+        }
+        let plan = typed
+            .into_optimized()
+            .map_err(graph_err)?
+            .into_runnable()
+            .map_err(graph_err)?;
+        let state = TypedSimpleState::new(&plan).map_err(graph_err)?;
+
+        let mut policy = Policy {
+            spec,
+            sha256: reflex_msgs::hash::sha256(bytes),
+            state,
+            obs_dim,
+            out_dim,
+            discrete,
+            output: vec![0.0; out_dim],
+        };
+        policy.probe(out_name)?;
+        Ok(policy)
+    }
+
+    /// Runs a probe observation (the middle of the observation space where it is
+    /// bounded, 0 where not) and refuses non-finite outputs.
+    fn probe(&mut self, output: &'static str) -> Result<(), PolicyLoadError> {
+        let space = &self.spec.observation_space;
+        let probe: Vec<f32> = space
+            .low
+            .iter()
+            .zip(&space.high)
+            .map(|(&lo, &hi)| {
+                let mid = 0.5 * lo + 0.5 * hi;
+                if mid.is_finite() {
+                    mid
+                } else {
+                    0.0
+                }
+            })
+            .collect();
+        self.run(&probe)?;
+        if let Some((index, &value)) = self.output.iter().enumerate().find(|(_, v)| !v.is_finite())
+        {
+            return Err(PolicyLoadError::NonFiniteOutput {
+                output,
+                index,
+                value,
+            });
+        }
+        Ok(())
+    }
+
+    /// Runs the plan on one observation into `self.output`.
+    fn run(&mut self, obs: &[f32]) -> Result<(), PolicyLoadError> {
+        if obs.len() != self.obs_dim {
+            return Err(PolicyLoadError::ObservationLength {
+                expected: self.obs_dim,
+                found: obs.len(),
+            });
+        }
+        let input = Tensor::from_shape(&[1, self.obs_dim], obs)
+            .map_err(|e| PolicyLoadError::Run(format!("{e:#}")))?;
+        let outputs = self
+            .state
+            .run(tvec!(input.into_tvalue()))
+            .map_err(|e| PolicyLoadError::Run(format!("{e:#}")))?;
+        let values = outputs[0]
+            .try_as_plain_ram()
+            .and_then(|view| view.as_slice::<f32>())
+            .map_err(|e| PolicyLoadError::Run(format!("{e:#}")))?;
+        if values.len() != self.out_dim {
+            return Err(PolicyLoadError::Run(format!(
+                "output has {} values, expected {}",
+                values.len(),
+                self.out_dim
+            )));
+        }
+        self.output.copy_from_slice(values);
+        Ok(())
+    }
+
+    /// The policy's spec, from its metadata.
+    pub fn spec(&self) -> &PolicySpec {
+        &self.spec
+    }
+
+    /// SHA-256 of the ONNX bytes it was loaded from.
+    pub fn sha256(&self) -> &[u8; 32] {
+        &self.sha256
+    }
+
+    /// Observation length the policy takes.
+    pub fn obs_dim(&self) -> usize {
+        self.obs_dim
+    }
+
+    /// Whether the policy outputs Q-values over discrete actions.
+    pub fn is_discrete(&self) -> bool {
+        self.discrete
+    }
+
+    /// One greedy step: the action for `obs` (discrete: argmax of Q, with Q).
+    pub fn step(&mut self, obs: &[f32]) -> Result<PolicyOutput<'_>, PolicyLoadError> {
+        self.run(obs)?;
+        Ok(if self.discrete {
+            PolicyOutput::Discrete {
+                action: argmax(&self.output),
+                q: &self.output,
+            }
+        } else {
+            PolicyOutput::Continuous {
+                action: &self.output,
+            }
+        })
+    }
+
+    /// Clears recurrent state (a no-op for feed-forward policies), e.g. at an
+    /// episode start or after a policy swap.
+    pub fn reset(&mut self) {}
+}
+
+impl Actor for Policy {
+    fn spec(&self) -> &PolicySpec {
+        Policy::spec(self)
+    }
+
+    fn step(&mut self, obs: &[f32]) -> Result<PolicyOutput<'_>, ActorError> {
+        Ok(Policy::step(self, obs)?)
+    }
+
+    fn reset(&mut self) {
+        Policy::reset(self)
+    }
+}
+
+/// The [`Loader`] the daemon uses for policy files and updates: the bytes must
+/// pass every check of [`Policy::from_bytes`].
+pub fn onnx_loader() -> Loader {
+    Arc::new(|bytes: &[u8]| Ok(Box::new(Policy::from_bytes(bytes)?) as Box<dyn Actor>))
+}
+
+/// Index of the first largest value; NaN never wins.
+pub fn argmax(values: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, &v) in values.iter().enumerate().skip(1) {
+        if v > values[best] || values[best].is_nan() {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn argmax_takes_the_first_of_ties_and_skips_nan() {
+        assert_eq!(argmax(&[1.0, 3.0, 3.0]), 1);
+        assert_eq!(argmax(&[f32::NAN, 0.5, 0.2]), 1);
+        assert_eq!(argmax(&[2.0]), 0);
+    }
+
+    #[test]
+    fn garbage_and_empty_bytes_are_refused() {
+        assert!(matches!(
+            Policy::from_bytes(b"this is not protobuf \xff\xff\xff"),
+            Err(PolicyLoadError::Decode(_)) | Err(PolicyLoadError::NoGraph)
+        ));
+        assert!(matches!(
+            Policy::from_bytes(&[]),
+            Err(PolicyLoadError::NoGraph)
+        ));
+    }
+
+    #[test]
+    fn a_missing_file_names_the_path() {
+        let err = Policy::load("/nonexistent/policy.onnx").unwrap_err();
+        assert!(
+            err.to_string().contains("/nonexistent/policy.onnx"),
+            "{err}"
+        );
+    }
+}

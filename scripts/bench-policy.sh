@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Policy inference latency, reflex (tract) beside onnxruntime on the same files.
+# The files are the parity test's exports (2x64 plain, 2x64 dueling with
+# normalization, 2x64 twin dueling LayerNorm tanh, 2x256 twin).
+#   bash scripts/bench-policy.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+venv=.venv-onnx
+if ! "$venv/bin/python" -c "import onnxruntime" 2>/dev/null; then
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install --quiet --disable-pip-version-check \
+    onnx==1.23.2 onnxruntime==1.31.1 gymnasium==1.4.0 numpy==2.4.6
+fi
+dir=${BENCH_POLICY_DIR:-target/bench-policy}
+rm -rf "$dir"
+REFLEX_INTEROP_DIR="$dir" cargo test --quiet --release -p reflex-trainer --test onnx \
+  tract_matches_candle_for_every_network_kind > /dev/null
+files=("$dir"/*.onnx)
+echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
+cargo bench --quiet -p reflex-daemon --bench policy_latency -- "${files[@]}"
+"$venv/bin/python" scripts/bench_policy_ort.py "${files[@]}"
