@@ -32,6 +32,10 @@ pub mod spool;
 pub mod swap;
 pub mod transport;
 pub mod uplink;
+pub mod zenoh_link;
+
+/// The zenoh crate this daemon is built with (the learner uses the same version).
+pub use zenoh;
 
 pub use actor::{Actor, ActorError, ActorOutput, Loader};
 pub use config::{Config, ConfigError, DEFAULT_CONFIG_TOML};
