@@ -5,15 +5,10 @@
 #   bash scripts/bench-policy.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
-venv=.venv-onnx
-if ! "$venv/bin/python" -c "import onnxruntime" 2>/dev/null; then
-  python3 -m venv "$venv"
-  "$venv/bin/pip" install --quiet --disable-pip-version-check \
-    onnx==1.23.2 onnxruntime==1.31.1 gymnasium==1.4.0 numpy==2.4.6
-fi
+source scripts/venv-onnx.sh
 dir=${BENCH_POLICY_DIR:-target/bench-policy}
 rm -rf "$dir"
-REFLEX_INTEROP_DIR="$dir" cargo test --quiet --release -p reflex-trainer --test onnx \
+REFLEX_INTEROP_DIR="$dir" cargo test --quiet -p reflex-trainer --test onnx \
   tract_matches_candle_for_every_network_kind > /dev/null
 files=("$dir"/*.onnx)
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"

@@ -8,12 +8,7 @@
 # Makes a Python venv at .venv-onnx (onnx, onnxruntime, gymnasium) if missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-venv=.venv-onnx
-if ! "$venv/bin/python" -c "import onnx, onnxruntime, gymnasium" 2>/dev/null; then
-  python3 -m venv "$venv"
-  "$venv/bin/pip" install --quiet --disable-pip-version-check \
-    onnx==1.23.2 onnxruntime==1.31.1 gymnasium==1.4.0 numpy==2.4.6
-fi
+source scripts/venv-onnx.sh
 dir=$(mktemp -d)
 trap 'rm -rf "$dir"' EXIT
 

@@ -52,8 +52,14 @@ pub fn evaluate_policy(
         }
         returns.push(total);
     }
+    Ok(mean_std(&returns))
+}
+
+/// Mean and population standard deviation (NumPy's `np.std`) of episode returns;
+/// (0, 0) for none.
+pub fn mean_std(returns: &[f64]) -> (f64, f64) {
     let n = returns.len().max(1) as f64;
     let mean = returns.iter().sum::<f64>() / n;
     let std = (returns.iter().map(|r| (r - mean).powi(2)).sum::<f64>() / n).sqrt();
-    Ok((mean, std))
+    (mean, std)
 }

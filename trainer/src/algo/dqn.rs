@@ -466,10 +466,7 @@ pub fn evaluate(
         }
         returns.push(total);
     }
-    let n = returns.len().max(1) as f64;
-    let mean = returns.iter().sum::<f64>() / n;
-    let std = (returns.iter().map(|r| (r - mean).powi(2)).sum::<f64>() / n).sqrt();
-    Ok((mean, std))
+    Ok(crate::eval::mean_std(&returns))
 }
 
 #[cfg(test)]
