@@ -14,6 +14,7 @@ pub mod algo;
 pub mod checkpoint;
 pub mod eval;
 pub mod export;
+pub mod learner;
 pub mod nn;
 pub mod optim;
 pub mod plot;

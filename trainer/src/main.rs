@@ -23,6 +23,8 @@ use reflex_trainer::run::{resolve, RunConfig};
 use reflex_trainer::TrainError;
 use serde::Serialize;
 
+mod fleet;
+
 #[derive(Parser)]
 #[command(
     name = "reflex-train",
@@ -108,6 +110,123 @@ enum Command {
         #[arg(short, long)]
         output: Option<PathBuf>,
     },
+    /// The learner service: robots' transitions in over zenoh, signed policies out.
+    Serve(ServeArgs),
+    /// The fleet loop on one machine: the learner, simulated robots and their
+    /// reflexd daemons as separate processes on loopback, until solved.
+    Fleet(FleetArgs),
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// Env the robots run (its built-in simulator evaluates the learner).
+    #[arg(long)]
+    env: Option<String>,
+    /// Algorithm.
+    #[arg(long)]
+    algo: Option<String>,
+    /// Seed of the learner's weights and sampling.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Fleet name (policies go to reflex/<fleet>/policy).
+    #[arg(long, default_value = "default")]
+    fleet: String,
+    /// zenoh endpoint to listen on (repeatable); robots connect here.
+    #[arg(long, default_values_t = [reflex_daemon::zenoh_link::DEFAULT_ENDPOINT.to_string()])]
+    listen: Vec<String>,
+    /// zenoh endpoint to connect to (repeatable), e.g. a router.
+    #[arg(long)]
+    connect: Vec<String>,
+    /// zenoh mode: peer, or client (through a router).
+    #[arg(long, default_value = "peer", value_parser = ["peer", "client"])]
+    mode: String,
+    /// Run folder (policy.onnx, learner.key/.pub, checkpoints, learner.json).
+    #[arg(long, default_value = "runs/fleet")]
+    out: PathBuf,
+    /// A TOML file with any of the run's settings (unknown keys are errors).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Override one setting, e.g. `--set dqn.gamma=0.98` (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    sets: Vec<String>,
+    /// Samples per insert [default: the preset's gradient_steps·batch_size/train_freq].
+    #[arg(long)]
+    samples_per_insert: Option<f64>,
+    /// Publish a signed policy every K updates.
+    #[arg(long, default_value_t = 250)]
+    publish_every: u64,
+    /// Hard target update every this many updates [default: the local loop's].
+    #[arg(long)]
+    target_update_every: Option<u64>,
+    /// Checkpoint every this many updates (0 = only at the end).
+    #[arg(long, default_value_t = 5000)]
+    checkpoint_every: u64,
+    /// Greedy evaluation every this many updates (0 = never).
+    #[arg(long, default_value_t = 500)]
+    eval_every: u64,
+    /// Stop after this many transitions received.
+    #[arg(long)]
+    max_transitions: Option<u64>,
+    /// Stop when the greedy evaluation reaches this mean return [default: the env's
+    /// threshold, 475 for CartPole].
+    #[arg(long)]
+    target_return: Option<f64>,
+    /// Logs only, no progress bar.
+    #[arg(long)]
+    quiet: bool,
+    /// After stopping, keep counting what robots still send until SIGINT/SIGTERM
+    /// (what `fleet` uses for exact accounting).
+    #[arg(long)]
+    linger: bool,
+    /// Compute threads for candle's CPU kernels.
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+}
+
+#[derive(clap::Args)]
+struct FleetArgs {
+    /// Env the simulated robots run.
+    #[arg(long, default_value = "cartpole")]
+    env: String,
+    /// Number of simulated robots.
+    #[arg(long, default_value_t = 2)]
+    robots: u32,
+    /// Run folder (robots/, logs/, policy.onnx, learner.json, summary.json).
+    #[arg(long, default_value = "runs/fleet")]
+    out: PathBuf,
+    /// Fleet name.
+    #[arg(long, default_value = "default")]
+    fleet: String,
+    /// Stop after this many transitions received (the env-step budget).
+    #[arg(long)]
+    max_transitions: Option<u64>,
+    /// Control rate of each robot, Hz.
+    #[arg(long, default_value_t = 500.0)]
+    rate_hz: f64,
+    /// The learner's port on 127.0.0.1 [default: a free one].
+    #[arg(long)]
+    port: Option<u16>,
+    /// Seed of the learner and of the robots' exploration.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Stop at this greedy mean return [default: 475 for CartPole].
+    #[arg(long)]
+    target_return: Option<f64>,
+    /// Base ε of the Ape-X per-actor schedule (actor i: ε^(1 + 7 i / (N − 1))).
+    #[arg(long, default_value_t = 0.4)]
+    epsilon: f64,
+    /// Override one learner setting (repeatable), passed to `serve --set`.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    sets: Vec<String>,
+    /// Extra `serve` options, e.g. `--serve-arg=--publish-every=100` (repeatable).
+    #[arg(long = "serve-arg", allow_hyphen_values = true)]
+    serve_args: Vec<String>,
+    /// Greedy episodes of the final evaluation of policy.onnx.
+    #[arg(long, default_value_t = 20)]
+    eval_episodes: u32,
+    /// Keep the previous run's checkpoints and resume from them.
+    #[arg(long)]
+    resume: bool,
 }
 
 fn threads_from(threads: usize) {
@@ -172,6 +291,8 @@ fn main() {
             checkpoint,
             output,
         } => export(&run, checkpoint, output),
+        Command::Serve(args) => serve(args),
+        Command::Fleet(args) => fleet::fleet(args),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");
@@ -555,5 +676,76 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     file.write_all(bytes)?;
     file.sync_all()?;
     fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))?;
+    Ok(())
+}
+
+/// The default "solved" return of an env (Gymnasium's reward thresholds).
+fn default_target(env: &str) -> Option<f64> {
+    let short = reflex_sim::registry::lookup(env).map_or(env, |e| e.short);
+    match short {
+        "cartpole" => Some(475.0),
+        "acrobot" => Some(-100.0),
+        "mountaincar" => Some(-110.0),
+        _ => None,
+    }
+}
+
+/// `reflex-train serve`: the learner service.
+fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    use reflex_daemon::zenoh_link::{ZenohConfig, ZenohMode};
+    use reflex_trainer::learner::{self, ServeOptions};
+    use std::sync::atomic::AtomicBool;
+    use std::sync::Arc;
+
+    let mut explicit = toml::Table::new();
+    if let Some(env) = args.env {
+        explicit.insert("env".into(), env.into());
+    }
+    if let Some(algo) = args.algo {
+        explicit.insert("algo".into(), algo.into());
+    }
+    if let Some(seed) = args.seed {
+        explicit.insert("seed".into(), toml::Value::Integer(seed as i64));
+    }
+    threads_from(args.threads);
+    let run = resolve(args.config.as_deref(), &args.sets, &explicit)?;
+    if run.dqn.n_step == 0 {
+        bail!("dqn.n_step must be at least 1");
+    }
+    let zenoh = ZenohConfig {
+        mode: if args.mode == "client" {
+            ZenohMode::Client
+        } else {
+            ZenohMode::Peer
+        },
+        listen: args.listen,
+        connect: args.connect,
+        scouting: false,
+    };
+    let shutdown = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(signal, shutdown.clone())
+            .context("installing signal handlers")?;
+    }
+    let target_return = args.target_return.or_else(|| default_target(&run.env));
+    let report = learner::serve(
+        ServeOptions {
+            run,
+            fleet: args.fleet,
+            zenoh,
+            out: args.out,
+            samples_per_insert: args.samples_per_insert,
+            publish_every: args.publish_every,
+            target_update_every: args.target_update_every,
+            checkpoint_every: args.checkpoint_every,
+            eval_every: args.eval_every,
+            max_transitions: args.max_transitions,
+            target_return,
+            quiet: args.quiet,
+            linger: args.linger,
+        },
+        shutdown,
+    )?;
+    println!("{}", serde_json::to_string(&report)?);
     Ok(())
 }

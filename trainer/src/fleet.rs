@@ -1,0 +1,492 @@
+//! `reflex-train fleet`: the fleet loop on one machine, as separate processes on
+//! loopback — the learner (`reflex-train serve`), N simulated robots (`reflex-sim
+//! serve`) and their daemons (`reflexd run`) — until the learner is done; then a clean
+//! stop, a greedy evaluation of the published `policy.onnx` through the robots' runtime,
+//! and a summary.
+//!
+//! Topology (explicit endpoints, scouting off): the learner listens on
+//! `tcp/127.0.0.1:PORT`; each simulator listens on a port of its own; each daemon
+//! connects to both.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use reflex_daemon::Policy;
+use reflex_trainer::eval::evaluate_policy;
+use reflex_trainer::export::POLICY_FILE;
+use reflex_trainer::learner::{read_report, LearnerReport, PUB_FILE};
+use serde::Serialize;
+
+use crate::FleetArgs;
+
+/// A child process with its role and log file.
+struct Proc {
+    name: String,
+    child: Child,
+    log: PathBuf,
+}
+
+impl Proc {
+    fn spawn(name: &str, cmd: &mut Command, log: PathBuf) -> anyhow::Result<Self> {
+        let file = fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+        let out = file.try_clone()?;
+        let child = cmd
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(file)
+            .spawn()
+            .with_context(|| format!("starting {name} ({:?})", cmd.get_program()))?;
+        Ok(Self {
+            name: name.to_string(),
+            child,
+            log,
+        })
+    }
+
+    fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// SIGTERM, wait up to `grace`, then SIGKILL.
+    fn stop(&mut self, grace: Duration) {
+        if !self.alive() {
+            return;
+        }
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        let deadline = Instant::now() + grace;
+        while Instant::now() < deadline {
+            if !self.alive() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        eprintln!("fleet: {} did not stop in {grace:?}; killing it", self.name);
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    fn tail(&self) -> String {
+        let text = fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(15)..].join("\n")
+    }
+}
+
+/// A free TCP port on 127.0.0.1 (bound, read, released).
+fn free_port() -> anyhow::Result<u16> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
+    Ok(listener.local_addr()?.port())
+}
+
+/// The robot configuration the fleet writes for robot `index`.
+#[allow(clippy::too_many_arguments)]
+fn robot_toml(
+    robot: &str,
+    fleet: &str,
+    rate_hz: f64,
+    policy: &Path,
+    public_key: &str,
+    seed: u64,
+    index: u32,
+    robots: u32,
+    epsilon: f64,
+    connect: &[String],
+) -> String {
+    let connect = connect
+        .iter()
+        .map(|e| format!("{e:?}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        r#"# Written by `reflex-train fleet`: simulated robot {robot}.
+robot_id = "{robot}"
+fleet = "{fleet}"
+rate_hz = {rate_hz:?}
+status_interval_ms = 250
+
+[policy]
+# The learner's initial policy; later ones arrive signed over zenoh.
+path = {policy:?}
+reload_poll_ms = 0
+public_key = "{public_key}"
+
+[mode]
+kind = "explore"
+seed = {seed}
+# Ape-X: actor i explores with epsilon^(1 + 7 i / (N - 1)).
+epsilon = {epsilon:?}
+actor_index = {index}
+num_actors = {robots}
+epsilon_alpha = 7.0
+
+[transport]
+kind = "zenoh"
+
+[transport.zenoh]
+mode = "peer"
+# The learner, then this robot's simulator.
+connect = [{connect}]
+scouting = false
+"#
+    )
+}
+
+/// Final transition totals from a daemon's log (`reflexd stopped … sent=N spooled=N
+/// dropped=N`), the exact numbers after its spool was flushed.
+fn daemon_totals(log: &Path) -> Option<(u64, u64, u64)> {
+    let text = fs::read_to_string(log).ok()?;
+    let line = text.lines().rev().find(|l| l.contains("reflexd stopped"))?;
+    let field = |name: &str| -> Option<u64> {
+        line.split_whitespace()
+            .filter_map(|tok| tok.split_once('='))
+            .find(|(k, _)| *k == name)
+            .and_then(|(_, v)| v.trim_matches(|c: char| !c.is_ascii_digit()).parse().ok())
+    };
+    Some((field("sent")?, field("spooled")?, field("dropped")?))
+}
+
+/// `summary.json`, and the last line of stdout.
+#[derive(Debug, Serialize)]
+struct Summary {
+    eval_mean_return: f64,
+    eval_std_return: f64,
+    eval_episodes: u32,
+    solved: bool,
+    stop_reason: String,
+    transitions_produced: u64,
+    transitions_sent: u64,
+    transitions_received: u64,
+    transitions_dropped: u64,
+    transitions_spooled: u64,
+    lost_in_transit: u64,
+    duplicates: u64,
+    decode_errors: u64,
+    robots: u32,
+    updates: u64,
+    policy_version: u64,
+    policy: String,
+    wall_s: f64,
+    time_to_solve_s: Option<f64>,
+    transitions_per_s: f64,
+    accounting: &'static str,
+}
+
+fn stop_all(procs: &mut [Proc]) {
+    for p in procs.iter_mut().rev() {
+        p.stop(Duration::from_secs(5));
+    }
+}
+
+pub fn fleet(args: FleetArgs) -> anyhow::Result<()> {
+    if args.robots == 0 {
+        bail!("--robots must be at least 1");
+    }
+    if !(args.rate_hz.is_finite() && args.rate_hz > 0.0) {
+        bail!("--rate-hz must be positive");
+    }
+    let started = Instant::now();
+    let exe = std::env::current_exe().context("locating reflex-train")?;
+    let bin_dir = exe.parent().context("reflex-train has no parent folder")?;
+    let profile = if bin_dir.ends_with("release") {
+        " --release"
+    } else {
+        ""
+    };
+    let sim_bin = bin_dir.join("reflex-sim");
+    let daemon_bin = bin_dir.join("reflexd");
+    for bin in [&sim_bin, &daemon_bin] {
+        if !bin.exists() {
+            bail!(
+                "{} not found next to {}: build it with `cargo build{profile} -p reflex-sim -p reflex-daemon`",
+                bin.display(),
+                exe.display()
+            );
+        }
+    }
+    let out = &args.out;
+    fs::create_dir_all(out.join("robots"))?;
+    fs::create_dir_all(out.join("logs"))?;
+    let out = out.canonicalize()?;
+    if !args.resume {
+        // A fresh run; the signing key (the fleet's identity) stays.
+        for name in [POLICY_FILE, "learner.json", "summary.json", "config.toml"] {
+            let _ = fs::remove_file(out.join(name));
+        }
+        let _ = fs::remove_dir_all(out.join("checkpoints"));
+    }
+    let shutdown = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(signal, shutdown.clone())
+            .context("installing signal handlers")?;
+    }
+
+    let port = match args.port {
+        Some(p) => p,
+        None => free_port()?,
+    };
+    let endpoint = format!("tcp/127.0.0.1:{port}");
+    let mut learner_cmd = Command::new(&exe);
+    learner_cmd
+        .args(["serve", "--env", &args.env, "--algo", "dqn", "--fleet"])
+        .arg(&args.fleet)
+        .args(["--listen", &endpoint, "--quiet", "--linger", "--seed"])
+        .arg(args.seed.to_string())
+        .arg("--out")
+        .arg(&out);
+    if let Some(n) = args.max_transitions {
+        learner_cmd.args(["--max-transitions", &n.to_string()]);
+    }
+    if let Some(t) = args.target_return {
+        learner_cmd.args(["--target-return", &t.to_string()]);
+    }
+    for set in &args.sets {
+        learner_cmd.args(["--set", set]);
+    }
+    learner_cmd.args(&args.serve_args);
+    let logs = out.join("logs");
+    let mut learner = Proc::spawn("learner", &mut learner_cmd, logs.join("learner.log"))?;
+    eprintln!(
+        "fleet: learner on {endpoint} (log {})",
+        learner.log.display()
+    );
+
+    // The learner writes the initial policy and its public key before it serves.
+    let policy = out.join(POLICY_FILE);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !(policy.exists() && out.join(PUB_FILE).exists()) {
+        if !learner.alive() {
+            bail!(
+                "the learner exited before serving; {}:\n{}",
+                learner.log.display(),
+                learner.tail()
+            );
+        }
+        if Instant::now() > deadline || shutdown.load(Ordering::SeqCst) {
+            learner.stop(Duration::from_secs(5));
+            bail!("the learner did not write {} in time", policy.display());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let public_key = fs::read_to_string(out.join(PUB_FILE))?.trim().to_string();
+
+    let mut robots: Vec<Proc> = Vec::new();
+    let mut daemons: Vec<(String, PathBuf)> = Vec::new();
+    for i in 0..args.robots {
+        let robot = format!("r{i}");
+        let sim_port = free_port()?;
+        let sim_endpoint = format!("tcp/127.0.0.1:{sim_port}");
+        let config = out.join("robots").join(format!("{robot}.toml"));
+        fs::write(
+            &config,
+            robot_toml(
+                &robot,
+                &args.fleet,
+                args.rate_hz,
+                &policy,
+                &public_key,
+                args.seed.wrapping_mul(1000).wrapping_add(u64::from(i)),
+                i,
+                args.robots,
+                args.epsilon,
+                &[endpoint.clone(), sim_endpoint.clone()],
+            ),
+        )?;
+        let mut sim = Command::new(&sim_bin);
+        sim.args(["serve", "--env", &args.env, "--robot", &robot, "--fleet"])
+            .arg(&args.fleet)
+            .args(["--listen", &sim_endpoint, "--seed"])
+            .arg(
+                args.seed
+                    .wrapping_mul(1_000_003)
+                    .wrapping_add(u64::from(i) * 100_000)
+                    .to_string(),
+            );
+        let spawned = Proc::spawn(
+            &format!("reflex-sim {robot}"),
+            &mut sim,
+            logs.join(format!("sim-{robot}.log")),
+        );
+        match spawned {
+            Ok(p) => robots.push(p),
+            Err(e) => {
+                stop_all(&mut robots);
+                learner.stop(Duration::from_secs(10));
+                return Err(e);
+            }
+        }
+        let mut daemon = Command::new(&daemon_bin);
+        daemon.arg("run").arg("--config").arg(&config);
+        let log = logs.join(format!("reflexd-{robot}.log"));
+        match Proc::spawn(&format!("reflexd {robot}"), &mut daemon, log.clone()) {
+            Ok(p) => robots.push(p),
+            Err(e) => {
+                stop_all(&mut robots);
+                learner.stop(Duration::from_secs(10));
+                return Err(e);
+            }
+        }
+        daemons.push((robot, log));
+    }
+    eprintln!(
+        "fleet: {} robots at {} Hz (configs in {}, logs in {})",
+        args.robots,
+        args.rate_hz,
+        out.join("robots").display(),
+        logs.display()
+    );
+
+    // Run until the learner is done.
+    let mut last_line = Instant::now();
+    let mut failure: Option<String> = None;
+    loop {
+        std::thread::sleep(Duration::from_millis(200));
+        if shutdown.load(Ordering::SeqCst) {
+            failure = Some("interrupted".into());
+            break;
+        }
+        if !learner.alive() {
+            failure = Some(format!(
+                "the learner exited unexpectedly ({:?}); {}:\n{}",
+                learner.child.try_wait().ok().flatten(),
+                learner.log.display(),
+                learner.tail()
+            ));
+            break;
+        }
+        if let Some(dead) = robots.iter_mut().find_map(|p| (!p.alive()).then_some(p)) {
+            failure = Some(format!(
+                "{} exited unexpectedly ({:?}); {}:\n{}",
+                dead.name,
+                dead.child.try_wait().ok().flatten(),
+                dead.log.display(),
+                dead.tail()
+            ));
+            break;
+        }
+        let report = read_report(&out).ok();
+        if report.as_ref().is_some_and(|r| r.done) {
+            break;
+        }
+        if last_line.elapsed() >= Duration::from_secs(5) {
+            last_line = Instant::now();
+            if let Some(r) = report {
+                eprintln!(
+                    "fleet: {:>5.0}s  robots {}  received {} ({:.0}/s)  updates {}  policy v{}  eval {}",
+                    started.elapsed().as_secs_f64(),
+                    r.robots_seen,
+                    r.transitions_received,
+                    r.transitions_per_s,
+                    r.updates,
+                    r.policy_version,
+                    r.eval_mean_return
+                        .map_or("-".to_string(), |m| format!("{m:.1}"))
+                );
+            }
+        }
+    }
+
+    // Daemons first (they flush their spools to the still-listening learner), then the
+    // simulators, then the learner.
+    let (daemon_procs, sim_procs): (Vec<_>, Vec<_>) = robots
+        .into_iter()
+        .partition(|p| p.name.starts_with("reflexd"));
+    let mut daemon_procs = daemon_procs;
+    let mut sim_procs = sim_procs;
+    stop_all(&mut daemon_procs);
+    stop_all(&mut sim_procs);
+    std::thread::sleep(Duration::from_millis(500));
+    learner.stop(Duration::from_secs(60));
+    if let Some(failure) = failure {
+        bail!("fleet stopped: {failure}");
+    }
+
+    let report: LearnerReport = read_report(&out).context("reading the learner's report")?;
+    let mut loaded =
+        Policy::load(&policy).with_context(|| format!("loading {}", policy.display()))?;
+    let mut env = reflex_sim::make(&args.env)?;
+    let (eval_mean, eval_std) =
+        evaluate_policy(&mut loaded, env.as_mut(), args.eval_episodes, 1_000_000)?;
+
+    // Exact totals from each daemon's final report when every one logged it; else the
+    // robots' last heartbeats.
+    let exact: Option<Vec<(u64, u64, u64)>> =
+        daemons.iter().map(|(_, log)| daemon_totals(log)).collect();
+    let (sent, spooled, dropped, accounting) = match exact {
+        Some(all) => {
+            let sum = |f: fn(&(u64, u64, u64)) -> u64| all.iter().map(f).sum::<u64>();
+            (
+                sum(|t| t.0),
+                sum(|t| t.1),
+                sum(|t| t.2),
+                "daemon final reports",
+            )
+        }
+        None => (
+            report.status_sent,
+            report.status_spooled,
+            report.status_dropped,
+            "daemon heartbeats",
+        ),
+    };
+    let summary = Summary {
+        eval_mean_return: eval_mean,
+        eval_std_return: eval_std,
+        eval_episodes: args.eval_episodes,
+        solved: report.solved,
+        stop_reason: report.stop_reason.clone(),
+        transitions_produced: sent + spooled + dropped,
+        transitions_sent: sent,
+        transitions_received: report.transitions_received,
+        transitions_dropped: dropped + report.lost_transitions,
+        transitions_spooled: spooled,
+        lost_in_transit: report.lost_transitions,
+        duplicates: report.duplicates,
+        decode_errors: report.decode_errors,
+        robots: args.robots,
+        updates: report.updates,
+        policy_version: report.policy_version,
+        policy: policy.display().to_string(),
+        wall_s: started.elapsed().as_secs_f64(),
+        time_to_solve_s: report.time_to_solve_s,
+        transitions_per_s: report.transitions_per_s,
+        accounting,
+    };
+    fs::write(
+        out.join("summary.json"),
+        serde_json::to_string_pretty(&summary)?,
+    )?;
+    eprintln!(
+        "fleet: {} after {:.1}s: greedy eval {:.1} ± {:.1} over {} episodes (policy v{}, {} updates)\n\
+         fleet: transitions produced {}, sent {}, received {}, dropped {} (lost in transit {}), \
+         spooled {}, duplicates {}; {:.0} transitions/s into the learner\n\
+         fleet: policy {}",
+        if report.solved { "solved" } else { "stopped" },
+        summary.wall_s,
+        eval_mean,
+        eval_std,
+        args.eval_episodes,
+        report.policy_version,
+        report.updates,
+        summary.transitions_produced,
+        sent,
+        report.transitions_received,
+        summary.transitions_dropped,
+        report.lost_transitions,
+        spooled,
+        report.duplicates,
+        report.transitions_per_s,
+        policy.display()
+    );
+    println!("{}", serde_json::to_string(&summary)?);
+    Ok(())
+}

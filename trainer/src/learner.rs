@@ -1,0 +1,1256 @@
+//! The learner service (`reflex-train serve`): robots' transitions in over zenoh,
+//! gradient updates out as signed policies — the learner half of the Ape-X loop.
+//!
+//! ```text
+//! reflex/<fleet>/*/transitions ──▶ per-robot tracking ──▶ per-robot n-step ──▶ replay
+//!                                  (batch_seq gaps/dups,                          │
+//!                                   episodes, step gaps)        SPI limiter ◀─────┤
+//!                                                                    │            │
+//! reflex/<fleet>/policy ◀── sign (ed25519) ◀── ONNX ◀── every K updates ◀── DQN update
+//! ```
+//!
+//! - **Tracking.** Each robot's batches carry `batch_seq` (+1 per batch since the
+//!   daemon started). A higher number than expected is a gap (batches lost in
+//!   transit, counted); a lower one is either a duplicate (the same batch again: not
+//!   inserted twice) or a restarted daemon (its numbering starts over): the two are
+//!   told apart by a fingerprint of each recent batch's first transition. Inside the
+//!   stream, `(episode_id, step)` must advance by one; a step gap or an episode that
+//!   changes without ending closes the robot's n-step window as truncated, so returns
+//!   never span missing steps.
+//! - **Rate limiting** (Reverb's samples-per-insert): after `learning_starts`
+//!   transitions, `updates allowed = (inserted − learning_starts) · SPI / batch_size`.
+//!   A learner that is ahead waits for data instead of overfitting a small replay;
+//!   one that is behind trains as fast as it can (robots are never blocked, they only
+//!   act with an older policy). The default SPI is the local loop's ratio,
+//!   `gradient_steps · batch_size / train_freq`.
+//! - **Policies.** Every K updates the online network is exported (the same ONNX the
+//!   local trainer writes, `policy_version` + 1, `training_step` = updates), written to
+//!   `out/policy.onnx` atomically, signed with the run's ed25519 key (`out/learner.key`,
+//!   public half in `out/learner.pub`, kept across restarts) and published reliably.
+//! - **Restarts.** Checkpoints (the trainer's format) every N updates and on a clean
+//!   stop; a learner started on a folder with a checkpoint resumes from it while the
+//!   robots keep acting and spooling.
+//! - **Done.** A periodic greedy evaluation of the online network on the built-in env
+//!   decides "solved" (`--target-return`); the learner then publishes its final policy,
+//!   writes `out/learner.json` and stops, as it does at `--max-transitions` or on
+//!   SIGINT/SIGTERM.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{channel, RecvTimeoutError};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use candle_core::Device;
+use ed25519_dalek::{Signer, SigningKey};
+use indicatif::{ProgressBar, ProgressStyle};
+use reflex_daemon::zenoh::qos::CongestionControl;
+use reflex_daemon::zenoh::Wait;
+use reflex_daemon::zenoh_link::{self, ZenohConfig};
+use reflex_msgs::{keys, ActionSpace, PolicySpec, PolicyUpdate, Status, TransitionBatch};
+use reflex_sim::Env;
+use serde::{Deserialize, Serialize};
+
+use crate::algo::dqn::{evaluate, Dqn, DqnConfig};
+use crate::checkpoint;
+use crate::export::{q_network_onnx, spec_for, write_atomic, POLICY_FILE};
+use crate::replay::{ActionRef, ActionShape, EnvStep, NStepAccumulator};
+use crate::run::RunConfig;
+use crate::TrainError;
+
+/// The learner's summary file in the run folder (rewritten every few seconds while it
+/// runs, final when it stops).
+pub const LEARNER_FILE: &str = "learner.json";
+/// The run's ed25519 signing key (64 hex digits, private).
+pub const KEY_FILE: &str = "learner.key";
+/// The run's ed25519 public key (64 hex digits): what robots put in `policy.public_key`.
+pub const PUB_FILE: &str = "learner.pub";
+
+/// Why the learner stopped or could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum LearnerError {
+    /// Training, export or checkpoints failed.
+    #[error(transparent)]
+    Train(#[from] TrainError),
+    /// zenoh refused the configuration or a declaration.
+    #[error("zenoh: {0}")]
+    Zenoh(String),
+    /// A file could not be read or written.
+    #[error("{path}: {message}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// What went wrong.
+        message: String,
+    },
+    /// The options cannot work.
+    #[error("config: {0}")]
+    Config(String),
+}
+
+fn io_err(path: &Path, e: impl std::fmt::Display) -> LearnerError {
+    LearnerError::Io {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Rate limiting
+// ---------------------------------------------------------------------------
+
+/// Reverb-style samples-per-insert limiter: how many gradient updates the data
+/// inserted so far pays for.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SpiLimiter {
+    /// Samples (batch rows) drawn per transition inserted.
+    pub samples_per_insert: f64,
+    /// Rows per update.
+    pub batch_size: usize,
+    /// Transitions inserted before the first update.
+    pub learning_starts: u64,
+}
+
+impl SpiLimiter {
+    /// A limiter; `samples_per_insert` must be finite and positive, `batch_size` > 0.
+    pub fn new(
+        samples_per_insert: f64,
+        batch_size: usize,
+        learning_starts: u64,
+    ) -> Result<Self, LearnerError> {
+        if !(samples_per_insert.is_finite() && samples_per_insert > 0.0) {
+            return Err(LearnerError::Config(format!(
+                "samples per insert {samples_per_insert}: must be finite and > 0"
+            )));
+        }
+        if batch_size == 0 {
+            return Err(LearnerError::Config("batch_size = 0".into()));
+        }
+        Ok(Self {
+            samples_per_insert,
+            batch_size,
+            learning_starts,
+        })
+    }
+
+    /// The local training loop's ratio: `gradient_steps · batch_size / train_freq`
+    /// samples per env step (RL Zoo's CartPole preset: 128 · 64 / 256 = 32).
+    pub fn default_spi(config: &DqnConfig) -> f64 {
+        (config.gradient_steps as f64 * config.batch_size as f64) / config.train_freq.max(1) as f64
+    }
+
+    /// Updates allowed after `inserted` transitions:
+    /// `⌊(inserted − learning_starts) · SPI / batch_size⌋`, 0 before `learning_starts`.
+    pub fn allowed(&self, inserted: u64) -> u64 {
+        let paid = inserted.saturating_sub(self.learning_starts) as f64;
+        (paid * self.samples_per_insert / self.batch_size as f64).floor() as u64
+    }
+
+    /// Whether one more update is allowed after `updates` updates.
+    pub fn may_update(&self, inserted: u64, updates: u64) -> bool {
+        inserted > self.learning_starts && updates < self.allowed(inserted)
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Per-robot tracking
+// ---------------------------------------------------------------------------
+
+/// What a batch's sequence number says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BatchVerdict {
+    /// New data; `missing` batches were skipped before it (0 = in order).
+    Fresh {
+        /// Batches lost before this one.
+        missing: u64,
+    },
+    /// A batch already received: drop it.
+    Duplicate,
+    /// The numbering started over (the daemon restarted): new data.
+    Restarted,
+}
+
+/// Batches remembered for duplicate detection, per robot.
+const RECENT_BATCHES: usize = 256;
+
+/// Tracks one robot's `batch_seq`.
+#[derive(Debug, Clone, Default)]
+pub struct SeqTracker {
+    next: Option<u64>,
+    recent: VecDeque<(u64, u64)>,
+}
+
+impl SeqTracker {
+    /// Classifies batch `seq` whose content has `fingerprint` (see [`fingerprint`]).
+    pub fn check(&mut self, seq: u64, fingerprint: u64) -> BatchVerdict {
+        let verdict = match self.next {
+            None => BatchVerdict::Fresh { missing: 0 },
+            Some(next) if seq >= next => BatchVerdict::Fresh {
+                missing: seq - next,
+            },
+            Some(_) => {
+                if self
+                    .recent
+                    .iter()
+                    .any(|&(s, f)| s == seq && f == fingerprint)
+                {
+                    return BatchVerdict::Duplicate;
+                }
+                self.recent.clear();
+                BatchVerdict::Restarted
+            }
+        };
+        self.next = Some(seq + 1);
+        if self.recent.len() == RECENT_BATCHES {
+            self.recent.pop_front();
+        }
+        self.recent.push_back((seq, fingerprint));
+        verdict
+    }
+}
+
+/// A fingerprint of a batch (its size and first transition), to tell a duplicate from
+/// a restarted daemon's batch with the same number.
+pub fn fingerprint(batch: &TransitionBatch) -> u64 {
+    // FNV-1a over the identifying fields.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut eat = |bytes: &[u8]| {
+        for b in bytes {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(0x100_0000_01b3);
+        }
+    };
+    eat(&(batch.transitions.len() as u64).to_le_bytes());
+    if let Some(t) = batch.transitions.first() {
+        eat(&t.episode_id.to_le_bytes());
+        eat(&t.step.to_le_bytes());
+        for v in &t.obs {
+            eat(&v.to_bits().to_le_bytes());
+        }
+    }
+    h
+}
+
+/// Where a transition falls in its robot's stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StepVerdict {
+    /// The next step of the current episode (or step 0 of a new one after a done).
+    Continues,
+    /// A new episode began before the previous one ended (its tail was lost or the
+    /// robot restarted): close the window first.
+    EpisodeCut,
+    /// `missing` steps of this episode never arrived: close the window first.
+    Gap {
+        /// Steps missing.
+        missing: u64,
+    },
+    /// A step already seen: skip it.
+    Stale,
+}
+
+/// Tracks one robot's `(episode_id, step)` stream.
+#[derive(Debug, Clone, Default)]
+pub struct EpisodeTracker {
+    /// (episode, next expected step, the episode has ended).
+    current: Option<(u64, u32, bool)>,
+    /// Episodes seen to their end.
+    pub completed: u64,
+}
+
+impl EpisodeTracker {
+    /// Classifies the transition `(episode_id, step, done)` and advances.
+    pub fn check(&mut self, episode_id: u64, step: u32, done: bool) -> StepVerdict {
+        let verdict = match self.current {
+            None if step == 0 => StepVerdict::Continues,
+            None => StepVerdict::Gap {
+                missing: u64::from(step),
+            },
+            Some((ep, next, ended)) if ep == episode_id => {
+                if step < next || ended {
+                    return StepVerdict::Stale;
+                }
+                if step == next {
+                    StepVerdict::Continues
+                } else {
+                    StepVerdict::Gap {
+                        missing: u64::from(step - next),
+                    }
+                }
+            }
+            Some((_, _, ended)) => match (ended, step) {
+                (true, 0) => StepVerdict::Continues,
+                (true, s) => StepVerdict::Gap {
+                    missing: u64::from(s),
+                },
+                (false, _) => StepVerdict::EpisodeCut,
+            },
+        };
+        if done {
+            self.completed += 1;
+        }
+        self.current = Some((episode_id, step.saturating_add(1), done));
+        verdict
+    }
+}
+
+/// One robot as the learner sees it.
+struct Robot {
+    seq: SeqTracker,
+    episodes: EpisodeTracker,
+    nstep: NStepAccumulator,
+    batches: u64,
+    received: u64,
+    inserted: u64,
+    duplicate_batches: u64,
+    duplicate_transitions: u64,
+    stale_transitions: u64,
+    missing_batches: u64,
+    missing_steps: u64,
+    episodes_cut: u64,
+    invalid: u64,
+    restarts: u64,
+    last_seen: Instant,
+    last_status: Option<Status>,
+    /// Status totals of earlier daemon lives (a restart resets its counters).
+    status_base: (u64, u64),
+    episode_return: f64,
+    recent_returns: VecDeque<f64>,
+}
+
+/// Per-robot numbers in `learner.json`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct RobotReport {
+    /// Robot id.
+    pub robot: String,
+    /// Batches received (duplicates excluded).
+    pub batches: u64,
+    /// Transitions received (duplicates excluded).
+    pub transitions_received: u64,
+    /// Transitions stored (through the n-step window) into replay.
+    pub transitions_inserted: u64,
+    /// Duplicate batches dropped.
+    pub duplicate_batches: u64,
+    /// Batches missing from the sequence (lost in transit).
+    pub missing_batches: u64,
+    /// Steps missing inside episodes (lost transitions).
+    pub missing_steps: u64,
+    /// Daemon restarts seen (batch numbering started over).
+    pub restarts: u64,
+    /// Episodes received to their end.
+    pub episodes: u64,
+    /// Mean return of the robot's last 20 episodes (exploring), if any.
+    pub recent_return: Option<f64>,
+    /// From the robot's Status heartbeats (summed over daemon restarts): transitions
+    /// delivered to the transport.
+    pub status_sent: u64,
+    /// Transitions waiting in the robot's spool at its last heartbeat.
+    pub status_spooled: u64,
+    /// Transitions the robot dropped (spool full), summed over restarts.
+    pub status_dropped: u64,
+    /// Policy version the robot runs (last heartbeat).
+    pub status_policy_version: u64,
+}
+
+// ---------------------------------------------------------------------------
+// The service
+// ---------------------------------------------------------------------------
+
+/// How `reflex-train serve` runs.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    /// The run's configuration (env, algorithm, DQN hyperparameters, seed).
+    pub run: RunConfig,
+    /// Fleet name (one key chunk).
+    pub fleet: String,
+    /// The zenoh session (the learner listens; scouting off).
+    pub zenoh: ZenohConfig,
+    /// Run folder.
+    pub out: PathBuf,
+    /// Samples per insert; `None` = the preset's ratio ([`SpiLimiter::default_spi`]).
+    pub samples_per_insert: Option<f64>,
+    /// Publish a policy every this many updates.
+    pub publish_every: u64,
+    /// Hard target update every this many updates; `None` = the local loop's
+    /// effective interval.
+    pub target_update_every: Option<u64>,
+    /// Checkpoint every this many updates (0 = only at the end).
+    pub checkpoint_every: u64,
+    /// Greedy evaluation every this many updates (0 = never).
+    pub eval_every: u64,
+    /// Stop once this many transitions were received.
+    pub max_transitions: Option<u64>,
+    /// "Solved" at this greedy mean return.
+    pub target_return: Option<f64>,
+    /// Logs instead of a progress bar.
+    pub quiet: bool,
+    /// After finishing, keep receiving (counting, not training) until SIGINT/SIGTERM,
+    /// so the final counts include what robots flush when they stop.
+    pub linger: bool,
+}
+
+/// `learner.json`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct LearnerReport {
+    /// Training is over (solved, budget reached or stopped).
+    pub done: bool,
+    /// The greedy evaluation reached the target return.
+    pub solved: bool,
+    /// Why training stopped (`solved`, `max_transitions`, `signal`), empty while running.
+    pub stop_reason: String,
+    /// Env name.
+    pub env: String,
+    /// Fleet name.
+    pub fleet: String,
+    /// Transitions received (duplicates excluded).
+    pub transitions_received: u64,
+    /// Transitions stored into replay.
+    pub transitions_inserted: u64,
+    /// Duplicate batches dropped.
+    pub duplicates: u64,
+    /// Batches missing from robots' sequences.
+    pub gaps: u64,
+    /// Steps missing inside episodes (transitions lost in transit).
+    pub lost_transitions: u64,
+    /// Payloads that did not decode.
+    pub decode_errors: u64,
+    /// Transitions refused by replay (wrong shape, non-finite).
+    pub invalid_transitions: u64,
+    /// Robots seen.
+    pub robots_seen: usize,
+    /// Gradient updates done (over restarts).
+    pub updates: u64,
+    /// Latest published policy version.
+    pub policy_version: u64,
+    /// Policies published by this process.
+    pub policies_published: u64,
+    /// Latest greedy evaluation (mean return), if any.
+    pub eval_mean_return: Option<f64>,
+    /// Seconds from start to solved, if solved.
+    pub time_to_solve_s: Option<f64>,
+    /// Seconds this process ran.
+    pub elapsed_s: f64,
+    /// Transitions received per second over this process's run.
+    pub transitions_per_s: f64,
+    /// Updates per second over this process's run.
+    pub updates_per_s: f64,
+    /// Samples per insert the limiter enforced.
+    pub samples_per_insert: f64,
+    /// Σ over robots of their Status `transitions_sent`.
+    pub status_sent: u64,
+    /// Σ over robots of their Status `transitions_spooled`.
+    pub status_spooled: u64,
+    /// Σ over robots of their Status `transitions_dropped`.
+    pub status_dropped: u64,
+    /// Per robot.
+    pub robots: Vec<RobotReport>,
+}
+
+enum Incoming {
+    Batch(String, TransitionBatch),
+    Status(String, Status),
+}
+
+/// Loads the run's signing key from `out`, or creates one (private key mode 0600).
+pub fn load_or_create_key(out: &Path) -> Result<SigningKey, LearnerError> {
+    let path = out.join(KEY_FILE);
+    if path.exists() {
+        let text = fs::read_to_string(&path).map_err(|e| io_err(&path, e))?;
+        let bytes = reflex_daemon::config::parse_hex32(&text).map_err(|e| io_err(&path, e))?;
+        let key = SigningKey::from_bytes(&bytes);
+        let public = reflex_msgs::hash::to_hex(key.verifying_key().as_bytes());
+        write_text(&out.join(PUB_FILE), &public)?;
+        return Ok(key);
+    }
+    let mut seed = [0u8; 32];
+    let urandom = Path::new("/dev/urandom");
+    let mut file = fs::File::open(urandom).map_err(|e| io_err(urandom, e))?;
+    std::io::Read::read_exact(&mut file, &mut seed).map_err(|e| io_err(urandom, e))?;
+    let key = SigningKey::from_bytes(&seed);
+    let tmp = path.with_extension("tmp");
+    {
+        let mut options = fs::OpenOptions::new();
+        options.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        let mut f = options.open(&tmp).map_err(|e| io_err(&tmp, e))?;
+        f.write_all(reflex_msgs::hash::to_hex(&seed).as_bytes())
+            .and_then(|()| f.sync_all())
+            .map_err(|e| io_err(&tmp, e))?;
+    }
+    fs::rename(&tmp, &path).map_err(|e| io_err(&path, e))?;
+    let public = reflex_msgs::hash::to_hex(key.verifying_key().as_bytes());
+    write_text(&out.join(PUB_FILE), &public)?;
+    Ok(key)
+}
+
+fn write_text(path: &Path, text: &str) -> Result<(), LearnerError> {
+    let tmp = path.with_extension("tmp");
+    fs::write(&tmp, text).map_err(|e| io_err(&tmp, e))?;
+    fs::rename(&tmp, path).map_err(|e| io_err(path, e))
+}
+
+/// A fresh DQN for `run`'s env.
+pub fn build_dqn(run: &RunConfig, env: &dyn Env, device: &Device) -> Result<Dqn, LearnerError> {
+    let n_actions = match env.action_space() {
+        ActionSpace::Discrete { n } => *n as usize,
+        ActionSpace::Box(_) => {
+            return Err(LearnerError::Config(format!(
+                "{} has continuous actions; DQN needs discrete ones",
+                run.env
+            )))
+        }
+    };
+    let obs_dim = env.observation_space().low.len();
+    Ok(Dqn::new(
+        run.dqn.clone(),
+        obs_dim,
+        n_actions,
+        run.seed,
+        device,
+    )?)
+}
+
+/// Signs `update` with `key` the way the daemon verifies it (ed25519 over
+/// `signing_message()`).
+pub fn sign(update: &mut PolicyUpdate, key: &SigningKey) {
+    let signature = key.sign(&update.signing_message());
+    update.set_signature(signature.to_bytes());
+}
+
+struct Service {
+    opts: ServeOptions,
+    dqn: Dqn,
+    spec: PolicySpec,
+    key: SigningKey,
+    obs_dim: usize,
+    n_actions: u32,
+    robots: BTreeMap<String, Robot>,
+    report: LearnerReport,
+    updates: u64,
+    last_published_update: u64,
+    started: Instant,
+    received_at_start: u64,
+    updates_at_start: u64,
+    bar: ProgressBar,
+    eval_env: Box<dyn Env>,
+}
+
+impl Service {
+    fn robot(&mut self, id: &str) -> Result<(&mut Robot, bool), LearnerError> {
+        let fresh = !self.robots.contains_key(id);
+        if fresh {
+            let nstep = NStepAccumulator::new(
+                self.dqn.config.n_step,
+                self.dqn.config.gamma as f32,
+                self.obs_dim,
+                ActionShape::Discrete { n: self.n_actions },
+                1,
+            )
+            .map_err(TrainError::from)?;
+            self.robots.insert(
+                id.to_string(),
+                Robot {
+                    seq: SeqTracker::default(),
+                    episodes: EpisodeTracker::default(),
+                    nstep,
+                    batches: 0,
+                    received: 0,
+                    inserted: 0,
+                    duplicate_batches: 0,
+                    duplicate_transitions: 0,
+                    stale_transitions: 0,
+                    missing_batches: 0,
+                    missing_steps: 0,
+                    episodes_cut: 0,
+                    invalid: 0,
+                    restarts: 0,
+                    last_seen: Instant::now(),
+                    last_status: None,
+                    status_base: (0, 0),
+                    episode_return: 0.0,
+                    recent_returns: VecDeque::new(),
+                },
+            );
+            self.log(&format!("robot {id} joined"));
+        }
+        Ok((self.robots.get_mut(id).expect("just inserted"), fresh))
+    }
+
+    fn log(&self, line: &str) {
+        if self.opts.quiet || self.bar.is_hidden() {
+            eprintln!("learner: {line}");
+        } else {
+            self.bar.println(line);
+        }
+    }
+
+    /// Inserts a batch; returns whether the robot is new.
+    fn on_batch(&mut self, id: &str, batch: TransitionBatch) -> Result<bool, LearnerError> {
+        let (obs_dim, n_actions) = (self.obs_dim, self.n_actions);
+        let print = fingerprint(&batch);
+        let (_, fresh) = self.robot(id)?;
+        self.on_batch_existing(id, batch, print, fresh, obs_dim, n_actions)
+    }
+
+    fn on_batch_existing(
+        &mut self,
+        id: &str,
+        batch: TransitionBatch,
+        print: u64,
+        fresh: bool,
+        obs_dim: usize,
+        n_actions: u32,
+    ) -> Result<bool, LearnerError> {
+        let robot = self.robots.get_mut(id).expect("robot exists");
+        let replay = &mut self.dqn.replay;
+        robot.last_seen = Instant::now();
+        match robot.seq.check(batch.batch_seq, print) {
+            BatchVerdict::Duplicate => {
+                robot.duplicate_batches += 1;
+                robot.duplicate_transitions += batch.transitions.len() as u64;
+                return Ok(fresh);
+            }
+            BatchVerdict::Restarted => {
+                robot.restarts += 1;
+                robot.episodes = EpisodeTracker {
+                    completed: robot.episodes.completed,
+                    ..EpisodeTracker::default()
+                };
+                let _ = robot.nstep.flush(0, replay);
+            }
+            BatchVerdict::Fresh { missing } => robot.missing_batches += missing,
+        }
+        robot.batches += 1;
+        for t in &batch.transitions {
+            robot.received += 1;
+            match robot.episodes.check(t.episode_id, t.step, t.done()) {
+                StepVerdict::Stale => {
+                    robot.stale_transitions += 1;
+                    continue;
+                }
+                StepVerdict::Continues => {}
+                StepVerdict::Gap { missing } => {
+                    robot.missing_steps += missing;
+                    let _ = robot.nstep.flush(0, replay);
+                    robot.episode_return = 0.0;
+                }
+                StepVerdict::EpisodeCut => {
+                    robot.episodes_cut += 1;
+                    let _ = robot.nstep.flush(0, replay);
+                    robot.episode_return = 0.0;
+                }
+            }
+            let action = match &t.action {
+                reflex_msgs::Action::Discrete(a) if *a < n_actions => ActionRef::Discrete(*a),
+                _ => {
+                    robot.invalid += 1;
+                    continue;
+                }
+            };
+            if t.obs.len() != obs_dim || t.next_obs.len() != obs_dim {
+                robot.invalid += 1;
+                continue;
+            }
+            let step = EnvStep {
+                obs: &t.obs,
+                action,
+                reward: t.reward,
+                next_obs: &t.next_obs,
+                terminated: t.terminated,
+                truncated: t.truncated,
+            };
+            match robot.nstep.push(0, &step, replay) {
+                Ok(_) => robot.inserted += 1,
+                Err(_) => robot.invalid += 1,
+            }
+            robot.episode_return += f64::from(t.reward);
+            if t.done() {
+                if robot.recent_returns.len() == 20 {
+                    robot.recent_returns.pop_front();
+                }
+                robot.recent_returns.push_back(robot.episode_return);
+                robot.episode_return = 0.0;
+            }
+        }
+        Ok(fresh)
+    }
+
+    fn on_status(&mut self, id: &str, status: Status) -> Result<(), LearnerError> {
+        let (robot, _) = self.robot(id)?;
+        if let Some(prev) = &robot.last_status {
+            if status.heartbeat_seq < prev.heartbeat_seq {
+                // The daemon restarted: its totals start over.
+                robot.status_base.0 += prev.transitions_sent;
+                robot.status_base.1 += prev.transitions_dropped;
+            }
+        }
+        robot.last_status = Some(status);
+        Ok(())
+    }
+
+    fn refresh_report(&mut self) {
+        let r = &mut self.report;
+        r.robots.clear();
+        let (mut received, mut inserted, mut dups, mut gaps, mut lost, mut invalid) =
+            (0, 0, 0, 0, 0, 0);
+        let (mut sent, mut spooled, mut dropped) = (0, 0, 0);
+        for (id, robot) in &self.robots {
+            received += robot.received;
+            inserted += robot.inserted;
+            dups += robot.duplicate_batches;
+            gaps += robot.missing_batches;
+            lost += robot.missing_steps;
+            invalid += robot.invalid;
+            let status = robot.last_status.as_ref();
+            let s_sent = robot.status_base.0 + status.map_or(0, |s| s.transitions_sent);
+            let s_dropped = robot.status_base.1 + status.map_or(0, |s| s.transitions_dropped);
+            let s_spooled = status.map_or(0, |s| s.transitions_spooled);
+            sent += s_sent;
+            spooled += s_spooled;
+            dropped += s_dropped;
+            r.robots.push(RobotReport {
+                robot: id.clone(),
+                batches: robot.batches,
+                transitions_received: robot.received,
+                transitions_inserted: robot.inserted,
+                duplicate_batches: robot.duplicate_batches,
+                missing_batches: robot.missing_batches,
+                missing_steps: robot.missing_steps,
+                restarts: robot.restarts,
+                episodes: robot.episodes.completed,
+                recent_return: (!robot.recent_returns.is_empty()).then(|| {
+                    robot.recent_returns.iter().sum::<f64>() / robot.recent_returns.len() as f64
+                }),
+                status_sent: s_sent,
+                status_spooled: s_spooled,
+                status_dropped: s_dropped,
+                status_policy_version: status.map_or(0, |s| s.policy_version),
+            });
+        }
+        r.transitions_received = received;
+        r.transitions_inserted = inserted;
+        r.duplicates = dups;
+        r.gaps = gaps;
+        r.lost_transitions = lost;
+        r.invalid_transitions = invalid;
+        r.robots_seen = self.robots.len();
+        r.updates = self.updates;
+        r.status_sent = sent;
+        r.status_spooled = spooled;
+        r.status_dropped = dropped;
+        let elapsed = self.started.elapsed().as_secs_f64().max(1e-9);
+        r.elapsed_s = elapsed;
+        r.transitions_per_s = received.saturating_sub(self.received_at_start) as f64 / elapsed;
+        r.updates_per_s = self.updates.saturating_sub(self.updates_at_start) as f64 / elapsed;
+    }
+
+    fn write_report(&mut self) -> Result<(), LearnerError> {
+        self.refresh_report();
+        let json = serde_json::to_string_pretty(&self.report)
+            .map_err(|e| LearnerError::Config(e.to_string()))?;
+        write_text(&self.opts.out.join(LEARNER_FILE), &json)
+    }
+
+    /// Exports the online network as the next policy version, writes it to
+    /// `out/policy.onnx` and returns the signed update.
+    fn next_policy(&mut self) -> Result<PolicyUpdate, LearnerError> {
+        let mut spec = self.spec.clone();
+        spec.policy_version = self.report.policy_version + 1;
+        spec.training_step = self.updates;
+        let bytes = q_network_onnx(&self.dqn.online, &spec)?;
+        write_atomic(&self.opts.out.join(POLICY_FILE), &bytes)?;
+        self.report.policy_version = spec.policy_version;
+        self.last_published_update = self.updates;
+        let mut update = PolicyUpdate::new(spec, bytes);
+        sign(&mut update, &self.key);
+        Ok(update)
+    }
+
+    fn eval(&mut self) -> Result<f64, LearnerError> {
+        let seed = self
+            .opts
+            .run
+            .seed
+            .wrapping_mul(1_000)
+            .wrapping_add(1_000_000);
+        let episodes = self.opts.run.eval_interval_episodes.max(1);
+        let (mut mean, _) = evaluate(&self.dqn, self.eval_env.as_mut(), episodes, seed)?;
+        // A promising screen is confirmed on the full evaluation's episodes.
+        if let Some(target) = self.opts.target_return {
+            if mean >= target && self.opts.run.eval_episodes > episodes {
+                let full = self.opts.run.eval_episodes;
+                mean = evaluate(&self.dqn, self.eval_env.as_mut(), full, seed)?.0;
+            }
+        }
+        self.report.eval_mean_return = Some(mean);
+        Ok(mean)
+    }
+
+    fn progress(&mut self) {
+        self.refresh_report();
+        let r = &self.report;
+        let line = format!(
+            "robots {} | rx {} ({:.0}/s) | dup {} gap {} lost {} err {} | upd {} ({:.0}/s) | v{} | eval {}",
+            r.robots_seen,
+            r.transitions_received,
+            r.transitions_per_s,
+            r.duplicates,
+            r.gaps,
+            r.lost_transitions,
+            r.decode_errors,
+            r.updates,
+            r.updates_per_s,
+            r.policy_version,
+            r.eval_mean_return
+                .map_or("-".to_string(), |m| format!("{m:.1}"))
+        );
+        if self.opts.quiet {
+            eprintln!("learner: {line}");
+        } else {
+            self.bar.set_message(line);
+            self.bar.tick();
+        }
+    }
+}
+
+/// Runs the learner until it is solved, reaches `max_transitions`, or `shutdown` is
+/// set; returns the final report (also written to `out/learner.json`).
+pub fn serve(opts: ServeOptions, shutdown: Arc<AtomicBool>) -> Result<LearnerReport, LearnerError> {
+    keys::validate_name(&opts.fleet)
+        .map_err(|e| LearnerError::Config(format!("fleet {:?}: {e}", opts.fleet)))?;
+    if opts.publish_every == 0 {
+        return Err(LearnerError::Config(
+            "--publish-every must be at least 1".into(),
+        ));
+    }
+    let out = opts.out.clone();
+    fs::create_dir_all(&out).map_err(|e| io_err(&out, e))?;
+    let device = Device::Cpu;
+
+    // Resume from the newest checkpoint, with the configuration it was made with.
+    let latest = checkpoint::latest(&out)?;
+    let config_path = out.join("config.toml");
+    let mut run = opts.run.clone();
+    if latest.is_some() && config_path.exists() {
+        let text = fs::read_to_string(&config_path).map_err(|e| io_err(&config_path, e))?;
+        run = toml::from_str(&text).map_err(|e| io_err(&config_path, e))?;
+    } else {
+        let text = toml::to_string(&run).map_err(|e| LearnerError::Config(e.to_string()))?;
+        write_text(&config_path, &text)?;
+    }
+    let env = reflex_sim::make(&run.env).map_err(TrainError::from)?;
+    let mut dqn = build_dqn(&run, env.as_ref(), &device)?;
+    let mut policy_version = 0;
+    if let Some(dir) = &latest {
+        checkpoint::load(dir, &mut dqn, &device)?;
+        policy_version = reflex_daemon::Policy::load(out.join(POLICY_FILE))
+            .map(|p| p.spec().policy_version)
+            .unwrap_or(0);
+        eprintln!(
+            "learner: resuming from {} ({} transitions, {} updates, policy v{policy_version})",
+            dir.display(),
+            dqn.steps_done,
+            dqn.optimizer.steps()
+        );
+    }
+    let spi = opts
+        .samples_per_insert
+        .unwrap_or_else(|| SpiLimiter::default_spi(&run.dqn));
+    let limiter = SpiLimiter::new(spi, run.dqn.batch_size, run.dqn.learning_starts)?;
+    let target_every = opts.target_update_every.unwrap_or_else(|| {
+        let c = &run.dqn;
+        (c.target_update_interval * c.gradient_steps / c.train_freq.max(1)).max(c.gradient_steps)
+    });
+    let key = load_or_create_key(&out)?;
+    let n_actions = match env.action_space() {
+        ActionSpace::Discrete { n } => *n,
+        ActionSpace::Box(_) => 0,
+    };
+    let spec = spec_for(&run.algo, &run.env, env.as_ref());
+    let bar = if opts.quiet {
+        ProgressBar::hidden()
+    } else {
+        let bar = ProgressBar::new_spinner();
+        if let Ok(style) = ProgressStyle::with_template("{elapsed_precise} {spinner} {msg}") {
+            bar.set_style(style);
+        }
+        bar
+    };
+    let updates = dqn.optimizer.steps();
+    let mut svc = Service {
+        opts: ServeOptions {
+            run: run.clone(),
+            ..opts
+        },
+        obs_dim: env.observation_space().low.len(),
+        n_actions,
+        spec,
+        key,
+        robots: BTreeMap::new(),
+        report: LearnerReport {
+            env: run.env.clone(),
+            fleet: String::new(),
+            policy_version,
+            samples_per_insert: spi,
+            ..LearnerReport::default()
+        },
+        updates,
+        last_published_update: updates,
+        started: Instant::now(),
+        received_at_start: 0,
+        updates_at_start: updates,
+        bar,
+        eval_env: reflex_sim::make(&run.env).map_err(TrainError::from)?,
+        dqn,
+    };
+    svc.report.fleet = svc.opts.fleet.clone();
+    // Inserted transitions are the replay's clock; a resumed learner continues it.
+    let inserted_base = svc.dqn.steps_done;
+
+    // The initial policy, before anyone connects, so daemons can start from it.
+    let first = svc.next_policy()?;
+
+    let session =
+        zenoh_link::open(&svc.opts.zenoh).map_err(|e| LearnerError::Zenoh(e.to_string()))?;
+    let publisher = session
+        .declare_publisher(keys::policy_key(&svc.opts.fleet))
+        .congestion_control(CongestionControl::Block)
+        .wait()
+        .map_err(|e| LearnerError::Zenoh(format!("declaring the policy publisher: {e}")))?;
+    let decode_errors = Arc::new(AtomicU64::new(0));
+    let (tx, rx) = channel::<Incoming>();
+    let subscribe = |suffix: &'static str| {
+        let tx = tx.clone();
+        let errors = decode_errors.clone();
+        session
+            .declare_subscriber(keys::all_robots_key(&svc.opts.fleet, suffix))
+            .callback(move |sample| {
+                let key = sample.key_expr().as_str().to_string();
+                let robot = keys::parse_robot_key(&key).map(|k| k.robot.to_string());
+                let Some(robot) = robot else {
+                    errors.fetch_add(1, Ordering::Relaxed);
+                    return;
+                };
+                let msg = if suffix == keys::TRANSITIONS {
+                    zenoh_link::decode_sample::<TransitionBatch>(&sample)
+                        .map(|b| Incoming::Batch(robot, b))
+                } else {
+                    zenoh_link::decode_sample::<Status>(&sample).map(|s| Incoming::Status(robot, s))
+                };
+                match msg {
+                    Ok(msg) => {
+                        let _ = tx.send(msg);
+                    }
+                    Err(e) => {
+                        if errors.fetch_add(1, Ordering::Relaxed) < 5 {
+                            eprintln!("learner: dropped an undecodable message: {e}");
+                        }
+                    }
+                }
+            })
+            .wait()
+            .map_err(|e| LearnerError::Zenoh(format!("subscribing to {suffix}: {e}")))
+    };
+    let _transitions = subscribe(keys::TRANSITIONS)?;
+    let _statuses = subscribe(keys::STATUS)?;
+    drop(tx);
+    svc.log(&format!(
+        "serving fleet {:?} on {:?}: {} with {}, SPI {spi}, batch {}, learning starts at {}, \
+         target every {target_every} updates, policy every {} updates; signing key {}",
+        svc.opts.fleet,
+        svc.opts.zenoh.listen,
+        run.env,
+        run.algo,
+        run.dqn.batch_size,
+        run.dqn.learning_starts,
+        svc.opts.publish_every,
+        out.join(PUB_FILE).display()
+    ));
+
+    let publish = |svc: &mut Service, update: &PolicyUpdate| -> Result<(), LearnerError> {
+        zenoh_link::publish_cdr(&publisher, update)
+            .map_err(|e| LearnerError::Zenoh(e.to_string()))?;
+        svc.report.policies_published += 1;
+        Ok(())
+    };
+    publish(&mut svc, &first)?;
+    let mut current = Some(first);
+    let mut last_progress = Instant::now();
+    let mut last_report = Instant::now();
+    let handle = |svc: &mut Service, msg: Incoming| -> Result<bool, LearnerError> {
+        match msg {
+            Incoming::Batch(robot, batch) => svc.on_batch(&robot, batch),
+            Incoming::Status(robot, status) => svc.on_status(&robot, status).map(|()| false),
+        }
+    };
+    let inserted =
+        |svc: &Service, base: u64| base + svc.robots.values().map(|r| r.inserted).sum::<u64>();
+    let mut new_robot = false;
+
+    let stop_reason: String = loop {
+        if shutdown.load(Ordering::SeqCst) {
+            break "signal".to_string();
+        }
+        // Take everything that arrived.
+        let mut drained = 0;
+        while let Ok(msg) = rx.try_recv() {
+            new_robot |= handle(&mut svc, msg)?;
+            drained += 1;
+            if drained >= 4096 {
+                break;
+            }
+        }
+        svc.report.decode_errors = decode_errors.load(Ordering::Relaxed);
+        if new_robot {
+            // No late-joiner cache on the policy key: a robot that joins gets the
+            // current policy again.
+            new_robot = false;
+            if let Some(update) = &current {
+                let update = update.clone();
+                publish(&mut svc, &update)?;
+            }
+        }
+        let total_inserted = inserted(&svc, inserted_base);
+        svc.dqn.steps_done = total_inserted;
+        if let Some(max) = svc.opts.max_transitions {
+            svc.refresh_report();
+            if svc.report.transitions_received >= max {
+                break "max_transitions".to_string();
+            }
+        }
+
+        let can_sample = svc.dqn.replay.len() >= svc.dqn.config.batch_size;
+        if can_sample && limiter.may_update(total_inserted, svc.updates) {
+            // Train as fast as the limiter allows, in small slices so new data keeps
+            // flowing into replay.
+            let budget = (limiter.allowed(total_inserted) - svc.updates).min(32);
+            let mut solved = false;
+            for _ in 0..budget {
+                let c = &svc.dqn.config;
+                let progress = (total_inserted as f64 / svc.opts.run.steps.max(1) as f64).min(1.0);
+                let beta = c.per_beta0 + (1.0 - c.per_beta0) * progress;
+                svc.dqn.update(beta)?;
+                svc.updates += 1;
+                if svc.updates.is_multiple_of(target_every) {
+                    svc.dqn.update_target()?;
+                }
+                if svc.updates.is_multiple_of(svc.opts.publish_every) {
+                    let update = svc.next_policy()?;
+                    publish(&mut svc, &update)?;
+                    current = Some(update);
+                }
+                if svc.opts.checkpoint_every > 0
+                    && svc.updates.is_multiple_of(svc.opts.checkpoint_every)
+                {
+                    checkpoint::save(&out, &svc.dqn)?;
+                }
+                if svc.opts.eval_every > 0 && svc.updates.is_multiple_of(svc.opts.eval_every) {
+                    let mean = svc.eval()?;
+                    svc.log(&format!(
+                        "update {:>7}: greedy eval return {mean:.1} ({} transitions)",
+                        svc.updates, total_inserted
+                    ));
+                    if svc.opts.target_return.is_some_and(|t| mean >= t) {
+                        solved = true;
+                        break;
+                    }
+                }
+            }
+            if solved {
+                svc.report.solved = true;
+                svc.report.time_to_solve_s = Some(svc.started.elapsed().as_secs_f64());
+                break "solved".to_string();
+            }
+        } else {
+            match rx.recv_timeout(Duration::from_millis(20)) {
+                Ok(msg) => new_robot |= handle(&mut svc, msg)?,
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => {
+                    break "subscriptions closed".to_string();
+                }
+            }
+        }
+        if last_progress.elapsed() >= Duration::from_millis(if svc.opts.quiet { 5000 } else { 200 })
+        {
+            last_progress = Instant::now();
+            svc.progress();
+        }
+        if last_report.elapsed() >= Duration::from_secs(2) {
+            last_report = Instant::now();
+            svc.write_report()?;
+        }
+    };
+
+    // The final policy is the network as it is now (the one the evaluation saw).
+    if svc.updates != svc.last_published_update {
+        let update = svc.next_policy()?;
+        publish(&mut svc, &update)?;
+    }
+    svc.dqn.steps_done = inserted(&svc, inserted_base);
+    checkpoint::save(&out, &svc.dqn)?;
+    svc.report.done = true;
+    svc.report.stop_reason = stop_reason.clone();
+    svc.write_report()?;
+    svc.log(&format!(
+        "stopped ({stop_reason}): policy v{} in {}",
+        svc.report.policy_version,
+        out.join(POLICY_FILE).display()
+    ));
+
+    if svc.opts.linger && stop_reason != "signal" {
+        // Keep counting what robots still send (and their last heartbeats) until told
+        // to stop, so the final accounting is complete.
+        while !shutdown.load(Ordering::SeqCst) {
+            match rx.recv_timeout(Duration::from_millis(50)) {
+                Ok(Incoming::Batch(robot, batch)) => {
+                    // Counted, not trained on.
+                    svc.on_batch(&robot, batch)?;
+                }
+                Ok(Incoming::Status(robot, status)) => svc.on_status(&robot, status)?,
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+            svc.report.decode_errors = decode_errors.load(Ordering::Relaxed);
+            if last_report.elapsed() >= Duration::from_millis(500) {
+                last_report = Instant::now();
+                svc.write_report()?;
+            }
+        }
+        // Whatever is still queued.
+        while let Ok(msg) = rx.try_recv() {
+            handle(&mut svc, msg)?;
+        }
+    }
+    svc.report.decode_errors = decode_errors.load(Ordering::Relaxed);
+    svc.write_report()?;
+    svc.bar.finish_and_clear();
+    drop(publisher);
+    let _ = session.close().wait();
+    Ok(svc.report.clone())
+}
+
+/// Reads `out/learner.json`.
+pub fn read_report(out: &Path) -> Result<LearnerReport, LearnerError> {
+    let path = out.join(LEARNER_FILE);
+    let text = fs::read_to_string(&path).map_err(|e| io_err(&path, e))?;
+    serde_json::from_str(&text).map_err(|e| io_err(&path, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spi_limiter_arithmetic() {
+        let l = SpiLimiter::new(32.0, 64, 1000).unwrap();
+        assert_eq!(l.allowed(0), 0);
+        assert_eq!(l.allowed(1000), 0);
+        assert_eq!(l.allowed(1001), 0, "0.5 update rounds down");
+        assert_eq!(l.allowed(1002), 1);
+        assert_eq!(l.allowed(3000), 1000);
+        assert!(!l.may_update(1000, 0));
+        assert!(l.may_update(1002, 0));
+        assert!(!l.may_update(1002, 1), "ahead of the data: wait");
+        assert!(l.may_update(3000, 10), "behind: train");
+        // The preset's ratio: 128 updates of 64 per 256 steps = 32 samples per insert.
+        let preset = DqnConfig::default();
+        assert_eq!(SpiLimiter::default_spi(&preset), 32.0);
+        let l = SpiLimiter::new(1.0, 4, 0).unwrap();
+        assert_eq!(l.allowed(10), 2);
+        assert!(SpiLimiter::new(0.0, 64, 0).is_err());
+        assert!(SpiLimiter::new(f64::NAN, 64, 0).is_err());
+        assert!(SpiLimiter::new(1.0, 0, 0).is_err());
+    }
+
+    #[test]
+    fn batch_gaps_duplicates_and_restarts() {
+        let mut s = SeqTracker::default();
+        assert_eq!(s.check(0, 10), BatchVerdict::Fresh { missing: 0 });
+        assert_eq!(s.check(1, 11), BatchVerdict::Fresh { missing: 0 });
+        assert_eq!(s.check(1, 11), BatchVerdict::Duplicate);
+        assert_eq!(s.check(4, 14), BatchVerdict::Fresh { missing: 2 });
+        assert_eq!(s.check(0, 10), BatchVerdict::Duplicate, "an old one again");
+        assert_eq!(s.check(5, 15), BatchVerdict::Fresh { missing: 0 });
+        // Numbering starts over with different content: a restarted daemon.
+        assert_eq!(s.check(0, 99), BatchVerdict::Restarted);
+        assert_eq!(s.check(1, 100), BatchVerdict::Fresh { missing: 0 });
+        // A first batch that is not 0 (the learner started late) is not a gap.
+        let mut late = SeqTracker::default();
+        assert_eq!(late.check(7, 1), BatchVerdict::Fresh { missing: 0 });
+    }
+
+    #[test]
+    fn episode_steps_gaps_and_cuts() {
+        let mut e = EpisodeTracker::default();
+        assert_eq!(e.check(0, 0, false), StepVerdict::Continues);
+        assert_eq!(e.check(0, 1, false), StepVerdict::Continues);
+        assert_eq!(e.check(0, 1, false), StepVerdict::Stale);
+        assert_eq!(e.check(0, 4, false), StepVerdict::Gap { missing: 2 });
+        assert_eq!(e.check(0, 5, true), StepVerdict::Continues);
+        assert_eq!(e.completed, 1);
+        assert_eq!(e.check(0, 5, true), StepVerdict::Stale, "after its end");
+        assert_eq!(e.check(1, 0, false), StepVerdict::Continues);
+        assert_eq!(e.check(2, 0, false), StepVerdict::EpisodeCut);
+        assert_eq!(e.check(2, 1, true), StepVerdict::Continues);
+        assert_eq!(e.check(3, 2, false), StepVerdict::Gap { missing: 2 });
+        // Joining mid-episode.
+        let mut late = EpisodeTracker::default();
+        assert_eq!(late.check(9, 3, false), StepVerdict::Gap { missing: 3 });
+    }
+
+    #[test]
+    fn fingerprints_tell_batches_apart() {
+        let t = |ep, step| reflex_msgs::Transition {
+            episode_id: ep,
+            step,
+            obs: vec![0.5; 4],
+            ..reflex_msgs::Transition::default()
+        };
+        let a = TransitionBatch {
+            transitions: vec![t(0, 0), t(0, 1)],
+            ..TransitionBatch::default()
+        };
+        let mut b = a.clone();
+        assert_eq!(fingerprint(&a), fingerprint(&b));
+        b.transitions[0].step = 3;
+        assert_ne!(fingerprint(&a), fingerprint(&b));
+    }
+
+    #[test]
+    fn signatures_verify_with_the_daemon_verifier() {
+        let dir = tempfile_dir("sign");
+        let key = load_or_create_key(&dir).unwrap();
+        let again = load_or_create_key(&dir).unwrap();
+        assert_eq!(
+            key.to_bytes(),
+            again.to_bytes(),
+            "a restart keeps the identity"
+        );
+        let public = fs::read_to_string(dir.join(PUB_FILE)).unwrap();
+        let public = reflex_daemon::config::parse_hex32(&public).unwrap();
+        let spec = PolicySpec {
+            algorithm: "dqn".into(),
+            observation_space: reflex_msgs::BoxSpace::new(vec![-1.0; 2], vec![1.0; 2]).unwrap(),
+            action_space: ActionSpace::Discrete { n: 2 },
+            policy_version: 7,
+            ..PolicySpec::default()
+        };
+        let mut update = PolicyUpdate::new(spec, vec![1, 2, 3]);
+        sign(&mut update, &key);
+        let verifier = reflex_daemon::swap::Verifier::new(Some(public)).unwrap();
+        verifier.verify(&update).unwrap();
+        update.onnx_sha256[0] ^= 1;
+        assert!(verifier.verify(&update).is_err());
+        fs::remove_dir_all(dir).ok();
+    }
+
+    fn tempfile_dir(name: &str) -> PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("reflex-learner-{name}-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+}
