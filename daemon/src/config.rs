@@ -10,6 +10,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::zenoh_link::ZenohConfig;
+
 /// Why a configuration was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -312,7 +314,7 @@ impl Default for BatchingConfig {
 pub enum TransportKind {
     /// In-process channels (tests, and the trainer's local loop).
     Inproc,
-    /// zenoh (not built into this version of reflexd yet).
+    /// zenoh: CDR payloads on `reflex/<fleet>/<robot>/…` keys (`[transport.zenoh]`).
     Zenoh,
     /// ROS 2 (not built into this version of reflexd yet).
     Ros2,
@@ -322,15 +324,18 @@ pub enum TransportKind {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TransportConfig {
-    /// `"inproc"`; `"zenoh"` and `"ros2"` are reserved for later versions and
-    /// refused by `reflexd run`.
+    /// `"zenoh"` (default), or `"inproc"` (in-process channels: tests and
+    /// reflex-train's local loop, refused by `reflexd run`); `"ros2"` is reserved.
     pub kind: TransportKind,
+    /// `[transport.zenoh]`: the zenoh session (used when `kind = "zenoh"`).
+    pub zenoh: ZenohConfig,
 }
 
 impl Default for TransportConfig {
     fn default() -> Self {
         Self {
-            kind: TransportKind::Inproc,
+            kind: TransportKind::Zenoh,
+            zenoh: ZenohConfig::default(),
         }
     }
 }
@@ -435,6 +440,12 @@ impl Config {
         if self.batching.transitions_per_batch == 0 {
             return Err("batching.transitions_per_batch = 0: must be at least 1".into());
         }
+        if self.transport.kind == TransportKind::Zenoh {
+            self.transport
+                .zenoh
+                .validate()
+                .map_err(|e| format!("transport.zenoh: {e}"))?;
+        }
         Ok(())
     }
 
@@ -527,8 +538,20 @@ transitions_per_batch = 64
 max_latency_ms = 100
 
 [transport]
-# "inproc" (in-process channels). "zenoh" and "ros2" are reserved for later versions.
-kind = "inproc"
+# "zenoh", or "inproc" (in-process channels: tests and reflex-train's local loop;
+# refused by `reflexd run`). "ros2" is reserved for a later version.
+kind = "zenoh"
+
+[transport.zenoh]
+# "peer" (talk directly to the peers connected to), "client" (only through a zenoh
+# router: fleets across machines) or "router".
+mode = "peer"
+# Endpoints to listen on, e.g. ["tcp/127.0.0.1:7448"]; [] = listen on none.
+listen = []
+# Endpoints to connect to (retried until they are up): the learner's or the router's.
+connect = ["tcp/127.0.0.1:7447"]
+# Multicast scouting (automatic discovery on the LAN); off: endpoints are explicit.
+scouting = false
 "#;
 
 #[cfg(test)]
@@ -601,6 +624,12 @@ mod tests {
                 "transitions_per_batch",
             ),
             ("[transport]\nkind = \"carrier-pigeon\"", "carrier-pigeon"),
+            ("[transport.zenoh]\nmode = \"mesh\"", "mesh"),
+            ("[transport.zenoh]\nconect = []", "conect"),
+            (
+                "[transport]\nkind = \"zenoh\"\n[transport.zenoh]\nconnect = [\"127.0.0.1:7447\"]",
+                "transport.zenoh",
+            ),
         ] {
             let err = Config::from_toml(text, "r.toml").unwrap_err().to_string();
             assert!(err.contains(needle), "{text}: {err}");

@@ -16,9 +16,10 @@
 //! guard, rate limit, watchdog, e-stop), [`control`] (the fixed-rate loop and the
 //! [`Daemon`] handle), [`spool`] and [`uplink`] (batching, spooling, accounting),
 //! [`swap`] (signatures and hot-swap), [`transport`] (the traits and in-process
-//! channels).
+//! channels), [`zenoh_link`] (opening zenoh sessions from [`zenoh_link::ZenohConfig`],
+//! CDR payload helpers) and [`zenoh_transport`] (the traits on zenoh keys).
 //!
-//! It depends on `reflex-msgs` only; it must never depend on the trainer or on
+//! It depends on `reflex-msgs` and zenoh (TCP transport only); it must never depend on the trainer or on
 //! candle, because it ships to robots, and its dependency tree is pure Rust so it
 //! cross-compiles for aarch64 boards with just a cross linker.
 
@@ -33,6 +34,7 @@ pub mod swap;
 pub mod transport;
 pub mod uplink;
 pub mod zenoh_link;
+pub mod zenoh_transport;
 
 /// The zenoh crate this daemon is built with (the learner uses the same version).
 pub use zenoh;

@@ -14,6 +14,8 @@ use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use reflex_daemon::config::TransportKind;
 use reflex_daemon::policy::onnx_loader;
+use reflex_daemon::zenoh_transport::{self, ZenohTransportOptions};
+use reflex_daemon::{zenoh, zenoh_link};
 use reflex_daemon::{Actor, Config, Loader, Transports, DEFAULT_CONFIG_TOML};
 
 #[derive(Parser)]
@@ -82,32 +84,75 @@ fn run(path: &std::path::Path) -> anyhow::Result<()> {
         signal_hook::flag::register(signal, shutdown.clone())
             .context("installing signal handlers")?;
     }
-    let transports = transports(&config)?;
+    // Refuse a transport reflexd cannot run before touching the policy or the network.
+    match config.transport.kind {
+        TransportKind::Zenoh => {}
+        TransportKind::Inproc => bail!(
+            "transport \"inproc\" only connects within one process (tests, reflex-train's local loop); \
+             `reflexd run` needs a network transport: set [transport] kind = \"zenoh\""
+        ),
+        kind => bail!("transport {kind:?} is not built into this reflexd yet"),
+    }
     let (actor, loader) = policy_runtime(&config)?;
+    let (transports, session) = transports(&config)?;
     let report = reflex_daemon::serve(&config, actor, loader, transports, &shutdown)?;
     let t = report.transitions;
     tracing::info!(
         ticks = report.stats.ticks,
         overruns = report.stats.overruns,
+        produced = t.produced,
+        recovered = t.recovered,
         sent = t.sent,
         spooled = t.spooled,
         dropped = t.dropped,
         "reflexd stopped"
     );
+    // One JSON line on stdout for supervisors (reflex-train fleet, tests).
+    println!(
+        "{}",
+        serde_json::json!({
+            "robot_id": config.robot_id,
+            "fleet": config.fleet,
+            "ticks": report.stats.ticks,
+            "acting_ticks": report.stats.acting_ticks,
+            "overruns": report.stats.overruns,
+            "transitions_produced": t.produced,
+            "transitions_recovered": t.recovered,
+            "transitions_sent": t.sent,
+            "transitions_spooled": t.spooled,
+            "transitions_dropped": t.dropped,
+            "transitions_corrupt": t.corrupt,
+            "batches": t.batches,
+        })
+    );
+    {
+        use zenoh::Wait;
+        if let Err(e) = session.close().wait() {
+            tracing::warn!("closing zenoh session: {e}");
+        }
+    }
     Ok(())
 }
 
-/// The transports named by `[transport] kind`. Only the in-process one exists so far,
-/// and it connects within one process (tests, reflex-train's local loop), not to a
-/// robot: `reflexd run` refuses every kind clearly until the network transports land.
-fn transports(config: &Config) -> anyhow::Result<Transports> {
-    match config.transport.kind {
-        TransportKind::Inproc => bail!(
-            "transport \"inproc\" only connects within one process (tests, reflex-train's local loop); \
-             `reflexd run` needs a network transport such as \"zenoh\", which this build does not have yet"
-        ),
-        kind => bail!("transport {kind:?} is not built into this reflexd yet"),
-    }
+/// The zenoh transports of this robot, and the session they run on (kept open until
+/// the daemon has stopped).
+fn transports(config: &Config) -> anyhow::Result<(Transports, zenoh::Session)> {
+    let z = &config.transport.zenoh;
+    let session = zenoh_link::open(z)?;
+    tracing::info!(
+        mode = z.mode.as_str(),
+        listen = ?z.listen,
+        connect = ?z.connect,
+        obs = %reflex_msgs::keys::obs_key(&config.fleet, &config.robot_id),
+        "zenoh session open"
+    );
+    let transports = zenoh_transport::transports(
+        &session,
+        &config.fleet,
+        &config.robot_id,
+        ZenohTransportOptions::default(),
+    )?;
+    Ok((transports, session))
 }
 
 /// The initial policy (from `policy.path`) and the loader for later ones: the ONNX

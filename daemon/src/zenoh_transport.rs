@@ -1,0 +1,273 @@
+//! The zenoh transport: the [`transport`](crate::transport) traits on zenoh keys
+//! (`reflex/<fleet>/<robot>/{obs,action,transitions,status}`, `reflex/<fleet>/policy`)
+//! with CDR payloads from `msgs`.
+//!
+//! Quality of service, chosen per stream:
+//!
+//! | stream | direction | congestion control | notes |
+//! |---|---|---|---|
+//! | observations | in | — | bounded FIFO ([`ZenohTransportOptions::observation_queue`]); undecodable messages counted |
+//! | actions | out | `Block`, express | latency first: no batching; blocking only when the link itself is full |
+//! | transitions | out | `Block` | refused with [`TransportError::Disconnected`] while no subscriber matches, so the spool keeps them |
+//! | status | out | `Drop` | best effort heartbeats |
+//! | policies | in | — | small FIFO; undecodable messages counted |
+//!
+//! zenoh's `put` succeeds when nobody listens (the sample is just not routed). For
+//! transitions that would be silent loss, so [`ZenohTransitions`] asks the publisher's
+//! matching status before each batch and reports `Disconnected` when no learner
+//! subscribes: the uplink spools the batch and retries. Over TCP a put that returned
+//! `Ok` is in the link's ordered, reliable stream; what can still be lost is what sat in
+//! zenoh's queues when the link itself broke.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use reflex_msgs::keys;
+use reflex_msgs::{ActionCommand, Observation, PolicyUpdate, Status, TransitionBatch};
+use zenoh::handlers::{FifoChannel, FifoChannelHandler};
+use zenoh::pubsub::{Publisher, Subscriber};
+use zenoh::qos::{CongestionControl, Priority};
+use zenoh::sample::Sample;
+use zenoh::Wait;
+
+use crate::control::Transports;
+use crate::transport::{
+    ActionSink, ObservationSource, PolicyMessage, PolicySource, StatusSink, TransitionSink,
+    TransportError,
+};
+use crate::zenoh_link::{cdr_encoding, decode_sample, encode_cdr, has_subscribers};
+
+/// Queue sizes of the zenoh transport.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ZenohTransportOptions {
+    /// Observations buffered between two ticks (zenoh's receive thread waits when
+    /// this is full, so it is generous).
+    pub observation_queue: usize,
+    /// Policy updates buffered between two polls.
+    pub policy_queue: usize,
+}
+
+impl Default for ZenohTransportOptions {
+    fn default() -> Self {
+        Self {
+            observation_queue: 1024,
+            policy_queue: 8,
+        }
+    }
+}
+
+fn zerr(what: &str, e: impl std::fmt::Display) -> TransportError {
+    TransportError::Other(format!("{what}: {e}"))
+}
+
+/// Declares every stream of robot `robot` in fleet `fleet` on `session` and returns
+/// them as the daemon's [`Transports`].
+pub fn transports(
+    session: &zenoh::Session,
+    fleet: &str,
+    robot: &str,
+    options: ZenohTransportOptions,
+) -> Result<Transports, TransportError> {
+    Ok(Transports {
+        observations: Box::new(ZenohObservations::new(
+            session,
+            &keys::obs_key(fleet, robot),
+            options.observation_queue,
+        )?),
+        actions: Box::new(ZenohActions::new(session, &keys::action_key(fleet, robot))?),
+        transitions: Box::new(ZenohTransitions::new(
+            session,
+            &keys::transitions_key(fleet, robot),
+        )?),
+        status: Box::new(ZenohStatus::new(session, &keys::status_key(fleet, robot))?),
+        policies: Box::new(ZenohPolicies::new(
+            session,
+            &keys::policy_key(fleet),
+            options.policy_queue,
+        )?),
+    })
+}
+
+/// Observations from a subscriber on the robot's `obs` key.
+pub struct ZenohObservations {
+    subscriber: Subscriber<FifoChannelHandler<Sample>>,
+    decode_errors: Arc<AtomicU64>,
+}
+
+impl ZenohObservations {
+    /// Subscribes to `key` with a FIFO of `capacity` samples.
+    pub fn new(
+        session: &zenoh::Session,
+        key: &str,
+        capacity: usize,
+    ) -> Result<Self, TransportError> {
+        let subscriber = session
+            .declare_subscriber(key.to_owned())
+            .with(FifoChannel::new(capacity.max(1)))
+            .wait()
+            .map_err(|e| zerr(&format!("subscribing to {key}"), e))?;
+        Ok(Self {
+            subscriber,
+            decode_errors: Arc::default(),
+        })
+    }
+}
+
+impl ObservationSource for ZenohObservations {
+    fn poll(&mut self, out: &mut Vec<Observation>) -> Result<(), TransportError> {
+        while let Ok(Some(sample)) = self.subscriber.try_recv() {
+            match decode_sample::<Observation>(&sample) {
+                Ok(obs) => out.push(obs),
+                Err(e) => {
+                    self.decode_errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!("dropping observation: {e}");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn decode_errors(&self) -> u64 {
+        self.decode_errors.load(Ordering::Relaxed)
+    }
+}
+
+/// Actions on the robot's `action` key: express (no batching), high priority.
+pub struct ZenohActions {
+    publisher: Publisher<'static>,
+}
+
+impl ZenohActions {
+    /// Declares the publisher on `key`.
+    pub fn new(session: &zenoh::Session, key: &str) -> Result<Self, TransportError> {
+        let publisher = session
+            .declare_publisher(key.to_owned())
+            .encoding(cdr_encoding::<ActionCommand>())
+            .congestion_control(CongestionControl::Block)
+            .priority(Priority::InteractiveHigh)
+            .express(true)
+            .wait()
+            .map_err(|e| zerr(&format!("declaring publisher on {key}"), e))?;
+        Ok(Self { publisher })
+    }
+}
+
+impl ActionSink for ZenohActions {
+    fn send(&mut self, command: &ActionCommand) -> Result<(), TransportError> {
+        self.publisher
+            .put(encode_cdr(command)?)
+            .wait()
+            .map_err(|e| zerr("sending action", e))
+    }
+}
+
+/// Transitions on the robot's `transitions` key: `Block` congestion control, and
+/// [`TransportError::Disconnected`] while no subscriber (learner) matches.
+pub struct ZenohTransitions {
+    publisher: Publisher<'static>,
+}
+
+impl ZenohTransitions {
+    /// Declares the publisher on `key`.
+    pub fn new(session: &zenoh::Session, key: &str) -> Result<Self, TransportError> {
+        let publisher = session
+            .declare_publisher(key.to_owned())
+            .encoding(cdr_encoding::<TransitionBatch>())
+            .congestion_control(CongestionControl::Block)
+            .priority(Priority::Data)
+            .wait()
+            .map_err(|e| zerr(&format!("declaring publisher on {key}"), e))?;
+        Ok(Self { publisher })
+    }
+
+    /// Whether a learner (any subscriber on the key) is currently reachable.
+    pub fn has_learner(&self) -> Result<bool, TransportError> {
+        has_subscribers(&self.publisher)
+    }
+}
+
+impl TransitionSink for ZenohTransitions {
+    fn send(&mut self, batch: &TransitionBatch) -> Result<(), TransportError> {
+        if !self.has_learner()? {
+            return Err(TransportError::Disconnected(format!(
+                "no subscriber on {}",
+                self.publisher.key_expr()
+            )));
+        }
+        self.publisher
+            .put(encode_cdr(batch)?)
+            .wait()
+            .map_err(|e| TransportError::Disconnected(format!("sending transitions: {e}")))
+    }
+}
+
+/// Status heartbeats on the robot's `status` key (best effort).
+pub struct ZenohStatus {
+    publisher: Publisher<'static>,
+}
+
+impl ZenohStatus {
+    /// Declares the publisher on `key`.
+    pub fn new(session: &zenoh::Session, key: &str) -> Result<Self, TransportError> {
+        let publisher = session
+            .declare_publisher(key.to_owned())
+            .encoding(cdr_encoding::<Status>())
+            .congestion_control(CongestionControl::Drop)
+            .wait()
+            .map_err(|e| zerr(&format!("declaring publisher on {key}"), e))?;
+        Ok(Self { publisher })
+    }
+}
+
+impl StatusSink for ZenohStatus {
+    fn publish(&mut self, status: &Status) -> Result<(), TransportError> {
+        self.publisher
+            .put(encode_cdr(status)?)
+            .wait()
+            .map_err(|e| zerr("publishing status", e))
+    }
+}
+
+/// Policy updates from a subscriber on the fleet's `policy` key.
+pub struct ZenohPolicies {
+    subscriber: Subscriber<FifoChannelHandler<Sample>>,
+    decode_errors: Arc<AtomicU64>,
+}
+
+impl ZenohPolicies {
+    /// Subscribes to `key` with a FIFO of `capacity` samples.
+    pub fn new(
+        session: &zenoh::Session,
+        key: &str,
+        capacity: usize,
+    ) -> Result<Self, TransportError> {
+        let subscriber = session
+            .declare_subscriber(key.to_owned())
+            .with(FifoChannel::new(capacity.max(1)))
+            .wait()
+            .map_err(|e| zerr(&format!("subscribing to {key}"), e))?;
+        Ok(Self {
+            subscriber,
+            decode_errors: Arc::default(),
+        })
+    }
+}
+
+impl PolicySource for ZenohPolicies {
+    fn poll(&mut self) -> Option<PolicyMessage> {
+        while let Ok(Some(sample)) = self.subscriber.try_recv() {
+            match decode_sample::<PolicyUpdate>(&sample) {
+                Ok(update) => return Some(PolicyMessage::Update(Box::new(update))),
+                Err(e) => {
+                    self.decode_errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!("dropping policy update: {e}");
+                }
+            }
+        }
+        None
+    }
+
+    fn decode_errors(&self) -> u64 {
+        self.decode_errors.load(Ordering::Relaxed)
+    }
+}
