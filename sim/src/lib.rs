@@ -11,6 +11,7 @@
 
 pub mod classic;
 pub mod env;
+pub mod node;
 pub mod pomdp;
 pub mod reference;
 pub mod registry;

@@ -42,6 +42,43 @@ enum Command {
         #[arg(long)]
         trace: bool,
     },
+    /// Play a robot over zenoh: publish observations (with reward and done flags) on
+    /// reflex/<fleet>/<robot>/obs, apply the actions that answer them from
+    /// reflex/<fleet>/<robot>/action. Prints a JSON report on stdout when it stops
+    /// (SIGINT/SIGTERM, --max-episodes, --idle-timeout-s).
+    Serve {
+        /// Env name (as for `run`).
+        #[arg(long, default_value = "cartpole")]
+        env: String,
+        /// Robot id (one key chunk).
+        #[arg(long, default_value = "r0")]
+        robot: String,
+        /// Fleet (one key chunk).
+        #[arg(long, default_value = "default")]
+        fleet: String,
+        /// zenoh endpoint to connect to (repeatable); default tcp/127.0.0.1:7447
+        /// unless --listen is given.
+        #[arg(long)]
+        connect: Vec<String>,
+        /// zenoh endpoint to listen on (repeatable).
+        #[arg(long)]
+        listen: Vec<String>,
+        /// zenoh mode: peer or client (through a router).
+        #[arg(long, default_value = "peer", value_parser = ["peer", "client"])]
+        mode: String,
+        /// Episode k resets with seed + k.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Stop after this many episodes.
+        #[arg(long)]
+        max_episodes: Option<u64>,
+        /// Stop after this many seconds without an action.
+        #[arg(long)]
+        idle_timeout_s: Option<f64>,
+        /// Republish an unanswered observation this often, milliseconds.
+        #[arg(long, default_value_t = 100)]
+        republish_ms: u64,
+    },
 }
 
 fn main() -> ExitCode {
@@ -54,6 +91,43 @@ fn main() -> ExitCode {
             seed,
             trace,
         } => run(&env, episodes, seed, trace).map(|()| true),
+        Command::Serve {
+            env,
+            robot,
+            fleet,
+            mut connect,
+            listen,
+            mode,
+            seed,
+            max_episodes,
+            idle_timeout_s,
+            republish_ms,
+        } => {
+            let idle_timeout = match idle_timeout_s {
+                Some(t) if !(t.is_finite() && t > 0.0) => {
+                    eprintln!("error: --idle-timeout-s must be a positive number, got {t}");
+                    return ExitCode::from(2);
+                }
+                t => t.map(std::time::Duration::from_secs_f64),
+            };
+            if connect.is_empty() && listen.is_empty() {
+                connect.push("tcp/127.0.0.1:7447".into());
+            }
+            serve(reflex_sim::node::NodeConfig {
+                env,
+                robot,
+                fleet,
+                connect,
+                listen,
+                mode,
+                seed,
+                max_episodes,
+                idle_timeout,
+                republish: std::time::Duration::from_millis(republish_ms.max(1)),
+                ..reflex_sim::node::NodeConfig::default()
+            })
+            .map(|()| true)
+        }
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,
@@ -97,6 +171,21 @@ fn print_report(r: &EnvReport, tol: f64) {
     for problem in &r.first_problems {
         println!("  ! {problem}");
     }
+}
+
+fn serve(config: reflex_sim::node::NodeConfig) -> anyhow::Result<()> {
+    let shutdown = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(signal, shutdown.clone())
+            .context("installing signal handlers")?;
+    }
+    eprintln!(
+        "reflex-sim serve: robot {} in fleet {} ({}), connect {:?}, listen {:?}",
+        config.robot, config.fleet, config.env, config.connect, config.listen
+    );
+    let report = reflex_sim::node::run(&config, &shutdown)?;
+    println!("{}", serde_json::to_string(&report)?);
+    Ok(())
 }
 
 fn run(name: &str, episodes: u32, seed: u64, trace: bool) -> anyhow::Result<()> {
