@@ -198,10 +198,10 @@ struct FleetArgs {
     #[arg(long, default_value = "default")]
     fleet: String,
     /// Stop after this many transitions received (the env-step budget).
-    #[arg(long)]
-    max_transitions: Option<u64>,
+    #[arg(long, default_value_t = 100_000)]
+    max_transitions: u64,
     /// Control rate of each robot, Hz.
-    #[arg(long, default_value_t = 500.0)]
+    #[arg(long, default_value_t = 400.0)]
     rate_hz: f64,
     /// The learner's port on 127.0.0.1 [default: a free one].
     #[arg(long)]
