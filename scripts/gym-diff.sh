@@ -16,7 +16,7 @@ if ! "$venv/bin/python" -c "import gymnasium" 2>/dev/null; then
   "$venv/bin/pip" install --quiet --disable-pip-version-check gymnasium==1.4.0 numpy==2.4.6
 fi
 cargo build --quiet -p reflex-sim --bin reflex-sim
-sim=target/debug/reflex-sim
+sim=${CARGO_TARGET_DIR:-target}/debug/reflex-sim
 dir=$(mktemp -d)
 trap 'rm -rf "$dir"' EXIT
 status=0

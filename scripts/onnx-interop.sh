@@ -17,7 +17,7 @@ REFLEX_INTEROP_DIR="$dir/kinds" cargo test --quiet -p reflex-trainer --test onnx
 "$venv/bin/python" scripts/onnx_interop.py "$dir/kinds"
 
 cargo build --quiet -p reflex-trainer --bin reflex-train
-train=target/debug/reflex-train
+train=${CARGO_TARGET_DIR:-target}/debug/reflex-train
 "$train" run --env cartpole --steps 4000 --out "$dir/run" --quiet > /dev/null
 ours=$("$train" eval --policy "$dir/run/policy.onnx" --episodes 10 | tail -n 1)
 theirs=$("$venv/bin/python" scripts/eval_onnx.py "$dir/run/policy.onnx" CartPole-v1 10 | tail -n 1)
