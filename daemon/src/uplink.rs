@@ -9,7 +9,7 @@
 //! `retry_ms`; the spool keeps everything meanwhile.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TryRecvError, TrySendError};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -19,6 +19,9 @@ use reflex_msgs::Transition;
 use crate::config::{BatchingConfig, SpoolConfig};
 use crate::spool::{Spool, SpoolCounters};
 use crate::transport::TransitionSink;
+
+/// How often the uplink thread collects transitions from the control thread.
+const POLL: Duration = Duration::from_millis(1);
 
 /// Transition accounting shared by the control thread, the uplink thread and
 /// whoever reads the status. At rest (no transition in the hand-over channel):
@@ -204,17 +207,26 @@ fn run(
             None => Duration::from_millis(100),
             Some(t) => (t + max_latency).saturating_duration_since(Instant::now()),
         };
-        match rx.recv_timeout(wait.max(Duration::from_micros(100))) {
-            Ok(t) => {
-                spool.push(t);
-                // Take everything already waiting, without blocking.
-                for t in rx.try_iter() {
+        // Poll instead of blocking on the channel: a receiver parked on it turns
+        // every send from the control thread into a futex wake-up, paid on the
+        // tick's clock (tens of µs on a VM). Polling costs at most POLL of latency.
+        std::thread::sleep(wait.clamp(Duration::from_micros(100), POLL));
+        let mut received = false;
+        loop {
+            match rx.try_recv() {
+                Ok(t) => {
                     spool.push(t);
+                    received = true;
                 }
-                oldest.get_or_insert_with(Instant::now);
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => {
+                    open = false;
+                    break;
+                }
             }
-            Err(RecvTimeoutError::Timeout) => {}
-            Err(RecvTimeoutError::Disconnected) => open = false,
+        }
+        if received {
+            oldest.get_or_insert_with(Instant::now);
         }
         let now = Instant::now();
         let due = !spool.is_empty()
