@@ -88,6 +88,19 @@ pub fn transports(
     })
 }
 
+/// A subscriber on `key` that queues up to `capacity` samples for polling.
+fn fifo_subscriber(
+    session: &zenoh::Session,
+    key: &str,
+    capacity: usize,
+) -> Result<Subscriber<FifoChannelHandler<Sample>>, TransportError> {
+    session
+        .declare_subscriber(key.to_owned())
+        .with(FifoChannel::new(capacity.max(1)))
+        .wait()
+        .map_err(|e| zerr(&format!("subscribing to {key}"), e))
+}
+
 /// Observations from a subscriber on the robot's `obs` key.
 pub struct ZenohObservations {
     subscriber: Subscriber<FifoChannelHandler<Sample>>,
@@ -101,13 +114,8 @@ impl ZenohObservations {
         key: &str,
         capacity: usize,
     ) -> Result<Self, TransportError> {
-        let subscriber = session
-            .declare_subscriber(key.to_owned())
-            .with(FifoChannel::new(capacity.max(1)))
-            .wait()
-            .map_err(|e| zerr(&format!("subscribing to {key}"), e))?;
         Ok(Self {
-            subscriber,
+            subscriber: fifo_subscriber(session, key, capacity)?,
             decode_errors: Arc::default(),
         })
     }
@@ -241,13 +249,8 @@ impl ZenohPolicies {
         key: &str,
         capacity: usize,
     ) -> Result<Self, TransportError> {
-        let subscriber = session
-            .declare_subscriber(key.to_owned())
-            .with(FifoChannel::new(capacity.max(1)))
-            .wait()
-            .map_err(|e| zerr(&format!("subscribing to {key}"), e))?;
         Ok(Self {
-            subscriber,
+            subscriber: fifo_subscriber(session, key, capacity)?,
             decode_errors: Arc::default(),
         })
     }
