@@ -31,7 +31,8 @@ pub struct Transition {
     pub terminated: bool,
     /// The episode was cut off at `next_obs` (time limit): bootstrap from it.
     pub truncated: bool,
-    /// Version of the policy that chose the action (0 = none; random or safe action).
+    /// Version of the behaviour policy (exploratory actions included: they carry the
+    /// version of the policy they explore around); 0 = none, i.e. the safe action.
     pub policy_version: u64,
     /// Initial replay priority computed by the actor (Ape-X); 0 = let the learner
     /// assign one.
