@@ -40,13 +40,14 @@ use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{channel, RecvTimeoutError};
+use std::sync::mpsc::{channel, Receiver, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use candle_core::Device;
 use ed25519_dalek::{Signer, SigningKey};
 use indicatif::{ProgressBar, ProgressStyle};
+use reflex_daemon::zenoh::pubsub::Subscriber;
 use reflex_daemon::zenoh::qos::CongestionControl;
 use reflex_daemon::zenoh::Wait;
 use reflex_daemon::zenoh_link::{self, ZenohConfig};
@@ -57,7 +58,7 @@ use serde::{Deserialize, Serialize};
 use crate::algo::dqn::{evaluate, Dqn, DqnConfig};
 use crate::checkpoint;
 use crate::export::{q_network_onnx, spec_for, write_atomic, POLICY_FILE};
-use crate::replay::{ActionRef, ActionShape, EnvStep, NStepAccumulator};
+use crate::replay::{ActionRef, ActionShape, EnvStep, NStepAccumulator, TransitionSink};
 use crate::run::RunConfig;
 use crate::TrainError;
 
@@ -296,30 +297,6 @@ impl EpisodeTracker {
     }
 }
 
-/// One robot as the learner sees it.
-struct Robot {
-    seq: SeqTracker,
-    episodes: EpisodeTracker,
-    nstep: NStepAccumulator,
-    batches: u64,
-    received: u64,
-    inserted: u64,
-    duplicate_batches: u64,
-    duplicate_transitions: u64,
-    stale_transitions: u64,
-    missing_batches: u64,
-    missing_steps: u64,
-    episodes_cut: u64,
-    invalid: u64,
-    restarts: u64,
-    last_seen: Instant,
-    last_status: Option<Status>,
-    /// Status totals of earlier daemon lives (a restart resets its counters).
-    status_base: (u64, u64),
-    episode_return: f64,
-    recent_returns: VecDeque<f64>,
-}
-
 /// Per-robot numbers in `learner.json`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct RobotReport {
@@ -352,6 +329,377 @@ pub struct RobotReport {
     pub status_dropped: u64,
     /// Policy version the robot runs (last heartbeat).
     pub status_policy_version: u64,
+}
+
+// ---------------------------------------------------------------------------
+// Ingest: the fleet's batches into replay
+// ---------------------------------------------------------------------------
+
+/// A message from the fleet, decoded on zenoh's receive thread.
+#[derive(Debug)]
+pub enum Incoming {
+    /// A robot's transitions (the robot id is the key's).
+    Batch(String, TransitionBatch),
+    /// A robot's heartbeat.
+    Status(String, Status),
+}
+
+/// The learner's subscriptions to `reflex/<fleet>/*/transitions` and
+/// `reflex/<fleet>/*/status`. Payloads are decoded on zenoh's receive thread and
+/// queued, unbounded, for the learner's loop (whatever arrived is kept: a slow
+/// learner costs memory, never data); payloads that do not decode, or arrive on a key
+/// without a robot, are counted and dropped. Dropping this ends the subscriptions, and
+/// the receiver then reports `Disconnected` once it is empty.
+pub struct Subscriptions {
+    _transitions: Subscriber<()>,
+    _statuses: Subscriber<()>,
+    decode_errors: Arc<AtomicU64>,
+}
+
+impl Subscriptions {
+    /// Payloads dropped because they did not decode (or had no robot in their key).
+    pub fn decode_errors(&self) -> u64 {
+        self.decode_errors.load(Ordering::Relaxed)
+    }
+}
+
+/// Subscribes `session` to every robot of `fleet` (what `reflex-train serve` does).
+pub fn subscribe(
+    session: &reflex_daemon::zenoh::Session,
+    fleet: &str,
+) -> Result<(Subscriptions, Receiver<Incoming>), LearnerError> {
+    let decode_errors = Arc::new(AtomicU64::new(0));
+    let (tx, rx) = channel::<Incoming>();
+    let subscribe = |suffix: &'static str| {
+        let tx = tx.clone();
+        let errors = decode_errors.clone();
+        session
+            .declare_subscriber(keys::all_robots_key(fleet, suffix))
+            .callback(move |sample| {
+                let key = sample.key_expr().as_str();
+                let robot = keys::parse_robot_key(key).map(|k| k.robot.to_string());
+                let Some(robot) = robot else {
+                    errors.fetch_add(1, Ordering::Relaxed);
+                    return;
+                };
+                let msg = if suffix == keys::TRANSITIONS {
+                    zenoh_link::decode_sample::<TransitionBatch>(&sample)
+                        .map(|b| Incoming::Batch(robot, b))
+                } else {
+                    zenoh_link::decode_sample::<Status>(&sample).map(|s| Incoming::Status(robot, s))
+                };
+                match msg {
+                    Ok(msg) => {
+                        let _ = tx.send(msg);
+                    }
+                    Err(e) => {
+                        if errors.fetch_add(1, Ordering::Relaxed) < 5 {
+                            eprintln!("learner: dropped an undecodable message: {e}");
+                        }
+                    }
+                }
+            })
+            .wait()
+            .map_err(|e| LearnerError::Zenoh(format!("subscribing to {suffix}: {e}")))
+    };
+    let transitions = subscribe(keys::TRANSITIONS)?;
+    let statuses = subscribe(keys::STATUS)?;
+    Ok((
+        Subscriptions {
+            _transitions: transitions,
+            _statuses: statuses,
+            decode_errors,
+        },
+        rx,
+    ))
+}
+
+/// One robot as the learner sees it.
+#[derive(Debug)]
+struct Robot {
+    seq: SeqTracker,
+    episodes: EpisodeTracker,
+    nstep: NStepAccumulator,
+    batches: u64,
+    received: u64,
+    inserted: u64,
+    duplicate_batches: u64,
+    duplicate_transitions: u64,
+    stale_transitions: u64,
+    missing_batches: u64,
+    missing_steps: u64,
+    episodes_cut: u64,
+    invalid: u64,
+    restarts: u64,
+    last_seen: Instant,
+    last_status: Option<Status>,
+    /// Status totals of earlier daemon lives (a restart resets its counters).
+    status_base: (u64, u64),
+    episode_return: f64,
+    recent_returns: VecDeque<f64>,
+}
+
+/// Sums over every robot the learner has seen.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct IngestTotals {
+    /// Batches received (duplicates excluded).
+    pub batches: u64,
+    /// Transitions received (duplicates excluded).
+    pub received: u64,
+    /// Transitions stored (through the n-step windows) into replay.
+    pub inserted: u64,
+    /// Duplicate batches dropped.
+    pub duplicate_batches: u64,
+    /// Batches missing from robots' sequences.
+    pub missing_batches: u64,
+    /// Steps missing inside episodes.
+    pub missing_steps: u64,
+    /// Transitions refused (wrong shape, bad action, non-finite values).
+    pub invalid: u64,
+    /// Daemon restarts seen.
+    pub restarts: u64,
+    /// Σ of the robots' Status `transitions_sent` (over daemon restarts).
+    pub status_sent: u64,
+    /// Σ of the robots' Status `transitions_spooled` (last heartbeat).
+    pub status_spooled: u64,
+    /// Σ of the robots' Status `transitions_dropped` (over daemon restarts).
+    pub status_dropped: u64,
+}
+
+/// The learner's ingest path, between the subscriptions and replay: per robot, batch
+/// numbering (gaps, duplicates, daemon restarts), the `(episode, step)` stream (gaps,
+/// cut episodes, stale steps), shape and action checks, and an n-step window that
+/// stores into replay. `reflex-train serve` and the ingest benchmark both run it.
+#[derive(Debug)]
+pub struct Ingest {
+    obs_dim: usize,
+    n_actions: u32,
+    n_step: usize,
+    gamma: f32,
+    robots: BTreeMap<String, Robot>,
+}
+
+impl Ingest {
+    /// An ingest path for `obs_dim`-entry observations and `n_actions` discrete
+    /// actions, storing `n_step`-step returns discounted by `gamma`.
+    pub fn new(
+        obs_dim: usize,
+        n_actions: u32,
+        n_step: usize,
+        gamma: f32,
+    ) -> Result<Self, LearnerError> {
+        // Checked once here, so that a robot joining later cannot fail on them.
+        NStepAccumulator::new(
+            n_step,
+            gamma,
+            obs_dim,
+            ActionShape::Discrete { n: n_actions },
+            1,
+        )
+        .map_err(TrainError::from)?;
+        Ok(Self {
+            obs_dim,
+            n_actions,
+            n_step,
+            gamma,
+            robots: BTreeMap::new(),
+        })
+    }
+
+    /// Robot `id`, created on first sight; also whether it was new.
+    fn robot(&mut self, id: &str) -> Result<(&mut Robot, bool), LearnerError> {
+        let fresh = !self.robots.contains_key(id);
+        if fresh {
+            let nstep = NStepAccumulator::new(
+                self.n_step,
+                self.gamma,
+                self.obs_dim,
+                ActionShape::Discrete { n: self.n_actions },
+                1,
+            )
+            .map_err(TrainError::from)?;
+            self.robots.insert(
+                id.to_string(),
+                Robot {
+                    seq: SeqTracker::default(),
+                    episodes: EpisodeTracker::default(),
+                    nstep,
+                    batches: 0,
+                    received: 0,
+                    inserted: 0,
+                    duplicate_batches: 0,
+                    duplicate_transitions: 0,
+                    stale_transitions: 0,
+                    missing_batches: 0,
+                    missing_steps: 0,
+                    episodes_cut: 0,
+                    invalid: 0,
+                    restarts: 0,
+                    last_seen: Instant::now(),
+                    last_status: None,
+                    status_base: (0, 0),
+                    episode_return: 0.0,
+                    recent_returns: VecDeque::new(),
+                },
+            );
+        }
+        Ok((self.robots.get_mut(id).expect("just inserted"), fresh))
+    }
+
+    /// Takes robot `id`'s `batch` into `replay`; returns whether the robot is new.
+    pub fn batch<S: TransitionSink + ?Sized>(
+        &mut self,
+        id: &str,
+        batch: &TransitionBatch,
+        replay: &mut S,
+    ) -> Result<bool, LearnerError> {
+        let (obs_dim, n_actions) = (self.obs_dim, self.n_actions);
+        let print = fingerprint(batch);
+        let (robot, fresh) = self.robot(id)?;
+        robot.last_seen = Instant::now();
+        match robot.seq.check(batch.batch_seq, print) {
+            BatchVerdict::Duplicate => {
+                robot.duplicate_batches += 1;
+                robot.duplicate_transitions += batch.transitions.len() as u64;
+                return Ok(fresh);
+            }
+            BatchVerdict::Restarted => {
+                robot.restarts += 1;
+                robot.episodes = EpisodeTracker {
+                    completed: robot.episodes.completed,
+                    ..EpisodeTracker::default()
+                };
+                let _ = robot.nstep.flush(0, replay);
+            }
+            BatchVerdict::Fresh { missing } => robot.missing_batches += missing,
+        }
+        robot.batches += 1;
+        for t in &batch.transitions {
+            robot.received += 1;
+            match robot.episodes.check(t.episode_id, t.step, t.done()) {
+                StepVerdict::Stale => {
+                    robot.stale_transitions += 1;
+                    continue;
+                }
+                StepVerdict::Continues => {}
+                StepVerdict::Gap { missing } => {
+                    robot.missing_steps += missing;
+                    let _ = robot.nstep.flush(0, replay);
+                    robot.episode_return = 0.0;
+                }
+                StepVerdict::EpisodeCut => {
+                    robot.episodes_cut += 1;
+                    let _ = robot.nstep.flush(0, replay);
+                    robot.episode_return = 0.0;
+                }
+            }
+            let action = match &t.action {
+                reflex_msgs::Action::Discrete(a) if *a < n_actions => ActionRef::Discrete(*a),
+                _ => {
+                    robot.invalid += 1;
+                    continue;
+                }
+            };
+            if t.obs.len() != obs_dim || t.next_obs.len() != obs_dim {
+                robot.invalid += 1;
+                continue;
+            }
+            let step = EnvStep {
+                obs: &t.obs,
+                action,
+                reward: t.reward,
+                next_obs: &t.next_obs,
+                terminated: t.terminated,
+                truncated: t.truncated,
+            };
+            match robot.nstep.push(0, &step, replay) {
+                Ok(_) => robot.inserted += 1,
+                Err(_) => robot.invalid += 1,
+            }
+            robot.episode_return += f64::from(t.reward);
+            if t.done() {
+                if robot.recent_returns.len() == 20 {
+                    robot.recent_returns.pop_front();
+                }
+                robot.recent_returns.push_back(robot.episode_return);
+                robot.episode_return = 0.0;
+            }
+        }
+        Ok(fresh)
+    }
+
+    /// Takes robot `id`'s heartbeat; returns whether the robot is new.
+    pub fn status(&mut self, id: &str, status: Status) -> Result<bool, LearnerError> {
+        let (robot, fresh) = self.robot(id)?;
+        if let Some(prev) = &robot.last_status {
+            if status.heartbeat_seq < prev.heartbeat_seq {
+                // The daemon restarted: its totals start over.
+                robot.status_base.0 += prev.transitions_sent;
+                robot.status_base.1 += prev.transitions_dropped;
+            }
+        }
+        robot.last_status = Some(status);
+        Ok(fresh)
+    }
+
+    /// Robots seen.
+    pub fn robots(&self) -> usize {
+        self.robots.len()
+    }
+
+    /// Transitions stored into replay, over all robots.
+    pub fn inserted(&self) -> u64 {
+        self.robots.values().map(|r| r.inserted).sum()
+    }
+
+    /// Sums over all robots.
+    pub fn totals(&self) -> IngestTotals {
+        let mut t = IngestTotals::default();
+        for robot in self.robots.values() {
+            let status = robot.last_status.as_ref();
+            t.batches += robot.batches;
+            t.received += robot.received;
+            t.inserted += robot.inserted;
+            t.duplicate_batches += robot.duplicate_batches;
+            t.missing_batches += robot.missing_batches;
+            t.missing_steps += robot.missing_steps;
+            t.invalid += robot.invalid;
+            t.restarts += robot.restarts;
+            t.status_sent += robot.status_base.0 + status.map_or(0, |s| s.transitions_sent);
+            t.status_dropped += robot.status_base.1 + status.map_or(0, |s| s.transitions_dropped);
+            t.status_spooled += status.map_or(0, |s| s.transitions_spooled);
+        }
+        t
+    }
+
+    /// One report per robot, by id.
+    pub fn reports(&self) -> Vec<RobotReport> {
+        self.robots
+            .iter()
+            .map(|(id, robot)| {
+                let status = robot.last_status.as_ref();
+                RobotReport {
+                    robot: id.clone(),
+                    batches: robot.batches,
+                    transitions_received: robot.received,
+                    transitions_inserted: robot.inserted,
+                    duplicate_batches: robot.duplicate_batches,
+                    missing_batches: robot.missing_batches,
+                    missing_steps: robot.missing_steps,
+                    restarts: robot.restarts,
+                    episodes: robot.episodes.completed,
+                    recent_return: (!robot.recent_returns.is_empty()).then(|| {
+                        robot.recent_returns.iter().sum::<f64>() / robot.recent_returns.len() as f64
+                    }),
+                    status_sent: robot.status_base.0 + status.map_or(0, |s| s.transitions_sent),
+                    status_spooled: status.map_or(0, |s| s.transitions_spooled),
+                    status_dropped: robot.status_base.1
+                        + status.map_or(0, |s| s.transitions_dropped),
+                    status_policy_version: status.map_or(0, |s| s.policy_version),
+                }
+            })
+            .collect()
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -448,11 +796,6 @@ pub struct LearnerReport {
     pub robots: Vec<RobotReport>,
 }
 
-enum Incoming {
-    Batch(String, TransitionBatch),
-    Status(String, Status),
-}
-
 /// Loads the run's signing key from `out`, or creates one (private key mode 0600).
 pub fn load_or_create_key(out: &Path) -> Result<SigningKey, LearnerError> {
     let path = out.join(KEY_FILE);
@@ -525,9 +868,7 @@ struct Service {
     dqn: Dqn,
     spec: PolicySpec,
     key: SigningKey,
-    obs_dim: usize,
-    n_actions: u32,
-    robots: BTreeMap<String, Robot>,
+    ingest: Ingest,
     report: LearnerReport,
     updates: u64,
     last_published_update: u64,
@@ -539,46 +880,6 @@ struct Service {
 }
 
 impl Service {
-    fn robot(&mut self, id: &str) -> Result<(&mut Robot, bool), LearnerError> {
-        let fresh = !self.robots.contains_key(id);
-        if fresh {
-            let nstep = NStepAccumulator::new(
-                self.dqn.config.n_step,
-                self.dqn.config.gamma as f32,
-                self.obs_dim,
-                ActionShape::Discrete { n: self.n_actions },
-                1,
-            )
-            .map_err(TrainError::from)?;
-            self.robots.insert(
-                id.to_string(),
-                Robot {
-                    seq: SeqTracker::default(),
-                    episodes: EpisodeTracker::default(),
-                    nstep,
-                    batches: 0,
-                    received: 0,
-                    inserted: 0,
-                    duplicate_batches: 0,
-                    duplicate_transitions: 0,
-                    stale_transitions: 0,
-                    missing_batches: 0,
-                    missing_steps: 0,
-                    episodes_cut: 0,
-                    invalid: 0,
-                    restarts: 0,
-                    last_seen: Instant::now(),
-                    last_status: None,
-                    status_base: (0, 0),
-                    episode_return: 0.0,
-                    recent_returns: VecDeque::new(),
-                },
-            );
-            self.log(&format!("robot {id} joined"));
-        }
-        Ok((self.robots.get_mut(id).expect("just inserted"), fresh))
-    }
-
     fn log(&self, line: &str) {
         if self.opts.quiet || self.bar.is_hidden() {
             eprintln!("learner: {line}");
@@ -587,163 +888,43 @@ impl Service {
         }
     }
 
-    /// Inserts a batch; returns whether the robot is new.
-    fn on_batch(&mut self, id: &str, batch: TransitionBatch) -> Result<bool, LearnerError> {
-        let (obs_dim, n_actions) = (self.obs_dim, self.n_actions);
-        let print = fingerprint(&batch);
-        let (_, fresh) = self.robot(id)?;
-        self.on_batch_existing(id, batch, print, fresh, obs_dim, n_actions)
-    }
-
-    fn on_batch_existing(
-        &mut self,
-        id: &str,
-        batch: TransitionBatch,
-        print: u64,
-        fresh: bool,
-        obs_dim: usize,
-        n_actions: u32,
-    ) -> Result<bool, LearnerError> {
-        let robot = self.robots.get_mut(id).expect("robot exists");
-        let replay = &mut self.dqn.replay;
-        robot.last_seen = Instant::now();
-        match robot.seq.check(batch.batch_seq, print) {
-            BatchVerdict::Duplicate => {
-                robot.duplicate_batches += 1;
-                robot.duplicate_transitions += batch.transitions.len() as u64;
-                return Ok(fresh);
+    /// Takes a message from the fleet; returns whether it was a batch from a robot
+    /// not seen before.
+    fn handle(&mut self, msg: Incoming) -> Result<bool, LearnerError> {
+        let (id, fresh, batch) = match msg {
+            Incoming::Batch(id, batch) => {
+                let fresh = self.ingest.batch(&id, &batch, &mut self.dqn.replay)?;
+                (id, fresh, true)
             }
-            BatchVerdict::Restarted => {
-                robot.restarts += 1;
-                robot.episodes = EpisodeTracker {
-                    completed: robot.episodes.completed,
-                    ..EpisodeTracker::default()
-                };
-                let _ = robot.nstep.flush(0, replay);
+            Incoming::Status(id, status) => {
+                let fresh = self.ingest.status(&id, status)?;
+                (id, fresh, false)
             }
-            BatchVerdict::Fresh { missing } => robot.missing_batches += missing,
+        };
+        if fresh {
+            self.log(&format!("robot {id} joined"));
         }
-        robot.batches += 1;
-        for t in &batch.transitions {
-            robot.received += 1;
-            match robot.episodes.check(t.episode_id, t.step, t.done()) {
-                StepVerdict::Stale => {
-                    robot.stale_transitions += 1;
-                    continue;
-                }
-                StepVerdict::Continues => {}
-                StepVerdict::Gap { missing } => {
-                    robot.missing_steps += missing;
-                    let _ = robot.nstep.flush(0, replay);
-                    robot.episode_return = 0.0;
-                }
-                StepVerdict::EpisodeCut => {
-                    robot.episodes_cut += 1;
-                    let _ = robot.nstep.flush(0, replay);
-                    robot.episode_return = 0.0;
-                }
-            }
-            let action = match &t.action {
-                reflex_msgs::Action::Discrete(a) if *a < n_actions => ActionRef::Discrete(*a),
-                _ => {
-                    robot.invalid += 1;
-                    continue;
-                }
-            };
-            if t.obs.len() != obs_dim || t.next_obs.len() != obs_dim {
-                robot.invalid += 1;
-                continue;
-            }
-            let step = EnvStep {
-                obs: &t.obs,
-                action,
-                reward: t.reward,
-                next_obs: &t.next_obs,
-                terminated: t.terminated,
-                truncated: t.truncated,
-            };
-            match robot.nstep.push(0, &step, replay) {
-                Ok(_) => robot.inserted += 1,
-                Err(_) => robot.invalid += 1,
-            }
-            robot.episode_return += f64::from(t.reward);
-            if t.done() {
-                if robot.recent_returns.len() == 20 {
-                    robot.recent_returns.pop_front();
-                }
-                robot.recent_returns.push_back(robot.episode_return);
-                robot.episode_return = 0.0;
-            }
-        }
-        Ok(fresh)
-    }
-
-    fn on_status(&mut self, id: &str, status: Status) -> Result<(), LearnerError> {
-        let (robot, _) = self.robot(id)?;
-        if let Some(prev) = &robot.last_status {
-            if status.heartbeat_seq < prev.heartbeat_seq {
-                // The daemon restarted: its totals start over.
-                robot.status_base.0 += prev.transitions_sent;
-                robot.status_base.1 += prev.transitions_dropped;
-            }
-        }
-        robot.last_status = Some(status);
-        Ok(())
+        Ok(fresh && batch)
     }
 
     fn refresh_report(&mut self) {
+        let t = self.ingest.totals();
         let r = &mut self.report;
-        r.robots.clear();
-        let (mut received, mut inserted, mut dups, mut gaps, mut lost, mut invalid) =
-            (0, 0, 0, 0, 0, 0);
-        let (mut sent, mut spooled, mut dropped) = (0, 0, 0);
-        for (id, robot) in &self.robots {
-            received += robot.received;
-            inserted += robot.inserted;
-            dups += robot.duplicate_batches;
-            gaps += robot.missing_batches;
-            lost += robot.missing_steps;
-            invalid += robot.invalid;
-            let status = robot.last_status.as_ref();
-            let s_sent = robot.status_base.0 + status.map_or(0, |s| s.transitions_sent);
-            let s_dropped = robot.status_base.1 + status.map_or(0, |s| s.transitions_dropped);
-            let s_spooled = status.map_or(0, |s| s.transitions_spooled);
-            sent += s_sent;
-            spooled += s_spooled;
-            dropped += s_dropped;
-            r.robots.push(RobotReport {
-                robot: id.clone(),
-                batches: robot.batches,
-                transitions_received: robot.received,
-                transitions_inserted: robot.inserted,
-                duplicate_batches: robot.duplicate_batches,
-                missing_batches: robot.missing_batches,
-                missing_steps: robot.missing_steps,
-                restarts: robot.restarts,
-                episodes: robot.episodes.completed,
-                recent_return: (!robot.recent_returns.is_empty()).then(|| {
-                    robot.recent_returns.iter().sum::<f64>() / robot.recent_returns.len() as f64
-                }),
-                status_sent: s_sent,
-                status_spooled: s_spooled,
-                status_dropped: s_dropped,
-                status_policy_version: status.map_or(0, |s| s.policy_version),
-            });
-        }
-        r.transitions_received = received;
-        r.transitions_inserted = inserted;
-        r.duplicates = dups;
-        r.gaps = gaps;
-        r.lost_transitions = lost;
-        r.invalid_transitions = invalid;
-        r.robots_seen = self.robots.len();
+        r.robots = self.ingest.reports();
+        r.transitions_received = t.received;
+        r.transitions_inserted = t.inserted;
+        r.duplicates = t.duplicate_batches;
+        r.gaps = t.missing_batches;
+        r.lost_transitions = t.missing_steps;
+        r.invalid_transitions = t.invalid;
+        r.robots_seen = self.ingest.robots();
         r.updates = self.updates;
-        r.status_sent = sent;
-        r.status_spooled = spooled;
-        r.status_dropped = dropped;
+        r.status_sent = t.status_sent;
+        r.status_spooled = t.status_spooled;
+        r.status_dropped = t.status_dropped;
         let elapsed = self.started.elapsed().as_secs_f64().max(1e-9);
         r.elapsed_s = elapsed;
-        r.transitions_per_s = received.saturating_sub(self.received_at_start) as f64 / elapsed;
+        r.transitions_per_s = t.received.saturating_sub(self.received_at_start) as f64 / elapsed;
         r.updates_per_s = self.updates.saturating_sub(self.updates_at_start) as f64 / elapsed;
     }
 
@@ -885,11 +1066,14 @@ pub fn serve(opts: ServeOptions, shutdown: Arc<AtomicBool>) -> Result<LearnerRep
             run: run.clone(),
             ..opts
         },
-        obs_dim: env.observation_space().low.len(),
-        n_actions,
+        ingest: Ingest::new(
+            env.observation_space().low.len(),
+            n_actions,
+            run.dqn.n_step,
+            run.dqn.gamma as f32,
+        )?,
         spec,
         key,
-        robots: BTreeMap::new(),
         report: LearnerReport {
             env: run.env.clone(),
             fleet: String::new(),
@@ -920,43 +1104,7 @@ pub fn serve(opts: ServeOptions, shutdown: Arc<AtomicBool>) -> Result<LearnerRep
         .congestion_control(CongestionControl::Block)
         .wait()
         .map_err(|e| LearnerError::Zenoh(format!("declaring the policy publisher: {e}")))?;
-    let decode_errors = Arc::new(AtomicU64::new(0));
-    let (tx, rx) = channel::<Incoming>();
-    let subscribe = |suffix: &'static str| {
-        let tx = tx.clone();
-        let errors = decode_errors.clone();
-        session
-            .declare_subscriber(keys::all_robots_key(&svc.opts.fleet, suffix))
-            .callback(move |sample| {
-                let key = sample.key_expr().as_str().to_string();
-                let robot = keys::parse_robot_key(&key).map(|k| k.robot.to_string());
-                let Some(robot) = robot else {
-                    errors.fetch_add(1, Ordering::Relaxed);
-                    return;
-                };
-                let msg = if suffix == keys::TRANSITIONS {
-                    zenoh_link::decode_sample::<TransitionBatch>(&sample)
-                        .map(|b| Incoming::Batch(robot, b))
-                } else {
-                    zenoh_link::decode_sample::<Status>(&sample).map(|s| Incoming::Status(robot, s))
-                };
-                match msg {
-                    Ok(msg) => {
-                        let _ = tx.send(msg);
-                    }
-                    Err(e) => {
-                        if errors.fetch_add(1, Ordering::Relaxed) < 5 {
-                            eprintln!("learner: dropped an undecodable message: {e}");
-                        }
-                    }
-                }
-            })
-            .wait()
-            .map_err(|e| LearnerError::Zenoh(format!("subscribing to {suffix}: {e}")))
-    };
-    let _transitions = subscribe(keys::TRANSITIONS)?;
-    let _statuses = subscribe(keys::STATUS)?;
-    drop(tx);
+    let (subscriptions, rx) = subscribe(&session, &svc.opts.fleet)?;
     svc.log(&format!(
         "serving fleet {:?} on {:?}: {} with {}, SPI {spi}, batch {}, learning starts at {}, \
          target every {target_every} updates, policy every {} updates; signing key {}",
@@ -980,14 +1128,7 @@ pub fn serve(opts: ServeOptions, shutdown: Arc<AtomicBool>) -> Result<LearnerRep
     let mut current = Some(first);
     let mut last_progress = Instant::now();
     let mut last_report = Instant::now();
-    let handle = |svc: &mut Service, msg: Incoming| -> Result<bool, LearnerError> {
-        match msg {
-            Incoming::Batch(robot, batch) => svc.on_batch(&robot, batch),
-            Incoming::Status(robot, status) => svc.on_status(&robot, status).map(|()| false),
-        }
-    };
-    let inserted =
-        |svc: &Service, base: u64| base + svc.robots.values().map(|r| r.inserted).sum::<u64>();
+    let inserted = |svc: &Service, base: u64| base + svc.ingest.inserted();
     let mut new_robot = false;
 
     let stop_reason: String = loop {
@@ -997,13 +1138,13 @@ pub fn serve(opts: ServeOptions, shutdown: Arc<AtomicBool>) -> Result<LearnerRep
         // Take everything that arrived.
         let mut drained = 0;
         while let Ok(msg) = rx.try_recv() {
-            new_robot |= handle(&mut svc, msg)?;
+            new_robot |= svc.handle(msg)?;
             drained += 1;
             if drained >= 4096 {
                 break;
             }
         }
-        svc.report.decode_errors = decode_errors.load(Ordering::Relaxed);
+        svc.report.decode_errors = subscriptions.decode_errors();
         if new_robot {
             // No late-joiner cache on the policy key: a robot that joins gets the
             // current policy again.
@@ -1066,7 +1207,7 @@ pub fn serve(opts: ServeOptions, shutdown: Arc<AtomicBool>) -> Result<LearnerRep
             }
         } else {
             match rx.recv_timeout(Duration::from_millis(20)) {
-                Ok(msg) => new_robot |= handle(&mut svc, msg)?,
+                Ok(msg) => new_robot |= svc.handle(msg)?,
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => {
                     break "subscriptions closed".to_string();
@@ -1105,15 +1246,14 @@ pub fn serve(opts: ServeOptions, shutdown: Arc<AtomicBool>) -> Result<LearnerRep
         // to stop, so the final accounting is complete.
         while !shutdown.load(Ordering::SeqCst) {
             match rx.recv_timeout(Duration::from_millis(50)) {
-                Ok(Incoming::Batch(robot, batch)) => {
-                    // Counted, not trained on.
-                    svc.on_batch(&robot, batch)?;
+                // Counted (and stored), not trained on.
+                Ok(msg) => {
+                    svc.handle(msg)?;
                 }
-                Ok(Incoming::Status(robot, status)) => svc.on_status(&robot, status)?,
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => break,
             }
-            svc.report.decode_errors = decode_errors.load(Ordering::Relaxed);
+            svc.report.decode_errors = subscriptions.decode_errors();
             if last_report.elapsed() >= Duration::from_millis(500) {
                 last_report = Instant::now();
                 svc.write_report()?;
@@ -1121,10 +1261,10 @@ pub fn serve(opts: ServeOptions, shutdown: Arc<AtomicBool>) -> Result<LearnerRep
         }
         // Whatever is still queued.
         while let Ok(msg) = rx.try_recv() {
-            handle(&mut svc, msg)?;
+            svc.handle(msg)?;
         }
     }
-    svc.report.decode_errors = decode_errors.load(Ordering::Relaxed);
+    svc.report.decode_errors = subscriptions.decode_errors();
     svc.write_report()?;
     svc.bar.finish_and_clear();
     drop(publisher);
@@ -1199,6 +1339,87 @@ mod tests {
         // Joining mid-episode.
         let mut late = EpisodeTracker::default();
         assert_eq!(late.check(9, 3, false), StepVerdict::Gap { missing: 3 });
+    }
+
+    #[test]
+    fn ingest_counts_per_robot_and_fills_replay() {
+        use crate::replay::ReplayBuffer;
+        use reflex_msgs::{Action, Transition};
+
+        let t = |episode_id, step, done| Transition {
+            episode_id,
+            step,
+            obs: vec![0.1, 0.2],
+            action: Action::Discrete(1),
+            reward: 1.0,
+            next_obs: vec![0.3, 0.4],
+            terminated: done,
+            ..Transition::default()
+        };
+        let batch = |batch_seq, transitions| TransitionBatch {
+            batch_seq,
+            transitions,
+            ..TransitionBatch::default()
+        };
+        let mut ingest = Ingest::new(2, 2, 1, 0.99).unwrap();
+        let mut replay = ReplayBuffer::new(100, 2, ActionShape::Discrete { n: 2 }).unwrap();
+        let mut take = |ingest: &mut Ingest, robot: &str, b: &TransitionBatch| {
+            ingest.batch(robot, b, &mut replay).unwrap()
+        };
+        // Robot a: an episode, then the next one starts.
+        assert!(take(
+            &mut ingest,
+            "a",
+            &batch(0, vec![t(0, 0, false), t(0, 1, true)])
+        ));
+        assert!(!take(&mut ingest, "a", &batch(1, vec![t(1, 0, false)])));
+        // The same batch again: counted, not stored twice.
+        assert!(!take(&mut ingest, "a", &batch(1, vec![t(1, 0, false)])));
+        // Batch 2 lost: a batch gap and two missing steps.
+        take(&mut ingest, "a", &batch(3, vec![t(1, 3, false)]));
+        // Robot b: a short observation and an action out of range are refused.
+        let mut short = t(0, 0, false);
+        short.obs = vec![0.0];
+        let mut bad_action = t(0, 1, false);
+        bad_action.action = Action::Discrete(5);
+        assert!(take(&mut ingest, "b", &batch(0, vec![short, bad_action])));
+
+        let totals = ingest.totals();
+        assert_eq!(totals.batches, 4);
+        assert_eq!(totals.received, 6);
+        assert_eq!(totals.inserted, 4);
+        assert_eq!(ingest.inserted(), 4);
+        assert_eq!(totals.duplicate_batches, 1);
+        assert_eq!(totals.missing_batches, 1);
+        assert_eq!(totals.missing_steps, 2);
+        assert_eq!(totals.invalid, 2);
+        assert_eq!(
+            replay.len(),
+            4,
+            "n = 1: every accepted step is stored at once"
+        );
+        assert_eq!(ingest.robots(), 2);
+
+        // Heartbeats: totals carry over a daemon restart (its counters start over).
+        let status = |heartbeat_seq, transitions_sent| Status {
+            heartbeat_seq,
+            transitions_sent,
+            ..Status::default()
+        };
+        assert!(ingest.status("c", status(5, 10)).unwrap(), "a new robot");
+        assert!(!ingest.status("c", status(1, 3)).unwrap());
+        assert_eq!(ingest.totals().status_sent, 13);
+        let reports = ingest.reports();
+        assert_eq!(
+            reports.iter().map(|r| r.robot.as_str()).collect::<Vec<_>>(),
+            ["a", "b", "c"]
+        );
+        assert_eq!(reports[0].episodes, 1);
+        assert_eq!(reports[0].transitions_inserted, 4);
+        assert!(
+            Ingest::new(2, 2, 0, 0.99).is_err(),
+            "n = 0 is refused up front"
+        );
     }
 
     #[test]
