@@ -389,9 +389,10 @@ pub struct Swapper {
 }
 
 impl Swapper {
-    /// Starts the swap thread: it polls `source` (and the file watcher, if any) every
-    /// `poll` interval and sends accepted actors into the returned receiver, which the
-    /// control thread polls once per tick.
+    /// Starts the swap thread: it waits on `source` for policy updates (taking each as
+    /// soon as it arrives, for sources that can block), checks the file watcher, if
+    /// any, and its stop flag at least every `poll` interval, and sends accepted actors
+    /// into the returned receiver, which the control thread polls once per tick.
     pub fn start(
         mut validator: Validator,
         mut source: Box<dyn PolicySource>,
@@ -413,6 +414,16 @@ impl Swapper {
                     if let Some(w) = watcher.as_mut() {
                         offered.extend(w.poll(Instant::now()));
                     }
+                    if offered.is_empty() {
+                        // Block on the source (not a sleep): an update is validated
+                        // the moment it arrives, not at the next poll.
+                        if let Some(message) = source.wait(poll) {
+                            offered.push(message);
+                            while let Some(message) = source.poll() {
+                                offered.push(message);
+                            }
+                        }
+                    }
                     stats
                         .decode_errors
                         .store(source.decode_errors(), Ordering::SeqCst);
@@ -431,7 +442,6 @@ impl Swapper {
                             }
                         }
                     }
-                    std::thread::sleep(poll);
                 }
             })
             .expect("spawn the swap thread");

@@ -6,6 +6,7 @@
 //! and dropped, never a panic.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use reflex_msgs::{ActionCommand, Observation, PolicyUpdate, Status, TransitionBatch};
 
@@ -72,6 +73,19 @@ pub trait PolicySource: Send {
     /// The next offered policy, if one arrived; never blocks.
     fn poll(&mut self) -> Option<PolicyMessage>;
 
+    /// The next offered policy, waiting up to `timeout` for one (the swap thread waits
+    /// here between its checks of the policy file and of its stop flag). The default
+    /// polls, sleeps `timeout` and polls again; a source that can block on its queue
+    /// returns as soon as a policy arrives, so an update is not held back by a poll
+    /// period.
+    fn wait(&mut self, timeout: Duration) -> Option<PolicyMessage> {
+        if let Some(message) = self.poll() {
+            return Some(message);
+        }
+        std::thread::sleep(timeout);
+        self.poll()
+    }
+
     /// Incoming messages that failed to decode, total since start.
     fn decode_errors(&self) -> u64 {
         0
@@ -112,7 +126,7 @@ impl ObservationSource for Null {
 /// the trainer's local loop.
 pub mod inproc {
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-    use std::sync::mpsc::{channel, Receiver, Sender, TryRecvError};
+    use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender, TryRecvError};
     use std::sync::Arc;
 
     use super::*;
@@ -249,6 +263,18 @@ pub mod inproc {
     impl PolicySource for PolicyReceiver {
         fn poll(&mut self) -> Option<PolicyMessage> {
             self.0.try_recv().ok()
+        }
+
+        fn wait(&mut self, timeout: Duration) -> Option<PolicyMessage> {
+            match self.0.recv_timeout(timeout) {
+                Ok(message) => Some(message),
+                Err(RecvTimeoutError::Timeout) => None,
+                Err(RecvTimeoutError::Disconnected) => {
+                    // Nobody can offer policies any more: wait as the default would.
+                    std::thread::sleep(timeout);
+                    None
+                }
+            }
         }
     }
 

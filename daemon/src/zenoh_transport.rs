@@ -21,6 +21,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use reflex_msgs::keys;
 use reflex_msgs::{ActionCommand, Observation, PolicyUpdate, Status, TransitionBatch};
@@ -256,18 +257,51 @@ impl ZenohPolicies {
     }
 }
 
+impl ZenohPolicies {
+    /// The update in `sample`, or `None` (counted) when it does not decode.
+    fn decode(&self, sample: &Sample) -> Option<PolicyMessage> {
+        match decode_sample::<PolicyUpdate>(sample) {
+            Ok(update) => Some(PolicyMessage::Update(Box::new(update))),
+            Err(e) => {
+                self.decode_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!("dropping policy update: {e}");
+                None
+            }
+        }
+    }
+}
+
 impl PolicySource for ZenohPolicies {
     fn poll(&mut self) -> Option<PolicyMessage> {
         while let Ok(Some(sample)) = self.subscriber.try_recv() {
-            match decode_sample::<PolicyUpdate>(&sample) {
-                Ok(update) => return Some(PolicyMessage::Update(Box::new(update))),
-                Err(e) => {
-                    self.decode_errors.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!("dropping policy update: {e}");
-                }
+            if let Some(message) = self.decode(&sample) {
+                return Some(message);
             }
         }
         None
+    }
+
+    fn wait(&mut self, timeout: Duration) -> Option<PolicyMessage> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return None;
+            }
+            match self.subscriber.recv_timeout(left) {
+                Ok(Some(sample)) => {
+                    if let Some(message) = self.decode(&sample) {
+                        return Some(message);
+                    }
+                }
+                Ok(None) => return None,
+                Err(_) => {
+                    // The subscriber is gone (session closing): nothing will come.
+                    std::thread::sleep(left);
+                    return None;
+                }
+            }
+        }
     }
 
     fn decode_errors(&self) -> u64 {

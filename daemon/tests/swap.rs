@@ -258,6 +258,38 @@ impl Rig {
     }
 }
 
+#[test]
+fn swap_thread_takes_an_update_when_it_arrives_not_at_its_next_poll() {
+    use reflex_daemon::swap::{SwapStats, Swapper};
+    use std::sync::Arc;
+
+    // A poll period far longer than the test may wait: the thread must be woken by
+    // the update itself (it used to sleep the period between polls).
+    let (offer, source) = inproc::policies();
+    let stats = Arc::new(SwapStats::default());
+    let (swapper, accepted) = Swapper::start(
+        validator(None),
+        Box::new(source),
+        None,
+        Duration::from_secs(3600),
+        stats.clone(),
+    );
+    // Let the thread find nothing and start waiting.
+    std::thread::sleep(Duration::from_millis(100));
+    offer
+        .send(PolicyMessage::Update(Box::new(update(
+            &common::cartpole_controller(2),
+        ))))
+        .unwrap();
+    let actor = accepted
+        .recv_timeout(HANG)
+        .expect("the update waited for the next poll");
+    assert_eq!(actor.version(), 2);
+    assert_eq!(stats.accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
+    // The thread now waits out its hour; it is left behind (the process ends soon).
+    drop(swapper);
+}
+
 fn rig_config() -> Config {
     let mut config = Config {
         rate_hz: 2000.0,
