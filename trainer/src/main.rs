@@ -115,6 +115,9 @@ enum Command {
     /// The fleet loop on one machine: the learner, simulated robots and their
     /// reflexd daemons as separate processes on loopback, until solved.
     Fleet(FleetArgs),
+    /// A zenoh router for a fleet across machines: the learner and the robots
+    /// connect to it in client mode. Runs until SIGINT/SIGTERM.
+    Router(RouterArgs),
 }
 
 #[derive(clap::Args)]
@@ -131,15 +134,20 @@ struct ServeArgs {
     /// Fleet name (policies go to reflex/<fleet>/policy).
     #[arg(long, default_value = "default")]
     fleet: String,
-    /// zenoh endpoint to listen on (repeatable); robots connect here.
-    #[arg(long, default_values_t = [reflex_daemon::zenoh_link::DEFAULT_ENDPOINT.to_string()])]
+    /// zenoh endpoint to listen on (repeatable); robots connect here [default:
+    /// tcp/127.0.0.1:7447 in peer mode, none in client mode].
+    #[arg(long, conflicts_with = "zenoh_config")]
     listen: Vec<String>,
     /// zenoh endpoint to connect to (repeatable), e.g. a router.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "zenoh_config")]
     connect: Vec<String>,
     /// zenoh mode: peer, or client (through a router).
-    #[arg(long, default_value = "peer", value_parser = ["peer", "client"])]
+    #[arg(long, default_value = "peer", value_parser = ["peer", "client"], conflicts_with = "zenoh_config")]
     mode: String,
+    /// The zenoh session from a TOML file instead (mode, listen, connect, scouting: the
+    /// keys of robot.toml's [transport.zenoh]; e.g. launch/zenoh/learner-client.toml).
+    #[arg(long, value_name = "FILE")]
+    zenoh_config: Option<PathBuf>,
     /// Run folder (policy.onnx, learner.key/.pub, checkpoints, learner.json).
     #[arg(long, default_value = "runs/fleet")]
     out: PathBuf,
@@ -229,6 +237,22 @@ struct FleetArgs {
     resume: bool,
 }
 
+#[derive(clap::Args)]
+struct RouterArgs {
+    /// Endpoint to listen on (repeatable) [default: tcp/127.0.0.1:7447 unless
+    /// --config gives listen endpoints].
+    #[arg(long)]
+    listen: Vec<String>,
+    /// Another router to connect to (repeatable).
+    #[arg(long)]
+    connect: Vec<String>,
+    /// A zenoh configuration file (JSON5, the format zenohd reads, e.g.
+    /// launch/zenoh/router.json5); its mode must be "router" or unset. --listen and
+    /// --connect replace its endpoints.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+}
+
 fn threads_from(threads: usize) {
     if std::env::var_os("RAYON_NUM_THREADS").is_none() {
         reflex_trainer::set_compute_threads(threads);
@@ -293,6 +317,7 @@ fn main() {
         } => export(&run, checkpoint, output),
         Command::Serve(args) => serve(args),
         Command::Fleet(args) => fleet::fleet(args),
+        Command::Router(args) => router(args),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");
@@ -712,15 +737,37 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if run.dqn.n_step == 0 {
         bail!("dqn.n_step must be at least 1");
     }
-    let zenoh = ZenohConfig {
-        mode: if args.mode == "client" {
-            ZenohMode::Client
-        } else {
-            ZenohMode::Peer
-        },
-        listen: args.listen,
-        connect: args.connect,
-        scouting: false,
+    let zenoh = match &args.zenoh_config {
+        Some(path) => {
+            let text =
+                fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+            let config: ZenohConfig =
+                toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+            config
+                .validate()
+                .with_context(|| format!("checking {}", path.display()))?;
+            config
+        }
+        None => {
+            let client = args.mode == "client";
+            // A client reaches everyone through its router and needs no listener
+            // (one on the default port would clash with a router on the same host).
+            let listen = if args.listen.is_empty() && !client {
+                vec![reflex_daemon::zenoh_link::DEFAULT_ENDPOINT.to_string()]
+            } else {
+                args.listen
+            };
+            ZenohConfig {
+                mode: if client {
+                    ZenohMode::Client
+                } else {
+                    ZenohMode::Peer
+                },
+                listen,
+                connect: args.connect,
+                scouting: false,
+            }
+        }
     };
     let shutdown = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
@@ -747,5 +794,90 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         shutdown,
     )?;
     println!("{}", serde_json::to_string(&report)?);
+    Ok(())
+}
+
+/// `reflex-train router`: a zenoh session in router mode until SIGINT/SIGTERM.
+fn router(args: RouterArgs) -> anyhow::Result<()> {
+    use reflex_daemon::zenoh;
+    use reflex_daemon::zenoh::Wait;
+    use reflex_daemon::zenoh_link::{ZenohConfig, ZenohMode, DEFAULT_ENDPOINT};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    let config = match &args.config {
+        Some(path) => {
+            let mut config = zenoh::Config::from_file(path)
+                .map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?;
+            let mode = config.get_json("mode").unwrap_or_default();
+            if !matches!(mode.trim_matches('"'), "" | "null" | "router") {
+                bail!(
+                    "{}: mode is {mode}; `reflex-train router` runs a router",
+                    path.display()
+                );
+            }
+            let set = |config: &mut zenoh::Config, key: &str, value: String| {
+                config
+                    .insert_json5(key, &value)
+                    .map_err(|e| anyhow::anyhow!("{key} = {value}: {e}"))
+            };
+            set(&mut config, "mode", "\"router\"".into())?;
+            if !args.listen.is_empty() {
+                set(
+                    &mut config,
+                    "listen/endpoints",
+                    serde_json::to_string(&args.listen)?,
+                )?;
+            }
+            if !args.connect.is_empty() {
+                set(
+                    &mut config,
+                    "connect/endpoints",
+                    serde_json::to_string(&args.connect)?,
+                )?;
+            }
+            config
+        }
+        None => ZenohConfig {
+            mode: ZenohMode::Router,
+            listen: if args.listen.is_empty() {
+                vec![DEFAULT_ENDPOINT.to_string()]
+            } else {
+                args.listen.clone()
+            },
+            connect: args.connect.clone(),
+            scouting: false,
+        }
+        .to_zenoh()?,
+    };
+    let shutdown = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(signal, shutdown.clone())
+            .context("installing signal handlers")?;
+    }
+    let listening = config.get_json("listen/endpoints").unwrap_or_default();
+    let session = zenoh::open(config)
+        .wait()
+        .map_err(|e| anyhow::anyhow!("opening the router session: {e}"))?;
+    eprintln!(
+        "router {} listening on {listening}; stop with Ctrl-C",
+        session.info().zid().wait()
+    );
+    let started = Instant::now();
+    while !shutdown.load(Ordering::SeqCst) {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    session
+        .close()
+        .wait()
+        .map_err(|e| anyhow::anyhow!("closing the router session: {e}"))?;
+    println!(
+        "{}",
+        serde_json::json!({
+            "stopped": "signal",
+            "listening": listening,
+            "uptime_s": started.elapsed().as_secs_f64(),
+        })
+    );
     Ok(())
 }

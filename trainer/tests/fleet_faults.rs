@@ -16,9 +16,10 @@
 //! Needs the `reflex-sim` and `reflexd` binaries next to `reflex-train`
 //! (`cargo build --bins`).
 
-use std::io::Read;
+mod support;
+
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use reflex_daemon::zenoh::handlers::{FifoChannel, FifoChannelHandler};
@@ -28,125 +29,7 @@ use reflex_daemon::zenoh::Wait;
 use reflex_daemon::zenoh_link::{self, decode_sample, ZenohConfig};
 use reflex_msgs::{keys, Status};
 use reflex_trainer::learner::{read_report, LearnerReport, PUB_FILE};
-
-fn bin(name: &str) -> PathBuf {
-    let path = PathBuf::from(env!("CARGO_BIN_EXE_reflex-train"))
-        .parent()
-        .unwrap()
-        .join(name);
-    assert!(
-        path.exists(),
-        "{} not found: build it first (cargo build -p reflex-daemon -p reflex-sim --bins)",
-        path.display()
-    );
-    path
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A child process with its log; killed on drop (a failing test leaves nothing behind).
-struct Proc {
-    name: String,
-    child: Option<Child>,
-    log: PathBuf,
-}
-
-impl Proc {
-    fn spawn(name: &str, cmd: &mut Command, log: PathBuf) -> Proc {
-        let file = std::fs::File::create(&log).unwrap();
-        let child = cmd
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(file)
-            .spawn()
-            .unwrap_or_else(|e| panic!("starting {name}: {e}"));
-        Proc {
-            name: name.to_string(),
-            child: Some(child),
-            log,
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn assert_running(&mut self) {
-        if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
-            panic!("{} exited early ({status}):\n{}", self.name, self.log());
-        }
-    }
-
-    /// SIGKILL: no chance to flush, checkpoint or say goodbye.
-    fn kill(mut self) {
-        let mut child = self.child.take().unwrap();
-        child.kill().unwrap();
-        let status = child.wait().unwrap();
-        assert!(!status.success(), "{} survived SIGKILL", self.name);
-    }
-
-    /// SIGTERM, wait (bounded), and the exit status with the last line of stdout.
-    fn stop(mut self) -> (ExitStatus, String, String) {
-        let mut child = self.child.take().unwrap();
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(child.id().to_string())
-            .status();
-        let end = Instant::now() + Duration::from_secs(30);
-        let status = loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                break status;
-            }
-            if Instant::now() > end {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("{} did not stop on SIGTERM:\n{}", self.name, self.log());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        let mut out = String::new();
-        child
-            .stdout
-            .take()
-            .unwrap()
-            .read_to_string(&mut out)
-            .unwrap();
-        let last = out.lines().last().unwrap_or_default().to_string();
-        (status, last, self.log())
-    }
-
-    /// [`Proc::stop`], expecting success and a JSON last line.
-    fn stop_json(self) -> serde_json::Value {
-        let name = self.name.clone();
-        let (status, last, log) = self.stop();
-        assert!(status.success(), "{name} failed ({status}):\n{log}");
-        serde_json::from_str(&last)
-            .unwrap_or_else(|e| panic!("{name}: last stdout line {last:?}: {e}\n{log}"))
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-            eprintln!("--- {} log ---\n{}", self.name, self.log());
-        }
-    }
-}
-
-fn u(v: &serde_json::Value, key: &str) -> u64 {
-    v[key]
-        .as_u64()
-        .unwrap_or_else(|| panic!("{key} missing in {v}"))
-}
+use support::{bin, free_port, u, wait_for, Proc};
 
 /// One learner, one simulated robot, one daemon, and the test's own status watcher.
 struct Rig {
@@ -353,14 +236,6 @@ scouting = false
             }
             std::thread::sleep(Duration::from_millis(200));
         }
-    }
-}
-
-fn wait_for(timeout: Duration, what: &str, mut done: impl FnMut() -> bool) {
-    let end = Instant::now() + timeout;
-    while !done() {
-        assert!(Instant::now() < end, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
