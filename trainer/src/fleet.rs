@@ -181,6 +181,10 @@ struct Summary {
     wall_s: f64,
     time_to_solve_s: Option<f64>,
     transitions_per_s: f64,
+    /// Transitions/s while the robots were sending (first to last batch received).
+    receiving_transitions_per_s: f64,
+    /// Learner updates/s from its first update to its last.
+    training_updates_per_s: f64,
     accounting: &'static str,
 }
 
@@ -464,6 +468,8 @@ pub fn fleet(args: FleetArgs) -> anyhow::Result<()> {
         wall_s: started.elapsed().as_secs_f64(),
         time_to_solve_s: report.time_to_solve_s,
         transitions_per_s: report.transitions_per_s,
+        receiving_transitions_per_s: report.receiving_transitions_per_s,
+        training_updates_per_s: report.training_updates_per_s,
         accounting,
     };
     fs::write(

@@ -784,6 +784,19 @@ pub struct LearnerReport {
     pub transitions_per_s: f64,
     /// Updates per second over this process's run.
     pub updates_per_s: f64,
+    /// Seconds from the first batch this process received to the latest one.
+    #[serde(default)]
+    pub receiving_s: f64,
+    /// Transitions received per second over `receiving_s`: the fleet's aggregate rate
+    /// while it sends (no start-up or idle time).
+    #[serde(default)]
+    pub receiving_transitions_per_s: f64,
+    /// Seconds from this process's first gradient update to its latest one.
+    #[serde(default)]
+    pub training_s: f64,
+    /// Updates per second over `training_s`.
+    #[serde(default)]
+    pub training_updates_per_s: f64,
     /// Samples per insert the limiter enforced.
     pub samples_per_insert: f64,
     /// Σ over robots of their Status `transitions_sent`.
@@ -875,6 +888,11 @@ struct Service {
     started: Instant,
     received_at_start: u64,
     updates_at_start: u64,
+    /// The first batch's arrival and the transitions received by then; the latest
+    /// batch's arrival.
+    receiving: Option<(Instant, u64, Instant)>,
+    /// The first update's time and the updates done by then; the latest update's time.
+    training: Option<(Instant, u64, Instant)>,
     bar: ProgressBar,
     eval_env: Box<dyn Env>,
 }
@@ -894,6 +912,11 @@ impl Service {
         let (id, fresh, batch) = match msg {
             Incoming::Batch(id, batch) => {
                 let fresh = self.ingest.batch(&id, &batch, &mut self.dqn.replay)?;
+                let now = Instant::now();
+                match &mut self.receiving {
+                    Some((_, _, last)) => *last = now,
+                    None => self.receiving = Some((now, self.ingest.totals().received, now)),
+                }
                 (id, fresh, true)
             }
             Incoming::Status(id, status) => {
@@ -926,6 +949,21 @@ impl Service {
         r.elapsed_s = elapsed;
         r.transitions_per_s = t.received.saturating_sub(self.received_at_start) as f64 / elapsed;
         r.updates_per_s = self.updates.saturating_sub(self.updates_at_start) as f64 / elapsed;
+        let span = |(first, count, last): (Instant, u64, Instant), now: u64| {
+            let s = last.duration_since(first).as_secs_f64();
+            let rate = if s > 0.0 {
+                now.saturating_sub(count) as f64 / s
+            } else {
+                0.0
+            };
+            (s, rate)
+        };
+        if let Some(receiving) = self.receiving {
+            (r.receiving_s, r.receiving_transitions_per_s) = span(receiving, t.received);
+        }
+        if let Some(training) = self.training {
+            (r.training_s, r.training_updates_per_s) = span(training, self.updates);
+        }
     }
 
     fn write_report(&mut self) -> Result<(), LearnerError> {
@@ -1086,6 +1124,8 @@ pub fn serve(opts: ServeOptions, shutdown: Arc<AtomicBool>) -> Result<LearnerRep
         started: Instant::now(),
         received_at_start: 0,
         updates_at_start: updates,
+        receiving: None,
+        training: None,
         bar,
         eval_env: reflex_sim::make(&run.env).map_err(TrainError::from)?,
         dqn,
@@ -1175,6 +1215,11 @@ pub fn serve(opts: ServeOptions, shutdown: Arc<AtomicBool>) -> Result<LearnerRep
                 let beta = c.per_beta0 + (1.0 - c.per_beta0) * progress;
                 svc.dqn.update(beta)?;
                 svc.updates += 1;
+                let now = Instant::now();
+                match &mut svc.training {
+                    Some((_, _, last)) => *last = now,
+                    None => svc.training = Some((now, svc.updates, now)),
+                }
                 if svc.updates.is_multiple_of(target_every) {
                     svc.dqn.update_target()?;
                 }

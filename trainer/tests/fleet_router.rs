@@ -179,6 +179,16 @@ scouting = false
     assert_eq!(r.robots_seen, 1, "{learner_json}");
     assert_eq!(r.robots[0].robot, ROBOT);
     assert!(r.updates > 0, "the learner never trained: {learner_json}");
+    // The rates over the spans of receiving and training (what the fleet reports).
+    assert!(
+        r.receiving_s > 0.0 && r.receiving_s <= r.elapsed_s,
+        "{learner_json}"
+    );
+    assert!(r.receiving_transitions_per_s > 0.0, "{learner_json}");
+    assert!(
+        r.training_s > 0.0 && r.training_updates_per_s > 0.0,
+        "{learner_json}"
+    );
     assert!(
         r.robots[0].status_policy_version >= 2,
         "the daemon never ran a published policy: {learner_json}"

@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# The fleet loop's benchmarks (issue 10), one after the other:
+#   1. transitions/s into the learner's replay over zenoh (trainer/benches/ingest.rs);
+#   2. policy-update latency, publish -> first action with it (trainer/benches/policy_update.rs);
+#   3. scaling: `reflex-train fleet --robots N` for N = 1 2 4 8 (release binaries), with
+#      the machine's CPU use over each run.
+#
+# Usage: bash scripts/bench-fleet.sh [ingest] [latency] [scaling]   (default: all three)
+# Environment: FLEET_BUDGET (transitions per scaling run, default 40000),
+#              FLEET_RATE_HZ (per robot, default 400), FLEET_OUT (default /tmp/reflex-bench-fleet).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+parts=("$@")
+[ ${#parts[@]} -eq 0 ] && parts=(ingest latency scaling)
+want() { [[ " ${parts[*]} " == *" $1 "* ]]; }
+
+target="${CARGO_TARGET_DIR:-target}"
+budget="${FLEET_BUDGET:-40000}"
+rate="${FLEET_RATE_HZ:-400}"
+out="${FLEET_OUT:-/tmp/reflex-bench-fleet}"
+
+echo "# $(date -u '+%Y-%m-%d %H:%M UTC'), commit $(git rev-parse --short HEAD)$(git diff --quiet || echo ' + uncommitted changes'), $(nproc) cores: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
+
+if want ingest; then
+  echo "## ingest"
+  cargo bench -q -p reflex-trainer --bench ingest -- \
+    batch=64,256,1024 publishers=1,4,8 transitions=3000000 repeats=5 stages
+fi
+
+if want latency; then
+  echo "## policy-update latency"
+  cargo bench -q -p reflex-trainer --bench policy_update -- updates=200 hidden=64
+  cargo bench -q -p reflex-trainer --bench policy_update -- updates=100 hidden=256
+fi
+
+if want scaling; then
+  echo "## scaling (budget $budget transitions, robots at $rate Hz)"
+  cargo build -q --release -p reflex-trainer -p reflex-sim -p reflex-daemon --bins
+  # busy and total jiffies of the whole machine
+  stat() { awk '/^cpu /{print $2+$3+$4+$7+$8+$9, $2+$3+$4+$5+$6+$7+$8+$9}' /proc/stat; }
+  echo "| robots | ideal transitions/s (robots x rate) | transitions/s into the learner (while sending) | transitions received | learner updates/s (while training) | updates | dropped / lost / dups / decode errors | solved | time to solve s | greedy eval (policy.onnx, 20 episodes) | wall s | machine CPU busy (both cores) |"
+  echo "|---:|---:|---:|---:|---:|---:|---|---|---:|---|---:|---:|"
+  for n in 1 2 4 8; do
+    rm -rf "$out/n$n"
+    read -r b0 t0 < <(stat)
+    "$target/release/reflex-train" fleet --env cartpole --robots "$n" --rate-hz "$rate" \
+      --max-transitions "$budget" --out "$out/n$n" > "$out-n$n.json" 2> "$out-n$n.log"
+    read -r b1 t1 < <(stat)
+    python3 - "$out/n$n" "$out-n$n.json" "$b0" "$t0" "$b1" "$t1" "$n" "$rate" <<'EOF'
+import json, sys
+run, summary, b0, t0, b1, t1, n, rate = sys.argv[1:]
+s = json.loads(open(summary).read().strip().splitlines()[-1])
+r = json.load(open(run + "/learner.json"))
+busy = (float(b1) - float(b0)) / (float(t1) - float(t0))
+tts = s.get("time_to_solve_s")
+print(f"| {n} | {int(n) * float(rate):.0f} | {r['receiving_transitions_per_s']:.0f} | {s['transitions_received']} "
+      f"| {r['training_updates_per_s']:.0f} | {r['updates']} "
+      f"| {s['transitions_dropped']} / {s['lost_in_transit']} / {s['duplicates']} / {s['decode_errors']} "
+      f"| {'yes' if s['solved'] else 'no'} | {'-' if tts is None else f'{tts:.1f}'} "
+      f"| {s['eval_mean_return']:.1f} ± {s['eval_std_return']:.1f} | {s['wall_s']:.1f} | {100 * busy:.0f} % |")
+EOF
+  done
+fi
