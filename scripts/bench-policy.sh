@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# Policy inference latency, reflex (tract) beside onnxruntime on the same files.
+# Policy inference latency, reflex (native evaluator and tract) beside onnxruntime on the same files.
 # The files are the parity test's exports (2x64 plain, 2x64 dueling with
 # normalization, 2x64 twin dueling LayerNorm tanh, 2x256 twin).
 #   bash scripts/bench-policy.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/venv-onnx.sh
-dir=${BENCH_POLICY_DIR:-target/bench-policy}
+dir=${BENCH_POLICY_DIR:-$PWD/target/bench-policy}
 rm -rf "$dir"
 REFLEX_INTEROP_DIR="$dir" cargo test --quiet -p reflex-trainer --test onnx \
   tract_matches_candle_for_every_network_kind > /dev/null

@@ -1,9 +1,10 @@
 //! Single-observation inference latency of ONNX policies through the daemon's
-//! runtime (`Policy::step`, tract), and heap allocations per step.
+//! runtime (`Policy::step`), on each engine: the native evaluator (the default for
+//! the graphs reflex exports) and tract; and heap allocations per step.
 //!
 //!     cargo bench -p reflex-daemon --bench policy_latency -- FILE.onnx [FILE.onnx …]
 //!
-//! For each file: 2,000 warm-up steps, then 100,000 timed steps, each timed on
+//! For each file and engine: 2,000 warm-up steps, then 100,000 timed steps, each timed on
 //! its own with `Instant`; prints p50 / p99 / p99.9 / max in µs and the mean
 //! number of allocations per step (a counting global allocator). Observations
 //! cycle through 1,024 random vectors so branch predictors see varied input.
@@ -13,7 +14,7 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-use reflex_daemon::Policy;
+use reflex_daemon::{Engine, LoadOptions, Policy};
 
 struct Counting;
 static ALLOCS: AtomicU64 = AtomicU64::new(0);
@@ -47,13 +48,29 @@ fn main() {
     println!("| policy | runtime | p50 µs | p99 µs | p99.9 µs | max µs | allocs/step |");
     println!("|---|---|---|---|---|---|---|");
     for file in files {
-        let mut policy = match Policy::load(&file) {
-            Ok(p) => p,
-            Err(e) => {
-                eprintln!("{file}: {e}");
-                std::process::exit(1);
+        let bytes = std::fs::read(&file).unwrap_or_else(|e| {
+            eprintln!("{file}: {e}");
+            std::process::exit(1);
+        });
+        for native in [true, false] {
+            let policy = match Policy::from_bytes_with(&bytes, LoadOptions { native }) {
+                Ok(p) => p,
+                Err(e) => {
+                    eprintln!("{file}: {e}");
+                    std::process::exit(1);
+                }
+            };
+            if native && policy.engine() != Engine::Native {
+                eprintln!("{file}: outside the native evaluator; tract only");
+                continue;
             }
-        };
+            bench(&file, policy);
+        }
+    }
+}
+
+fn bench(file: &str, mut policy: Policy) {
+    {
         let dim = policy.obs_dim();
         // A small xorshift: the bench needs varied inputs, not a seeded stream.
         let mut state = 0x9E37_79B9_7F4A_7C15u64;
@@ -85,9 +102,13 @@ fn main() {
         times.sort_by(f64::total_cmp);
         let name = std::path::Path::new(&file)
             .file_stem()
-            .map_or(file.clone(), |s| s.to_string_lossy().into_owned());
+            .map_or(file.to_string(), |s| s.to_string_lossy().into_owned());
+        let engine = match policy.engine() {
+            Engine::Native => "reflex (native)",
+            Engine::Tract => "reflex (tract)",
+        };
         println!(
-            "| {name} | reflex (tract) | {:.2} | {:.2} | {:.2} | {:.1} | {allocs:.1} |",
+            "| {name} | {engine} | {:.2} | {:.2} | {:.2} | {:.1} | {allocs:.1} |",
             percentile(&times, 0.5),
             percentile(&times, 0.99),
             percentile(&times, 0.999),

@@ -11,7 +11,8 @@
 //! ```
 //!
 //! One module per concern: [`config`] (robot.toml), [`actor`] (the policy seam),
-//! [`policy`] (ONNX policy files checked against the contract and run with tract),
+//! [`policy`] (ONNX policy files checked against the contract and run with tract,
+//! or with [`native`]'s allocation-free evaluator where the graph allows),
 //! [`explore`] (ε-greedy, Gaussian / OU noise), [`safety`] (clamp, non-finite
 //! guard, rate limit, watchdog, e-stop), [`control`] (the fixed-rate loop and the
 //! [`Daemon`] handle), [`spool`] and [`uplink`] (batching, spooling, accounting),
@@ -27,6 +28,7 @@ pub mod actor;
 pub mod config;
 pub mod control;
 pub mod explore;
+pub mod native;
 pub mod policy;
 pub mod safety;
 pub mod spool;
@@ -42,5 +44,5 @@ pub use zenoh;
 pub use actor::{Actor, ActorError, ActorOutput, Loader};
 pub use config::{Config, ConfigError, DEFAULT_CONFIG_TOML};
 pub use control::{serve, Daemon, DaemonError, LoopStats, Report, Transports};
-pub use policy::{Policy, PolicyLoadError, PolicyOutput};
+pub use policy::{Engine, LoadOptions, Policy, PolicyLoadError, PolicyOutput};
 pub use safety::EStop;

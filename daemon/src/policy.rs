@@ -8,10 +8,13 @@
 //! a probe observation is not finite. Loading never panics: tract's own checks run
 //! behind a panic guard, and a panic there becomes [`PolicyLoadError::Panicked`].
 //!
-//! [`Policy::step`] runs one observation (batch 1) through the optimized plan. The
-//! observation and output buffers are allocated once at load; tract itself still
-//! allocates its small per-run tensors (see BENCHMARKS.md for the latency this
-//! costs).
+//! [`Policy::step`] runs one observation (batch 1). tract validates every policy,
+//! but it allocates each node's output on every run; so where the graph is one of
+//! the small feed-forward chains reflex exports, the policy runs on
+//! [`crate::native::Plan`] instead, an evaluator whose buffers are allocated at load
+//! and which allocates nothing per step. A plan is only used if it agrees with tract
+//! on a set of probe observations (to 1e-5); otherwise, and for every other graph,
+//! tract runs it ([`Policy::engine`] says which). [`LoadOptions`] can force tract.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
@@ -136,11 +139,40 @@ pub enum PolicyLoadError {
 /// from any [`Actor`].
 pub use crate::actor::ActorOutput as PolicyOutput;
 
+/// Which evaluator runs a loaded policy's steps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Engine {
+    /// [`crate::native::Plan`]: preallocated, no allocation per step.
+    Native,
+    /// tract's optimized plan.
+    Tract,
+}
+
+/// How to load a policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LoadOptions {
+    /// Try the allocation-free native evaluator (default `true`); tract runs the
+    /// graph when this is off or the graph is outside what the evaluator models.
+    pub native: bool,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions { native: true }
+    }
+}
+
+/// Agreement the native plan must show with tract before it is used.
+const NATIVE_TOLERANCE: f32 = 1e-5;
+/// Observations the native plan is checked on at load (the probe plus these).
+const NATIVE_CHECKS: usize = 32;
+
 /// A loaded, validated policy, ready to step.
 pub struct Policy {
     spec: PolicySpec,
     sha256: [u8; 32],
     state: TypedSimpleState,
+    native: Option<crate::native::Plan>,
     obs_dim: usize,
     /// Output width: `n_actions` (q) or `act_dim` (action).
     out_dim: usize,
@@ -156,6 +188,7 @@ impl std::fmt::Debug for Policy {
             .field("obs_dim", &self.obs_dim)
             .field("out_dim", &self.out_dim)
             .field("discrete", &self.discrete)
+            .field("engine", &self.engine())
             .field("sha256", &reflex_msgs::hash::to_hex(&self.sha256))
             .finish()
     }
@@ -247,10 +280,17 @@ impl Policy {
 
     /// Validates and prepares a policy from the bytes of an ONNX file.
     pub fn from_bytes(bytes: &[u8]) -> Result<Policy, PolicyLoadError> {
-        guarded("loading the policy", || Self::from_bytes_unguarded(bytes))
+        Self::from_bytes_with(bytes, LoadOptions::default())
     }
 
-    fn from_bytes_unguarded(bytes: &[u8]) -> Result<Policy, PolicyLoadError> {
+    /// [`Policy::from_bytes`] with options (e.g. tract only, for comparisons).
+    pub fn from_bytes_with(bytes: &[u8], options: LoadOptions) -> Result<Policy, PolicyLoadError> {
+        guarded("loading the policy", || {
+            Self::from_bytes_unguarded(bytes, options)
+        })
+    }
+
+    fn from_bytes_unguarded(bytes: &[u8], options: LoadOptions) -> Result<Policy, PolicyLoadError> {
         use tract_onnx::prelude::Framework;
         let onnx = tract_onnx::onnx();
         let proto = onnx
@@ -343,20 +383,94 @@ impl Policy {
             spec,
             sha256: reflex_msgs::hash::sha256(bytes),
             state,
+            native: None,
             obs_dim,
             out_dim,
             discrete,
             output: vec![0.0; out_dim],
         };
         policy.probe(out_name)?;
+        if options.native {
+            policy.native =
+                crate::native::Plan::compile(graph, INPUT_OBS, obs_dim, out_name, out_dim)
+                    .and_then(|plan| policy.checked_against_tract(plan));
+        }
         Ok(policy)
     }
 
-    /// Runs a probe observation (the middle of the observation space where it is
-    /// bounded, 0 where not) and refuses non-finite outputs.
-    fn probe(&mut self, output: &'static str) -> Result<(), PolicyLoadError> {
+    /// Which evaluator runs [`Policy::step`].
+    pub fn engine(&self) -> Engine {
+        if self.native.is_some() {
+            Engine::Native
+        } else {
+            Engine::Tract
+        }
+    }
+
+    /// Observations to check a native plan on: the probe, then points spread over
+    /// the observation space (uniform where bounded, within ±3 where not), from a
+    /// fixed generator so that a load is reproducible.
+    fn check_observations(&self) -> Vec<Vec<f32>> {
         let space = &self.spec.observation_space;
-        let probe: Vec<f32> = space
+        let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut uniform = move || {
+            // SplitMix64 → [0, 1).
+            state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = state;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            ((z ^ (z >> 31)) >> 40) as f32 / (1u64 << 24) as f32
+        };
+        let mut out = vec![self.probe_observation()];
+        for _ in 0..NATIVE_CHECKS {
+            out.push(
+                space
+                    .low
+                    .iter()
+                    .zip(&space.high)
+                    .map(|(&lo, &hi)| {
+                        let u = uniform();
+                        if (hi - lo).is_finite() {
+                            lo + u * (hi - lo)
+                        } else {
+                            6.0 * u - 3.0
+                        }
+                    })
+                    .collect(),
+            );
+        }
+        out
+    }
+
+    /// Keeps `plan` only if it matches tract on every check observation.
+    fn checked_against_tract(
+        &mut self,
+        mut plan: crate::native::Plan,
+    ) -> Option<crate::native::Plan> {
+        let mut native = vec![0.0f32; self.out_dim];
+        for obs in self.check_observations() {
+            self.run_tract(&obs).ok()?;
+            plan.run(&obs, &mut native);
+            let agree = native
+                .iter()
+                .zip(&self.output)
+                .all(|(&a, &b)| (a - b).abs() <= NATIVE_TOLERANCE * (1.0 + a.abs().max(b.abs())));
+            if !agree {
+                tracing::warn!(
+                    "the native evaluator disagrees with tract on this policy \
+                     ({native:?} vs {:?}); running it on tract",
+                    self.output
+                );
+                return None;
+            }
+        }
+        Some(plan)
+    }
+
+    /// The middle of the observation space where it is bounded, 0 where not.
+    fn probe_observation(&self) -> Vec<f32> {
+        let space = &self.spec.observation_space;
+        space
             .low
             .iter()
             .zip(&space.high)
@@ -368,7 +482,12 @@ impl Policy {
                     0.0
                 }
             })
-            .collect();
+            .collect()
+    }
+
+    /// Runs the probe observation and refuses non-finite outputs.
+    fn probe(&mut self, output: &'static str) -> Result<(), PolicyLoadError> {
+        let probe = self.probe_observation();
         self.run(&probe)?;
         if let Some((index, &value)) = self.output.iter().enumerate().find(|(_, v)| !v.is_finite())
         {
@@ -381,7 +500,7 @@ impl Policy {
         Ok(())
     }
 
-    /// Runs the plan on one observation into `self.output`.
+    /// Runs one observation into `self.output`, on the native plan if there is one.
     fn run(&mut self, obs: &[f32]) -> Result<(), PolicyLoadError> {
         if obs.len() != self.obs_dim {
             return Err(PolicyLoadError::ObservationLength {
@@ -389,6 +508,17 @@ impl Policy {
                 found: obs.len(),
             });
         }
+        match &mut self.native {
+            Some(plan) => {
+                plan.run(obs, &mut self.output);
+                Ok(())
+            }
+            None => self.run_tract(obs),
+        }
+    }
+
+    /// Runs tract's plan on one observation (of the right length) into `self.output`.
+    fn run_tract(&mut self, obs: &[f32]) -> Result<(), PolicyLoadError> {
         let input = Tensor::from_shape(&[1, self.obs_dim], obs)
             .map_err(|e| PolicyLoadError::Run(format!("{e:#}")))?;
         let outputs = self

@@ -5,75 +5,17 @@
 //! with its probe inputs and candle's outputs there, for `scripts/onnx-interop.py`
 //! (onnx checker + onnxruntime), which `.ci/run` runs.
 
+mod common;
+
 use candle_core::{Device, Tensor};
+use common::{candle_q, cartpole_spec, kinds, network};
 use prost::Message;
-use reflex_daemon::{Policy, PolicyLoadError, PolicyOutput};
+use reflex_daemon::{Engine, LoadOptions, Policy, PolicyLoadError, PolicyOutput};
 use reflex_msgs::onnx::{INPUT_OBS, METADATA_POLICY_SPEC, OUTPUT_Q};
 use reflex_msgs::PolicySpec;
-use reflex_sim::{make, SimRng};
-use reflex_trainer::export::{q_network_onnx, spec_for, Attr, OnnxGraph};
-use reflex_trainer::nn::{Activation, NetConfig, QNetwork};
+use reflex_sim::SimRng;
+use reflex_trainer::export::{q_network_onnx, Attr, OnnxGraph};
 use tract_onnx::pb;
-
-/// The network kinds DQN can train, with final layers at full scale so the
-/// outputs are far from zero and differences show.
-fn kinds() -> Vec<(&'static str, NetConfig, usize)> {
-    let base = NetConfig {
-        hidden: vec![64, 64],
-        activation: Activation::Relu,
-        layer_norm: false,
-        dueling: false,
-        final_init_scale: 1.0,
-    };
-    vec![
-        ("plain", base.clone(), 1),
-        (
-            "dueling",
-            NetConfig {
-                dueling: true,
-                ..base.clone()
-            },
-            1,
-        ),
-        (
-            "twin-dueling-layernorm-tanh",
-            NetConfig {
-                dueling: true,
-                layer_norm: true,
-                activation: Activation::Tanh,
-                ..base.clone()
-            },
-            2,
-        ),
-        (
-            "twin-plain-256",
-            NetConfig {
-                hidden: vec![256, 256],
-                ..base
-            },
-            2,
-        ),
-    ]
-}
-
-fn cartpole_spec() -> PolicySpec {
-    spec_for("dqn", "cartpole", make("cartpole").unwrap().as_ref())
-}
-
-fn network(config: &NetConfig, heads: usize, seed: u64) -> QNetwork {
-    let mut rng = SimRng::seed(seed);
-    QNetwork::new(config, 4, 2, heads, &mut rng, &Device::Cpu).unwrap()
-}
-
-fn candle_q(net: &QNetwork, obs: &[f32]) -> Vec<f32> {
-    let x = Tensor::from_slice(obs, (1, obs.len()), &Device::Cpu).unwrap();
-    net.q_values(&x)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap()
-}
 
 fn close(a: f32, b: f32) -> bool {
     (a - b).abs() <= 1e-5 * (1.0 + a.abs().max(b.abs()))
@@ -92,8 +34,14 @@ fn tract_matches_candle_for_every_network_kind() {
             spec.obs_std = vec![2.0, 0.5, 0.25, 3.0];
         }
         let bytes = q_network_onnx(&net, &spec).unwrap();
-        let mut policy = Policy::from_bytes(&bytes).unwrap_or_else(|e| panic!("{name}: {e}"));
-        assert_eq!(policy.spec(), &spec, "{name}: spec round trip");
+        // Both engines: the default (every exported kind compiles to the native
+        // evaluator) and tract alone.
+        let mut native = Policy::from_bytes(&bytes).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(native.spec(), &spec, "{name}: spec round trip");
+        assert_eq!(native.engine(), Engine::Native, "{name}");
+        let mut tract = Policy::from_bytes_with(&bytes, LoadOptions { native: false })
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(tract.engine(), Engine::Tract, "{name}");
 
         let mut rng = SimRng::seed(1000 + seed as u64);
         let mut probes = Vec::new();
@@ -110,15 +58,18 @@ fn tract_matches_candle_for_every_network_kind() {
                 obs.clone()
             };
             let want = candle_q(&net, &input);
-            let PolicyOutput::Discrete { action, q } = policy.step(&obs).unwrap() else {
-                panic!("{name}: a Q-network must give a discrete output");
-            };
-            for (a, b) in want.iter().zip(q) {
-                assert!(close(*a, *b), "{name}: candle {want:?} vs tract {q:?}");
-            }
             let greedy = if want[1] > want[0] { 1 } else { 0 };
-            if (want[0] - want[1]).abs() > 1e-5 && greedy != action {
-                disagreements += 1;
+            for policy in [&mut native, &mut tract] {
+                let engine = policy.engine();
+                let PolicyOutput::Discrete { action, q } = policy.step(&obs).unwrap() else {
+                    panic!("{name}: a Q-network must give a discrete output");
+                };
+                for (a, b) in want.iter().zip(q) {
+                    assert!(close(*a, *b), "{name}: candle {want:?} vs {engine:?} {q:?}");
+                }
+                if (want[0] - want[1]).abs() > 1e-5 && greedy != action {
+                    disagreements += 1;
+                }
             }
             probes.extend_from_slice(&obs);
             expected.extend_from_slice(&want);
@@ -323,4 +274,105 @@ fn the_metadata_key_is_the_contracts() {
     let model = good_model();
     assert_eq!(model.metadata_props[0].key, METADATA_POLICY_SPEC);
     assert_eq!(model.opset_import[0].version, 17);
+}
+
+/// Outputs of the default-loaded policy and of tract for one observation.
+type OutputPair = (Vec<f32>, Vec<f32>);
+
+/// Native and tract outputs for the same observations.
+fn both_engines(bytes: &[u8], obs_dim: usize, seed: u64) -> (Engine, Vec<OutputPair>) {
+    let mut native = Policy::from_bytes(bytes).unwrap();
+    let mut tract = Policy::from_bytes_with(bytes, LoadOptions { native: false }).unwrap();
+    let mut rng = SimRng::seed(seed);
+    let pairs = (0..100)
+        .map(|_| {
+            let obs: Vec<f32> = (0..obs_dim).map(|_| (rng.normal() * 2.0) as f32).collect();
+            let out = |p: &mut Policy| match p.step(&obs).unwrap() {
+                PolicyOutput::Discrete { q, .. } => q.to_vec(),
+                PolicyOutput::Continuous { action } => action.to_vec(),
+            };
+            (out(&mut native), out(&mut tract))
+        })
+        .collect();
+    (native.engine(), pairs)
+}
+
+#[test]
+fn the_native_evaluator_matches_tract_on_every_operator_it_compiles() {
+    // Every operator and attribute variant the native evaluator models, outside
+    // what the exporter happens to write: Gemm with transB = 0 and alpha/beta, MatMul,
+    // Sigmoid, Identity, Mul/Div/Max with scalar and row constants, Sub from a
+    // constant, LayerNormalization without a bias, ReduceMean without keepdims.
+    let mut rng = SimRng::seed(42);
+    let mut data = |n: usize| -> Vec<f32> { (0..n).map(|_| rng.normal() as f32 * 0.5).collect() };
+    let mut g = OnnxGraph::new();
+    let w1 = g.constant("w1", &[4, 8], data(32));
+    let b1 = g.constant("b1", &[1, 8], data(8));
+    let h = g.op(
+        "Gemm",
+        &[INPUT_OBS, &w1, &b1],
+        &[Attr::Float("alpha", 0.5), Attr::Float("beta", 2.0)],
+        None,
+    );
+    let h = g.op("Sigmoid", &[&h], &[], None);
+    let w2 = g.constant("w2", &[8, 6], data(48));
+    let h = g.op("MatMul", &[&h, &w2], &[], None);
+    let two = g.constant("two", &[1], vec![2.0]);
+    let h = g.op("Mul", &[&h, &two], &[], None);
+    let row = g.constant("row", &[6], vec![1.5, 0.5, 2.0, 1.0, 4.0, 0.25]);
+    let h = g.op("Div", &[&h, &row], &[], None);
+    let gain = g.constant("gain", &[6], data(6));
+    let h = g.op(
+        "LayerNormalization",
+        &[&h, &gain],
+        &[Attr::Int("axis", 1), Attr::Float("epsilon", 1e-3)],
+        None,
+    );
+    let floor = g.constant("floor", &[1, 1], vec![-0.3]);
+    let h = g.op("Max", &[&h, &floor], &[], None);
+    let h = g.op("Identity", &[&h], &[], None);
+    let mean = g.op(
+        "ReduceMean",
+        &[&h],
+        &[Attr::Ints("axes", vec![-1]), Attr::Int("keepdims", 0)],
+        None,
+    );
+    let one = g.constant("one", &[1], vec![1.0]);
+    let shifted = g.op("Sub", &[&one, &mean], &[], None);
+    let w3 = g.constant("w3", &[2, 6], data(12));
+    let q = g.op("Gemm", &[&h, &w3], &[Attr::Int("transB", 1)], None);
+    g.op("Add", &[&q, &shifted], &[], Some(OUTPUT_Q));
+    let bytes = g
+        .finish(&[(INPUT_OBS, 4)], &[(OUTPUT_Q, 2)], &cartpole_spec())
+        .unwrap();
+    let (engine, pairs) = both_engines(&bytes, 4, 5);
+    assert_eq!(engine, Engine::Native);
+    for (native, tract) in pairs {
+        for (a, b) in native.iter().zip(&tract) {
+            assert!(close(*a, *b), "native {native:?} vs tract {tract:?}");
+        }
+    }
+}
+
+#[test]
+fn graphs_outside_the_native_evaluator_run_on_tract() {
+    // Abs is a valid ONNX operator that tract runs and the native evaluator does
+    // not model: the policy loads, runs on tract, and gives tract's answer.
+    let mut g = OnnxGraph::new();
+    let w = g.constant(
+        "w",
+        &[2, 4],
+        vec![1.0, -2.0, 0.5, 0.0, -1.0, 0.25, 3.0, 1.0],
+    );
+    let q = g.op("Gemm", &[INPUT_OBS, &w], &[Attr::Int("transB", 1)], None);
+    g.op("Abs", &[&q], &[], Some(OUTPUT_Q));
+    let bytes = g
+        .finish(&[(INPUT_OBS, 4)], &[(OUTPUT_Q, 2)], &cartpole_spec())
+        .unwrap();
+    let (engine, pairs) = both_engines(&bytes, 4, 6);
+    assert_eq!(engine, Engine::Tract);
+    for (native, tract) in pairs {
+        assert_eq!(native, tract);
+        assert!(native.iter().all(|v| *v >= 0.0));
+    }
 }
