@@ -167,6 +167,11 @@ fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 100_000_000_000, 3).expect("valid histogram bounds")
 }
 
+/// Nanoseconds to whole microseconds for `Status`, saturating.
+fn micros(ns: u64) -> u32 {
+    u32::try_from(ns / 1000).unwrap_or(u32::MAX)
+}
+
 fn unix_ns() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -358,9 +363,12 @@ impl ControlLoop {
             safety_interventions: stats.safety.interventions,
             watchdog_tripped: self.watchdog.tripped(now),
             estop_active: self.estop.is_engaged(),
-            latency_p50_us: (stats.latency_p50_ns / 1000) as u32,
-            latency_p99_us: (stats.latency_p99_ns / 1000) as u32,
-            latency_max_us: (stats.latency_max_ns / 1000).min(u64::from(u32::MAX)) as u32,
+            latency_p50_us: micros(stats.latency_p50_ns),
+            latency_p99_us: micros(stats.latency_p99_ns),
+            latency_max_us: micros(stats.latency_max_ns),
+            jitter_p50_us: micros(stats.jitter_p50_ns),
+            jitter_p99_us: micros(stats.jitter_p99_ns),
+            jitter_max_us: micros(stats.jitter_max_ns),
             ..Status::default()
         };
         self.heartbeat_seq += 1;

@@ -198,6 +198,12 @@ fn run_loop(
         assert_eq!(s.policy_version, 1);
     }
     assert_eq!(report.status.ticks, report.stats.ticks);
+    // The last heartbeat carries the loop's latency and jitter histograms.
+    let (st, stats) = (&report.status, &report.stats);
+    assert_eq!(u64::from(st.latency_p99_us), stats.latency_p99_ns / 1000);
+    assert_eq!(u64::from(st.jitter_p99_us), stats.jitter_p99_ns / 1000);
+    assert_eq!(u64::from(st.jitter_max_us), stats.jitter_max_ns / 1000);
+    assert!(stats.jitter_max_ns > 0 && st.jitter_p50_us <= st.jitter_max_us);
     report
 }
 

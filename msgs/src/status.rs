@@ -47,6 +47,12 @@ pub struct Status {
     pub latency_p99_us: u32,
     /// Largest tick latency, microseconds.
     pub latency_max_us: u32,
+    /// Median wake-up jitter (tick start − its deadline), microseconds.
+    pub jitter_p50_us: u32,
+    /// 99th-percentile wake-up jitter, microseconds.
+    pub jitter_p99_us: u32,
+    /// Largest wake-up jitter, microseconds.
+    pub jitter_max_us: u32,
 }
 
 impl Default for Status {
@@ -70,6 +76,9 @@ impl Default for Status {
             latency_p50_us: 0,
             latency_p99_us: 0,
             latency_max_us: 0,
+            jitter_p50_us: 0,
+            jitter_p99_us: 0,
+            jitter_max_us: 0,
         }
     }
 }

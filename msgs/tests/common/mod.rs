@@ -299,6 +299,7 @@ pub fn status() -> impl Strategy<Value = Status> {
             any::<u32>(),
             any::<u32>(),
         ),
+        (any::<u32>(), any::<u32>(), any::<u32>()),
     )
         .prop_map(
             |(
@@ -312,6 +313,7 @@ pub fn status() -> impl Strategy<Value = Status> {
                     safety_interventions,
                 ),
                 (watchdog_tripped, estop_active, latency_p50_us, latency_p99_us, latency_max_us),
+                (jitter_p50_us, jitter_p99_us, jitter_max_us),
             )| Status {
                 wire_version: WIRE_VERSION,
                 robot_id,
@@ -331,6 +333,9 @@ pub fn status() -> impl Strategy<Value = Status> {
                 latency_p50_us,
                 latency_p99_us,
                 latency_max_us,
+                jitter_p50_us,
+                jitter_p99_us,
+                jitter_max_us,
             },
         )
 }
@@ -446,6 +451,9 @@ pub mod samples {
             latency_p50_us: 80,
             latency_p99_us: 200,
             latency_max_us: 450,
+            jitter_p50_us: 60,
+            jitter_p99_us: 140,
+            jitter_max_us: 300,
             ..Status::default()
         }
     }
