@@ -2,11 +2,16 @@
 //! observation → action sent: policy + exploration + safety + bookkeeping),
 //! wake-up jitter, overruns, and the process's peak resident memory.
 //!
-//!     cargo bench -p reflex-daemon --bench tick_latency -- POLICY.onnx [SECONDS] [RATE_HZ] [SPIN_US]
+//!     cargo bench -p reflex-daemon --bench tick_latency -- POLICY.onnx [SECONDS] [RATE_HZ] [SPIN_US] [ROBOT] [ENGINE]
 //!
 //! A simulated CartPole (reflex-sim, in a thread, over the in-process transports)
 //! answers every action with the next observation, so each tick acts on a fresh
-//! observation as on a robot. The numbers come from the daemon's own histograms
+//! observation as on a robot. `ROBOT` says how that robot waits for actions:
+//! `blocking` (default) sleeps on the action channel, so every action the daemon
+//! sends wakes it (a futex wake inside the tick); `polling` checks for a new action
+//! every 100 µs, as a hardware driver's own fixed-rate loop reads the latest
+//! command, so the daemon's send never wakes a thread. `ENGINE` is `native`
+//! (default: what `reflexd` uses for the graphs reflex exports) or `tract`. The numbers come from the daemon's own histograms
 //! (`LoopStats`), the ones `Status` reports. Peak RSS is `VmHWM` of this process,
 //! which also holds the simulator thread: an upper bound for the daemon alone.
 
@@ -17,6 +22,7 @@ use std::time::{Duration, Instant};
 use reflex_daemon::config::Mode;
 use reflex_daemon::policy::onnx_loader;
 use reflex_daemon::transport::{inproc, Null};
+use reflex_daemon::{Actor, LoadOptions, Loader, Policy};
 use reflex_daemon::{Config, Daemon, Transports};
 use reflex_msgs::Observation;
 
@@ -43,6 +49,14 @@ fn main() {
     let seconds: f64 = args.get(1).map_or(10.0, |s| s.parse().unwrap());
     let rate: f64 = args.get(2).map_or(1000.0, |s| s.parse().unwrap());
     let spin_us: u64 = args.get(3).map_or(0, |s| s.parse().unwrap());
+    let polling = match args.get(4).map_or("blocking", String::as_str) {
+        "blocking" => false,
+        "polling" => true,
+        other => {
+            eprintln!("ROBOT is `blocking` or `polling`, not `{other}`");
+            std::process::exit(2);
+        }
+    };
 
     let mut config = Config {
         robot_id: "bench".into(),
@@ -54,9 +68,25 @@ fn main() {
     config.spin_us = spin_us;
     config.mode.kind = Mode::Explore;
     config.mode.epsilon = 0.05;
+    let native = match args.get(5).map_or("native", String::as_str) {
+        "native" => true,
+        "tract" => false,
+        other => {
+            eprintln!("ENGINE is `native` or `tract`, not `{other}`");
+            std::process::exit(2);
+        }
+    };
     let bytes = std::fs::read(path).expect("reading the policy");
-    let loader = onnx_loader();
+    let loader: Loader = if native {
+        onnx_loader()
+    } else {
+        Arc::new(|bytes: &[u8]| {
+            let policy = Policy::from_bytes_with(bytes, LoadOptions { native: false })?;
+            Ok(Box::new(policy) as Box<dyn Actor>)
+        })
+    };
     let actor = loader(&bytes).expect("the policy loads");
+    let actor_engine = if native { "native" } else { "tract" };
 
     let (obs_tx, obs_rx) = inproc::observations();
     let (action_tx, action_rx) = inproc::actions();
@@ -98,7 +128,15 @@ fn main() {
             seq, episode_id, step, &values, 0.0, false, false,
         ));
         while !sim_stop.load(Ordering::Relaxed) {
-            let Ok(command) = action_rx.recv_timeout(Duration::from_millis(100)) else {
+            let next = if polling {
+                action_rx.try_recv().ok().or_else(|| {
+                    std::thread::sleep(Duration::from_micros(100));
+                    None
+                })
+            } else {
+                action_rx.recv_timeout(Duration::from_millis(100)).ok()
+            };
+            let Some(command) = next else {
                 continue;
             };
             if command.seq != seq {
@@ -149,7 +187,9 @@ fn main() {
     let s = report.stats;
     let us = |ns: u64| ns as f64 / 1000.0;
     println!(
-        "policy {path}, spin_us {spin_us}\n{:.1} s at {rate} Hz: {} ticks, {} acting, {} overruns, {} skipped deadlines",
+        "policy {path} on {}, spin_us {spin_us}, robot {}\n{:.1} s at {rate} Hz: {} ticks, {} acting, {} overruns, {} skipped deadlines",
+        actor_engine,
+        if polling { "polling" } else { "blocking" },
         started.elapsed().as_secs_f64(),
         s.ticks,
         s.acting_ticks,
