@@ -642,17 +642,46 @@ impl Daemon {
 
 /// Runs a daemon until `shutdown` is set (e.g. by a SIGINT/SIGTERM handler), then
 /// stops it cleanly (safe action out, spool flushed) and returns its report.
+/// Whenever `report` is set (e.g. by SIGUSR1) it logs the current status (latency
+/// and jitter percentiles, overruns, transitions, safety state) and clears it.
 pub fn serve(
     config: &Config,
     actor: Box<dyn Actor>,
     loader: Loader,
     transports: Transports,
     shutdown: &AtomicBool,
+    report: &AtomicBool,
 ) -> Result<Report, DaemonError> {
     let daemon = Daemon::start(config, actor, loader, transports)?;
     while !shutdown.load(Ordering::SeqCst) {
+        if report.swap(false, Ordering::SeqCst) {
+            log_status(&daemon.status());
+        }
         std::thread::sleep(Duration::from_millis(20));
     }
     tracing::info!("shutting down: safe action out, flushing the spool");
     Ok(daemon.stop())
+}
+
+/// One log line with everything a robot owner asks a running daemon for.
+pub fn log_status(s: &Status) {
+    tracing::info!(
+        robot = %s.robot_id,
+        policy_version = s.policy_version,
+        ticks = s.ticks,
+        overruns = s.overruns,
+        latency_p50_us = s.latency_p50_us,
+        latency_p99_us = s.latency_p99_us,
+        latency_max_us = s.latency_max_us,
+        jitter_p50_us = s.jitter_p50_us,
+        jitter_p99_us = s.jitter_p99_us,
+        jitter_max_us = s.jitter_max_us,
+        transitions_sent = s.transitions_sent,
+        transitions_spooled = s.transitions_spooled,
+        transitions_dropped = s.transitions_dropped,
+        safety_interventions = s.safety_interventions,
+        watchdog_tripped = s.watchdog_tripped,
+        estop_active = s.estop_active,
+        "status on request"
+    );
 }

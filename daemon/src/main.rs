@@ -1,7 +1,7 @@
 //! `reflexd`: the on-robot daemon.
 //!
 //! ```text
-//! reflexd run --config robot.toml            # run until SIGINT / SIGTERM
+//! reflexd run --config robot.toml            # run until SIGINT / SIGTERM (SIGUSR1: log status)
 //! reflexd check-config --config robot.toml   # parse and validate, then exit
 //! reflexd print-default-config > robot.toml  # the fully commented defaults
 //! ```
@@ -31,7 +31,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the daemon until SIGINT or SIGTERM (then: safe action out, spool flushed).
+    /// Run the daemon until SIGINT or SIGTERM (then: safe action out, spool flushed);
+    /// SIGUSR1 logs the current status (latency and jitter percentiles, overruns,
+    /// transitions, safety state).
     Run {
         /// The configuration file.
         #[arg(long, short)]
@@ -84,6 +86,10 @@ fn run(path: &std::path::Path) -> anyhow::Result<()> {
         signal_hook::flag::register(signal, shutdown.clone())
             .context("installing signal handlers")?;
     }
+    // `kill -USR1 <pid>` logs the loop's latency and jitter percentiles now.
+    let report_now = Arc::new(AtomicBool::new(false));
+    signal_hook::flag::register(signal_hook::consts::SIGUSR1, report_now.clone())
+        .context("installing the SIGUSR1 handler")?;
     // Refuse a transport reflexd cannot run before touching the policy or the network.
     match config.transport.kind {
         TransportKind::Zenoh => {}
@@ -95,7 +101,7 @@ fn run(path: &std::path::Path) -> anyhow::Result<()> {
     }
     let (actor, loader) = policy_runtime(&config)?;
     let (transports, session) = transports(&config)?;
-    let report = reflex_daemon::serve(&config, actor, loader, transports, &shutdown)?;
+    let report = reflex_daemon::serve(&config, actor, loader, transports, &shutdown, &report_now)?;
     let t = report.transitions;
     tracing::info!(
         ticks = report.stats.ticks,

@@ -78,6 +78,17 @@ impl Proc {
         }
     }
 
+    /// Sends `kill -<sig>` to the process.
+    fn signal(&self, sig: &str) {
+        let pid = self.child.as_ref().unwrap().id();
+        let status = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(pid.to_string())
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -{sig} {pid}");
+    }
+
     /// SIGTERM, wait (bounded), and the last line of stdout parsed as JSON.
     fn stop(mut self) -> serde_json::Value {
         let mut child = self.child.take().unwrap();
@@ -299,6 +310,20 @@ connect = ["{sim_endpoint}", "{learner_endpoint}"]
     });
     assert_eq!(spooling.transitions_sent, 0, "sent with nobody listening");
     assert_eq!(spooling.transitions_dropped, 0);
+    // Status carries the loop's histograms; SIGUSR1 logs them on request.
+    assert!(spooling.latency_max_us > 0 && spooling.jitter_max_us > 0);
+    assert!(spooling.jitter_p50_us <= spooling.jitter_p99_us);
+    daemon.signal("USR1");
+    let end = Instant::now() + Duration::from_secs(5);
+    while !daemon.log().contains("status on request") && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let log = daemon.log();
+    assert!(
+        log.contains("status on request") && log.contains("jitter_p99_us"),
+        "no status line after SIGUSR1:\n{log}"
+    );
+    daemon.assert_running();
 
     // Phase 2: the learner subscribes; the spool drains in order.
     let learner = session
