@@ -6,8 +6,10 @@
 #      the machine's CPU use over each run.
 #
 # Usage: bash scripts/bench-fleet.sh [ingest] [latency] [scaling]   (default: all three)
-# Environment: FLEET_BUDGET (transitions per scaling run, default 40000),
-#              FLEET_RATE_HZ (per robot, default 400), FLEET_OUT (default /tmp/reflex-bench-fleet).
+# Environment: FLEET_BUDGET (transitions per scaling run, default 40000), or
+#              FLEET_SECONDS (budget = robots x rate x seconds instead), FLEET_RATE_HZ (per
+#              robot, default 400), FLEET_TARGET (--target-return; 1e9 = never stop early:
+#              steady-state throughput), FLEET_OUT (default /tmp/reflex-bench-fleet).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -35,7 +37,8 @@ if want latency; then
 fi
 
 if want scaling; then
-  echo "## scaling (budget $budget transitions, robots at $rate Hz)"
+  if [ -n "${FLEET_SECONDS:-}" ]; then label="robots x rate x $FLEET_SECONDS s of"; else label="$budget"; fi
+  echo "## scaling (budget: $label transitions, robots at $rate Hz${FLEET_TARGET:+, target return $FLEET_TARGET})"
   cargo build -q --release -p reflex-trainer -p reflex-sim -p reflex-daemon --bins
   # busy and total jiffies of the whole machine
   stat() { awk '/^cpu /{print $2+$3+$4+$7+$8+$9, $2+$3+$4+$5+$6+$7+$8+$9}' /proc/stat; }
@@ -43,9 +46,14 @@ if want scaling; then
   echo "|---:|---:|---:|---:|---:|---:|---|---|---:|---|---:|---:|"
   for n in 1 2 4 8; do
     rm -rf "$out/n$n"
+    if [ -n "${FLEET_SECONDS:-}" ]; then
+      budget=$(python3 -c "print(int($n * $rate * $FLEET_SECONDS))")
+    fi
+    extra=()
+    [ -n "${FLEET_TARGET:-}" ] && extra=(--target-return "$FLEET_TARGET")
     read -r b0 t0 < <(stat)
     "$target/release/reflex-train" fleet --env cartpole --robots "$n" --rate-hz "$rate" \
-      --max-transitions "$budget" --out "$out/n$n" > "$out-n$n.json" 2> "$out-n$n.log"
+      --max-transitions "$budget" --out "$out/n$n" "${extra[@]}" > "$out-n$n.json" 2> "$out-n$n.log"
     read -r b1 t1 < <(stat)
     python3 - "$out/n$n" "$out-n$n.json" "$b0" "$t0" "$b1" "$t1" "$n" "$rate" <<'EOF'
 import json, sys
