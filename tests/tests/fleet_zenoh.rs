@@ -11,10 +11,14 @@
 //! The binaries must be built first (`cargo build -p reflex-daemon -p reflex-sim
 //! --bins`): they are found next to this test's executable, in `target/<profile>/`.
 
-use std::io::Read;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+#[path = "../../trainer/tests/support/mod.rs"]
+mod support;
+
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
+
+use support::{bin, free_port, Proc};
 
 use candle_core::Device;
 use reflex_daemon::zenoh::handlers::FifoChannel;
@@ -24,117 +28,6 @@ use reflex_msgs::{keys, Status, Transition, TransitionBatch};
 use reflex_sim::{make, SimRng};
 use reflex_trainer::export::{q_network_onnx, spec_for};
 use reflex_trainer::nn::{NetConfig, QNetwork};
-
-fn bin(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    // target/<profile>/deps/<test>-<hash> → target/<profile>/<name>
-    let dir = exe.parent().and_then(Path::parent).unwrap();
-    let path = dir.join(name);
-    assert!(
-        path.exists(),
-        "{} not found: build it first (cargo build -p reflex-daemon -p reflex-sim --bins)",
-        path.display()
-    );
-    path
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A child process killed on drop (a failing test leaves nothing behind).
-struct Proc {
-    name: &'static str,
-    child: Option<Child>,
-    stderr: PathBuf,
-}
-
-impl Proc {
-    fn spawn(name: &'static str, cmd: &mut Command, stderr: PathBuf) -> Proc {
-        let err = std::fs::File::create(&stderr).unwrap();
-        let child = cmd
-            .stdout(Stdio::piped())
-            .stderr(err)
-            .spawn()
-            .unwrap_or_else(|e| panic!("starting {name}: {e}"));
-        Proc {
-            name,
-            child: Some(child),
-            stderr,
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.stderr).unwrap_or_default()
-    }
-
-    fn assert_running(&mut self) {
-        if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
-            panic!("{} exited early ({status}):\n{}", self.name, self.log());
-        }
-    }
-
-    /// Sends `kill -<sig>` to the process.
-    fn signal(&self, sig: &str) {
-        let pid = self.child.as_ref().unwrap().id();
-        let status = Command::new("kill")
-            .arg(format!("-{sig}"))
-            .arg(pid.to_string())
-            .status()
-            .unwrap();
-        assert!(status.success(), "kill -{sig} {pid}");
-    }
-
-    /// SIGTERM, wait (bounded), and the last line of stdout parsed as JSON.
-    fn stop(mut self) -> serde_json::Value {
-        let mut child = self.child.take().unwrap();
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(child.id().to_string())
-            .status();
-        let end = Instant::now() + Duration::from_secs(20);
-        let status = loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                break status;
-            }
-            if Instant::now() > end {
-                let _ = child.kill();
-                panic!("{} did not stop on SIGTERM:\n{}", self.name, self.log());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        let mut out = String::new();
-        child
-            .stdout
-            .take()
-            .unwrap()
-            .read_to_string(&mut out)
-            .unwrap();
-        assert!(
-            status.success(),
-            "{} failed ({status}):\n{}",
-            self.name,
-            self.log()
-        );
-        let last = out.lines().last().unwrap_or_default();
-        serde_json::from_str(last)
-            .unwrap_or_else(|e| panic!("{}: last stdout line {last:?}: {e}", self.name))
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-            eprintln!("--- {} stderr ---\n{}", self.name, self.log());
-        }
-    }
-}
 
 fn write_policy(path: &Path) {
     let env = make("cartpole").unwrap();
@@ -355,9 +248,9 @@ connect = ["{sim_endpoint}", "{learner_endpoint}"]
     receive(Duration::from_millis(10), &mut batches);
 
     // Stop the daemon (it flushes what it holds to the learner), then the robot.
-    let report = daemon.stop();
+    let report = daemon.stop_json();
     receive(Duration::from_millis(500), &mut batches);
-    let sim_report = sim.stop();
+    let sim_report = sim.stop_json();
 
     let produced = u(&report, "transitions_produced") + u(&report, "transitions_recovered");
     let (sent, spooled, dropped) = (

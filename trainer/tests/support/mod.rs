@@ -1,22 +1,24 @@
-//! Fixtures shared by the multi-process fleet tests: the binaries next to
-//! `reflex-train`, free loopback ports, child processes that are killed on drop, and
-//! polling helpers.
+//! Fixtures shared by the multi-process fleet tests: the workspace's binaries, free
+//! loopback ports, child processes that are killed on drop, and polling helpers.
+//! `tests/tests/fleet_zenoh.rs` (crate reflex-tests, which the trainer's tests cannot
+//! depend on) includes this file with `#[path]`.
 #![allow(dead_code)]
 
 use std::io::Read;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-/// A binary built next to `reflex-train` (`reflex-sim`, `reflexd`).
+/// A binary of the workspace (`reflex-train`, `reflex-sim`, `reflexd`), found next to
+/// the running test's executable: `target/<profile>/deps/<test>-<hash>` →
+/// `target/<profile>/<name>`. Build them first (`cargo build --bins`).
 pub fn bin(name: &str) -> PathBuf {
-    let path = PathBuf::from(env!("CARGO_BIN_EXE_reflex-train"))
-        .parent()
-        .unwrap()
-        .join(name);
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().and_then(Path::parent).unwrap();
+    let path = dir.join(name);
     assert!(
         path.exists(),
-        "{} not found: build it first (cargo build -p reflex-daemon -p reflex-sim --bins)",
+        "{} not found: build it first (cargo build --bins)",
         path.display()
     );
     path
@@ -63,6 +65,17 @@ impl Proc {
         if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
             panic!("{} exited early ({status}):\n{}", self.name, self.log());
         }
+    }
+
+    /// Sends `kill -<sig>` (e.g. "USR1") to the process.
+    pub fn signal(&self, sig: &str) {
+        let pid = self.child.as_ref().unwrap().id();
+        let status = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(pid.to_string())
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -{sig} {pid}");
     }
 
     /// SIGKILL: no chance to flush, checkpoint or say goodbye.
