@@ -29,7 +29,7 @@ use reflex_daemon::zenoh::Wait;
 use reflex_daemon::zenoh_link::{self, decode_sample, ZenohConfig};
 use reflex_msgs::{keys, Status};
 use reflex_trainer::learner::{read_report, LearnerReport, PUB_FILE};
-use support::{bin, free_port, u, wait_for, Proc};
+use support::{bin, free_port, robot_toml, u, wait_for, Proc};
 
 /// One learner, one simulated robot, one daemon, and the test's own status watcher.
 struct Rig {
@@ -141,39 +141,18 @@ impl Rig {
     fn write_config(&self) {
         let out = self.out();
         let public_key = std::fs::read_to_string(out.join(PUB_FILE)).unwrap();
+        let zenoh = format!(
+            "mode = \"peer\"\nconnect = [\"{}\", \"{}\", \"{}\"]\nscouting = false",
+            self.learner_endpoint, self.sim_endpoint, self.watch_endpoint
+        );
         std::fs::write(
             &self.config,
-            format!(
-                r#"robot_id = "{ROBOT}"
-fleet = "{fleet}"
-rate_hz = 200.0
-status_interval_ms = 100
-[policy]
-path = "{policy}"
-reload_poll_ms = 0
-public_key = "{key}"
-[mode]
-kind = "explore"
-seed = 7
-epsilon = 0.3
-[spool]
-retry_ms = 50
-[batching]
-transitions_per_batch = 16
-max_latency_ms = 50
-[transport]
-kind = "zenoh"
-[transport.zenoh]
-mode = "peer"
-connect = ["{learner}", "{sim}", "{watch}"]
-scouting = false
-"#,
-                fleet = self.fleet,
-                policy = out.join("policy.onnx").display(),
-                key = public_key.trim(),
-                learner = self.learner_endpoint,
-                sim = self.sim_endpoint,
-                watch = self.watch_endpoint,
+            robot_toml(
+                ROBOT,
+                &self.fleet,
+                &out.join("policy.onnx"),
+                &public_key,
+                &zenoh,
             ),
         )
         .unwrap();

@@ -21,7 +21,7 @@ use std::time::Duration;
 use reflex_daemon::zenoh_link::{ZenohConfig, ZenohMode};
 use reflex_daemon::Config;
 use reflex_trainer::learner::{read_report, PUB_FILE};
-use support::{bin, free_port, u, wait_for, Proc};
+use support::{bin, free_port, robot_toml, u, wait_for, Proc};
 
 const ROBOT: &str = "r0";
 
@@ -91,37 +91,12 @@ fn learner_robot_and_daemon_as_clients_of_a_router() {
     );
     let public_key = std::fs::read_to_string(out.join(PUB_FILE)).unwrap();
     let config = dir.join("r0.toml");
+    let zenoh = format!(
+        "mode = \"client\"\nconnect = [\"{router_endpoint}\"]\nlisten = []\nscouting = false"
+    );
     std::fs::write(
         &config,
-        format!(
-            r#"robot_id = "{ROBOT}"
-fleet = "{fleet}"
-rate_hz = 200.0
-status_interval_ms = 100
-[policy]
-path = "{policy}"
-reload_poll_ms = 0
-public_key = "{key}"
-[mode]
-kind = "explore"
-seed = 7
-epsilon = 0.3
-[spool]
-retry_ms = 50
-[batching]
-transitions_per_batch = 16
-max_latency_ms = 50
-[transport]
-kind = "zenoh"
-[transport.zenoh]
-mode = "client"
-connect = ["{router_endpoint}"]
-listen = []
-scouting = false
-"#,
-            policy = out.join("policy.onnx").display(),
-            key = public_key.trim(),
-        ),
+        robot_toml(ROBOT, &fleet, &out.join("policy.onnx"), &public_key, &zenoh),
     )
     .unwrap();
     let mut daemon = Proc::spawn(

@@ -136,6 +136,44 @@ impl Drop for Proc {
     }
 }
 
+/// A test robot's reflexd TOML: 200 Hz, explore mode (ε 0.3, seed 7), signed
+/// policies only, small batches and quick spool retries, on zenoh with `zenoh` (the
+/// lines of `[transport.zenoh]`: mode, endpoints, scouting).
+pub fn robot_toml(
+    robot: &str,
+    fleet: &str,
+    policy: &Path,
+    public_key: &str,
+    zenoh: &str,
+) -> String {
+    format!(
+        r#"robot_id = "{robot}"
+fleet = "{fleet}"
+rate_hz = 200.0
+status_interval_ms = 100
+[policy]
+path = "{policy}"
+reload_poll_ms = 0
+public_key = "{key}"
+[mode]
+kind = "explore"
+seed = 7
+epsilon = 0.3
+[spool]
+retry_ms = 50
+[batching]
+transitions_per_batch = 16
+max_latency_ms = 50
+[transport]
+kind = "zenoh"
+[transport.zenoh]
+{zenoh}
+"#,
+        policy = policy.display(),
+        key = public_key.trim(),
+    )
+}
+
 /// A JSON field as u64 (panics with the value when missing).
 pub fn u(v: &serde_json::Value, key: &str) -> u64 {
     v[key]
