@@ -23,6 +23,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use reflex_msgs::codec::WireMessage;
 use reflex_msgs::keys;
 use reflex_msgs::{ActionCommand, Observation, PolicyUpdate, Status, TransitionBatch};
 use zenoh::handlers::{FifoChannel, FifoChannelHandler};
@@ -37,6 +38,36 @@ use crate::transport::{
     TransportError,
 };
 use crate::zenoh_link::{cdr_encoding, decode_sample, encode_cdr, has_subscribers};
+
+/// Declares a CDR publisher of `T` on `key` with one stream's quality of service.
+fn declare<T: WireMessage>(
+    session: &zenoh::Session,
+    key: &str,
+    congestion: CongestionControl,
+    priority: Priority,
+    express: bool,
+) -> Result<Publisher<'static>, TransportError> {
+    session
+        .declare_publisher(key.to_owned())
+        .encoding(cdr_encoding::<T>())
+        .congestion_control(congestion)
+        .priority(priority)
+        .express(express)
+        .wait()
+        .map_err(|e| zerr(&format!("declaring publisher on {key}"), e))
+}
+
+/// Encodes `msg` and puts it on `publisher`.
+fn put<T: WireMessage>(
+    publisher: &Publisher<'static>,
+    msg: &T,
+    what: &str,
+) -> Result<(), TransportError> {
+    publisher
+        .put(encode_cdr(msg)?)
+        .wait()
+        .map_err(|e| zerr(what, e))
+}
 
 /// Queue sizes of the zenoh transport.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -149,24 +180,20 @@ pub struct ZenohActions {
 impl ZenohActions {
     /// Declares the publisher on `key`.
     pub fn new(session: &zenoh::Session, key: &str) -> Result<Self, TransportError> {
-        let publisher = session
-            .declare_publisher(key.to_owned())
-            .encoding(cdr_encoding::<ActionCommand>())
-            .congestion_control(CongestionControl::Block)
-            .priority(Priority::InteractiveHigh)
-            .express(true)
-            .wait()
-            .map_err(|e| zerr(&format!("declaring publisher on {key}"), e))?;
+        let publisher = declare::<ActionCommand>(
+            session,
+            key,
+            CongestionControl::Block,
+            Priority::InteractiveHigh,
+            true,
+        )?;
         Ok(Self { publisher })
     }
 }
 
 impl ActionSink for ZenohActions {
     fn send(&mut self, command: &ActionCommand) -> Result<(), TransportError> {
-        self.publisher
-            .put(encode_cdr(command)?)
-            .wait()
-            .map_err(|e| zerr("sending action", e))
+        put(&self.publisher, command, "sending action")
     }
 }
 
@@ -179,13 +206,13 @@ pub struct ZenohTransitions {
 impl ZenohTransitions {
     /// Declares the publisher on `key`.
     pub fn new(session: &zenoh::Session, key: &str) -> Result<Self, TransportError> {
-        let publisher = session
-            .declare_publisher(key.to_owned())
-            .encoding(cdr_encoding::<TransitionBatch>())
-            .congestion_control(CongestionControl::Block)
-            .priority(Priority::Data)
-            .wait()
-            .map_err(|e| zerr(&format!("declaring publisher on {key}"), e))?;
+        let publisher = declare::<TransitionBatch>(
+            session,
+            key,
+            CongestionControl::Block,
+            Priority::Data,
+            false,
+        )?;
         Ok(Self { publisher })
     }
 
@@ -218,22 +245,15 @@ pub struct ZenohStatus {
 impl ZenohStatus {
     /// Declares the publisher on `key`.
     pub fn new(session: &zenoh::Session, key: &str) -> Result<Self, TransportError> {
-        let publisher = session
-            .declare_publisher(key.to_owned())
-            .encoding(cdr_encoding::<Status>())
-            .congestion_control(CongestionControl::Drop)
-            .wait()
-            .map_err(|e| zerr(&format!("declaring publisher on {key}"), e))?;
+        let publisher =
+            declare::<Status>(session, key, CongestionControl::Drop, Priority::Data, false)?;
         Ok(Self { publisher })
     }
 }
 
 impl StatusSink for ZenohStatus {
     fn publish(&mut self, status: &Status) -> Result<(), TransportError> {
-        self.publisher
-            .put(encode_cdr(status)?)
-            .wait()
-            .map_err(|e| zerr("publishing status", e))
+        put(&self.publisher, status, "publishing status")
     }
 }
 
