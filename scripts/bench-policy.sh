@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Policy inference latency, reflex (native evaluator and tract) beside onnxruntime on the same files.
 # The files are the parity test's exports (2x64 plain, 2x64 dueling with
-# normalization, 2x64 twin dueling LayerNorm tanh, 2x256 twin).
+# normalization, 2x64 twin dueling LayerNorm tanh, 2x256 twin) and an LSTM-128
+# step (ONNX LSTM operator, CartPole input plus one-hot previous action; tract
+# runs it, the native evaluator is feed-forward only).
 #   bash scripts/bench-policy.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,6 +12,8 @@ dir=${BENCH_POLICY_DIR:-$PWD/target/bench-policy}
 rm -rf "$dir"
 REFLEX_INTEROP_DIR="$dir" cargo test --quiet -p reflex-trainer --test onnx \
   tract_matches_candle_for_every_network_kind > /dev/null
+REFLEX_LSTM_DIR="$dir" cargo test --quiet -p reflex-trainer --test recurrent_onnx \
+  write_an_lstm_128_policy > /dev/null
 files=("$dir"/*.onnx)
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
 cargo bench --quiet -p reflex-daemon --bench policy_latency -- "${files[@]}"

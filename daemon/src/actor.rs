@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use reflex_msgs::PolicySpec;
+use reflex_msgs::{Action, PolicySpec};
 
 /// Why an actor failed to load or to step: any error, kept as a boxed source so that
 /// the runtime's own error type (and its chain) survives into logs.
@@ -53,6 +53,11 @@ pub trait Actor: Send {
     /// A feed-forward policy does nothing.
     fn reset(&mut self);
 
+    /// The action actually sent after this step (after exploration and safety): a
+    /// recurrent policy's previous-action input for its next step. The default
+    /// ignores it.
+    fn observe_applied(&mut self, _action: &Action) {}
+
     /// The recurrent state `(h, c)` before the next step, for R2D2 stored state in
     /// transitions; `None` (the default) when the policy is feed-forward or does not
     /// expose it.
@@ -73,6 +78,9 @@ impl<A: Actor + ?Sized> Actor for Box<A> {
     }
     fn reset(&mut self) {
         (**self).reset()
+    }
+    fn observe_applied(&mut self, action: &Action) {
+        (**self).observe_applied(action)
     }
     fn recurrent_state(&self) -> Option<(&[f32], &[f32])> {
         (**self).recurrent_state()

@@ -300,6 +300,8 @@ impl ControlLoop {
             }
         };
         let version = if verdict.safe_action() { 0 } else { version };
+        // A recurrent policy's next prev_action is what the robot was told to do.
+        self.actor.observe_applied(&action);
         self.send_action(obs.seq, version, action.clone());
         self.stats.acting_ticks += 1;
         let _ = self.latency.record(now.elapsed().as_nanos().max(1) as u64);

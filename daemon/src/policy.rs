@@ -25,7 +25,7 @@ use reflex_msgs::onnx::{
     INPUT_C, INPUT_H, INPUT_OBS, INPUT_PREV_ACTION, METADATA_POLICY_SPEC, OUTPUT_ACTION, OUTPUT_C,
     OUTPUT_H, OUTPUT_Q,
 };
-use reflex_msgs::{ActionSpace, PolicySpec};
+use reflex_msgs::{Action, ActionSpace, PolicySpec};
 use std::sync::Arc;
 use tract_onnx::pb;
 use tract_onnx::prelude::*;
@@ -178,6 +178,25 @@ pub struct Policy {
     out_dim: usize,
     discrete: bool,
     output: Vec<f32>,
+    /// What each graph input (in the graph's order) is fed.
+    input_slots: Vec<Slot>,
+    /// What each graph output (in the graph's order) fills.
+    output_slots: Vec<Slot>,
+    /// Recurrent policies: the previous applied action (one-hot for discrete, zeros
+    /// at an episode start) and the LSTM state; empty for feed-forward ones.
+    prev_action: Vec<f32>,
+    h: Vec<f32>,
+    c: Vec<f32>,
+}
+
+/// A tensor of the policy contract.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Slot {
+    Obs,
+    PrevAction,
+    H,
+    C,
+    Out,
 }
 
 impl std::fmt::Debug for Policy {
@@ -306,20 +325,35 @@ impl Policy {
         let spec: PolicySpec = serde_json::from_str(&spec_json.value)
             .map_err(|e| PolicyLoadError::BadSpec(e.to_string()))?;
         spec.validate()?;
-        if spec.is_recurrent() {
-            return Err(PolicyLoadError::Unsupported(format!(
-                "recurrent policies ({INPUT_OBS}, {INPUT_PREV_ACTION}, {INPUT_H}, {INPUT_C} → \
-                 {OUTPUT_H}, {OUTPUT_C}) are not run by this build yet"
-            )));
-        }
-
         let obs_dim = spec.observation_space.dim();
-        let (discrete, out_name, out_dim, kind) = match &spec.action_space {
-            ActionSpace::Discrete { n } => (true, OUTPUT_Q, *n as usize, "discrete feed-forward"),
-            ActionSpace::Box(space) => {
+        let recurrent = spec.is_recurrent();
+        let hidden = spec.recurrent_hidden_size as usize;
+        let (discrete, out_name, out_dim, kind) = match (&spec.action_space, recurrent) {
+            (ActionSpace::Discrete { n }, false) => {
+                (true, OUTPUT_Q, *n as usize, "discrete feed-forward")
+            }
+            (ActionSpace::Discrete { n }, true) => {
+                (true, OUTPUT_Q, *n as usize, "discrete recurrent")
+            }
+            (ActionSpace::Box(space), false) => {
                 (false, OUTPUT_ACTION, space.dim(), "continuous feed-forward")
             }
+            (ActionSpace::Box(space), true) => {
+                (false, OUTPUT_ACTION, space.dim(), "continuous recurrent")
+            }
         };
+        // The contract's tensors and their feature widths; `prev_action` is one-hot
+        // (discrete) or the action vector (continuous), so as wide as the output.
+        let mut wanted_inputs = vec![(Slot::Obs, INPUT_OBS, obs_dim)];
+        let mut wanted_outputs = vec![(Slot::Out, out_name, out_dim)];
+        if recurrent {
+            wanted_inputs.extend([
+                (Slot::PrevAction, INPUT_PREV_ACTION, out_dim),
+                (Slot::H, INPUT_H, hidden),
+                (Slot::C, INPUT_C, hidden),
+            ]);
+            wanted_outputs.extend([(Slot::H, OUTPUT_H, hidden), (Slot::C, OUTPUT_C, hidden)]);
+        }
 
         // Graph inputs, minus initializers (IR < 4 lists weights as inputs too).
         let initializers: std::collections::HashSet<&str> =
@@ -329,48 +363,75 @@ impl Policy {
             .iter()
             .filter(|i| !initializers.contains(i.name.as_str()))
             .collect();
+        // Each graph input / output (in the graph's order) matched to the contract's
+        // names, in any order; anything missing or extra is refused.
+        let bind =
+            |names: Vec<String>, wanted: &[(Slot, &str, usize)]| -> Option<Vec<(Slot, usize)>> {
+                if names.len() != wanted.len() {
+                    return None;
+                }
+                names
+                    .iter()
+                    .map(|n| {
+                        wanted
+                            .iter()
+                            .find(|(_, w, _)| w == n)
+                            .map(|&(slot, _, width)| (slot, width))
+                    })
+                    .collect()
+            };
+        let names = |w: &[(Slot, &str, usize)]| w.iter().map(|(_, n, _)| n.to_string()).collect();
         let input_names: Vec<String> = inputs.iter().map(|i| i.name.clone()).collect();
-        if input_names != [INPUT_OBS] {
-            return Err(PolicyLoadError::WrongInputs {
+        let input_slots = bind(input_names.clone(), &wanted_inputs).ok_or_else(|| {
+            PolicyLoadError::WrongInputs {
                 kind,
-                expected: vec![INPUT_OBS.to_string()],
+                expected: names(&wanted_inputs),
                 found: input_names,
-            });
-        }
+            }
+        })?;
         let output_names: Vec<String> = graph.output.iter().map(|o| o.name.clone()).collect();
-        if output_names != [out_name] {
-            return Err(PolicyLoadError::WrongOutputs {
+        let output_slots = bind(output_names.clone(), &wanted_outputs).ok_or_else(|| {
+            PolicyLoadError::WrongOutputs {
                 kind,
-                expected: vec![out_name.to_string()],
+                expected: names(&wanted_outputs),
                 found: output_names,
-            });
+            }
+        })?;
+        for (info, &(_, width)) in inputs.iter().zip(&input_slots) {
+            check_declared(info, width)?;
         }
-        check_declared(inputs[0], obs_dim)?;
-        check_declared(&graph.output[0], out_dim)?;
+        for (info, &(_, width)) in graph.output.iter().zip(&output_slots) {
+            check_declared(info, width)?;
+        }
 
         let graph_err = |e: TractError| PolicyLoadError::Graph(format!("{e:#}"));
         let mut model = onnx.model_for_proto_model(&proto).map_err(graph_err)?;
-        model
-            .set_input_fact(0, f32::fact([1, obs_dim]).into())
-            .map_err(graph_err)?;
-        let typed = model.into_typed().map_err(graph_err)?;
-        let fact = typed.output_fact(0).map_err(graph_err)?;
-        if fact.datum_type != f32::datum_type() {
-            return Err(PolicyLoadError::WrongType {
-                name: out_name.to_string(),
-                found: -1,
-            });
+        for (i, &(_, width)) in input_slots.iter().enumerate() {
+            model
+                .set_input_fact(i, f32::fact([1, width]).into())
+                .map_err(graph_err)?;
         }
-        let shape_ok = fact
-            .shape
-            .as_concrete()
-            .is_some_and(|s| s.len() == 2 && s[0] == 1 && s[1] == out_dim);
-        if !shape_ok {
-            return Err(PolicyLoadError::WrongShape {
-                name: out_name.to_string(),
-                expected: out_dim,
-                found: format!("{:?} (inferred for batch 1)", fact.shape),
-            });
+        let typed = model.into_typed().map_err(graph_err)?;
+        for (i, &(_, width)) in output_slots.iter().enumerate() {
+            let name = &graph.output[i].name;
+            let fact = typed.output_fact(i).map_err(graph_err)?;
+            if fact.datum_type != f32::datum_type() {
+                return Err(PolicyLoadError::WrongType {
+                    name: name.clone(),
+                    found: -1,
+                });
+            }
+            let shape_ok = fact
+                .shape
+                .as_concrete()
+                .is_some_and(|s| s.len() == 2 && s[0] == 1 && s[1] == width);
+            if !shape_ok {
+                return Err(PolicyLoadError::WrongShape {
+                    name: name.clone(),
+                    expected: width,
+                    found: format!("{:?} (inferred for batch 1)", fact.shape),
+                });
+            }
         }
         let plan = typed
             .into_optimized()
@@ -388,9 +449,16 @@ impl Policy {
             out_dim,
             discrete,
             output: vec![0.0; out_dim],
+            input_slots: input_slots.iter().map(|&(slot, _)| slot).collect(),
+            output_slots: output_slots.iter().map(|&(slot, _)| slot).collect(),
+            prev_action: vec![0.0; if recurrent { out_dim } else { 0 }],
+            h: vec![0.0; hidden],
+            c: vec![0.0; hidden],
         };
         policy.probe(out_name)?;
-        if options.native {
+        policy.reset();
+        // Recurrent graphs (LSTM) run on tract; the native evaluator is feed-forward.
+        if options.native && !recurrent {
             policy.native =
                 crate::native::Plan::compile(graph, INPUT_OBS, obs_dim, out_name, out_dim)
                     .and_then(|plan| policy.checked_against_tract(plan));
@@ -489,13 +557,18 @@ impl Policy {
     fn probe(&mut self, output: &'static str) -> Result<(), PolicyLoadError> {
         let probe = self.probe_observation();
         self.run(&probe)?;
-        if let Some((index, &value)) = self.output.iter().enumerate().find(|(_, v)| !v.is_finite())
-        {
-            return Err(PolicyLoadError::NonFiniteOutput {
-                output,
-                index,
-                value,
-            });
+        for (name, values) in [
+            (output, &self.output),
+            (OUTPUT_H, &self.h),
+            (OUTPUT_C, &self.c),
+        ] {
+            if let Some((index, &value)) = values.iter().enumerate().find(|(_, v)| !v.is_finite()) {
+                return Err(PolicyLoadError::NonFiniteOutput {
+                    output: name,
+                    index,
+                    value,
+                });
+            }
         }
         Ok(())
     }
@@ -517,26 +590,44 @@ impl Policy {
         }
     }
 
-    /// Runs tract's plan on one observation (of the right length) into `self.output`.
+    /// Runs tract's plan on one observation (of the right length) into `self.output`;
+    /// a recurrent policy also feeds its previous action and state and takes the new
+    /// state.
     fn run_tract(&mut self, obs: &[f32]) -> Result<(), PolicyLoadError> {
-        let input = Tensor::from_shape(&[1, self.obs_dim], obs)
-            .map_err(|e| PolicyLoadError::Run(format!("{e:#}")))?;
-        let outputs = self
-            .state
-            .run(tvec!(input.into_tvalue()))
-            .map_err(|e| PolicyLoadError::Run(format!("{e:#}")))?;
-        let values = outputs[0]
-            .try_as_plain_ram()
-            .and_then(|view| view.as_slice::<f32>())
-            .map_err(|e| PolicyLoadError::Run(format!("{e:#}")))?;
-        if values.len() != self.out_dim {
-            return Err(PolicyLoadError::Run(format!(
-                "output has {} values, expected {}",
-                values.len(),
-                self.out_dim
-            )));
+        let run_err = |e: TractError| PolicyLoadError::Run(format!("{e:#}"));
+        let mut inputs = TVec::new();
+        for slot in &self.input_slots {
+            let values: &[f32] = match slot {
+                Slot::Obs => obs,
+                Slot::PrevAction => &self.prev_action,
+                Slot::H => &self.h,
+                Slot::C => &self.c,
+                Slot::Out => unreachable!("outputs are not inputs"),
+            };
+            let tensor = Tensor::from_shape(&[1, values.len()], values).map_err(run_err)?;
+            inputs.push(tensor.into_tvalue());
         }
-        self.output.copy_from_slice(values);
+        let outputs = self.state.run(inputs).map_err(run_err)?;
+        for (slot, value) in self.output_slots.iter().zip(outputs.iter()) {
+            let values = value
+                .try_as_plain_ram()
+                .and_then(|view| view.as_slice::<f32>())
+                .map_err(run_err)?;
+            let target = match slot {
+                Slot::Out => &mut self.output,
+                Slot::H => &mut self.h,
+                Slot::C => &mut self.c,
+                Slot::Obs | Slot::PrevAction => unreachable!("inputs are not outputs"),
+            };
+            if values.len() != target.len() {
+                return Err(PolicyLoadError::Run(format!(
+                    "an output has {} values, expected {}",
+                    values.len(),
+                    target.len()
+                )));
+            }
+            target.copy_from_slice(values);
+        }
         Ok(())
     }
 
@@ -575,9 +666,44 @@ impl Policy {
         })
     }
 
-    /// Clears recurrent state (a no-op for feed-forward policies), e.g. at an
-    /// episode start or after a policy swap.
-    pub fn reset(&mut self) {}
+    /// Clears the recurrent state and the previous action (a no-op for feed-forward
+    /// policies), e.g. at an episode start or after a policy swap.
+    pub fn reset(&mut self) {
+        self.prev_action.fill(0.0);
+        self.h.fill(0.0);
+        self.c.fill(0.0);
+    }
+
+    /// Whether the policy carries an LSTM state between steps.
+    pub fn is_recurrent(&self) -> bool {
+        !self.h.is_empty()
+    }
+
+    /// The state `(h, c)` the next step starts from (empty for feed-forward).
+    pub fn recurrent_state(&self) -> (&[f32], &[f32]) {
+        (&self.h, &self.c)
+    }
+
+    /// Tells a recurrent policy which action was applied after its step (after
+    /// exploration and safety): its `prev_action` input at the next step. Ignored by
+    /// feed-forward policies and for an action of the wrong kind or width.
+    pub fn observe_applied(&mut self, action: &Action) {
+        if self.prev_action.is_empty() {
+            return;
+        }
+        match action {
+            Action::Discrete(i) if self.discrete => {
+                self.prev_action.fill(0.0);
+                if let Some(v) = self.prev_action.get_mut(*i as usize) {
+                    *v = 1.0;
+                }
+            }
+            Action::Continuous(a) if !self.discrete && a.len() == self.prev_action.len() => {
+                self.prev_action.copy_from_slice(a);
+            }
+            _ => {}
+        }
+    }
 }
 
 impl Actor for Policy {
@@ -591,6 +717,14 @@ impl Actor for Policy {
 
     fn reset(&mut self) {
         Policy::reset(self)
+    }
+
+    fn observe_applied(&mut self, action: &Action) {
+        Policy::observe_applied(self, action)
+    }
+
+    fn recurrent_state(&self) -> Option<(&[f32], &[f32])> {
+        self.is_recurrent().then(|| Policy::recurrent_state(self))
     }
 }
 

@@ -30,6 +30,7 @@ pub const IR_VERSION: i64 = 8;
 pub const POLICY_FILE: &str = "policy.onnx";
 
 const FLOAT: i32 = pb::tensor_proto::DataType::Float as i32;
+const INT64: i32 = pb::tensor_proto::DataType::Int64 as i32;
 
 /// An ONNX graph under construction: nodes in topological order and the
 /// initializers (weights) they read.
@@ -95,6 +96,18 @@ impl OnnxGraph {
         name.to_string()
     }
 
+    /// Adds an int64 initializer (axes, shapes) named `name`; returns its name.
+    pub fn constant_i64(&mut self, name: &str, values: &[i64]) -> String {
+        self.initializers.push(pb::TensorProto {
+            name: name.to_string(),
+            dims: vec![values.len() as i64],
+            data_type: INT64,
+            raw_data: values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            ..Default::default()
+        });
+        name.to_string()
+    }
+
     /// Adds a parameter as an initializer under its network name.
     pub fn parameter(&mut self, name: &str, var: &Var) -> candle_core::Result<String> {
         let tensor = var.as_tensor();
@@ -125,6 +138,26 @@ impl OnnxGraph {
             ..Default::default()
         });
         out
+    }
+
+    /// Adds a node with several outputs (e.g. `LSTM`'s `Y`, `Y_h`, `Y_c`); an empty
+    /// name leaves an optional output out. Empty input names skip optional inputs.
+    pub fn op_outputs(
+        &mut self,
+        op_type: &str,
+        inputs: &[&str],
+        attrs: &[Attr<'_>],
+        outputs: &[&str],
+    ) {
+        self.counter += 1;
+        self.nodes.push(pb::NodeProto {
+            input: inputs.iter().map(|s| s.to_string()).collect(),
+            output: outputs.iter().map(|s| s.to_string()).collect(),
+            name: format!("{op_type}_{}", self.counter),
+            op_type: op_type.to_string(),
+            attribute: attrs.iter().map(Attr::proto).collect(),
+            ..Default::default()
+        });
     }
 
     /// The model: `inputs` and `outputs` as (name, feature width) float32
