@@ -179,6 +179,28 @@ fn run_loop(
         records.iter().any(|r| r.terminated || r.truncated),
         "episodes ended"
     );
+    // The stored recurrent state is the one before each step: the test actor's `h`
+    // is the action the loop reported as applied at the previous step of the
+    // episode (after exploration and safety; `[-1]` at an episode start) and its
+    // `c` counts the episode's steps.
+    for (i, t) in transitions.iter().enumerate() {
+        let expected_h = match (t.step, i.checked_sub(1).map(|j| transitions[j])) {
+            (0, _) | (_, None) => vec![-1.0],
+            (_, Some(prev)) => match &prev.action {
+                Action::Discrete(a) => vec![*a as f32],
+                Action::Continuous(v) => v.clone(),
+            },
+        };
+        assert_eq!(
+            t.recurrent_h, expected_h,
+            "transition {i}: applied action fed back"
+        );
+        assert_eq!(
+            t.recurrent_c,
+            vec![t.step as f32],
+            "transition {i}: reset per episode"
+        );
+    }
 
     let totals = report.transitions;
     assert!(totals.balanced(), "{totals:?}");

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use reflex_daemon::{Actor, ActorError, ActorOutput, Loader};
-use reflex_msgs::{ActionSpace, BoxSpace, PolicySpec};
+use reflex_msgs::{Action, ActionSpace, BoxSpace, PolicySpec};
 use serde::{Deserialize, Serialize};
 
 /// A linear policy `y = W · obs + b`: Q-values (argmax = action) for a discrete spec,
@@ -25,6 +25,21 @@ pub struct Linear {
     /// Episode-local step counter, standing in for recurrent state (reset() zeroes it).
     #[serde(skip)]
     pub steps_since_reset: u64,
+    /// A stand-in recurrent state, so loop tests can check what the control loop
+    /// feeds back and records: `h` = the last action `observe_applied` reported
+    /// (`[-1]` after a reset), `c` = `[steps_since_reset]`.
+    #[serde(skip, default = "no_action")]
+    state_h: Vec<f32>,
+    #[serde(skip, default = "zero_steps")]
+    state_c: Vec<f32>,
+}
+
+fn no_action() -> Vec<f32> {
+    vec![-1.0]
+}
+
+fn zero_steps() -> Vec<f32> {
+    vec![0.0]
 }
 
 impl Linear {
@@ -37,6 +52,8 @@ impl Linear {
             fail_load: false,
             out: Vec::new(),
             steps_since_reset: 0,
+            state_h: no_action(),
+            state_c: zero_steps(),
         }
     }
 
@@ -56,6 +73,7 @@ impl Actor for Linear {
             return Err(format!("obs has {} values", obs.len()).into());
         }
         self.steps_since_reset += 1;
+        self.state_c = vec![self.steps_since_reset as f32];
         self.out.clear();
         for (row, b) in self.w.iter().zip(&self.b) {
             let y: f32 = row.iter().zip(obs).map(|(w, x)| w * x).sum::<f32>() + b;
@@ -80,6 +98,19 @@ impl Actor for Linear {
 
     fn reset(&mut self) {
         self.steps_since_reset = 0;
+        self.state_h = no_action();
+        self.state_c = zero_steps();
+    }
+
+    fn observe_applied(&mut self, action: &Action) {
+        self.state_h = match action {
+            Action::Discrete(i) => vec![*i as f32],
+            Action::Continuous(v) => v.clone(),
+        };
+    }
+
+    fn recurrent_state(&self) -> Option<(&[f32], &[f32])> {
+        Some((&self.state_h, &self.state_c))
     }
 }
 
