@@ -20,7 +20,6 @@
 //! zenoh's queues when the link itself broke.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use reflex_msgs::codec::WireMessage;
@@ -133,10 +132,67 @@ fn fifo_subscriber(
         .map_err(|e| zerr(&format!("subscribing to {key}"), e))
 }
 
+/// A FIFO subscriber whose samples decode to `T`; a sample that does not decode is
+/// dropped and counted (logged at `warn` for rare messages, `debug` for streams).
+struct Decoding<T> {
+    subscriber: Subscriber<FifoChannelHandler<Sample>>,
+    decode_errors: AtomicU64,
+    what: &'static str,
+    warn: bool,
+    _message: std::marker::PhantomData<fn() -> T>,
+}
+
+impl<T: WireMessage> Decoding<T> {
+    fn new(
+        session: &zenoh::Session,
+        key: &str,
+        capacity: usize,
+        what: &'static str,
+        warn: bool,
+    ) -> Result<Self, TransportError> {
+        Ok(Self {
+            subscriber: fifo_subscriber(session, key, capacity)?,
+            decode_errors: AtomicU64::new(0),
+            what,
+            warn,
+            _message: std::marker::PhantomData,
+        })
+    }
+
+    /// The message in `sample`, or `None` (counted) when it does not decode.
+    fn decode(&self, sample: &Sample) -> Option<T> {
+        match decode_sample::<T>(sample) {
+            Ok(message) => Some(message),
+            Err(e) => {
+                self.decode_errors.fetch_add(1, Ordering::Relaxed);
+                if self.warn {
+                    tracing::warn!("dropping {}: {e}", self.what);
+                } else {
+                    tracing::debug!("dropping {}: {e}", self.what);
+                }
+                None
+            }
+        }
+    }
+
+    /// The next queued message that decodes, without waiting.
+    fn try_next(&self) -> Option<T> {
+        while let Ok(Some(sample)) = self.subscriber.try_recv() {
+            if let Some(message) = self.decode(&sample) {
+                return Some(message);
+            }
+        }
+        None
+    }
+
+    fn decode_errors(&self) -> u64 {
+        self.decode_errors.load(Ordering::Relaxed)
+    }
+}
+
 /// Observations from a subscriber on the robot's `obs` key.
 pub struct ZenohObservations {
-    subscriber: Subscriber<FifoChannelHandler<Sample>>,
-    decode_errors: Arc<AtomicU64>,
+    inner: Decoding<Observation>,
 }
 
 impl ZenohObservations {
@@ -147,28 +203,21 @@ impl ZenohObservations {
         capacity: usize,
     ) -> Result<Self, TransportError> {
         Ok(Self {
-            subscriber: fifo_subscriber(session, key, capacity)?,
-            decode_errors: Arc::default(),
+            inner: Decoding::new(session, key, capacity, "observation", false)?,
         })
     }
 }
 
 impl ObservationSource for ZenohObservations {
     fn poll(&mut self, out: &mut Vec<Observation>) -> Result<(), TransportError> {
-        while let Ok(Some(sample)) = self.subscriber.try_recv() {
-            match decode_sample::<Observation>(&sample) {
-                Ok(obs) => out.push(obs),
-                Err(e) => {
-                    self.decode_errors.fetch_add(1, Ordering::Relaxed);
-                    tracing::debug!("dropping observation: {e}");
-                }
-            }
+        while let Some(obs) = self.inner.try_next() {
+            out.push(obs);
         }
         Ok(())
     }
 
     fn decode_errors(&self) -> u64 {
-        self.decode_errors.load(Ordering::Relaxed)
+        self.inner.decode_errors()
     }
 }
 
@@ -259,8 +308,7 @@ impl StatusSink for ZenohStatus {
 
 /// Policy updates from a subscriber on the fleet's `policy` key.
 pub struct ZenohPolicies {
-    subscriber: Subscriber<FifoChannelHandler<Sample>>,
-    decode_errors: Arc<AtomicU64>,
+    inner: Decoding<PolicyUpdate>,
 }
 
 impl ZenohPolicies {
@@ -271,34 +319,18 @@ impl ZenohPolicies {
         capacity: usize,
     ) -> Result<Self, TransportError> {
         Ok(Self {
-            subscriber: fifo_subscriber(session, key, capacity)?,
-            decode_errors: Arc::default(),
+            inner: Decoding::new(session, key, capacity, "policy update", true)?,
         })
     }
 }
 
-impl ZenohPolicies {
-    /// The update in `sample`, or `None` (counted) when it does not decode.
-    fn decode(&self, sample: &Sample) -> Option<PolicyMessage> {
-        match decode_sample::<PolicyUpdate>(sample) {
-            Ok(update) => Some(PolicyMessage::Update(Box::new(update))),
-            Err(e) => {
-                self.decode_errors.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!("dropping policy update: {e}");
-                None
-            }
-        }
-    }
+fn update(update: PolicyUpdate) -> PolicyMessage {
+    PolicyMessage::Update(Box::new(update))
 }
 
 impl PolicySource for ZenohPolicies {
     fn poll(&mut self) -> Option<PolicyMessage> {
-        while let Ok(Some(sample)) = self.subscriber.try_recv() {
-            if let Some(message) = self.decode(&sample) {
-                return Some(message);
-            }
-        }
-        None
+        self.inner.try_next().map(update)
     }
 
     fn wait(&mut self, timeout: Duration) -> Option<PolicyMessage> {
@@ -308,10 +340,10 @@ impl PolicySource for ZenohPolicies {
             if left.is_zero() {
                 return None;
             }
-            match self.subscriber.recv_timeout(left) {
+            match self.inner.subscriber.recv_timeout(left) {
                 Ok(Some(sample)) => {
-                    if let Some(message) = self.decode(&sample) {
-                        return Some(message);
+                    if let Some(message) = self.inner.decode(&sample) {
+                        return Some(update(message));
                     }
                 }
                 Ok(None) => return None,
@@ -325,6 +357,6 @@ impl PolicySource for ZenohPolicies {
     }
 
     fn decode_errors(&self) -> u64 {
-        self.decode_errors.load(Ordering::Relaxed)
+        self.inner.decode_errors()
     }
 }
