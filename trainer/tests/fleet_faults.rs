@@ -320,21 +320,8 @@ fn learner_restart_resumes_and_daemons_spool_meanwhile() {
     assert!(after.policy_version > 1, "{after:#?}");
 
     // Clean stop: the daemon's books close with nothing dropped.
-    let report = daemon.stop_json();
-    let sim_report = sim.stop_json();
-    std::thread::sleep(Duration::from_secs(1));
-    let (status, _, log) = learner.stop();
-    assert!(status.success(), "learner #2 failed ({status}):\n{log}");
-    let produced = u(&report, "transitions_produced") + u(&report, "transitions_recovered");
-    let (sent, spooled, dropped) = (
-        u(&report, "transitions_sent"),
-        u(&report, "transitions_spooled"),
-        u(&report, "transitions_dropped"),
-    );
-    assert_eq!(produced, sent + spooled + dropped, "{report}");
-    assert_eq!(dropped, 0, "{report}");
-    assert_eq!(spooled, 0, "a learner was there at shutdown: {report}");
-    assert_eq!(u(&sim_report, "invalid_actions"), 0, "{sim_report}");
+    let report = stop_and_close_the_books(daemon, sim, learner);
+    let sent = u(&report, "transitions_sent");
     let last = rig.report();
     assert!(last.done && last.stop_reason == "signal", "{last:#?}");
     assert!(last.updates > resumed);
@@ -413,20 +400,8 @@ fn robot_killed_and_restarted_rejoins() {
         "learning went on: {after:#?}"
     );
 
-    let report = daemon.stop_json();
-    let sim_report = sim.stop_json();
-    std::thread::sleep(Duration::from_secs(1));
-    let (status, _, log) = learner.stop();
-    assert!(status.success(), "learner failed ({status}):\n{log}");
-    let produced = u(&report, "transitions_produced") + u(&report, "transitions_recovered");
-    let (sent, spooled, dropped) = (
-        u(&report, "transitions_sent"),
-        u(&report, "transitions_spooled"),
-        u(&report, "transitions_dropped"),
-    );
-    assert_eq!(produced, sent + spooled + dropped, "{report}");
-    assert_eq!((spooled, dropped), (0, 0), "{report}");
-    assert_eq!(u(&sim_report, "invalid_actions"), 0, "{sim_report}");
+    let report = stop_and_close_the_books(daemon, sim, learner);
+    let sent = u(&report, "transitions_sent");
     let last = rig.report();
     let r0 = &last.robots[0];
     assert_eq!(r0.restarts, 1, "{last:#?}");
@@ -442,4 +417,29 @@ fn robot_killed_and_restarted_rejoins() {
         r0.transitions_received
     );
     let _ = std::fs::remove_dir_all(&rig.dir);
+}
+
+/// Stops the daemon, the simulator and then the learner (the daemon first, so its
+/// spool drains into the learner) and checks the daemon's books: produced +
+/// recovered = sent + spooled + dropped, nothing dropped, nothing left spooled (a
+/// learner was there at shutdown), and the robot refused no action. Returns the
+/// daemon's final report.
+fn stop_and_close_the_books(daemon: Proc, sim: Proc, learner: Proc) -> serde_json::Value {
+    let report = daemon.stop_json();
+    let sim_report = sim.stop_json();
+    std::thread::sleep(Duration::from_secs(1));
+    let name = learner.name.clone();
+    let (status, _, log) = learner.stop();
+    assert!(status.success(), "{name} failed ({status}):\n{log}");
+    let produced = u(&report, "transitions_produced") + u(&report, "transitions_recovered");
+    let (sent, spooled, dropped) = (
+        u(&report, "transitions_sent"),
+        u(&report, "transitions_spooled"),
+        u(&report, "transitions_dropped"),
+    );
+    assert_eq!(produced, sent + spooled + dropped, "{report}");
+    assert_eq!(dropped, 0, "{report}");
+    assert_eq!(spooled, 0, "a learner was there at shutdown: {report}");
+    assert_eq!(u(&sim_report, "invalid_actions"), 0, "{sim_report}");
+    report
 }
