@@ -132,6 +132,14 @@ pub fn open(config: &ZenohConfig) -> Result<zenoh::Session, TransportError> {
         .map_err(|e| TransportError::Other(format!("opening zenoh session: {e}")))
 }
 
+/// A TCP port on 127.0.0.1 that is free now (bound, read, released), for loopback
+/// endpoints chosen at run time (`reflex-train fleet`, tests, benchmarks).
+pub fn free_loopback_port() -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
 /// The encoding a `msgs` type is tagged with: `application/cdr;<DDS type name>`.
 pub fn cdr_encoding<T: WireMessage>() -> Encoding {
     Encoding::APPLICATION_CDR.with_schema(T::DDS_TYPE)

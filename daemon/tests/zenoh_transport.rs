@@ -12,14 +12,6 @@ use reflex_daemon::zenoh_link::{self, decode_sample, put_cdr, ZenohConfig};
 use reflex_daemon::zenoh_transport::{transports, ZenohTransportOptions};
 use reflex_msgs::{keys, Action, ActionCommand, Observation, Transition, TransitionBatch};
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
     let end = Instant::now() + timeout;
     while Instant::now() < end {
@@ -33,7 +25,10 @@ fn until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
 
 #[test]
 fn streams_garbage_and_matching() {
-    let endpoint = format!("tcp/127.0.0.1:{}", free_port());
+    let endpoint = format!(
+        "tcp/127.0.0.1:{}",
+        zenoh_link::free_loopback_port().expect("a free port")
+    );
     let robot_side = zenoh_link::open(&ZenohConfig {
         listen: vec![endpoint.clone()],
         connect: vec![],

@@ -159,14 +159,6 @@ fn encode_all(batches: &[TransitionBatch]) -> Vec<Vec<u8>> {
         .collect()
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("a free port")
-        .local_addr()
-        .expect("its address")
-        .port()
-}
-
 fn learner_session(endpoint: &str) -> zenoh::Session {
     zenoh_link::open(&ZenohConfig {
         listen: vec![endpoint.to_string()],
@@ -262,7 +254,10 @@ fn run(run: &RunConfig, publishers: usize, batches: usize, size: usize) -> Measu
         })
         .collect();
     let expected = (publishers * batches * size) as u64;
-    let endpoint = format!("tcp/127.0.0.1:{}", free_port());
+    let endpoint = format!(
+        "tcp/127.0.0.1:{}",
+        zenoh_link::free_loopback_port().expect("a free port")
+    );
     let session = learner_session(&endpoint);
     let (subscriptions, rx) = learner::subscribe(&session, FLEET).expect("subscribes");
     let mut ingest =
@@ -362,7 +357,10 @@ fn stages(run: &RunConfig, size: usize, transitions: usize) {
     let drop_time = t.elapsed().as_secs_f64();
 
     // zenoh alone: a subscriber that only counts payload bytes.
-    let endpoint = format!("tcp/127.0.0.1:{}", free_port());
+    let endpoint = format!(
+        "tcp/127.0.0.1:{}",
+        zenoh_link::free_loopback_port().expect("a free port")
+    );
     let session = learner_session(&endpoint);
     let count = Arc::new(AtomicU64::new(0));
     let seen = count.clone();

@@ -80,14 +80,6 @@ fn options() -> Options {
     o
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("a free port")
-        .local_addr()
-        .expect("its address")
-        .port()
-}
-
 /// Signed updates for versions `1..=count` of one network.
 fn updates(hidden: usize, count: usize) -> (Vec<PolicyUpdate>, String) {
     let env = make("cartpole").expect("cartpole");
@@ -140,7 +132,10 @@ fn main() {
     std::fs::write(&policy_path, &updates[0].onnx).expect("writing v1");
 
     // The daemon, on zenoh, listening for the others.
-    let daemon_endpoint = format!("tcp/127.0.0.1:{}", free_port());
+    let daemon_endpoint = format!(
+        "tcp/127.0.0.1:{}",
+        zenoh_link::free_loopback_port().expect("a free port")
+    );
     let daemon_session = zenoh_link::open(&ZenohConfig {
         listen: vec![daemon_endpoint.clone()],
         connect: vec![],

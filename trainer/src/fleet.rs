@@ -85,10 +85,9 @@ impl Proc {
     }
 }
 
-/// A free TCP port on 127.0.0.1 (bound, read, released).
+/// A free TCP port on 127.0.0.1.
 fn free_port() -> anyhow::Result<u16> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
-    Ok(listener.local_addr()?.port())
+    reflex_daemon::zenoh_link::free_loopback_port().context("finding a free port")
 }
 
 /// The robot configuration the fleet writes for robot `index`.

@@ -16,14 +16,6 @@ use reflex_msgs::{keys, Action, PolicyUpdate, Transition, TransitionBatch};
 use reflex_trainer::learner::{serve, ServeOptions, PUB_FILE};
 use reflex_trainer::run::RunConfig;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn batch(seq: u64, first_step: u32, n: u32) -> TransitionBatch {
     let transitions = (first_step..first_step + n)
         .map(|step| {
@@ -53,7 +45,7 @@ fn batch(seq: u64, first_step: u32, n: u32) -> TransitionBatch {
 fn learner_inserts_counts_and_publishes_signed_policies() {
     let out = std::env::temp_dir().join(format!("reflex-learner-test-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&out);
-    let port = free_port();
+    let port = zenoh_link::free_loopback_port().expect("a free port");
     let endpoint = format!("tcp/127.0.0.1:{port}");
     let mut run = RunConfig::default();
     run.dqn.net.hidden = vec![32, 32];

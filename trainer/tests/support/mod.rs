@@ -24,13 +24,9 @@ pub fn bin(name: &str) -> PathBuf {
     path
 }
 
-/// A free TCP port on 127.0.0.1 (bound, read, released).
+/// A free TCP port on 127.0.0.1.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    reflex_daemon::zenoh_link::free_loopback_port().expect("a free port")
 }
 
 /// A child process with its log; killed on drop (a failing test leaves nothing behind).
