@@ -2,12 +2,13 @@
 
     python scripts/onnx_interop.py DIR
 
-For every DIR/NAME.onnx written by the trainer's parity test (with DIR/NAME.json
-holding its probe observations and candle's Q-values): the ONNX checker with
-full_check=True (types and shapes inferred through the whole graph) must pass,
-the declared opset/IR must be standard, and onnxruntime, given all probes as one
-batch (the batch dimension is symbolic), must give candle's values to 1e-5 and
-the same greedy actions.
+For every DIR/NAME.onnx written by the trainer's parity tests (with DIR/NAME.json
+holding its probe observations and candle's outputs: Q-values for discrete
+policies, actions for continuous ones): the ONNX checker with full_check=True
+(types and shapes inferred through the whole graph) must pass, the declared
+opset/IR must be standard, and onnxruntime, given all probes as one batch (the
+batch dimension is symbolic), must give candle's values to 1e-5 (and, for Q, the
+same greedy actions).
 """
 import json
 import pathlib
@@ -28,13 +29,20 @@ for path in files:
     spec = json.loads({p.key: p.value for p in model.metadata_props}["reflex.policy_spec"])
     record = json.loads(path.with_suffix(".json").read_text())
     obs = np.asarray(record["obs"], dtype=np.float32).reshape(-1, record["obs_dim"])
-    want = np.asarray(record["q"], dtype=np.float32).reshape(-1, record["n_actions"])
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    (got,) = session.run(["q"], {"obs": obs})
+    if "q" in record:
+        want = np.asarray(record["q"], dtype=np.float32).reshape(-1, record["n_actions"])
+        (got,) = session.run(["q"], {"obs": obs})
+        gap = np.abs(want[:, 0] - want[:, 1]) > 1e-5
+        same_greedy = np.array_equal(got.argmax(1)[gap], want.argmax(1)[gap])
+        algo_ok = spec["algorithm"] == "dqn"
+    else:
+        want = np.asarray(record["action"], dtype=np.float32).reshape(-1, record["act_dim"])
+        (got,) = session.run(["action"], {"obs": obs})
+        same_greedy = True  # the action itself is compared
+        algo_ok = spec["algorithm"] in ("ddpg", "td3", "naf")
     err = np.max(np.abs(got - want) / (1.0 + np.maximum(np.abs(got), np.abs(want))))
-    gap = np.abs(want[:, 0] - want[:, 1]) > 1e-5
-    same_greedy = np.array_equal(got.argmax(1)[gap], want.argmax(1)[gap])
-    ok = err <= 1e-5 and same_greedy and spec["algorithm"] == "dqn"
+    ok = err <= 1e-5 and same_greedy and algo_ok
     failures += not ok
     print(f"{path.name}: checker ok, opset {model.opset_import[0].version}, "
           f"IR {model.ir_version}, onnxruntime max rel err {err:.2e}, "

@@ -1,15 +1,17 @@
-//! Checkpoints: everything a killed run needs to continue — weights (online and
-//! target), Adam's moments and step count, the replay buffer and its position,
-//! and the generators — in one folder per step, written under a temporary name
+//! Checkpoints: everything a killed run needs to continue — weights (every
+//! network of the agent: online and target, or actor, critics and their
+//! targets), Adam's moments and step counts, the replay buffer and its position,
+//! the generators and the observation statistics — in one folder per step, written under a temporary name
 //! and renamed into place, so `kill -9` at any moment leaves either the old
 //! checkpoints or a complete new one, never a torn one.
 //!
 //! ```text
 //! runs/NAME/checkpoints/step-0000050000/
-//!   weights.safetensors    online.<param>, target.<param>
-//!   optimizer.safetensors  adam.m.<param>, adam.v.<param>
+//!   weights.safetensors    <network>.<param> (DQN, NAF: online, target;
+//!                          DDPG, TD3: actor, critic, actor_target, critic_target)
+//!   optimizer.safetensors  adam.m.<prefix><param>, adam.v.<prefix><param>
 //!   replay.bin             the replay buffer (format in replay::state)
-//!   state.json             step, Adam steps, generator states
+//!   state.json             step, Adam steps, generator states, obs statistics
 //! ```
 //!
 //! Not saved: the n-step accumulator's pending window (at most n − 1 steps) and
@@ -25,9 +27,8 @@ use reflex_msgs::hash::to_hex;
 use reflex_sim::SimRng;
 use serde::{Deserialize, Serialize};
 
-use crate::algo::dqn::{Dqn, Replay};
-use crate::nn::QNetwork;
-use crate::replay::{PrioritizedReplay, ReplayBuffer};
+use crate::algo::{Agent, RunningNorm};
+use crate::nn::Params;
 use crate::TrainError;
 
 /// Version of the checkpoint layout.
@@ -43,6 +44,12 @@ struct State {
     adam_steps: u64,
     act_rng: String,
     replay_rng: String,
+    /// Step counts of the optimizers after the first (DDPG, TD3: the critic's).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    more_adam_steps: Vec<u64>,
+    /// Running observation statistics, for agents that normalize.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    obs_norm: Option<RunningNorm>,
 }
 
 fn unhex(text: &str) -> Option<Vec<u8>> {
@@ -65,16 +72,20 @@ fn write_file(path: &Path, bytes: &[u8]) -> Result<(), TrainError> {
     file.sync_all().map_err(|e| bad(path, e))
 }
 
-fn names(net: &QNetwork) -> Vec<String> {
-    net.named_vars().into_iter().map(|(name, _)| name).collect()
+fn prefixed(prefix: &str, params: &dyn Params) -> Vec<String> {
+    params
+        .names()
+        .into_iter()
+        .map(|name| format!("{prefix}{name}"))
+        .collect()
 }
 
-/// Writes a checkpoint of `dqn` under `run_dir/checkpoints/` and prunes old
+/// Writes a checkpoint of `agent` under `run_dir/checkpoints/` and prunes old
 /// ones; returns its folder.
-pub fn save(run_dir: &Path, dqn: &Dqn) -> Result<PathBuf, TrainError> {
+pub fn save(run_dir: &Path, agent: &mut dyn Agent) -> Result<PathBuf, TrainError> {
     let root = run_dir.join("checkpoints");
     fs::create_dir_all(&root).map_err(|e| bad(&root, e))?;
-    let name = format!("step-{:010}", dqn.steps_done);
+    let name = format!("step-{:010}", agent.steps_done());
     let partial = root.join(format!("{name}.partial"));
     if partial.exists() {
         fs::remove_dir_all(&partial).map_err(|e| bad(&partial, e))?;
@@ -82,29 +93,31 @@ pub fn save(run_dir: &Path, dqn: &Dqn) -> Result<PathBuf, TrainError> {
     fs::create_dir_all(&partial).map_err(|e| bad(&partial, e))?;
 
     let mut weights: HashMap<String, Tensor> = HashMap::new();
-    for (prefix, net) in [("online", &dqn.online), ("target", &dqn.target)] {
+    for (prefix, net) in agent.networks() {
         for (param, var) in net.named_vars() {
             weights.insert(format!("{prefix}.{param}"), var.as_tensor().clone());
         }
     }
     candle_core::safetensors::save(&weights, partial.join("weights.safetensors"))?;
-    let optimizer: HashMap<String, Tensor> = dqn
-        .optimizer
-        .state(&names(&dqn.online))
-        .into_iter()
-        .collect();
+    let mut optimizer: HashMap<String, Tensor> = HashMap::new();
+    let mut adam_steps = Vec::new();
+    for slot in agent.optimizers() {
+        optimizer.extend(slot.adam.state(&prefixed(slot.prefix, slot.params)));
+        adam_steps.push(slot.adam.steps());
+    }
     candle_core::safetensors::save(&optimizer, partial.join("optimizer.safetensors"))?;
-    let replay = match &dqn.replay {
-        Replay::Uniform(buffer) => buffer.to_bytes(),
-        Replay::Prioritized(buffer) => buffer.to_bytes(),
-    };
-    write_file(&partial.join("replay.bin"), &replay)?;
+    write_file(&partial.join("replay.bin"), &agent.replay().to_bytes())?;
+    let obs_norm = agent.obs_norm().map(|norm| norm.clone());
+    let step = agent.steps_done();
+    let (act_rng, replay_rng) = agent.rngs();
     let state = State {
         format: CHECKPOINT_FORMAT,
-        step: dqn.steps_done,
-        adam_steps: dqn.optimizer.steps(),
-        act_rng: to_hex(&dqn.act_rng.to_bytes()),
-        replay_rng: to_hex(&dqn.replay_rng.to_bytes()),
+        step,
+        adam_steps: adam_steps.first().copied().unwrap_or(0),
+        act_rng: to_hex(&act_rng.to_bytes()),
+        replay_rng: to_hex(&replay_rng.to_bytes()),
+        more_adam_steps: adam_steps.get(1..).unwrap_or_default().to_vec(),
+        obs_norm,
     };
     let json = serde_json::to_vec_pretty(&state).map_err(|e| bad(&partial, e))?;
     write_file(&partial.join("state.json"), &json)?;
@@ -148,7 +161,7 @@ pub fn latest(run_dir: &Path) -> Result<Option<PathBuf>, TrainError> {
 }
 
 fn load_net(
-    net: &QNetwork,
+    net: &dyn Params,
     prefix: &str,
     tensors: &HashMap<String, Tensor>,
     path: &Path,
@@ -173,16 +186,24 @@ fn load_net(
     Ok(())
 }
 
-/// Loads only the online network's weights from a checkpoint (for evaluation).
-pub fn load_online(checkpoint: &Path, net: &QNetwork, device: &Device) -> Result<(), TrainError> {
+/// Loads only the weights of every network from a checkpoint (for evaluation
+/// and export).
+pub fn load_weights(
+    checkpoint: &Path,
+    agent: &dyn Agent,
+    device: &Device,
+) -> Result<(), TrainError> {
     let path = checkpoint.join("weights.safetensors");
     let tensors = candle_core::safetensors::load(&path, device).map_err(|e| bad(&path, e))?;
-    load_net(net, "online", &tensors, &path)
+    for (prefix, net) in agent.networks() {
+        load_net(net, prefix, &tensors, &path)?;
+    }
+    Ok(())
 }
 
-/// Restores everything a checkpoint holds into `dqn`, which must have been built
-/// with the same configuration.
-pub fn load(checkpoint: &Path, dqn: &mut Dqn, device: &Device) -> Result<(), TrainError> {
+/// Restores everything a checkpoint holds into `agent`, which must have been
+/// built with the same configuration.
+pub fn load(checkpoint: &Path, agent: &mut dyn Agent, device: &Device) -> Result<(), TrainError> {
     let state_path = checkpoint.join("state.json");
     let text = fs::read(&state_path).map_err(|e| bad(&state_path, e))?;
     let state: State = serde_json::from_slice(&text).map_err(|e| bad(&state_path, e))?;
@@ -200,27 +221,49 @@ pub fn load(checkpoint: &Path, dqn: &mut Dqn, device: &Device) -> Result<(), Tra
     let replay_rng =
         rng(&state.replay_rng).ok_or_else(|| bad(&state_path, "corrupt replay_rng"))?;
 
-    let path = checkpoint.join("weights.safetensors");
-    let weights = candle_core::safetensors::load(&path, device).map_err(|e| bad(&path, e))?;
-    load_net(&dqn.online, "online", &weights, &path)?;
-    load_net(&dqn.target, "target", &weights, &path)?;
+    load_weights(checkpoint, agent, device)?;
     let path = checkpoint.join("optimizer.safetensors");
     let moments = candle_core::safetensors::load(&path, device).map_err(|e| bad(&path, e))?;
-    dqn.optimizer
-        .load_state(&names(&dqn.online), &moments, state.adam_steps)
-        .map_err(|e| bad(&path, e))?;
+    let steps: Vec<u64> = std::iter::once(state.adam_steps)
+        .chain(state.more_adam_steps.iter().copied())
+        .collect();
+    let mut slots = agent.optimizers();
+    if slots.len() != steps.len() {
+        return Err(bad(
+            &state_path,
+            format!(
+                "{} optimizer step counts for {} optimizers",
+                steps.len(),
+                slots.len()
+            ),
+        ));
+    }
+    for (slot, steps) in slots.iter_mut().zip(steps) {
+        let names = prefixed(slot.prefix, slot.params);
+        slot.adam
+            .load_state(&names, &moments, steps)
+            .map_err(|e| bad(&path, e))?;
+    }
+    drop(slots);
     let path = checkpoint.join("replay.bin");
     let bytes = fs::read(&path).map_err(|e| bad(&path, e))?;
-    dqn.replay = match &dqn.replay {
-        Replay::Uniform(_) => {
-            Replay::Uniform(ReplayBuffer::from_bytes(&bytes).map_err(|e| bad(&path, e))?)
+    agent
+        .replay_mut()
+        .restore(&bytes)
+        .map_err(|e| bad(&path, e))?;
+    match (agent.obs_norm(), state.obs_norm) {
+        (Some(norm), Some(saved)) if saved.mean.len() == norm.mean.len() => *norm = saved,
+        (None, None) => {}
+        _ => {
+            return Err(bad(
+                &state_path,
+                "observation statistics do not match the configuration",
+            ))
         }
-        Replay::Prioritized(_) => {
-            Replay::Prioritized(PrioritizedReplay::from_bytes(&bytes).map_err(|e| bad(&path, e))?)
-        }
-    };
-    dqn.act_rng = act_rng;
-    dqn.replay_rng = replay_rng;
-    dqn.steps_done = state.step;
+    }
+    let (act, replay) = agent.rngs();
+    *act = act_rng;
+    *replay = replay_rng;
+    agent.set_steps_done(state.step);
     Ok(())
 }

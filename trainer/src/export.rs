@@ -19,6 +19,7 @@ use reflex_msgs::{ActionSpace, PolicySpec, WIRE_VERSION};
 use reflex_sim::Env;
 use tract_onnx::pb;
 
+use crate::algo::Agent;
 use crate::nn::QNetwork;
 use crate::TrainError;
 
@@ -247,7 +248,7 @@ pub fn spec_for(algorithm: &str, env_id: &str, env: &dyn Env) -> PolicySpec {
 
 /// Observation normalization from the spec, as the graph's first nodes; returns
 /// the name of the (possibly normalized) observation.
-fn normalized_obs(g: &mut OnnxGraph, spec: &PolicySpec) -> String {
+pub fn normalized_obs(g: &mut OnnxGraph, spec: &PolicySpec) -> String {
     if spec.obs_mean.is_empty() {
         return INPUT_OBS.to_string();
     }
@@ -295,34 +296,32 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), TrainError> {
     fs::rename(&tmp, path).map_err(io)
 }
 
-/// Exports `net`, whose weights were saved in `checkpoint`, to
-/// `checkpoint/policy.onnx`, recording the checkpoint's weights hash and
-/// `training_step` in the spec. Returns the file's path.
+/// Exports `agent`'s acting network, whose weights were saved in `checkpoint`,
+/// to `checkpoint/policy.onnx`, recording the checkpoint's weights hash and the
+/// agent's update count as `training_step` in the spec. Returns the file's path.
 pub fn export_beside_checkpoint(
     checkpoint: &Path,
-    net: &QNetwork,
+    agent: &dyn Agent,
     template: &PolicySpec,
-    training_step: u64,
 ) -> Result<PathBuf, TrainError> {
-    let bytes = policy_for_checkpoint(checkpoint, net, template, training_step)?;
+    let bytes = policy_for_checkpoint(checkpoint, agent, template)?;
     let path = checkpoint.join(POLICY_FILE);
     write_atomic(&path, &bytes)?;
     Ok(path)
 }
 
-/// The ONNX bytes of `net` as saved in `checkpoint` (see
+/// The ONNX bytes of `agent` as saved in `checkpoint` (see
 /// [`export_beside_checkpoint`]).
 pub fn policy_for_checkpoint(
     checkpoint: &Path,
-    net: &QNetwork,
+    agent: &dyn Agent,
     template: &PolicySpec,
-    training_step: u64,
 ) -> Result<Vec<u8>, TrainError> {
     let weights = checkpoint.join("weights.safetensors");
     let bytes = fs::read(&weights)
         .map_err(|e| TrainError::Export(format!("{}: {e}", weights.display())))?;
     let mut spec = template.clone();
-    spec.training_step = training_step;
+    spec.training_step = agent.updates();
     spec.source_checkpoint_sha256 = reflex_msgs::hash::to_hex(&reflex_msgs::hash::sha256(&bytes));
-    q_network_onnx(net, &spec)
+    agent.to_onnx(&spec)
 }

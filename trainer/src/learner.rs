@@ -1231,7 +1231,7 @@ pub fn serve(opts: ServeOptions, shutdown: Arc<AtomicBool>) -> Result<LearnerRep
                 if svc.opts.checkpoint_every > 0
                     && svc.updates.is_multiple_of(svc.opts.checkpoint_every)
                 {
-                    checkpoint::save(&out, &svc.dqn)?;
+                    checkpoint::save(&out, &mut svc.dqn)?;
                 }
                 if svc.opts.eval_every > 0 && svc.updates.is_multiple_of(svc.opts.eval_every) {
                     let mean = svc.eval()?;
@@ -1276,7 +1276,7 @@ pub fn serve(opts: ServeOptions, shutdown: Arc<AtomicBool>) -> Result<LearnerRep
         publish(&mut svc, &update)?;
     }
     svc.dqn.steps_done = inserted(&svc, inserted_base);
-    checkpoint::save(&out, &svc.dqn)?;
+    checkpoint::save(&out, &mut svc.dqn)?;
     svc.report.done = true;
     svc.report.stop_reason = stop_reason.clone();
     svc.write_report()?;

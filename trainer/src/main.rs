@@ -10,10 +10,9 @@ use candle_core::Device;
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use reflex_daemon::Policy;
-use reflex_msgs::ActionSpace;
 use reflex_msgs::PolicySpec;
 use reflex_sim::{make, Env};
-use reflex_trainer::algo::dqn::{evaluate, train, Dqn, Observer, Progress};
+use reflex_trainer::algo::{self, evaluate, train, Agent, Observer, Progress};
 use reflex_trainer::checkpoint;
 use reflex_trainer::eval::evaluate_policy;
 use reflex_trainer::export::{
@@ -360,7 +359,7 @@ struct MetricsRow {
     eval_return: Option<f64>,
     loss: Option<f32>,
     q_mean: Option<f32>,
-    epsilon: f64,
+    exploration: f64,
     steps_per_s: f64,
 }
 
@@ -390,7 +389,7 @@ impl RunObserver {
             eval_return,
             loss: update.map(|u| u.loss),
             q_mean: update.map(|u| u.q_mean),
-            epsilon: progress.epsilon,
+            exploration: progress.exploration,
             steps_per_s: progress.step as f64 / self.started.elapsed().as_secs_f64().max(1e-9),
         };
         if let Err(e) = self.metrics.serialize(row) {
@@ -410,22 +409,22 @@ impl Observer for RunObserver {
             .map_or("-".to_string(), |u| format!("{:.4}", u.loss));
         self.bar.set_position(progress.step);
         self.bar.set_message(format!(
-            "return(10) {mean:.1}  ε {:.3}  loss {loss}",
-            progress.epsilon
+            "return(10) {mean:.1}  explore {:.3}  loss {loss}",
+            progress.exploration
         ));
     }
 
-    fn periodic(&mut self, progress: &Progress, dqn: &Dqn) -> Result<(), TrainError> {
+    fn periodic(&mut self, progress: &Progress, agent: &mut dyn Agent) -> Result<(), TrainError> {
         if self.checkpoint_interval > 0 && progress.step.is_multiple_of(self.checkpoint_interval) {
             let _ = self.metrics.flush();
-            let saved = checkpoint::save(&self.run_dir, dqn)?;
-            export_beside_checkpoint(&saved, &dqn.online, &self.spec, dqn.optimizer.steps())?;
+            let saved = checkpoint::save(&self.run_dir, agent)?;
+            export_beside_checkpoint(&saved, agent, &self.spec)?;
         }
         if self.eval_interval == 0 || !progress.step.is_multiple_of(self.eval_interval) {
             return Ok(());
         }
         let (mean, _) = evaluate(
-            dqn,
+            agent,
             self.eval_env.as_mut(),
             self.eval_episodes,
             self.eval_seed,
@@ -449,23 +448,9 @@ fn read_config(dir: &Path) -> anyhow::Result<RunConfig> {
     toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))
 }
 
-/// A fresh learner for `config`'s env.
-fn learner(config: &RunConfig, env: &dyn Env, device: &Device) -> anyhow::Result<Dqn> {
-    let n_actions = match env.action_space() {
-        ActionSpace::Discrete { n } => *n as usize,
-        ActionSpace::Box(_) => bail!(
-            "{} has continuous actions; DQN needs discrete ones",
-            config.env
-        ),
-    };
-    let obs_dim = env.observation_space().low.len();
-    Ok(Dqn::new(
-        config.dqn.clone(),
-        obs_dim,
-        n_actions,
-        config.seed,
-        device,
-    )?)
+/// A fresh learner for `config`'s algorithm and env.
+fn learner(config: &RunConfig, env: &dyn Env, device: &Device) -> anyhow::Result<Box<dyn Agent>> {
+    Ok(algo::build(config, env, device)?)
 }
 
 fn gcd(a: u64, b: u64) -> u64 {
@@ -479,7 +464,7 @@ fn gcd(a: u64, b: u64) -> u64 {
 fn run(config: &RunConfig, out: &Path, quiet: bool, resume: bool) -> anyhow::Result<()> {
     let device = Device::Cpu;
     let mut env = make(&config.env)?;
-    let mut dqn = learner(config, env.as_ref(), &device)?;
+    let mut agent = learner(config, env.as_ref(), &device)?;
     if resume {
         let latest = checkpoint::latest(out)?.with_context(|| {
             format!(
@@ -487,12 +472,12 @@ fn run(config: &RunConfig, out: &Path, quiet: bool, resume: bool) -> anyhow::Res
                 out.display()
             )
         })?;
-        checkpoint::load(&latest, &mut dqn, &device)?;
+        checkpoint::load(&latest, agent.as_mut(), &device)?;
         eprintln!(
             "resuming {} from {} (step {})",
             out.display(),
             latest.display(),
-            dqn.steps_done
+            agent.steps_done()
         );
     } else {
         fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
@@ -506,8 +491,7 @@ fn run(config: &RunConfig, out: &Path, quiet: bool, resume: bool) -> anyhow::Res
         ProgressBar::hidden()
     } else {
         let bar = ProgressBar::new(config.steps);
-        bar.set_position(dqn.steps_done);
-        bar.set_position(dqn.steps_done);
+        bar.set_position(agent.steps_done());
         bar.set_style(
             ProgressStyle::with_template(
                 "{elapsed_precise} [{bar:30}] {pos}/{len} steps {per_sec} {msg}",
@@ -549,16 +533,15 @@ fn run(config: &RunConfig, out: &Path, quiet: bool, resume: bool) -> anyhow::Res
     }
     let periodic = gcd(config.eval_interval, config.checkpoint_interval);
     train(
-        &mut dqn,
+        agent.as_mut(),
         env.as_mut(),
         config.steps,
         config.seed,
         periodic,
         &mut observer,
     )?;
-    let saved = checkpoint::save(out, &dqn)?;
-    let exported =
-        export_beside_checkpoint(&saved, &dqn.online, &observer.spec, dqn.optimizer.steps())?;
+    let saved = checkpoint::save(out, agent.as_mut())?;
+    let exported = export_beside_checkpoint(&saved, agent.as_ref(), &observer.spec)?;
     fs::copy(&exported, out.join(POLICY_FILE))
         .with_context(|| format!("copying {} into {}", exported.display(), out.display()))?;
     // Every row must be on disk before the curve reads the file back.
@@ -570,7 +553,12 @@ fn run(config: &RunConfig, out: &Path, quiet: bool, resume: bool) -> anyhow::Res
     }
     bar.finish_and_clear();
 
-    let stats = evaluate(&dqn, env.as_mut(), config.eval_episodes, eval_seed)?;
+    let stats = evaluate(
+        agent.as_ref(),
+        env.as_mut(),
+        config.eval_episodes,
+        eval_seed,
+    )?;
     let report = EvalReport::new(config, stats, config.eval_episodes);
     let json = serde_json::to_string_pretty(&report)?;
     write_atomic(&out.join("eval.json"), json.as_bytes())?;
@@ -617,9 +605,9 @@ fn eval(
     }
     let device = Device::Cpu;
     let mut env = make(&config.env)?;
-    let dqn = learner(&config, env.as_ref(), &device)?;
-    checkpoint::load_online(&checkpoint_dir, &dqn.online, &device)?;
-    let stats = evaluate(&dqn, env.as_mut(), episodes, seed)?;
+    let agent = learner(&config, env.as_ref(), &device)?;
+    checkpoint::load_weights(&checkpoint_dir, agent.as_ref(), &device)?;
+    let stats = evaluate(agent.as_ref(), env.as_mut(), episodes, seed)?;
     let report = EvalReport::new(&config, stats, episodes);
     println!("{}", serde_json::to_string(&report)?);
     Ok(())
@@ -675,10 +663,10 @@ fn export(
     let config = read_config(&run_dir)?;
     let device = Device::Cpu;
     let env = make(&config.env)?;
-    let mut dqn = learner(&config, env.as_ref(), &device)?;
-    checkpoint::load(&checkpoint_dir, &mut dqn, &device)?;
+    let mut agent = learner(&config, env.as_ref(), &device)?;
+    checkpoint::load(&checkpoint_dir, agent.as_mut(), &device)?;
     let spec = spec_for(&config.algo, &config.env, env.as_ref());
-    let bytes = policy_for_checkpoint(&checkpoint_dir, &dqn.online, &spec, dqn.optimizer.steps())?;
+    let bytes = policy_for_checkpoint(&checkpoint_dir, agent.as_ref(), &spec)?;
     // The file must load in the runtime robots use before it is written.
     Policy::from_bytes(&bytes).context("the exported policy does not validate")?;
     let output = output.unwrap_or_else(|| run_dir.join(POLICY_FILE));

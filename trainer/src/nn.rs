@@ -1,5 +1,16 @@
-//! Q-networks on candle: an MLP trunk (configurable sizes, activation, optional
-//! LayerNorm) with a plain or dueling head, one or two of them (Twin DQN).
+//! Networks on candle. All share one [`Trunk`] (hidden layers of configurable
+//! sizes and activation, optional LayerNorm):
+//!
+//! - [`QNetwork`]: discrete Q-values with a plain or dueling head, one or two of
+//!   them (Twin DQN);
+//! - [`Actor`]: a deterministic policy μ(s) squashed by tanh into the action bounds
+//!   (DDPG, TD3);
+//! - [`Critic`]: Q(s, a) on the concatenated observation and action;
+//! - [`NafNetwork`]: V(s), μ(s) and the lower-triangular L(s) of NAF's quadratic
+//!   advantage.
+//!
+//! Every network implements [`Params`] (its named parameters), so target copies,
+//! Polyak averaging, optimizers and checkpoints work on any of them.
 //!
 //! Parameters are candle `Var`s with stable names that follow the module tree
 //! (`trunk.0.weight`, `head0.advantage.bias`, …), so checkpoints (safetensors) and
@@ -51,7 +62,7 @@ impl Default for NetConfig {
 
 /// An affine layer `x Wᵀ + b`.
 #[derive(Debug, Clone)]
-struct Dense {
+pub(crate) struct Dense {
     weight: Var,
     bias: Var,
 }
@@ -79,6 +90,25 @@ impl Dense {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         x.matmul(&self.weight.as_tensor().t()?)?
             .broadcast_add(self.bias.as_tensor())
+    }
+
+    fn push_vars(&self, name: &str, out: &mut Vec<(String, Var)>) {
+        out.push((format!("{name}.weight"), self.weight.clone()));
+        out.push((format!("{name}.bias"), self.bias.clone()));
+    }
+
+    /// Appends `Gemm(x, W, b, transB = 1)` under the parameter names `name.*`.
+    fn to_onnx(
+        &self,
+        g: &mut crate::export::OnnxGraph,
+        name: &str,
+        x: &str,
+        out: Option<&str>,
+    ) -> Result<String> {
+        use crate::export::Attr;
+        let w = g.parameter(&format!("{name}.weight"), &self.weight)?;
+        let b = g.parameter(&format!("{name}.bias"), &self.bias)?;
+        Ok(g.op("Gemm", &[x, &w, &b], &[Attr::Int("transB", 1)], out))
     }
 }
 
@@ -112,6 +142,168 @@ impl Norm {
     }
 }
 
+/// Named parameters of a network, in a fixed order. Names follow the module
+/// tree (`trunk.0.weight`, `mu.bias`, …) so checkpoints and ONNX initializers
+/// read alike.
+pub trait Params {
+    /// Every parameter with its stable name.
+    fn named_vars(&self) -> Vec<(String, Var)>;
+
+    /// The parameters, in [`named_vars`](Self::named_vars) order.
+    fn vars(&self) -> Vec<Var> {
+        self.named_vars().into_iter().map(|(_, v)| v).collect()
+    }
+
+    /// The parameter names, in order.
+    fn names(&self) -> Vec<String> {
+        self.named_vars().into_iter().map(|(n, _)| n).collect()
+    }
+}
+
+/// Copies `src`'s parameters into `dst` (a hard target update); both must have
+/// the same shape.
+pub fn copy_params(dst: &dyn Params, src: &dyn Params) -> Result<()> {
+    for (mine, theirs) in dst.vars().iter().zip(src.vars()) {
+        mine.set(&theirs.as_tensor().detach())?;
+    }
+    Ok(())
+}
+
+/// Polyak averaging: θ_dst ← (1 − τ) θ_dst + τ θ_src.
+pub fn polyak(dst: &dyn Params, src: &dyn Params, tau: f64) -> Result<()> {
+    for (mine, theirs) in dst.vars().iter().zip(src.vars()) {
+        let mixed = ((mine.as_tensor() * (1.0 - tau))? + (theirs.as_tensor() * tau)?)?;
+        mine.set(&mixed.detach())?;
+    }
+    Ok(())
+}
+
+fn fresh(v: &Var) -> Result<Var> {
+    Var::from_tensor(&v.as_tensor().detach().copy()?)
+}
+
+impl Dense {
+    /// A copy with its own parameters.
+    fn duplicate(&self) -> Result<Self> {
+        Ok(Self {
+            weight: fresh(&self.weight)?,
+            bias: fresh(&self.bias)?,
+        })
+    }
+}
+
+/// The hidden layers of an MLP: affine map, optional LayerNorm, activation.
+#[derive(Debug, Clone)]
+pub struct Trunk {
+    layers: Vec<(Dense, Option<Norm>)>,
+    activation: Activation,
+    width: usize,
+}
+
+impl Trunk {
+    /// Hidden layers per `config` on `inputs` features.
+    pub fn new(
+        config: &NetConfig,
+        inputs: usize,
+        rng: &mut SimRng,
+        device: &Device,
+    ) -> Result<Self> {
+        let mut layers = Vec::new();
+        let mut width = inputs;
+        for &hidden in &config.hidden {
+            let norm = if config.layer_norm {
+                Some(Norm::new(hidden, device)?)
+            } else {
+                None
+            };
+            layers.push((Dense::new(width, hidden, 1.0, rng, device)?, norm));
+            width = hidden;
+        }
+        Ok(Self {
+            layers,
+            activation: config.activation,
+            width,
+        })
+    }
+
+    /// Features out (the last hidden width, or the input width with no layers).
+    pub fn width(&self) -> usize {
+        self.width
+    }
+
+    /// The features of `x` `[batch, inputs]`.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let mut x = x.clone();
+        for (dense, norm) in &self.layers {
+            x = dense.forward(&x)?;
+            if let Some(norm) = norm {
+                x = norm.forward(&x)?;
+            }
+            x = match self.activation {
+                Activation::Relu => x.relu()?,
+                Activation::Tanh => x.tanh()?,
+            };
+        }
+        Ok(x)
+    }
+
+    /// Appends the layers to an ONNX graph (parameters under `prefix.i.*`);
+    /// returns the features' name.
+    pub fn to_onnx(
+        &self,
+        g: &mut crate::export::OnnxGraph,
+        prefix: &str,
+        input: &str,
+    ) -> Result<String> {
+        use crate::export::Attr;
+        let mut x = input.to_string();
+        for (i, (layer, norm)) in self.layers.iter().enumerate() {
+            x = layer.to_onnx(g, &format!("{prefix}.{i}"), &x, None)?;
+            if let Some(norm) = norm {
+                let gain = g.parameter(&format!("{prefix}.{i}.norm.gain"), &norm.gain)?;
+                let offset = g.parameter(&format!("{prefix}.{i}.norm.offset"), &norm.offset)?;
+                x = g.op(
+                    "LayerNormalization",
+                    &[&x, &gain, &offset],
+                    &[
+                        Attr::Int("axis", -1),
+                        Attr::Float("epsilon", Norm::EPS as f32),
+                    ],
+                    None,
+                );
+            }
+            let op = match self.activation {
+                Activation::Relu => "Relu",
+                Activation::Tanh => "Tanh",
+            };
+            x = g.op(op, &[&x], &[], None);
+        }
+        Ok(x)
+    }
+
+    fn push_vars(&self, prefix: &str, out: &mut Vec<(String, Var)>) {
+        for (i, (dense, norm)) in self.layers.iter().enumerate() {
+            dense.push_vars(&format!("{prefix}.{i}"), out);
+            if let Some(norm) = norm {
+                out.push((format!("{prefix}.{i}.norm.gain"), norm.gain.clone()));
+                out.push((format!("{prefix}.{i}.norm.offset"), norm.offset.clone()));
+            }
+        }
+    }
+
+    fn duplicate(&self) -> Result<Self> {
+        let mut copy = self.clone();
+        for (dense, norm) in &mut copy.layers {
+            *dense = dense.duplicate()?;
+            if let Some(norm) = norm {
+                norm.gain = fresh(&norm.gain)?;
+                norm.offset = fresh(&norm.offset)?;
+            }
+        }
+        Ok(copy)
+    }
+}
+
 /// The output layer(s) of one Q estimate.
 #[derive(Debug, Clone)]
 enum Head {
@@ -140,9 +332,8 @@ pub fn dueling_q(value: &Tensor, advantage: &Tensor) -> Result<Tensor> {
 /// A Q-network: shared trunk, one head (or two for Twin DQN).
 #[derive(Debug, Clone)]
 pub struct QNetwork {
-    trunk: Vec<(Dense, Option<Norm>)>,
+    trunk: Trunk,
     heads: Vec<Head>,
-    activation: Activation,
     obs_dim: usize,
     n_actions: usize,
 }
@@ -157,17 +348,8 @@ impl QNetwork {
         rng: &mut SimRng,
         device: &Device,
     ) -> Result<Self> {
-        let mut trunk = Vec::new();
-        let mut width = obs_dim;
-        for &hidden in &config.hidden {
-            let norm = if config.layer_norm {
-                Some(Norm::new(hidden, device)?)
-            } else {
-                None
-            };
-            trunk.push((Dense::new(width, hidden, 1.0, rng, device)?, norm));
-            width = hidden;
-        }
+        let trunk = Trunk::new(config, obs_dim, rng, device)?;
+        let width = trunk.width();
         let scale = config.final_init_scale;
         let heads = (0..n_heads)
             .map(|_| {
@@ -184,7 +366,6 @@ impl QNetwork {
         Ok(Self {
             trunk,
             heads,
-            activation: config.activation,
             obs_dim,
             n_actions,
         })
@@ -207,17 +388,7 @@ impl QNetwork {
 
     /// Q-values of every head, each `[batch, n_actions]`, for `obs` `[batch, obs_dim]`.
     pub fn forward_heads(&self, obs: &Tensor) -> Result<Vec<Tensor>> {
-        let mut x = obs.clone();
-        for (dense, norm) in &self.trunk {
-            x = dense.forward(&x)?;
-            if let Some(norm) = norm {
-                x = norm.forward(&x)?;
-            }
-            x = match self.activation {
-                Activation::Relu => x.relu()?,
-                Activation::Tanh => x.tanh()?,
-            };
-        }
+        let x = self.trunk.forward(obs)?;
         self.heads.iter().map(|h| h.forward(&x)).collect()
     }
 
@@ -234,7 +405,7 @@ impl QNetwork {
 
     /// Appends this network's forward pass to an ONNX graph, reading `input`
     /// `[batch, obs_dim]` and writing Q-values `[batch, n_actions]` to `output`:
-    /// `Gemm` per affine layer (weights under their [`named_vars`](Self::named_vars)
+    /// `Gemm` per affine layer (weights under their [`named_vars`](Params::named_vars)
     /// names), `LayerNormalization` (ε = 1e-5 on the variance, as here), `Relu` or
     /// `Tanh`, the dueling combination with `ReduceMean`, and `Min` over twin heads.
     pub fn to_onnx(
@@ -244,47 +415,16 @@ impl QNetwork {
         output: &str,
     ) -> Result<()> {
         use crate::export::Attr;
-        let dense = |g: &mut crate::export::OnnxGraph,
-                     name: &str,
-                     layer: &Dense,
-                     x: &str,
-                     out: Option<&str>|
-         -> Result<String> {
-            let w = g.parameter(&format!("{name}.weight"), &layer.weight)?;
-            let b = g.parameter(&format!("{name}.bias"), &layer.bias)?;
-            Ok(g.op("Gemm", &[x, &w, &b], &[Attr::Int("transB", 1)], out))
-        };
-        let mut x = input.to_string();
-        for (i, (layer, norm)) in self.trunk.iter().enumerate() {
-            x = dense(g, &format!("trunk.{i}"), layer, &x, None)?;
-            if let Some(norm) = norm {
-                let gain = g.parameter(&format!("trunk.{i}.norm.gain"), &norm.gain)?;
-                let offset = g.parameter(&format!("trunk.{i}.norm.offset"), &norm.offset)?;
-                x = g.op(
-                    "LayerNormalization",
-                    &[&x, &gain, &offset],
-                    &[
-                        Attr::Int("axis", -1),
-                        Attr::Float("epsilon", Norm::EPS as f32),
-                    ],
-                    None,
-                );
-            }
-            let op = match self.activation {
-                Activation::Relu => "Relu",
-                Activation::Tanh => "Tanh",
-            };
-            x = g.op(op, &[&x], &[], None);
-        }
+        let x = self.trunk.to_onnx(g, "trunk", input)?;
         let single = self.heads.len() == 1;
         let mut qs = Vec::new();
         for (h, head) in self.heads.iter().enumerate() {
             let out = single.then_some(output);
             qs.push(match head {
-                Head::Plain(q) => dense(g, &format!("head{h}.q"), q, &x, out)?,
+                Head::Plain(q) => q.to_onnx(g, &format!("head{h}.q"), &x, out)?,
                 Head::Dueling { value, advantage } => {
-                    let v = dense(g, &format!("head{h}.value"), value, &x, None)?;
-                    let a = dense(g, &format!("head{h}.advantage"), advantage, &x, None)?;
+                    let v = value.to_onnx(g, &format!("head{h}.value"), &x, None)?;
+                    let a = advantage.to_onnx(g, &format!("head{h}.advantage"), &x, None)?;
                     let mean = g.op(
                         "ReduceMean",
                         &[&a],
@@ -305,80 +445,330 @@ impl QNetwork {
 
     /// Every parameter with its stable name, in a fixed order.
     pub fn named_vars(&self) -> Vec<(String, Var)> {
-        let mut out = Vec::new();
-        for (i, (dense, norm)) in self.trunk.iter().enumerate() {
-            out.push((format!("trunk.{i}.weight"), dense.weight.clone()));
-            out.push((format!("trunk.{i}.bias"), dense.bias.clone()));
-            if let Some(norm) = norm {
-                out.push((format!("trunk.{i}.norm.gain"), norm.gain.clone()));
-                out.push((format!("trunk.{i}.norm.offset"), norm.offset.clone()));
-            }
-        }
-        for (h, head) in self.heads.iter().enumerate() {
-            match head {
-                Head::Plain(q) => {
-                    out.push((format!("head{h}.q.weight"), q.weight.clone()));
-                    out.push((format!("head{h}.q.bias"), q.bias.clone()));
-                }
-                Head::Dueling { value, advantage } => {
-                    out.push((format!("head{h}.value.weight"), value.weight.clone()));
-                    out.push((format!("head{h}.value.bias"), value.bias.clone()));
-                    out.push((
-                        format!("head{h}.advantage.weight"),
-                        advantage.weight.clone(),
-                    ));
-                    out.push((format!("head{h}.advantage.bias"), advantage.bias.clone()));
-                }
-            }
-        }
-        out
+        Params::named_vars(self)
     }
 
     /// The parameters, in [`named_vars`](Self::named_vars) order.
     pub fn vars(&self) -> Vec<Var> {
-        self.named_vars().into_iter().map(|(_, v)| v).collect()
+        Params::vars(self)
     }
 
     /// Copies `other`'s parameters into this network (hard target update).
     pub fn copy_from(&self, other: &QNetwork) -> Result<()> {
-        for (mine, theirs) in self.vars().iter().zip(other.vars()) {
-            mine.set(&theirs.as_tensor().detach())?;
-        }
-        Ok(())
+        copy_params(self, other)
     }
 
     /// Polyak averaging: θ ← (1 − τ) θ + τ θ_other.
     pub fn polyak_from(&self, other: &QNetwork, tau: f64) -> Result<()> {
-        for (mine, theirs) in self.vars().iter().zip(other.vars()) {
-            let mixed = ((mine.as_tensor() * (1.0 - tau))? + (theirs.as_tensor() * tau)?)?;
-            mine.set(&mixed.detach())?;
-        }
-        Ok(())
+        polyak(self, other, tau)
     }
 
     /// A detached copy with its own parameters (a target network).
     pub fn duplicate(&self) -> Result<QNetwork> {
         let mut copy = self.clone();
-        let fresh = |v: &Var| Var::from_tensor(&v.as_tensor().detach().copy()?);
-        for (dense, norm) in &mut copy.trunk {
-            dense.weight = fresh(&dense.weight)?;
-            dense.bias = fresh(&dense.bias)?;
-            if let Some(norm) = norm {
-                norm.gain = fresh(&norm.gain)?;
-                norm.offset = fresh(&norm.offset)?;
-            }
-        }
+        copy.trunk = self.trunk.duplicate()?;
         for head in &mut copy.heads {
-            let denses: Vec<&mut Dense> = match head {
-                Head::Plain(q) => vec![q],
-                Head::Dueling { value, advantage } => vec![value, advantage],
+            *head = match head {
+                Head::Plain(q) => Head::Plain(q.duplicate()?),
+                Head::Dueling { value, advantage } => Head::Dueling {
+                    value: value.duplicate()?,
+                    advantage: advantage.duplicate()?,
+                },
             };
-            for dense in denses {
-                dense.weight = fresh(&dense.weight)?;
-                dense.bias = fresh(&dense.bias)?;
-            }
         }
         Ok(copy)
+    }
+}
+
+impl Params for QNetwork {
+    fn named_vars(&self) -> Vec<(String, Var)> {
+        let mut out = Vec::new();
+        self.trunk.push_vars("trunk", &mut out);
+        for (h, head) in self.heads.iter().enumerate() {
+            match head {
+                Head::Plain(q) => q.push_vars(&format!("head{h}.q"), &mut out),
+                Head::Dueling { value, advantage } => {
+                    value.push_vars(&format!("head{h}.value"), &mut out);
+                    advantage.push_vars(&format!("head{h}.advantage"), &mut out);
+                }
+            }
+        }
+        out
+    }
+}
+
+/// `tanh(mu(trunk(input)))` as ONNX nodes: the greedy action of an actor or of
+/// NAF, in normalized units.
+fn mu_onnx(
+    trunk: &Trunk,
+    mu: &Dense,
+    g: &mut crate::export::OnnxGraph,
+    input: &str,
+) -> Result<String> {
+    let x = trunk.to_onnx(g, "trunk", input)?;
+    let pre = mu.to_onnx(g, "mu", &x, None)?;
+    Ok(g.op("Tanh", &[&pre], &[], None))
+}
+
+/// A deterministic policy μ(s) = tanh(MLP(s)) ∈ [−1, 1]^act_dim, in *normalized*
+/// action units: the env action is `offset + scale · μ` (see
+/// [`crate::algo::continuous::ActionScaling`]).
+#[derive(Debug, Clone)]
+pub struct Actor {
+    trunk: Trunk,
+    mu: Dense,
+    obs_dim: usize,
+    act_dim: usize,
+}
+
+impl Actor {
+    /// A freshly initialized actor.
+    pub fn new(
+        config: &NetConfig,
+        obs_dim: usize,
+        act_dim: usize,
+        rng: &mut SimRng,
+        device: &Device,
+    ) -> Result<Self> {
+        let trunk = Trunk::new(config, obs_dim, rng, device)?;
+        let mu = Dense::new(trunk.width(), act_dim, config.final_init_scale, rng, device)?;
+        Ok(Self {
+            trunk,
+            mu,
+            obs_dim,
+            act_dim,
+        })
+    }
+
+    /// Observation length.
+    pub fn obs_dim(&self) -> usize {
+        self.obs_dim
+    }
+
+    /// Action dimensions.
+    pub fn act_dim(&self) -> usize {
+        self.act_dim
+    }
+
+    /// μ(s) `[batch, act_dim]` in [−1, 1] for `obs` `[batch, obs_dim]`.
+    pub fn forward(&self, obs: &Tensor) -> Result<Tensor> {
+        self.mu.forward(&self.trunk.forward(obs)?)?.tanh()
+    }
+
+    /// Appends μ(s) (normalized units) to an ONNX graph; returns its name.
+    pub fn to_onnx(&self, g: &mut crate::export::OnnxGraph, input: &str) -> Result<String> {
+        mu_onnx(&self.trunk, &self.mu, g, input)
+    }
+
+    /// A copy with its own parameters (a target network).
+    pub fn duplicate(&self) -> Result<Self> {
+        Ok(Self {
+            trunk: self.trunk.duplicate()?,
+            mu: self.mu.duplicate()?,
+            ..self.clone()
+        })
+    }
+}
+
+impl Params for Actor {
+    fn named_vars(&self) -> Vec<(String, Var)> {
+        let mut out = Vec::new();
+        self.trunk.push_vars("trunk", &mut out);
+        self.mu.push_vars("mu", &mut out);
+        out
+    }
+}
+
+/// A state-action value Q(s, a): an MLP on `[obs, action]` (normalized action
+/// units) with one output.
+#[derive(Debug, Clone)]
+pub struct Critic {
+    trunk: Trunk,
+    q: Dense,
+}
+
+impl Critic {
+    /// A freshly initialized critic.
+    pub fn new(
+        config: &NetConfig,
+        obs_dim: usize,
+        act_dim: usize,
+        rng: &mut SimRng,
+        device: &Device,
+    ) -> Result<Self> {
+        let trunk = Trunk::new(config, obs_dim + act_dim, rng, device)?;
+        let q = Dense::new(trunk.width(), 1, config.final_init_scale, rng, device)?;
+        Ok(Self { trunk, q })
+    }
+
+    /// Q(s, a) `[batch]`.
+    pub fn forward(&self, obs: &Tensor, action: &Tensor) -> Result<Tensor> {
+        let x = Tensor::cat(&[obs, action], D::Minus1)?;
+        self.q.forward(&self.trunk.forward(&x)?)?.squeeze(D::Minus1)
+    }
+
+    /// A copy with its own parameters (a target network).
+    pub fn duplicate(&self) -> Result<Self> {
+        Ok(Self {
+            trunk: self.trunk.duplicate()?,
+            q: self.q.duplicate()?,
+        })
+    }
+}
+
+impl Params for Critic {
+    fn named_vars(&self) -> Vec<(String, Var)> {
+        let mut out = Vec::new();
+        self.trunk.push_vars("trunk", &mut out);
+        self.q.push_vars("q", &mut out);
+        out
+    }
+}
+
+/// NAF's network (Gu et al. 2016): a shared trunk with three heads, V(s), μ(s)
+/// ∈ [−1, 1] (tanh) and the `n(n+1)/2` entries of a lower-triangular L(s) whose
+/// diagonal goes through exp, so P(s) = L Lᵀ is symmetric positive definite and
+///
+/// ```text
+///   Q(s, a) = V(s) − ½ (a − μ(s))ᵀ P(s) (a − μ(s)) = V(s) − ½ ‖L(s)ᵀ (a − μ(s))‖²
+/// ```
+///
+/// peaks at a = μ(s) with value V(s). Actions are in normalized units.
+#[derive(Debug, Clone)]
+pub struct NafNetwork {
+    trunk: Trunk,
+    value: Dense,
+    mu: Dense,
+    l: Dense,
+    act_dim: usize,
+    obs_dim: usize,
+    /// `[n(n+1)/2, n·n]`: puts entry k (row-major over i ≥ j) at L[i][j].
+    placement: Tensor,
+    /// `[n(n+1)/2]`: 1 for diagonal entries.
+    diagonal: Tensor,
+}
+
+/// What one NAF forward pass yields.
+#[derive(Debug, Clone)]
+pub struct NafOutput {
+    /// V(s) `[batch]`.
+    pub value: Tensor,
+    /// μ(s) `[batch, n]` in [−1, 1].
+    pub mu: Tensor,
+    /// μ before its tanh `[batch, n]` (for a penalty that keeps tanh from
+    /// saturating).
+    pub mu_pre: Tensor,
+    /// L(s) `[batch, n, n]`, lower-triangular with a positive diagonal.
+    pub l: Tensor,
+}
+
+impl NafNetwork {
+    /// A freshly initialized NAF network.
+    pub fn new(
+        config: &NetConfig,
+        obs_dim: usize,
+        act_dim: usize,
+        rng: &mut SimRng,
+        device: &Device,
+    ) -> Result<Self> {
+        let trunk = Trunk::new(config, obs_dim, rng, device)?;
+        let width = trunk.width();
+        let scale = config.final_init_scale;
+        let entries = act_dim * (act_dim + 1) / 2;
+        let value = Dense::new(width, 1, scale, rng, device)?;
+        let mu = Dense::new(width, act_dim, scale, rng, device)?;
+        let l = Dense::new(width, entries, scale, rng, device)?;
+        let mut placement = vec![0f32; entries * act_dim * act_dim];
+        let mut diagonal = vec![0f32; entries];
+        let mut k = 0;
+        for i in 0..act_dim {
+            for j in 0..=i {
+                placement[k * act_dim * act_dim + i * act_dim + j] = 1.0;
+                if i == j {
+                    diagonal[k] = 1.0;
+                }
+                k += 1;
+            }
+        }
+        Ok(Self {
+            trunk,
+            value,
+            mu,
+            l,
+            act_dim,
+            obs_dim,
+            placement: Tensor::from_vec(placement, (entries, act_dim * act_dim), device)?,
+            diagonal: Tensor::from_vec(diagonal, entries, device)?,
+        })
+    }
+
+    /// Observation length.
+    pub fn obs_dim(&self) -> usize {
+        self.obs_dim
+    }
+
+    /// Action dimensions.
+    pub fn act_dim(&self) -> usize {
+        self.act_dim
+    }
+
+    /// V, μ and L for `obs` `[batch, obs_dim]`.
+    pub fn forward(&self, obs: &Tensor) -> Result<NafOutput> {
+        let h = self.trunk.forward(obs)?;
+        let batch = obs.dim(0)?;
+        let n = self.act_dim;
+        let raw = self.l.forward(&h)?;
+        // exp on the diagonal entries, identity elsewhere: raw + diag·(exp(raw) − raw).
+        let diag = raw.broadcast_mul(&self.diagonal)?;
+        let lifted = (&raw + (diag.exp()?.broadcast_mul(&self.diagonal)? - &diag)?)?;
+        let l = lifted.matmul(&self.placement)?.reshape((batch, n, n))?;
+        let mu_pre = self.mu.forward(&h)?;
+        Ok(NafOutput {
+            value: self.value.forward(&h)?.squeeze(D::Minus1)?,
+            mu: mu_pre.tanh()?,
+            mu_pre,
+            l,
+        })
+    }
+
+    /// Q(s, a) `[batch]` for `action` `[batch, n]` (normalized units).
+    pub fn q(&self, out: &NafOutput, action: &Tensor) -> Result<Tensor> {
+        let u = (action - &out.mu)?.unsqueeze(1)?; // [batch, 1, n]
+        let lt_u = u.matmul(&out.l)?.squeeze(1)?; // (Lᵀu)_j = Σ_i u_i L_ij
+        &out.value - (lt_u.sqr()?.sum(D::Minus1)? * 0.5)?
+    }
+
+    /// P(s) = L Lᵀ `[batch, n, n]`.
+    pub fn precision(out: &NafOutput) -> Result<Tensor> {
+        out.l.matmul(&out.l.transpose(1, 2)?)
+    }
+
+    /// Appends μ(s) (normalized units) to an ONNX graph; returns its name. V and
+    /// L are not needed to act.
+    pub fn to_onnx(&self, g: &mut crate::export::OnnxGraph, input: &str) -> Result<String> {
+        mu_onnx(&self.trunk, &self.mu, g, input)
+    }
+
+    /// A copy with its own parameters (a target network).
+    pub fn duplicate(&self) -> Result<Self> {
+        Ok(Self {
+            trunk: self.trunk.duplicate()?,
+            value: self.value.duplicate()?,
+            mu: self.mu.duplicate()?,
+            l: self.l.duplicate()?,
+            ..self.clone()
+        })
+    }
+}
+
+impl Params for NafNetwork {
+    fn named_vars(&self) -> Vec<(String, Var)> {
+        let mut out = Vec::new();
+        self.trunk.push_vars("trunk", &mut out);
+        self.value.push_vars("value", &mut out);
+        self.mu.push_vars("mu", &mut out);
+        self.l.push_vars("l", &mut out);
+        out
     }
 }
 

@@ -5,8 +5,13 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use crate::algo::ddpg::DdpgConfig;
 use crate::algo::dqn::DqnConfig;
+use crate::algo::naf::NafConfig;
 use crate::TrainError;
+
+/// The algorithms `algo` may name.
+pub const ALGOS: &[&str] = &["dqn", "ddpg", "td3", "naf"];
 
 /// Everything that defines a run. Stored fully resolved as `config.toml` in the
 /// run folder.
@@ -15,7 +20,7 @@ use crate::TrainError;
 pub struct RunConfig {
     /// Env name (see `reflex-sim`): `cartpole`, `acrobot`, …
     pub env: String,
-    /// Algorithm: `dqn`.
+    /// Algorithm: `dqn` (discrete actions), `ddpg`, `td3` or `naf` (continuous).
     pub algo: String,
     /// Seed of everything random in the run.
     pub seed: u64,
@@ -29,8 +34,15 @@ pub struct RunConfig {
     pub eval_interval_episodes: u32,
     /// Env steps between checkpoints (0 = only at the end).
     pub checkpoint_interval: u64,
-    /// DQN hyperparameters.
+    /// DQN hyperparameters (used when `algo = "dqn"`).
     pub dqn: DqnConfig,
+    /// DDPG hyperparameters (used when `algo = "ddpg"`).
+    pub ddpg: DdpgConfig,
+    /// TD3 hyperparameters (used when `algo = "td3"`): DDPG's fields with TD3's
+    /// defaults (twin critics, policy delay 2, target smoothing).
+    pub td3: DdpgConfig,
+    /// NAF hyperparameters (used when `algo = "naf"`).
+    pub naf: NafConfig,
 }
 
 impl Default for RunConfig {
@@ -45,6 +57,9 @@ impl Default for RunConfig {
             eval_interval_episodes: 5,
             checkpoint_interval: 10_000,
             dqn: DqnConfig::default(),
+            ddpg: DdpgConfig::default(),
+            td3: DdpgConfig::td3(),
+            naf: NafConfig::default(),
         }
     }
 }
@@ -56,6 +71,16 @@ const PRESETS: &[(&str, &str)] = &[
     (
         "mountaincar-dqn",
         include_str!("../presets/mountaincar-dqn.toml"),
+    ),
+    (
+        "pendulum-ddpg",
+        include_str!("../presets/pendulum-ddpg.toml"),
+    ),
+    ("pendulum-td3", include_str!("../presets/pendulum-td3.toml")),
+    ("pendulum-naf", include_str!("../presets/pendulum-naf.toml")),
+    (
+        "mountaincarcontinuous-td3",
+        include_str!("../presets/mountaincarcontinuous-td3.toml"),
     ),
 ];
 
@@ -139,7 +164,10 @@ pub fn resolve(
     };
     let (env, algo) = (pick("env", &defaults.env), pick("algo", &defaults.algo));
 
-    let mut table = toml::Table::new();
+    // Every field starts at its default (so a partial `[td3]` table keeps TD3's
+    // defaults for what it leaves out), then the preset and the overlay.
+    let mut table = toml::Table::try_from(RunConfig::default())
+        .map_err(|e| TrainError::Config(format!("defaults: {e}")))?;
     if let Some(text) = preset(&env, &algo) {
         merge(
             &mut table,
@@ -150,14 +178,26 @@ pub fn resolve(
     let config: RunConfig = toml::Value::Table(table)
         .try_into()
         .map_err(|e: toml::de::Error| TrainError::Config(e.to_string()))?;
-    reflex_sim::make(&config.env)?;
-    if config.algo != "dqn" {
-        return Err(TrainError::Config(format!(
-            "unknown algo `{}` (known: dqn)",
-            config.algo
-        )));
+    let env = reflex_sim::make(&config.env)?;
+    let discrete = matches!(
+        env.action_space(),
+        reflex_msgs::ActionSpace::Discrete { .. }
+    );
+    match (config.algo.as_str(), discrete) {
+        ("dqn", true) | ("ddpg" | "td3" | "naf", false) => Ok(config),
+        ("dqn", false) => Err(TrainError::Config(format!(
+            "{} has continuous actions; dqn needs discrete ones (try ddpg, td3 or naf)",
+            config.env
+        ))),
+        ("ddpg" | "td3" | "naf", true) => Err(TrainError::Config(format!(
+            "{} has discrete actions; {} needs continuous ones (try dqn)",
+            config.env, config.algo
+        ))),
+        (other, _) => Err(TrainError::Config(format!(
+            "unknown algo `{other}` (known: {})",
+            ALGOS.join(", ")
+        ))),
     }
-    Ok(config)
 }
 
 #[cfg(test)]

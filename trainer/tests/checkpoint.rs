@@ -3,8 +3,11 @@
 
 use candle_core::{Device, Tensor};
 use reflex_sim::make;
-use reflex_trainer::algo::dqn::{train, Dqn, DqnConfig, Observer, Progress, Replay};
+use reflex_trainer::algo::dqn::{Dqn, DqnConfig};
+use reflex_trainer::algo::{build, train, Agent, Observer, Progress};
 use reflex_trainer::checkpoint;
+use reflex_trainer::replay::Replay;
+use reflex_trainer::run::RunConfig;
 use reflex_trainer::TrainError;
 
 /// Saves a checkpoint at every periodic call and stops the run at `stop_at`,
@@ -17,8 +20,8 @@ struct SaveAndStop {
 impl Observer for SaveAndStop {
     fn episode(&mut self, _: &Progress, _: f64, _: u32) {}
 
-    fn periodic(&mut self, progress: &Progress, dqn: &Dqn) -> Result<(), TrainError> {
-        checkpoint::save(&self.dir, dqn)?;
+    fn periodic(&mut self, progress: &Progress, agent: &mut dyn Agent) -> Result<(), TrainError> {
+        checkpoint::save(&self.dir, agent)?;
         if progress.step >= self.stop_at {
             return Err(TrainError::Config("simulated kill".into()));
         }
@@ -38,35 +41,72 @@ fn small_config(prioritized: bool) -> DqnConfig {
     config
 }
 
-fn weights(dqn: &Dqn) -> Vec<Vec<f32>> {
+/// The run configurations under test: DQN with uniform and prioritized replay
+/// on CartPole; TD3 with observation normalization and 3-step returns, and NAF
+/// with prioritized replay, on Pendulum; all with small networks.
+fn cases() -> Vec<(&'static str, RunConfig)> {
+    let dqn = RunConfig {
+        dqn: small_config(false),
+        ..RunConfig::default()
+    };
+    let dqn_per = RunConfig {
+        dqn: small_config(true),
+        ..RunConfig::default()
+    };
+    let mut td3 = RunConfig {
+        env: "pendulum".into(),
+        algo: "td3".into(),
+        ..RunConfig::default()
+    };
+    td3.td3.learning_starts = 200;
+    td3.td3.obs_norm = true;
+    td3.td3.n_step = 3;
+    td3.td3.batch_size = 32;
+    td3.td3.actor.hidden = vec![32];
+    td3.td3.critic.hidden = vec![32];
+    let mut naf = RunConfig {
+        env: "pendulum".into(),
+        algo: "naf".into(),
+        ..RunConfig::default()
+    };
+    naf.naf.learning_starts = 200;
+    naf.naf.prioritized = true;
+    naf.naf.batch_size = 32;
+    naf.naf.net.hidden = vec![32];
+    vec![
+        ("dqn", dqn),
+        ("dqn-per", dqn_per),
+        ("td3", td3),
+        ("naf-per", naf),
+    ]
+}
+
+fn weights(agent: &dyn Agent) -> Vec<Vec<f32>> {
     let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-    let mut out: Vec<Vec<f32>> = dqn
-        .online
-        .vars()
+    agent
+        .networks()
         .iter()
+        .flat_map(|(_, net)| net.vars())
         .map(|v| flat(v.as_tensor()))
-        .collect();
-    out.extend(dqn.target.vars().iter().map(|v| flat(v.as_tensor())));
-    out
+        .collect()
 }
 
 #[test]
 fn checkpoint_restores_the_learner_and_the_run_resumes() {
     reflex_trainer::set_compute_threads(1);
-    for prioritized in [false, true] {
-        let dir =
-            std::env::temp_dir().join(format!("reflex-ckpt-{}-{prioritized}", std::process::id()));
+    for (name, config) in cases() {
+        let dir = std::env::temp_dir().join(format!("reflex-ckpt-{}-{name}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let device = Device::Cpu;
-        let mut dqn = Dqn::new(small_config(prioritized), 4, 2, 7, &device).unwrap();
-        let mut env = make("cartpole").unwrap();
+        let mut env = make(&config.env).unwrap();
+        let mut agent = build(&config, env.as_ref(), &device).unwrap();
         let mut stopper = SaveAndStop {
             dir: dir.clone(),
             stop_at: 1_500,
         };
-        let err = train(&mut dqn, env.as_mut(), 3_000, 7, 500, &mut stopper).unwrap_err();
+        let err = train(agent.as_mut(), env.as_mut(), 3_000, 7, 500, &mut stopper).unwrap_err();
         assert!(err.to_string().contains("simulated kill"));
-        assert_eq!(dqn.steps_done, 1_500);
+        assert_eq!(agent.steps_done(), 1_500);
 
         // Three checkpoints were written (500, 1000, 1500); two are kept.
         let kept = checkpoint::list(&dir).unwrap();
@@ -77,33 +117,56 @@ fn checkpoint_restores_the_learner_and_the_run_resumes() {
         std::fs::create_dir_all(dir.join("checkpoints/step-0000009999.partial")).unwrap();
         assert_eq!(checkpoint::latest(&dir).unwrap().unwrap(), latest);
 
-        let mut restored = Dqn::new(small_config(prioritized), 4, 2, 99, &device).unwrap();
-        assert_ne!(weights(&restored), weights(&dqn));
-        checkpoint::load(&latest, &mut restored, &device).unwrap();
-        assert_eq!(weights(&restored), weights(&dqn));
-        assert_eq!(restored.steps_done, dqn.steps_done);
-        assert_eq!(restored.optimizer.steps(), dqn.optimizer.steps());
-        assert!(restored.optimizer.steps() > 0);
-        assert_eq!(restored.replay.len(), dqn.replay.len());
+        let other_seed = RunConfig {
+            seed: 99,
+            ..config.clone()
+        };
+        let mut restored = build(&other_seed, env.as_ref(), &device).unwrap();
+        assert_ne!(
+            weights(restored.as_ref()),
+            weights(agent.as_ref()),
+            "{name}"
+        );
+        checkpoint::load(&latest, restored.as_mut(), &device).unwrap();
         assert_eq!(
-            matches!(restored.replay, Replay::Prioritized(_)),
-            prioritized,
+            weights(restored.as_ref()),
+            weights(agent.as_ref()),
+            "{name}"
+        );
+        assert_eq!(restored.steps_done(), agent.steps_done());
+        assert_eq!(restored.updates(), agent.updates());
+        assert!(restored.updates() > 0, "{name}");
+        assert_eq!(restored.replay().len(), agent.replay().len());
+        assert_eq!(
+            matches!(restored.replay(), Replay::Prioritized(_)),
+            name.ends_with("per"),
             "the replay kind survives"
         );
-        // The next update is the same on both: same sample, same Adam state.
-        let a = dqn.update(0.5).unwrap();
-        let b = restored.update(0.5).unwrap();
-        assert_eq!(a, b);
-        assert_eq!(weights(&restored), weights(&dqn));
-        assert_eq!(dqn.act_rng.next_u64(), restored.act_rng.next_u64());
+        assert_eq!(
+            restored.obs_norm().cloned(),
+            agent.obs_norm().cloned(),
+            "{name}: observation statistics"
+        );
+        // The next round of updates is the same on both: same samples, same Adam
+        // state, same smoothing noise.
+        let a = agent.train_after(1_536, 3_000).unwrap();
+        let b = restored.train_after(1_536, 3_000).unwrap();
+        assert!(a.is_some(), "{name}: updates were due");
+        assert_eq!(a, b, "{name}");
+        assert_eq!(
+            weights(restored.as_ref()),
+            weights(agent.as_ref()),
+            "{name}"
+        );
+        assert_eq!(agent.rngs().0.next_u64(), restored.rngs().0.next_u64());
 
         // The restored learner trains on to the full length.
         struct Quiet;
         impl Observer for Quiet {
             fn episode(&mut self, _: &Progress, _: f64, _: u32) {}
         }
-        train(&mut restored, env.as_mut(), 3_000, 7, 0, &mut Quiet).unwrap();
-        assert_eq!(restored.steps_done, 3_000);
+        train(restored.as_mut(), env.as_mut(), 3_000, 7, 0, &mut Quiet).unwrap();
+        assert_eq!(restored.steps_done(), 3_000);
         std::fs::remove_dir_all(&dir).ok();
     }
 }
@@ -114,8 +177,8 @@ fn damaged_checkpoints_are_refused_with_the_file_named() {
     let dir = std::env::temp_dir().join(format!("reflex-ckpt-bad-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let device = Device::Cpu;
-    let dqn = Dqn::new(small_config(false), 4, 2, 1, &device).unwrap();
-    let saved = checkpoint::save(&dir, &dqn).unwrap();
+    let mut dqn = Dqn::new(small_config(false), 4, 2, 1, &device).unwrap();
+    let saved = checkpoint::save(&dir, &mut dqn).unwrap();
 
     // A network of another shape does not load.
     let mut config = small_config(false);

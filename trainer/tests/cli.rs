@@ -66,7 +66,7 @@ fn run_writes_its_folder_and_eval_reads_it_back() {
     let mut lines = metrics.lines();
     assert_eq!(
         lines.next().unwrap(),
-        "step,episode_return,eval_return,loss,q_mean,epsilon,steps_per_s"
+        "step,episode_return,eval_return,loss,q_mean,exploration,steps_per_s"
     );
     let evals = metrics
         .lines()

@@ -11,6 +11,7 @@
 use candle_core::Device;
 use reflex_sim::{make, Env};
 use reflex_trainer::algo::dqn::{evaluate, train, Dqn, DqnConfig, Observer, Progress};
+use reflex_trainer::algo::Agent;
 use reflex_trainer::TrainError;
 
 struct Record {
@@ -24,8 +25,8 @@ impl Observer for Record {
         self.returns.push((progress.step, episode_return));
     }
 
-    fn periodic(&mut self, _progress: &Progress, dqn: &Dqn) -> Result<(), TrainError> {
-        let (mean, _) = evaluate(dqn, self.eval_env.as_mut(), 10, 50_000)?;
+    fn periodic(&mut self, _progress: &Progress, agent: &mut dyn Agent) -> Result<(), TrainError> {
+        let (mean, _) = evaluate(agent, self.eval_env.as_mut(), 10, 50_000)?;
         self.evals.push(mean);
         Ok(())
     }

@@ -376,3 +376,99 @@ fn graphs_outside_the_native_evaluator_run_on_tract() {
         assert!(native.iter().all(|v| *v >= 0.0));
     }
 }
+
+/// Continuous policies (DDPG and TD3 actors, NAF's μ) exported from their agents:
+/// tract (both engines) gives the agent's own greedy action to 1e-5 in env
+/// units, with observation normalization baked in and actions inside the bounds.
+#[test]
+fn continuous_policies_match_their_agents() {
+    use reflex_msgs::Action;
+    use reflex_trainer::algo::build;
+    use reflex_trainer::export::spec_for;
+    use reflex_trainer::run::RunConfig;
+
+    let interop = std::env::var_os("REFLEX_INTEROP_DIR").map(std::path::PathBuf::from);
+    let cases = [
+        ("ddpg-pendulum", "pendulum", "ddpg", false),
+        ("td3-obsnorm-pendulum", "pendulum", "td3", true),
+        (
+            "naf-mountaincarcontinuous",
+            "mountaincarcontinuous",
+            "naf",
+            false,
+        ),
+        ("naf-obsnorm-pendulum", "pendulum", "naf", true),
+    ];
+    for (seed, (name, env_name, algo, obs_norm)) in cases.into_iter().enumerate() {
+        let mut config = RunConfig {
+            env: env_name.into(),
+            algo: algo.into(),
+            seed: seed as u64,
+            ..RunConfig::default()
+        };
+        config.ddpg.obs_norm = obs_norm;
+        config.td3.obs_norm = obs_norm;
+        config.naf.obs_norm = obs_norm;
+        config.ddpg.actor.hidden = vec![64, 64];
+        config.td3.actor.hidden = vec![64, 64];
+        config.naf.net.hidden = vec![64, 64];
+        let env = reflex_sim::make(env_name).unwrap();
+        let mut agent = build(&config, env.as_ref(), &Device::Cpu).unwrap();
+        let dim = env.observation_space().dim();
+        let mut rng = SimRng::seed(50 + seed as u64);
+        let random_obs = |rng: &mut SimRng| -> Vec<f32> {
+            (0..dim)
+                .map(|_| (rng.normal() * 3.0 + 1.0) as f32)
+                .collect()
+        };
+        if let Some(norm) = agent.obs_norm() {
+            for _ in 0..100 {
+                norm.update(&random_obs(&mut rng));
+            }
+        }
+        let spec = spec_for(algo, env_name, env.as_ref());
+        let bytes = agent.to_onnx(&spec).unwrap();
+        let mut native = Policy::from_bytes(&bytes).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(native.engine(), Engine::Native, "{name}");
+        assert_eq!(native.spec().obs_mean.is_empty(), !obs_norm, "{name}");
+        let mut tract = Policy::from_bytes_with(&bytes, LoadOptions { native: false }).unwrap();
+        let bounds = match env.action_space() {
+            reflex_msgs::ActionSpace::Box(b) => b.clone(),
+            _ => unreachable!(),
+        };
+        let (mut probes, mut expected) = (Vec::new(), Vec::new());
+        for _ in 0..200 {
+            let obs = random_obs(&mut rng);
+            let Action::Continuous(want) = agent.greedy(&obs).unwrap() else {
+                panic!("{name}: continuous agent")
+            };
+            for policy in [&mut native, &mut tract] {
+                let engine = policy.engine();
+                let PolicyOutput::Continuous { action } = policy.step(&obs).unwrap() else {
+                    panic!("{name}: a continuous policy must give an action");
+                };
+                for (i, (a, b)) in want.iter().zip(action).enumerate() {
+                    assert!(
+                        close(*a, *b),
+                        "{name}: candle {want:?} vs {engine:?} {action:?}"
+                    );
+                    assert!(
+                        (bounds.low[i]..=bounds.high[i]).contains(b),
+                        "{name}: {b} out of bounds"
+                    );
+                }
+            }
+            probes.extend_from_slice(&obs);
+            expected.extend_from_slice(&want);
+        }
+        if let Some(dir) = &interop {
+            std::fs::create_dir_all(dir).unwrap();
+            std::fs::write(dir.join(format!("{name}.onnx")), &bytes).unwrap();
+            let record = serde_json::json!({
+                "obs": probes, "action": expected, "obs_dim": dim,
+                "act_dim": bounds.dim(),
+            });
+            std::fs::write(dir.join(format!("{name}.json")), record.to_string()).unwrap();
+        }
+    }
+}

@@ -20,18 +20,19 @@
 //! truncated episode's last steps, so the target bootstraps through it.
 
 use candle_core::{DType, Device, Tensor, D};
-use reflex_msgs::Action;
-use reflex_sim::{Env, SimRng};
+use reflex_msgs::{Action, PolicySpec};
+use reflex_sim::SimRng;
 use serde::{Deserialize, Serialize};
 
-use crate::nn::{NetConfig, QNetwork};
+use super::{Agent, OptimizerSlot};
+use crate::nn::{NetConfig, Params, QNetwork};
 use crate::optim::Adam;
-use crate::replay::{
-    ActionRef, ActionShape, Batch, BatchActions, EnvStep, NStepAccumulator, PrioritizedReplay,
-    ReplayBuffer, ReplayError, Transition, TransitionSink,
-};
+use crate::replay::{ActionShape, Batch, BatchActions, EnvStep, NStepAccumulator, PerParams};
 use crate::schedule::Schedule;
 use crate::TrainError;
+
+pub use super::{evaluate, train, Observer, Progress, UpdateStats};
+pub use crate::replay::Replay;
 
 /// Every hyperparameter of a DQN run. Defaults follow RL Zoo's CartPole-v1 DQN.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -109,50 +110,6 @@ impl Default for DqnConfig {
     }
 }
 
-/// What one gradient update reports.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct UpdateStats {
-    /// The minimized loss.
-    pub loss: f32,
-    /// Mean Q(s, a) of the batch (first head).
-    pub q_mean: f32,
-    /// Global gradient norm before clipping.
-    pub grad_norm: f64,
-}
-
-/// Uniform or prioritized storage behind one interface.
-#[derive(Debug)]
-pub enum Replay {
-    /// Uniform sampling.
-    Uniform(ReplayBuffer),
-    /// Proportional prioritized sampling.
-    Prioritized(PrioritizedReplay),
-}
-
-impl TransitionSink for Replay {
-    fn store(&mut self, transition: &Transition<'_>) -> Result<(), ReplayError> {
-        match self {
-            Replay::Uniform(buffer) => buffer.push(transition).map(drop),
-            Replay::Prioritized(buffer) => buffer.push(transition).map(drop),
-        }
-    }
-}
-
-impl Replay {
-    /// Transitions stored.
-    pub fn len(&self) -> usize {
-        match self {
-            Replay::Uniform(b) => b.len(),
-            Replay::Prioritized(b) => b.len(),
-        }
-    }
-
-    /// Whether nothing is stored yet.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
-
 /// The learner's state: networks, optimizer, replay and generators.
 pub struct Dqn {
     /// Hyperparameters.
@@ -199,22 +156,17 @@ impl Dqn {
         )?;
         let target = online.duplicate()?;
         let optimizer = Adam::new(online.vars(), config.learning_rate)?;
-        let storage = ReplayBuffer::new(
+        let replay = Replay::new(
             config.buffer_size,
             obs_dim,
             ActionShape::Discrete {
                 n: n_actions as u32,
             },
+            config.prioritized.then_some(PerParams {
+                alpha: config.per_alpha,
+                eps: config.per_eps,
+            }),
         )?;
-        let replay = if config.prioritized {
-            Replay::Prioritized(PrioritizedReplay::new(
-                storage,
-                config.per_alpha,
-                config.per_eps,
-            )?)
-        } else {
-            Replay::Uniform(storage)
-        };
         let nstep = NStepAccumulator::new(
             config.n_step,
             config.gamma as f32,
@@ -239,8 +191,8 @@ impl Dqn {
         })
     }
 
-    /// The greedy action for one observation.
-    pub fn greedy(&self, obs: &[f32]) -> Result<u32, TrainError> {
+    /// The greedy action index for one observation.
+    pub fn greedy_index(&self, obs: &[f32]) -> Result<u32, TrainError> {
         let x = Tensor::from_slice(obs, (1, obs.len()), &self.device)?;
         let best = self.online.q_values(&x)?.argmax(D::Minus1)?;
         Ok(best.to_vec1::<u32>()?[0])
@@ -255,11 +207,8 @@ impl Dqn {
     /// One gradient update on a sampled batch. `beta` is PER's importance exponent.
     pub fn update(&mut self, beta: f64) -> Result<UpdateStats, TrainError> {
         let b = self.config.batch_size;
-        let rng = &mut self.replay_rng;
-        match &self.replay {
-            Replay::Uniform(buffer) => buffer.sample_into(b, rng, &mut self.batch)?,
-            Replay::Prioritized(buffer) => buffer.sample_into(b, beta, rng, &mut self.batch)?,
-        }
+        self.replay
+            .sample_into(b, beta, &mut self.replay_rng, &mut self.batch)?;
         let dev = &self.device;
         let d = self.online.obs_dim();
         let batch = &self.batch;
@@ -301,8 +250,9 @@ impl Dqn {
         let grad_norm = self.optimizer.step(&grads, self.config.max_grad_norm)?;
 
         let (q_taken, td_error) = first_q.expect("a network has at least one head");
-        if let Replay::Prioritized(buffer) = &mut self.replay {
-            buffer.update_priorities(&self.batch.indices, &td_error.to_vec1::<f32>()?)?;
+        if let Replay::Prioritized(_) = self.replay {
+            self.replay
+                .update_priorities(&self.batch.indices, &td_error.to_vec1::<f32>()?)?;
         }
         Ok(UpdateStats {
             loss: loss.to_scalar::<f32>()?,
@@ -319,6 +269,96 @@ impl Dqn {
             self.target.polyak_from(&self.online, self.config.tau)?;
         }
         Ok(())
+    }
+}
+
+impl Agent for Dqn {
+    fn algo(&self) -> &'static str {
+        "dqn"
+    }
+
+    fn steps_done(&self) -> u64 {
+        self.steps_done
+    }
+
+    fn set_steps_done(&mut self, steps: u64) {
+        self.steps_done = steps;
+    }
+
+    /// ε-greedy with ε from the schedule.
+    fn explore(&mut self, obs: &[f32], step: u64, total: u64) -> Result<Action, TrainError> {
+        let epsilon = self.exploration(step - 1, total);
+        let n_actions = self.online.n_actions() as u64;
+        Ok(Action::Discrete(if self.act_rng.next_f64() < epsilon {
+            self.act_rng.below(n_actions) as u32
+        } else {
+            self.greedy_index(obs)?
+        }))
+    }
+
+    fn exploration(&self, step: u64, total: u64) -> f64 {
+        self.config.exploration.value(step, total)
+    }
+
+    fn greedy(&self, obs: &[f32]) -> Result<Action, TrainError> {
+        Ok(Action::Discrete(self.greedy_index(obs)?))
+    }
+
+    fn observe(&mut self, step: &EnvStep<'_>) -> Result<(), TrainError> {
+        Dqn::observe(self, step)
+    }
+
+    /// A round of `gradient_steps` updates every `train_freq` steps after
+    /// `learning_starts`; the target moves every `target_update_interval` steps.
+    fn train_after(&mut self, step: u64, total: u64) -> Result<Option<UpdateStats>, TrainError> {
+        let config = &self.config;
+        let mut last = None;
+        if step > config.learning_starts
+            && step.is_multiple_of(config.train_freq)
+            && !self.replay.is_empty()
+        {
+            // PER's β anneals linearly from β0 to 1 over the run.
+            let beta = config.per_beta0 + (1.0 - config.per_beta0) * (step as f64 / total as f64);
+            for _ in 0..config.gradient_steps {
+                last = Some(self.update(beta.min(1.0))?);
+            }
+        }
+        if step.is_multiple_of(self.config.target_update_interval) {
+            self.update_target()?;
+        }
+        Ok(last)
+    }
+
+    fn updates(&self) -> u64 {
+        self.optimizer.steps()
+    }
+
+    fn networks(&self) -> Vec<(&'static str, &dyn Params)> {
+        vec![("online", &self.online), ("target", &self.target)]
+    }
+
+    fn optimizers(&mut self) -> Vec<OptimizerSlot<'_>> {
+        vec![OptimizerSlot {
+            prefix: "",
+            adam: &mut self.optimizer,
+            params: &self.online,
+        }]
+    }
+
+    fn replay(&self) -> &Replay {
+        &self.replay
+    }
+
+    fn replay_mut(&mut self) -> &mut Replay {
+        &mut self.replay
+    }
+
+    fn rngs(&mut self) -> (&mut SimRng, &mut SimRng) {
+        (&mut self.act_rng, &mut self.replay_rng)
+    }
+
+    fn to_onnx(&self, template: &PolicySpec) -> Result<Vec<u8>, TrainError> {
+        crate::export::q_network_onnx(&self.online, template)
     }
 }
 
@@ -343,130 +383,6 @@ pub fn huber(x: &Tensor) -> candle_core::Result<Tensor> {
     let abs = x.abs()?;
     let quadratic = abs.minimum(1.0)?;
     (quadratic.sqr()? * 0.5)? + (abs - quadratic)?
-}
-
-/// Per-step numbers the training loop reports to its observer.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Progress {
-    /// Env steps taken.
-    pub step: u64,
-    /// Current ε.
-    pub epsilon: f64,
-    /// Stats of the latest update, if any.
-    pub last_update: Option<UpdateStats>,
-}
-
-/// Receives what the training loop does, for progress bars and metrics.
-pub trait Observer {
-    /// An episode ended at `step` with this return and length.
-    fn episode(&mut self, progress: &Progress, episode_return: f64, length: u32);
-    /// A training round finished.
-    fn trained(&mut self, _progress: &Progress) {}
-    /// Called every `periodic_every` steps with the learner (for evaluations and
-    /// checkpoints).
-    fn periodic(&mut self, _progress: &Progress, _dqn: &Dqn) -> Result<(), TrainError> {
-        Ok(())
-    }
-}
-
-/// Trains until `total_steps` env steps have been taken on `env`, continuing
-/// from `dqn.steps_done` (0 for a fresh learner), and calls `observer.periodic`
-/// every `periodic_every` steps (never when 0). A fresh run's first episode uses
-/// `seed`; a resumed run starts a new episode seeded by `seed + steps_done`.
-pub fn train(
-    dqn: &mut Dqn,
-    env: &mut dyn Env,
-    total_steps: u64,
-    seed: u64,
-    periodic_every: u64,
-    observer: &mut dyn Observer,
-) -> Result<(), TrainError> {
-    let n_actions = dqn.online.n_actions() as u64;
-    let mut obs = env.reset(Some(seed.wrapping_add(dqn.steps_done))).to_vec();
-    let mut next_obs = vec![0.0; obs.len()];
-    let (mut episode_return, mut length) = (0.0, 0u32);
-    let mut last_update = None;
-    while dqn.steps_done < total_steps {
-        dqn.steps_done += 1;
-        let step = dqn.steps_done;
-        // ε-greedy.
-        let epsilon = dqn.config.exploration.value(step - 1, total_steps);
-        let action = if dqn.act_rng.next_f64() < epsilon {
-            dqn.act_rng.below(n_actions) as u32
-        } else {
-            dqn.greedy(&obs)?
-        };
-        let result = env.step(&Action::Discrete(action))?;
-        next_obs.copy_from_slice(env.obs());
-        dqn.observe(&EnvStep {
-            obs: &obs,
-            action: ActionRef::Discrete(action),
-            reward: result.reward as f32,
-            next_obs: &next_obs,
-            terminated: result.terminated,
-            truncated: result.truncated,
-        })?;
-        episode_return += result.reward;
-        length += 1;
-        let progress = |last_update| Progress {
-            step,
-            epsilon,
-            last_update,
-        };
-        if result.done() {
-            observer.episode(&progress(last_update), episode_return, length);
-            (episode_return, length) = (0.0, 0);
-            obs.copy_from_slice(env.reset(None));
-        } else {
-            obs.copy_from_slice(&next_obs);
-        }
-
-        let config = &dqn.config;
-        if step > config.learning_starts
-            && step.is_multiple_of(config.train_freq)
-            && !dqn.replay.is_empty()
-        {
-            // PER's β anneals linearly from β0 to 1 over the run.
-            let beta =
-                config.per_beta0 + (1.0 - config.per_beta0) * (step as f64 / total_steps as f64);
-            for _ in 0..config.gradient_steps {
-                last_update = Some(dqn.update(beta.min(1.0))?);
-            }
-            observer.trained(&progress(last_update));
-        }
-        if step.is_multiple_of(dqn.config.target_update_interval) {
-            dqn.update_target()?;
-        }
-        if periodic_every > 0 && step.is_multiple_of(periodic_every) {
-            observer.periodic(&progress(last_update), dqn)?;
-        }
-    }
-    Ok(())
-}
-
-/// Mean and standard deviation of the return of `episodes` greedy episodes,
-/// episode k seeded with `seed + k`.
-pub fn evaluate(
-    dqn: &Dqn,
-    env: &mut dyn Env,
-    episodes: u32,
-    seed: u64,
-) -> Result<(f64, f64), TrainError> {
-    let mut returns = Vec::new();
-    for k in 0..episodes {
-        let mut obs = env.reset(Some(seed + u64::from(k))).to_vec();
-        let mut total = 0.0;
-        loop {
-            let step = env.step(&Action::Discrete(dqn.greedy(&obs)?))?;
-            total += step.reward;
-            if step.done() {
-                break;
-            }
-            obs.copy_from_slice(env.obs());
-        }
-        returns.push(total);
-    }
-    Ok(crate::eval::mean_std(&returns))
 }
 
 #[cfg(test)]

@@ -1,3 +1,281 @@
-//! Learning algorithms, one file each.
+//! Learning algorithms, one file each, behind one [`Agent`] interface so the
+//! training loop, evaluation, checkpoints, export and the CLI are shared:
+//!
+//! - [`dqn`]: DQN for discrete actions (Double, Twin, dueling, PER, n-step);
+//! - [`ddpg`]: DDPG and TD3 for continuous actions (TD3 = DDPG with clipped
+//!   double Q, delayed actor updates and target policy smoothing);
+//! - [`naf`]: normalized advantage functions for continuous actions;
+//! - [`continuous`]: what the continuous ones share (action scaling,
+//!   Gaussian/Ornstein–Uhlenbeck noise, observation normalization).
 
+pub mod continuous;
+pub mod ddpg;
 pub mod dqn;
+pub mod naf;
+
+use candle_core::Device;
+use reflex_msgs::{Action, ActionSpace, PolicySpec};
+use reflex_sim::{Env, SimRng};
+
+use crate::nn::Params;
+use crate::optim::Adam;
+use crate::replay::{ActionRef, EnvStep, Replay};
+use crate::run::RunConfig;
+use crate::TrainError;
+
+pub use continuous::RunningNorm;
+
+/// What one gradient update reports.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct UpdateStats {
+    /// The minimized (critic's) loss.
+    pub loss: f32,
+    /// Mean Q(s, a) of the batch (first head or critic).
+    pub q_mean: f32,
+    /// Global gradient norm (critic's) before clipping.
+    pub grad_norm: f64,
+}
+
+/// An optimizer as a checkpoint sees it: its parameters' names (with `prefix`
+/// in front) and the Adam state.
+pub struct OptimizerSlot<'a> {
+    /// Put before each parameter name (`""` for DQN's single optimizer).
+    pub prefix: &'static str,
+    /// The optimizer.
+    pub adam: &'a mut Adam,
+    /// The network it updates.
+    pub params: &'a dyn Params,
+}
+
+/// A learner the shared training loop, checkpoints, export and CLI can drive.
+pub trait Agent {
+    /// The algorithm's name as configs spell it (`dqn`, `ddpg`, `td3`, `naf`).
+    fn algo(&self) -> &'static str;
+
+    /// Env steps taken so far (what a resumed run continues from).
+    fn steps_done(&self) -> u64;
+
+    /// Sets the env steps taken (the loop counts; checkpoints restore).
+    fn set_steps_done(&mut self, steps: u64);
+
+    /// The action to take while training at env step `step` (1-based) of `total`.
+    fn explore(&mut self, obs: &[f32], step: u64, total: u64) -> Result<Action, TrainError>;
+
+    /// The exploration parameter at `step` of `total` (ε, or the noise σ), for
+    /// progress and metrics.
+    fn exploration(&self, step: u64, total: u64) -> f64;
+
+    /// The greedy action for one observation.
+    fn greedy(&self, obs: &[f32]) -> Result<Action, TrainError>;
+
+    /// Stores one env step (through the n-step accumulator).
+    fn observe(&mut self, step: &EnvStep<'_>) -> Result<(), TrainError>;
+
+    /// A new episode starts (resets temporally correlated noise).
+    fn episode_start(&mut self) {}
+
+    /// The gradient updates (and target updates) due after env step `step` of
+    /// `total`; the last update's stats if there was one.
+    fn train_after(&mut self, step: u64, total: u64) -> Result<Option<UpdateStats>, TrainError>;
+
+    /// Gradient updates so far: an exported policy's `training_step`.
+    fn updates(&self) -> u64;
+
+    /// Networks by checkpoint prefix; the first one is the one that acts.
+    fn networks(&self) -> Vec<(&'static str, &dyn Params)>;
+
+    /// Optimizers with the networks they update.
+    fn optimizers(&mut self) -> Vec<OptimizerSlot<'_>>;
+
+    /// Replay storage.
+    fn replay(&self) -> &Replay;
+
+    /// Replay storage, to restore.
+    fn replay_mut(&mut self) -> &mut Replay;
+
+    /// The exploration and replay-sampling generators.
+    fn rngs(&mut self) -> (&mut SimRng, &mut SimRng);
+
+    /// The running observation statistics, when the agent normalizes.
+    fn obs_norm(&mut self) -> Option<&mut RunningNorm> {
+        None
+    }
+
+    /// The acting network as ONNX, for `template` (its `obs_mean`/`obs_std` are
+    /// filled in here from the normalizer).
+    fn to_onnx(&self, template: &PolicySpec) -> Result<Vec<u8>, TrainError>;
+}
+
+/// A fresh learner for `config`'s algorithm and `env`'s spaces.
+pub fn build(
+    config: &RunConfig,
+    env: &dyn Env,
+    device: &Device,
+) -> Result<Box<dyn Agent>, TrainError> {
+    let obs_dim = env.observation_space().dim();
+    let space = env.action_space();
+    let wrong = |needs: &str| {
+        TrainError::Config(format!(
+            "{} needs {needs} actions; {} has {}",
+            config.algo,
+            config.env,
+            match space {
+                ActionSpace::Discrete { .. } => "discrete ones",
+                ActionSpace::Box(_) => "continuous ones",
+            }
+        ))
+    };
+    Ok(match (config.algo.as_str(), space) {
+        ("dqn", ActionSpace::Discrete { n }) => Box::new(dqn::Dqn::new(
+            config.dqn.clone(),
+            obs_dim,
+            *n as usize,
+            config.seed,
+            device,
+        )?),
+        ("ddpg" | "td3", ActionSpace::Box(bounds)) => {
+            let algo_config = if config.algo == "td3" {
+                &config.td3
+            } else {
+                &config.ddpg
+            };
+            Box::new(ddpg::Ddpg::new(
+                algo_config.clone(),
+                config.algo == "td3",
+                obs_dim,
+                bounds,
+                config.seed,
+                device,
+            )?)
+        }
+        ("naf", ActionSpace::Box(bounds)) => Box::new(naf::Naf::new(
+            config.naf.clone(),
+            obs_dim,
+            bounds,
+            config.seed,
+            device,
+        )?),
+        ("dqn", _) => return Err(wrong("discrete")),
+        ("ddpg" | "td3" | "naf", _) => return Err(wrong("continuous")),
+        (other, _) => {
+            return Err(TrainError::Config(format!(
+                "unknown algo `{other}` (known: {})",
+                crate::run::ALGOS.join(", ")
+            )))
+        }
+    })
+}
+
+/// Per-step numbers the training loop reports to its observer.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Progress {
+    /// Env steps taken.
+    pub step: u64,
+    /// Current exploration parameter (ε, or the noise σ).
+    pub exploration: f64,
+    /// Stats of the latest update, if any.
+    pub last_update: Option<UpdateStats>,
+}
+
+/// Receives what the training loop does, for progress bars and metrics.
+pub trait Observer {
+    /// An episode ended at `step` with this return and length.
+    fn episode(&mut self, progress: &Progress, episode_return: f64, length: u32);
+    /// A training round finished.
+    fn trained(&mut self, _progress: &Progress) {}
+    /// Called every `periodic_every` steps with the learner (for evaluations and
+    /// checkpoints).
+    fn periodic(&mut self, _progress: &Progress, _agent: &mut dyn Agent) -> Result<(), TrainError> {
+        Ok(())
+    }
+}
+
+/// Trains until `total_steps` env steps have been taken on `env`, continuing
+/// from `agent.steps_done()` (0 for a fresh learner), and calls
+/// `observer.periodic` every `periodic_every` steps (never when 0). A fresh run's
+/// first episode uses `seed`; a resumed run starts a new episode seeded by
+/// `seed + steps_done`.
+pub fn train(
+    agent: &mut dyn Agent,
+    env: &mut dyn Env,
+    total_steps: u64,
+    seed: u64,
+    periodic_every: u64,
+    observer: &mut dyn Observer,
+) -> Result<(), TrainError> {
+    let mut obs = env
+        .reset(Some(seed.wrapping_add(agent.steps_done())))
+        .to_vec();
+    agent.episode_start();
+    let mut next_obs = vec![0.0; obs.len()];
+    let (mut episode_return, mut length) = (0.0, 0u32);
+    let mut last_update = None;
+    while agent.steps_done() < total_steps {
+        let step = agent.steps_done() + 1;
+        agent.set_steps_done(step);
+        let exploration = agent.exploration(step - 1, total_steps);
+        let action = agent.explore(&obs, step, total_steps)?;
+        let result = env.step(&action)?;
+        next_obs.copy_from_slice(env.obs());
+        let action_ref = match &action {
+            Action::Discrete(a) => ActionRef::Discrete(*a),
+            Action::Continuous(values) => ActionRef::Continuous(values),
+        };
+        agent.observe(&EnvStep {
+            obs: &obs,
+            action: action_ref,
+            reward: result.reward as f32,
+            next_obs: &next_obs,
+            terminated: result.terminated,
+            truncated: result.truncated,
+        })?;
+        episode_return += result.reward;
+        length += 1;
+        let progress = |last_update| Progress {
+            step,
+            exploration,
+            last_update,
+        };
+        if result.done() {
+            observer.episode(&progress(last_update), episode_return, length);
+            (episode_return, length) = (0.0, 0);
+            obs.copy_from_slice(env.reset(None));
+            agent.episode_start();
+        } else {
+            obs.copy_from_slice(&next_obs);
+        }
+        if let Some(stats) = agent.train_after(step, total_steps)? {
+            last_update = Some(stats);
+            observer.trained(&progress(last_update));
+        }
+        if periodic_every > 0 && step.is_multiple_of(periodic_every) {
+            observer.periodic(&progress(last_update), agent)?;
+        }
+    }
+    Ok(())
+}
+
+/// Mean and standard deviation of the return of `episodes` greedy episodes,
+/// episode k seeded with `seed + k`.
+pub fn evaluate(
+    agent: &dyn Agent,
+    env: &mut dyn Env,
+    episodes: u32,
+    seed: u64,
+) -> Result<(f64, f64), TrainError> {
+    let mut returns = Vec::new();
+    for k in 0..episodes {
+        let mut obs = env.reset(Some(seed + u64::from(k))).to_vec();
+        let mut total = 0.0;
+        loop {
+            let step = env.step(&agent.greedy(&obs)?)?;
+            total += step.reward;
+            if step.done() {
+                break;
+            }
+            obs.copy_from_slice(env.obs());
+        }
+        returns.push(total);
+    }
+    Ok(crate::eval::mean_std(&returns))
+}

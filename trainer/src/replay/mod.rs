@@ -59,3 +59,105 @@ pub trait TransitionSink {
     /// Stores one transition, or refuses it (and stores nothing).
     fn store(&mut self, transition: &Transition<'_>) -> Result<(), ReplayError>;
 }
+
+/// Uniform or prioritized storage behind one interface.
+#[derive(Debug)]
+pub enum Replay {
+    /// Uniform sampling.
+    Uniform(ReplayBuffer),
+    /// Proportional prioritized sampling.
+    Prioritized(PrioritizedReplay),
+}
+
+impl TransitionSink for Replay {
+    fn store(&mut self, transition: &Transition<'_>) -> Result<(), ReplayError> {
+        match self {
+            Replay::Uniform(buffer) => buffer.push(transition).map(drop),
+            Replay::Prioritized(buffer) => buffer.push(transition).map(drop),
+        }
+    }
+}
+
+impl Replay {
+    /// Transitions stored.
+    pub fn len(&self) -> usize {
+        match self {
+            Replay::Uniform(b) => b.len(),
+            Replay::Prioritized(b) => b.len(),
+        }
+    }
+
+    /// Whether nothing is stored yet.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Prioritized replay's hyperparameters.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PerParams {
+    /// Priority exponent α.
+    pub alpha: f64,
+    /// Added to |TD error|.
+    pub eps: f64,
+}
+
+impl Replay {
+    /// An empty buffer of `capacity` transitions; prioritized when `per` is given.
+    pub fn new(
+        capacity: usize,
+        obs_dim: usize,
+        action: ActionShape,
+        per: Option<PerParams>,
+    ) -> Result<Self, ReplayError> {
+        let storage = ReplayBuffer::new(capacity, obs_dim, action)?;
+        Ok(match per {
+            Some(p) => Replay::Prioritized(PrioritizedReplay::new(storage, p.alpha, p.eps)?),
+            None => Replay::Uniform(storage),
+        })
+    }
+
+    /// Samples `batch_size` transitions into `batch` (uniformly, or by priority
+    /// with importance exponent `beta`).
+    pub fn sample_into(
+        &self,
+        batch_size: usize,
+        beta: f64,
+        rng: &mut reflex_sim::SimRng,
+        batch: &mut Batch,
+    ) -> Result<(), ReplayError> {
+        match self {
+            Replay::Uniform(buffer) => buffer.sample_into(batch_size, rng, batch),
+            Replay::Prioritized(buffer) => buffer.sample_into(batch_size, beta, rng, batch),
+        }
+    }
+
+    /// New priorities from TD errors (prioritized only; a no-op when uniform).
+    pub fn update_priorities(
+        &mut self,
+        indices: &[usize],
+        td_errors: &[f32],
+    ) -> Result<(), ReplayError> {
+        match self {
+            Replay::Uniform(_) => Ok(()),
+            Replay::Prioritized(buffer) => buffer.update_priorities(indices, td_errors),
+        }
+    }
+
+    /// The whole state for a checkpoint.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        match self {
+            Replay::Uniform(buffer) => buffer.to_bytes(),
+            Replay::Prioritized(buffer) => buffer.to_bytes(),
+        }
+    }
+
+    /// Replaces this buffer with one restored from `bytes` (of the same kind).
+    pub fn restore(&mut self, bytes: &[u8]) -> Result<(), ReplayError> {
+        *self = match self {
+            Replay::Uniform(_) => Replay::Uniform(ReplayBuffer::from_bytes(bytes)?),
+            Replay::Prioritized(_) => Replay::Prioritized(PrioritizedReplay::from_bytes(bytes)?),
+        };
+        Ok(())
+    }
+}
