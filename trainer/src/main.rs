@@ -39,11 +39,13 @@ struct Cli {
 enum Command {
     /// Train from a preset (trainer/presets/<env>-<algo>.toml), a config file and overrides.
     Run {
-        /// Env name: cartpole, acrobot, mountaincar, a Gymnasium id, or a -masked
+        /// Env name: cartpole, acrobot, mountaincar (discrete), pendulum,
+        /// mountaincarcontinuous (continuous), a Gymnasium id, or a -masked
         /// variant [default: cartpole, or the config file's].
         #[arg(long)]
         env: Option<String>,
-        /// Algorithm [default: dqn, or the config file's].
+        /// Algorithm: dqn (discrete actions); ddpg, td3, naf (continuous)
+        /// [default: dqn, or the config file's].
         #[arg(long)]
         algo: Option<String>,
         /// Seed of everything random in the run.

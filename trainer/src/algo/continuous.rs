@@ -548,9 +548,23 @@ impl Core {
 }
 
 /// The [`Agent`](super::Agent) methods a continuous agent answers from its
-/// `core: Core` field (written once here rather than in every algorithm).
+/// `core: Core` field and its `update(beta)` method (written once here rather
+/// than in every algorithm).
 macro_rules! forward_to_core {
     () => {
+        fn train_after(
+            &mut self,
+            step: u64,
+            total: u64,
+        ) -> Result<Option<super::UpdateStats>, TrainError> {
+            let mut last = None;
+            let beta = self.core.beta(step, total);
+            for _ in 0..self.core.updates_due(step) {
+                last = Some(self.update(beta)?);
+            }
+            Ok(last)
+        }
+
         fn steps_done(&self) -> u64 {
             self.core.steps_done
         }

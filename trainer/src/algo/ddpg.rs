@@ -336,15 +336,6 @@ impl Agent for Ddpg {
         self.core.env_action(&mu)
     }
 
-    fn train_after(&mut self, step: u64, total: u64) -> Result<Option<UpdateStats>, TrainError> {
-        let mut last = None;
-        let beta = self.core.beta(step, total);
-        for _ in 0..self.core.updates_due(step) {
-            last = Some(self.update(beta)?);
-        }
-        Ok(last)
-    }
-
     fn updates(&self) -> u64 {
         self.critic_optimizer.steps()
     }
