@@ -25,9 +25,17 @@ pub mod schedule;
 /// Sets how many threads candle's CPU kernels use (they read
 /// `RAYON_NUM_THREADS` on every call). The networks here are small: on this
 /// project's 2-core machines one thread ran the CartPole learning tests 5× faster
-/// than candle's default of one per core. Call it before training starts.
+/// than candle's default of one per core. With more than one, only the matrix
+/// multiplications run in parallel: candle's elementwise kernels stay on one
+/// thread (`CANDLE_NUM_THREADS=1`, unless already set), since on tensors this
+/// size their barrier pool cost more than it saved (a Pendulum DDPG run with
+/// [400, 300] networks took 34 s at 2 threads with it, 24 s without, 27 s on
+/// one thread). Call it before training starts.
 pub fn set_compute_threads(threads: usize) {
     std::env::set_var("RAYON_NUM_THREADS", threads.max(1).to_string());
+    if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
+        std::env::set_var("CANDLE_NUM_THREADS", "1");
+    }
 }
 
 /// Everything that can stop training.

@@ -255,9 +255,12 @@ struct RouterArgs {
 }
 
 fn threads_from(threads: usize) {
-    if std::env::var_os("RAYON_NUM_THREADS").is_none() {
-        reflex_trainer::set_compute_threads(threads);
-    }
+    // RAYON_NUM_THREADS, when set, wins over --threads.
+    let threads = std::env::var("RAYON_NUM_THREADS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(threads);
+    reflex_trainer::set_compute_threads(threads);
 }
 
 fn main() {

@@ -557,12 +557,21 @@ macro_rules! forward_to_core {
             step: u64,
             total: u64,
         ) -> Result<Option<super::UpdateStats>, TrainError> {
-            let mut last = None;
-            let beta = self.core.beta(step, total);
-            for _ in 0..self.core.updates_due(step) {
-                last = Some(self.update(beta)?);
+            let due = self.core.updates_due(step);
+            if due == 0 {
+                return Ok(None);
             }
-            Ok(last)
+            let beta = self.core.beta(step, total);
+            // On CPU this runs the updates inside candle's own thread pool, so a
+            // multi-threaded matmul finds its workers awake.
+            let device = self.core.device.clone();
+            device.with_context(|| {
+                let mut last = None;
+                for _ in 0..due {
+                    last = Some(self.update(beta)?);
+                }
+                Ok(Some(last.expect("at least one update")))
+            })
         }
 
         fn steps_done(&self) -> u64 {
