@@ -1,11 +1,12 @@
 //! reflex-trainer: the learner.
 //!
-//! This crate will own replay buffers (uniform, prioritized, n-step, sequence),
-//! the value-based algorithms on candle (DQN family, DRQN, DDPG, NAF, TD3),
-//! exploration schedules, evaluation, checkpoints, ONNX export and the learner
-//! service that receives robots' transitions. So far: replay buffers
-//! ([`replay`]), Q-networks ([`nn`]), Adam ([`optim`]), schedules and DQN with
-//! its variants ([`algo::dqn`]); the training CLI, checkpoints and export follow.
+//! Replay buffers ([`replay`]: uniform, prioritized, n-step), networks on candle
+//! ([`nn`]: Q-networks, actors, critics, NAF), Adam ([`optim`]), schedules, the
+//! algorithms behind one [`algo::Agent`] trait (DQN with its variants; DDPG,
+//! TD3 and NAF for continuous actions), the shared training loop, evaluation,
+//! checkpoints ([`checkpoint`]), ONNX export ([`export`]) and the learner service
+//! that receives robots' transitions ([`learner`], DQN so far). Still to come:
+//! sequence replay and the recurrent variants (DRQN).
 //!
 //! It may depend on `reflex-msgs`, `reflex-sim` and the daemon's policy runtime;
 //! nothing depends on it, and robots never ship it.
