@@ -107,7 +107,7 @@ pub fn save(run_dir: &Path, agent: &mut dyn Agent) -> Result<PathBuf, TrainError
     }
     candle_core::safetensors::save(&optimizer, partial.join("optimizer.safetensors"))?;
     write_file(&partial.join("replay.bin"), &agent.replay().to_bytes())?;
-    let obs_norm = agent.obs_norm().map(|norm| norm.clone());
+    let obs_norm = agent.obs_norm().cloned();
     let step = agent.steps_done();
     let (act_rng, replay_rng) = agent.rngs();
     let state = State {

@@ -464,7 +464,7 @@ impl Core {
         total: u64,
         greedy: impl FnOnce(&Self) -> Result<Tensor, TrainError>,
     ) -> Result<Action, TrainError> {
-        let mut u = if step <= self.config.learning_starts {
+        let u = if step <= self.config.learning_starts {
             (0..self.scaling.dim())
                 .map(|_| self.act_rng.uniform(-1.0, 1.0) as f32)
                 .collect()
@@ -474,7 +474,6 @@ impl Core {
             self.noise.perturb(&mut u, sigma, &mut self.act_rng);
             u
         };
-        u.iter_mut().for_each(|v| *v = v.clamp(-1.0, 1.0));
         Ok(Action::Continuous(self.scaling.to_env(&u)))
     }
 
@@ -546,6 +545,30 @@ impl Core {
         )
     }
 }
+
+/// The [`CoreConfig`] of an algorithm's config, which has fields of the same
+/// names (`gamma`, `buffer_size`, …, `prioritized`, `per_*`, `obs_norm`, `noise`).
+macro_rules! core_config {
+    ($c:expr) => {
+        $crate::algo::continuous::CoreConfig {
+            gamma: $c.gamma,
+            buffer_size: $c.buffer_size,
+            batch_size: $c.batch_size,
+            learning_starts: $c.learning_starts,
+            train_freq: $c.train_freq,
+            gradient_steps: $c.gradient_steps,
+            n_step: $c.n_step,
+            per: $c.prioritized.then_some($crate::replay::PerParams {
+                alpha: $c.per_alpha,
+                eps: $c.per_eps,
+            }),
+            per_beta0: $c.per_beta0,
+            obs_norm: $c.obs_norm,
+            noise: $c.noise.clone(),
+        }
+    };
+}
+pub(crate) use core_config;
 
 /// The [`Agent`](super::Agent) methods a continuous agent answers from its
 /// `core: Core` field and its `update(beta)` method (written once here rather

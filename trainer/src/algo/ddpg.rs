@@ -23,11 +23,12 @@ use reflex_msgs::{Action, BoxSpace, PolicySpec};
 use reflex_sim::SimRng;
 use serde::{Deserialize, Serialize};
 
-use super::continuous::{clipped_normal, forward_to_core, Core, CoreConfig, NoiseConfig};
+use super::continuous::{
+    clipped_normal, core_config, forward_to_core, Core, CoreConfig, NoiseConfig,
+};
 use super::{Agent, OptimizerSlot, UpdateStats};
 use crate::nn::{polyak, Activation, Actor, Critic, NetConfig, Params};
 use crate::optim::Adam;
-use crate::replay::PerParams;
 use crate::TrainError;
 
 /// Every hyperparameter of a DDPG or TD3 run. Defaults are RL Zoo's
@@ -139,22 +140,7 @@ impl DdpgConfig {
     }
 
     fn core(&self) -> CoreConfig {
-        CoreConfig {
-            gamma: self.gamma,
-            buffer_size: self.buffer_size,
-            batch_size: self.batch_size,
-            learning_starts: self.learning_starts,
-            train_freq: self.train_freq,
-            gradient_steps: self.gradient_steps,
-            n_step: self.n_step,
-            per: self.prioritized.then_some(PerParams {
-                alpha: self.per_alpha,
-                eps: self.per_eps,
-            }),
-            per_beta0: self.per_beta0,
-            obs_norm: self.obs_norm,
-            noise: self.noise.clone(),
-        }
+        core_config!(self)
     }
 }
 

@@ -24,11 +24,10 @@ use reflex_msgs::{Action, BoxSpace, PolicySpec};
 use reflex_sim::SimRng;
 use serde::{Deserialize, Serialize};
 
-use super::continuous::{forward_to_core, Core, CoreConfig, NoiseConfig};
+use super::continuous::{core_config, forward_to_core, Core, CoreConfig, NoiseConfig};
 use super::{Agent, OptimizerSlot, UpdateStats};
 use crate::nn::{polyak, Activation, NafNetwork, NetConfig, Params};
 use crate::optim::Adam;
-use crate::replay::PerParams;
 use crate::TrainError;
 
 /// Every hyperparameter of a NAF run. Defaults are the Pendulum preset's: at a
@@ -113,22 +112,7 @@ impl Default for NafConfig {
 
 impl NafConfig {
     fn core(&self) -> CoreConfig {
-        CoreConfig {
-            gamma: self.gamma,
-            buffer_size: self.buffer_size,
-            batch_size: self.batch_size,
-            learning_starts: self.learning_starts,
-            train_freq: self.train_freq,
-            gradient_steps: self.gradient_steps,
-            n_step: self.n_step,
-            per: self.prioritized.then_some(PerParams {
-                alpha: self.per_alpha,
-                eps: self.per_eps,
-            }),
-            per_beta0: self.per_beta0,
-            obs_norm: self.obs_norm,
-            noise: self.noise.clone(),
-        }
+        core_config!(self)
     }
 }
 
