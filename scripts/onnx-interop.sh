@@ -2,7 +2,8 @@
 # ONNX interop: reflex's exported policies against the reference tooling.
 #   1. every network kind the trainer exports passes onnx.checker (full_check)
 #      and onnxruntime reproduces candle's Q-values (scripts/onnx_interop.py);
-#      (and every continuous policy kind its action: DDPG, TD3, NAF);
+#      (and every continuous policy kind its action: DDPG, TD3, NAF; and a DRQN
+#      policy its Q-values and state over a 100-step rollout, state fed back);
 #   2. a trained CartPole policy and a trained Pendulum policy (TD3, continuous
 #      actions) evaluated in Python (Gymnasium + onnxruntime, scripts/eval_onnx.py,
 #      the README's snippet) get the return that `reflex-train eval --policy`
@@ -16,7 +17,8 @@ dir=$(mktemp -d)
 trap 'rm -rf "$dir"' EXIT
 
 REFLEX_INTEROP_DIR="$dir/kinds" cargo test --quiet -p reflex-trainer --test onnx \
-  -- tract_matches_candle_for_every_network_kind continuous_policies_match_their_agents
+  -- tract_matches_candle_for_every_network_kind continuous_policies_match_their_agents \
+  recurrent_policies_match_their_agents_over_rollouts
 "$venv/bin/python" scripts/onnx_interop.py "$dir/kinds"
 
 cargo build --quiet -p reflex-trainer --bin reflex-train

@@ -8,7 +8,9 @@ policies, actions for continuous ones): the ONNX checker with full_check=True
 (types and shapes inferred through the whole graph) must pass, the declared
 opset/IR must be standard, and onnxruntime, given all probes as one batch (the
 batch dimension is symbolic), must give candle's values to 1e-5 (and, for Q, the
-same greedy actions).
+same greedy actions). A recurrent policy's record is a rollout (obs, the
+prev_action fed at each step, candle's q, h and c): onnxruntime steps through it
+from the zero state with its own h_out/c_out fed back and must match at every step.
 """
 import json
 import pathlib
@@ -30,7 +32,25 @@ for path in files:
     record = json.loads(path.with_suffix(".json").read_text())
     obs = np.asarray(record["obs"], dtype=np.float32).reshape(-1, record["obs_dim"])
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    if "q" in record:
+    if record.get("recurrent"):
+        hidden, n = record["hidden"], record["n_actions"]
+        prev = np.asarray(record["prev_action"], dtype=np.float32).reshape(-1, n)
+        want = np.concatenate([
+            np.asarray(record[k], dtype=np.float32).reshape(len(obs), -1) for k in ("q", "h", "c")
+        ], axis=1)
+        h = np.zeros((1, hidden), np.float32)
+        c = np.zeros((1, hidden), np.float32)
+        rows = []
+        for t in range(len(obs)):
+            q, h, c = session.run(["q", "h_out", "c_out"], {
+                "obs": obs[t:t + 1], "prev_action": prev[t:t + 1], "h_in": h, "c_in": c})
+            rows.append(np.concatenate([q, h, c], axis=1))
+        got = np.concatenate(rows)
+        wq = want[:, :n]
+        gap = np.abs(wq[:, 0] - wq[:, 1]) > 1e-5
+        same_greedy = np.array_equal(got[:, :n].argmax(1)[gap], wq.argmax(1)[gap])
+        algo_ok = spec["algorithm"] == "drqn" and spec["recurrent_hidden_size"] == hidden
+    elif "q" in record:
         want = np.asarray(record["q"], dtype=np.float32).reshape(-1, record["n_actions"])
         (got,) = session.run(["q"], {"obs": obs})
         gap = np.abs(want[:, 0] - want[:, 1]) > 1e-5

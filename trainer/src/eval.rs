@@ -43,6 +43,8 @@ pub fn evaluate_policy(
                 ),
                 (PolicyOutput::Continuous { action }, None) => Action::Continuous(action.to_vec()),
             };
+            // A recurrent policy reads the applied action as its next `prev_action`.
+            policy.observe_applied(&action);
             let step = env.step(&action)?;
             total += step.reward;
             if step.done() {

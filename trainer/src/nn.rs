@@ -9,6 +9,9 @@
 //! - [`NafNetwork`]: V(s), μ(s) and the lower-triangular L(s) of NAF's quadratic
 //!   advantage.
 //!
+//! - [`Lstm`] and [`RecurrentQNetwork`] (DRQN): an LSTM over the observation and
+//!   the previous action in front of a Q head.
+//!
 //! Every network implements [`Params`] (its named parameters), so target copies,
 //! Polyak averaging, optimizers and checkpoints work on any of them.
 //!
@@ -16,6 +19,10 @@
 //! (`trunk.0.weight`, `head0.advantage.bias`, …), so checkpoints (safetensors) and
 //! ONNX initializers read alike. Weights are initialized from a seeded
 //! [`SimRng`] rather than candle's unseedable CPU generator, so a seed fixes a run.
+
+mod recurrent;
+
+pub use recurrent::{Lstm, RecurrentQNetwork};
 
 use candle_core::{DType, Device, Result, Tensor, Var, D};
 use reflex_sim::SimRng;

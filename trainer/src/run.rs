@@ -7,11 +7,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::algo::ddpg::DdpgConfig;
 use crate::algo::dqn::DqnConfig;
+use crate::algo::drqn::DrqnConfig;
 use crate::algo::naf::NafConfig;
 use crate::TrainError;
 
 /// The algorithms `algo` may name.
-pub const ALGOS: &[&str] = &["dqn", "ddpg", "td3", "naf"];
+pub const ALGOS: &[&str] = &["dqn", "drqn", "ddpg", "td3", "naf"];
 
 /// Everything that defines a run. Stored fully resolved as `config.toml` in the
 /// run folder.
@@ -20,7 +21,8 @@ pub const ALGOS: &[&str] = &["dqn", "ddpg", "td3", "naf"];
 pub struct RunConfig {
     /// Env name (see `reflex-sim`): `cartpole`, `acrobot`, …
     pub env: String,
-    /// Algorithm: `dqn` (discrete actions), `ddpg`, `td3` or `naf` (continuous).
+    /// Algorithm: `dqn` or `drqn` (recurrent DQN) for discrete actions, `ddpg`,
+    /// `td3` or `naf` for continuous ones.
     pub algo: String,
     /// Seed of everything random in the run.
     pub seed: u64,
@@ -36,6 +38,8 @@ pub struct RunConfig {
     pub checkpoint_interval: u64,
     /// DQN hyperparameters (used when `algo = "dqn"`).
     pub dqn: DqnConfig,
+    /// DRQN hyperparameters (used when `algo = "drqn"`).
+    pub drqn: DrqnConfig,
     /// DDPG hyperparameters (used when `algo = "ddpg"`).
     pub ddpg: DdpgConfig,
     /// TD3 hyperparameters (used when `algo = "td3"`): DDPG's fields with TD3's
@@ -57,6 +61,7 @@ impl Default for RunConfig {
             eval_interval_episodes: 5,
             checkpoint_interval: 10_000,
             dqn: DqnConfig::default(),
+            drqn: DrqnConfig::default(),
             ddpg: DdpgConfig::default(),
             td3: DdpgConfig::td3(),
             naf: NafConfig::default(),
@@ -79,19 +84,39 @@ const PRESETS: &[(&str, &str)] = &[
     ("pendulum-td3", include_str!("../presets/pendulum-td3.toml")),
     ("pendulum-naf", include_str!("../presets/pendulum-naf.toml")),
     (
+        "cartpole-masked-drqn",
+        include_str!("../presets/cartpole-masked-drqn.toml"),
+    ),
+    (
         "mountaincarcontinuous-td3",
         include_str!("../presets/mountaincarcontinuous-td3.toml"),
     ),
 ];
 
-/// The preset for an env short name and algorithm, if one ships.
+/// The preset for an env and algorithm, if one ships: the env's own
+/// (`cartpole-masked-drqn`), else its base env's (`cartpole-dqn` for
+/// `cartpole-masked` with DQN: the same preset with and without the mask).
 pub fn preset(env: &str, algo: &str) -> Option<&'static str> {
-    let short = reflex_sim::registry::lookup(env).map_or(env, |e| e.short);
-    let key = format!("{short}-{algo}");
-    PRESETS
-        .iter()
-        .find(|(name, _)| *name == key)
-        .map(|(_, text)| *text)
+    let short = |name: &str| {
+        reflex_sim::registry::lookup(name)
+            .map_or(name.to_ascii_lowercase(), |e| e.short.to_string())
+    };
+    let mut keys = vec![format!("{}-{algo}", short(env))];
+    if let Some((base, variant)) = env.rsplit_once('-') {
+        if let Some(entry) = reflex_sim::registry::lookup(base) {
+            keys.insert(
+                0,
+                format!("{}-{}-{algo}", entry.short, variant.to_ascii_lowercase()),
+            );
+            keys.push(format!("{}-{algo}", entry.short));
+        }
+    }
+    keys.iter().find_map(|key| {
+        PRESETS
+            .iter()
+            .find(|(name, _)| name == key)
+            .map(|(_, text)| *text)
+    })
 }
 
 /// Merges `overlay` into `base`, table by table (overlay wins).
@@ -184,13 +209,13 @@ pub fn resolve(
         reflex_msgs::ActionSpace::Discrete { .. }
     );
     match (config.algo.as_str(), discrete) {
-        ("dqn", true) | ("ddpg" | "td3" | "naf", false) => Ok(config),
-        ("dqn", false) => Err(TrainError::Config(format!(
-            "{} has continuous actions; dqn needs discrete ones (try ddpg, td3 or naf)",
-            config.env
+        ("dqn" | "drqn", true) | ("ddpg" | "td3" | "naf", false) => Ok(config),
+        ("dqn" | "drqn", false) => Err(TrainError::Config(format!(
+            "{} has continuous actions; {} needs discrete ones (try ddpg, td3 or naf)",
+            config.env, config.algo
         ))),
         ("ddpg" | "td3" | "naf", true) => Err(TrainError::Config(format!(
-            "{} has discrete actions; {} needs continuous ones (try dqn)",
+            "{} has discrete actions; {} needs continuous ones (try dqn or drqn)",
             config.env, config.algo
         ))),
         (other, _) => Err(TrainError::Config(format!(
@@ -262,12 +287,18 @@ mod tests {
     #[test]
     fn every_shipped_preset_resolves() {
         for (name, _) in PRESETS {
-            let (env, algo) = name.split_once('-').unwrap();
+            let (env, algo) = name.rsplit_once('-').unwrap();
             let c = resolve(None, &[], &named(env, algo)).unwrap();
             assert_eq!(c.env, env, "{name}");
         }
         let acrobot = resolve(None, &[], &named("Acrobot-v1", "dqn")).unwrap();
         assert_eq!((acrobot.steps, acrobot.dqn.batch_size), (100_000, 128));
+        // A POMDP variant without its own preset takes its base env's.
+        let masked = resolve(None, &[], &named("cartpole-masked", "dqn")).unwrap();
+        let plain = resolve(None, &[], &named("cartpole", "dqn")).unwrap();
+        assert_eq!((masked.steps, &masked.dqn), (plain.steps, &plain.dqn));
+        assert_ne!(preset("cartpole-masked", "drqn"), None);
+        assert_eq!(preset("cartpole", "drqn"), None);
     }
 
     #[test]

@@ -42,7 +42,8 @@ fn small_config(prioritized: bool) -> DqnConfig {
 }
 
 /// The run configurations under test: DQN with uniform and prioritized replay
-/// on CartPole; TD3 with observation normalization and 3-step returns, and NAF
+/// on CartPole; DRQN with prioritized sequence replay, 3-step returns and
+/// stored state on masked CartPole; TD3 with observation normalization and 3-step returns, and NAF
 /// with prioritized replay, on Pendulum; all with small networks.
 fn cases() -> Vec<(&'static str, RunConfig)> {
     let dqn = RunConfig {
@@ -73,9 +74,23 @@ fn cases() -> Vec<(&'static str, RunConfig)> {
     naf.naf.prioritized = true;
     naf.naf.batch_size = 32;
     naf.naf.net.hidden = vec![32];
+    let mut drqn = RunConfig {
+        env: "cartpole-masked".into(),
+        algo: "drqn".into(),
+        ..RunConfig::default()
+    };
+    drqn.drqn.learning_starts = 200;
+    drqn.drqn.prioritized = true;
+    drqn.drqn.n_step = 3;
+    drqn.drqn.batch_size = 8;
+    drqn.drqn.seq_len = 8;
+    drqn.drqn.burn_in = 4;
+    drqn.drqn.lstm_hidden = 16;
+    drqn.drqn.net.hidden = vec![16];
     vec![
         ("dqn", dqn),
         ("dqn-per", dqn_per),
+        ("drqn-seq-per", drqn),
         ("td3", td3),
         ("naf-per", naf),
     ]
@@ -139,7 +154,12 @@ fn checkpoint_restores_the_learner_and_the_run_resumes() {
         assert_eq!(restored.replay().len(), agent.replay().len());
         assert_eq!(
             matches!(restored.replay(), Replay::Prioritized(_)),
-            name.ends_with("per"),
+            name.ends_with("per") && !name.contains("seq"),
+            "the replay kind survives"
+        );
+        assert_eq!(
+            matches!(restored.replay(), Replay::Sequence(_)),
+            name.contains("seq"),
             "the replay kind survives"
         );
         assert_eq!(

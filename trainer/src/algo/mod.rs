@@ -2,6 +2,8 @@
 //! training loop, evaluation, checkpoints, export and the CLI are shared:
 //!
 //! - [`dqn`]: DQN for discrete actions (Double, Twin, dueling, PER, n-step);
+//! - [`drqn`]: recurrent DQN (LSTM, sequence replay with burn-in and stored
+//!   state) for partially observed envs;
 //! - [`ddpg`]: DDPG and TD3 for continuous actions (TD3 = DDPG with clipped
 //!   double Q, delayed actor updates and target policy smoothing);
 //! - [`naf`]: normalized advantage functions for continuous actions;
@@ -11,6 +13,7 @@
 pub mod continuous;
 pub mod ddpg;
 pub mod dqn;
+pub mod drqn;
 pub mod naf;
 
 use candle_core::Device;
@@ -65,8 +68,12 @@ pub trait Agent {
     /// progress and metrics.
     fn exploration(&self, step: u64, total: u64) -> f64;
 
-    /// The greedy action for one observation.
+    /// The greedy action for one observation (a recurrent agent advances its
+    /// evaluation state, which [`greedy_reset`](Self::greedy_reset) zeroes).
     fn greedy(&self, obs: &[f32]) -> Result<Action, TrainError>;
+
+    /// A greedy episode starts: recurrent agents zero their evaluation state.
+    fn greedy_reset(&self) {}
 
     /// Stores one env step (through the n-step accumulator).
     fn observe(&mut self, step: &EnvStep<'_>) -> Result<(), TrainError>;
@@ -133,6 +140,13 @@ pub fn build(
             config.seed,
             device,
         )?),
+        ("drqn", ActionSpace::Discrete { n }) => Box::new(drqn::Drqn::new(
+            config.drqn.clone(),
+            obs_dim,
+            *n as usize,
+            config.seed,
+            device,
+        )?),
         ("ddpg" | "td3", ActionSpace::Box(bounds)) => {
             let algo_config = if config.algo == "td3" {
                 &config.td3
@@ -155,7 +169,7 @@ pub fn build(
             config.seed,
             device,
         )?),
-        ("dqn", _) => return Err(wrong("discrete")),
+        ("dqn" | "drqn", _) => return Err(wrong("discrete")),
         ("ddpg" | "td3" | "naf", _) => return Err(wrong("continuous")),
         (other, _) => {
             return Err(TrainError::Config(format!(
@@ -266,6 +280,7 @@ pub fn evaluate(
     let mut returns = Vec::new();
     for k in 0..episodes {
         let mut obs = env.reset(Some(seed + u64::from(k))).to_vec();
+        agent.greedy_reset();
         let mut total = 0.0;
         loop {
             let step = env.step(&agent.greedy(&obs)?)?;

@@ -7,6 +7,8 @@
 //!   over the ring buffer's storage.
 //! - [`NStepAccumulator`] (`nstep.rs`): per-stream n-step returns in front of
 //!   either buffer, correct across terminated and truncated episode ends.
+//! - [`SequenceReplay`] (`sequence.rs`): whole episodes in a ring, sampled as
+//!   windows with burn-in, stored recurrent state and masks (DRQN).
 //! - [`Batch`] (`batch.rs`): what sampling returns, contiguous row-major arrays.
 //! - `to_bytes`/`from_bytes` on both buffers (`state.rs`): their checkpoint state.
 //!
@@ -22,6 +24,7 @@ mod batch;
 mod error;
 mod nstep;
 mod prioritized;
+mod sequence;
 mod state;
 mod sum_tree;
 mod transition;
@@ -31,6 +34,7 @@ pub use batch::{Batch, BatchActions};
 pub use error::ReplayError;
 pub use nstep::NStepAccumulator;
 pub use prioritized::PrioritizedReplay;
+pub use sequence::{SequenceBatch, SequencePer, SequenceReplay, WindowSpec};
 pub use state::REPLAY_FORMAT_VERSION;
 pub use sum_tree::SumTree;
 pub use transition::{ActionRef, ActionShape, EnvStep, Transition};
@@ -67,6 +71,9 @@ pub enum Replay {
     Uniform(ReplayBuffer),
     /// Proportional prioritized sampling.
     Prioritized(PrioritizedReplay),
+    /// Episodes sampled as windows (recurrent learners); transitions are
+    /// pushed with [`SequenceReplay::push_step`], not through this enum.
+    Sequence(SequenceReplay),
 }
 
 impl TransitionSink for Replay {
@@ -74,6 +81,9 @@ impl TransitionSink for Replay {
         match self {
             Replay::Uniform(buffer) => buffer.push(transition).map(drop),
             Replay::Prioritized(buffer) => buffer.push(transition).map(drop),
+            Replay::Sequence(_) => Err(ReplayError::BadState(
+                "a sequence buffer takes whole steps (push_step), not transitions",
+            )),
         }
     }
 }
@@ -84,6 +94,7 @@ impl Replay {
         match self {
             Replay::Uniform(b) => b.len(),
             Replay::Prioritized(b) => b.len(),
+            Replay::Sequence(b) => b.len(),
         }
     }
 
@@ -129,6 +140,9 @@ impl Replay {
         match self {
             Replay::Uniform(buffer) => buffer.sample_into(batch_size, rng, batch),
             Replay::Prioritized(buffer) => buffer.sample_into(batch_size, beta, rng, batch),
+            Replay::Sequence(_) => Err(ReplayError::BadState(
+                "a sequence buffer samples windows (SequenceReplay::sample_into)",
+            )),
         }
     }
 
@@ -139,7 +153,7 @@ impl Replay {
         td_errors: &[f32],
     ) -> Result<(), ReplayError> {
         match self {
-            Replay::Uniform(_) => Ok(()),
+            Replay::Uniform(_) | Replay::Sequence(_) => Ok(()),
             Replay::Prioritized(buffer) => buffer.update_priorities(indices, td_errors),
         }
     }
@@ -149,6 +163,7 @@ impl Replay {
         match self {
             Replay::Uniform(buffer) => buffer.to_bytes(),
             Replay::Prioritized(buffer) => buffer.to_bytes(),
+            Replay::Sequence(buffer) => buffer.to_bytes(),
         }
     }
 
@@ -157,6 +172,7 @@ impl Replay {
         *self = match self {
             Replay::Uniform(_) => Replay::Uniform(ReplayBuffer::from_bytes(bytes)?),
             Replay::Prioritized(_) => Replay::Prioritized(PrioritizedReplay::from_bytes(bytes)?),
+            Replay::Sequence(_) => Replay::Sequence(SequenceReplay::from_bytes(bytes)?),
         };
         Ok(())
     }

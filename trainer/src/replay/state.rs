@@ -13,7 +13,8 @@ use super::error::ReplayError;
 /// ```text
 /// magic     8 bytes  "RFXREPLY"
 /// version   u16      1
-/// kind      u8       0 = uniform buffer, 1 = prioritized buffer
+/// kind      u8       0 = uniform buffer, 1 = prioritized buffer, 2 = sequence
+///                    buffer (its layout is in `SequenceReplay::to_bytes`)
 /// buffer    capacity u64, obs_dim u64, action kind u8 (0 discrete, 1 continuous),
 ///           action size u64 (n or dim), len u64, next slot u64,
 ///           then slots 0..len of: obs f32[len·obs_dim], next_obs f32[len·obs_dim],
@@ -32,6 +33,7 @@ const MAGIC: [u8; 8] = *b"RFXREPLY";
 pub(super) enum Kind {
     Uniform = 0,
     Prioritized = 1,
+    Sequence = 2,
 }
 
 /// Appends the format's values to a byte vector.
@@ -107,6 +109,7 @@ impl<'a> Reader<'a> {
             return Err(ReplayError::BadState(match kind {
                 Kind::Uniform => "expected a uniform buffer's state",
                 Kind::Prioritized => "expected a prioritized buffer's state",
+                Kind::Sequence => "expected a sequence buffer's state",
             }));
         }
         Ok(reader)

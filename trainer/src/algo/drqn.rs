@@ -1,0 +1,587 @@
+//! DRQN: deep recurrent Q-learning for partially observed envs, readable top to
+//! bottom. The network reads the history through an LSTM,
+//! h_t = LSTM(h_{t−1}, [o_t, onehot(a_{t−1})]), and a (dueling) Q head reads h_t.
+//!
+//! Learning follows R2D2 (Kapturowski et al. 2019) on top of DQN:
+//!
+//! ```text
+//!   window   = B burn-in steps, L learning steps, n bootstrap steps of one episode
+//!   (h0, c0) = the state the actor had at the window's first step (stored state),
+//!              or zeros (zero state)
+//!   burn-in  : both networks run over the B steps from (h0, c0); no loss, no gradient
+//!   y_t      = Σ_{i<m} γ^i r_{t+i} + γ^m Q⁻(h⁻_{t+m}, a*)      (0 after termination)
+//!   a*       = argmax_a Q(h_{t+m}, a) of the online network    (Double DQN)
+//!   loss     = Σ_t w · mask_t · Huber(Q(h_t, a_t) − y_t) / Σ_t mask_t
+//! ```
+//!
+//! The mask drops steps past the episode's end; the PER weights `w` are per
+//! window, and a window's priority is η·max|δ| + (1 − η)·mean|δ|.
+//!
+//! Acting carries (h, c) across the steps of an episode and zeroes it (and the
+//! previous action) at each episode start; evaluation keeps its own state so a
+//! periodic evaluation does not disturb the training episode.
+
+use std::cell::RefCell;
+
+use candle_core::{DType, Device, Tensor, D};
+use reflex_msgs::onnx::{
+    INPUT_C, INPUT_H, INPUT_OBS, INPUT_PREV_ACTION, OUTPUT_C, OUTPUT_H, OUTPUT_Q,
+};
+use reflex_msgs::{Action, ActionSpace, PolicySpec};
+use reflex_sim::SimRng;
+use serde::{Deserialize, Serialize};
+
+use super::dqn::huber;
+use super::{Agent, OptimizerSlot, UpdateStats};
+use crate::export::{normalized_obs, Attr, OnnxGraph};
+use crate::nn::{NetConfig, Params, RecurrentQNetwork};
+use crate::optim::Adam;
+use crate::replay::{
+    ActionRef, ActionShape, EnvStep, Replay, SequenceBatch, SequencePer, SequenceReplay, WindowSpec,
+};
+use crate::schedule::Schedule;
+use crate::TrainError;
+
+/// Every hyperparameter of a DRQN run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DrqnConfig {
+    /// Discount factor γ.
+    pub gamma: f64,
+    /// Adam learning rate.
+    pub learning_rate: f64,
+    /// Windows per gradient update.
+    pub batch_size: usize,
+    /// Replay capacity in env steps (slots).
+    pub buffer_size: usize,
+    /// Env steps of pure collection before the first update.
+    pub learning_starts: u64,
+    /// Env steps between training rounds.
+    pub train_freq: u64,
+    /// Gradient updates per training round.
+    pub gradient_steps: u64,
+    /// Env steps between target-network updates.
+    pub target_update_interval: u64,
+    /// Target update mix: 1.0 copies the online network, below 1 is Polyak averaging.
+    pub tau: f64,
+    /// ε of ε-greedy exploration over the run.
+    pub exploration: Schedule,
+    /// Double DQN: the online network picks the bootstrap action.
+    pub double: bool,
+    /// n of n-step returns (1 = one-step TD).
+    pub n_step: usize,
+    /// Learning steps L per window.
+    pub seq_len: usize,
+    /// Burn-in steps B before them (state warm-up, no loss).
+    pub burn_in: usize,
+    /// Start windows from the state the actor had (true) or from zeros.
+    pub stored_state: bool,
+    /// LSTM hidden size.
+    pub lstm_hidden: usize,
+    /// Prioritized sequence replay.
+    pub prioritized: bool,
+    /// PER priority exponent α.
+    pub per_alpha: f64,
+    /// PER importance-weight exponent β at the start; annealed linearly to 1.
+    pub per_beta0: f64,
+    /// PER ε added to the mixed |TD error|.
+    pub per_eps: f64,
+    /// R2D2's η: a window's priority is η·max|δ| + (1 − η)·mean|δ|.
+    pub per_eta: f64,
+    /// Huber (smooth L1, δ = 1) loss; false for squared error.
+    pub huber: bool,
+    /// Clip the global gradient norm to this (none when absent).
+    pub max_grad_norm: Option<f64>,
+    /// The Q head on the LSTM's output (hidden layers, dueling).
+    pub net: NetConfig,
+}
+
+impl Default for DrqnConfig {
+    fn default() -> Self {
+        Self {
+            gamma: 0.99,
+            learning_rate: 1e-3,
+            batch_size: 32,
+            buffer_size: 100_000,
+            learning_starts: 2_000,
+            train_freq: 4,
+            gradient_steps: 1,
+            target_update_interval: 500,
+            tau: 1.0,
+            exploration: Schedule::linear(1.0, 0.02, 0.2),
+            double: true,
+            n_step: 1,
+            seq_len: 20,
+            burn_in: 10,
+            stored_state: true,
+            lstm_hidden: 64,
+            prioritized: false,
+            per_alpha: 0.6,
+            per_beta0: 0.4,
+            per_eps: 1e-6,
+            per_eta: 0.9,
+            huber: true,
+            max_grad_norm: Some(10.0),
+            net: NetConfig {
+                hidden: vec![64],
+                dueling: true,
+                ..NetConfig::default()
+            },
+        }
+    }
+}
+
+/// The recurrent state an actor carries through an episode.
+#[derive(Debug, Clone)]
+struct Carry {
+    h: Tensor,
+    c: Tensor,
+    /// The previous action, one-hot (zeros at an episode's start).
+    prev: Vec<f32>,
+}
+
+impl Carry {
+    fn zero(hidden: usize, n_actions: usize, device: &Device) -> candle_core::Result<Self> {
+        let zeros = Tensor::zeros((1, hidden), DType::F32, device)?;
+        Ok(Self {
+            h: zeros.clone(),
+            c: zeros,
+            prev: vec![0.0; n_actions],
+        })
+    }
+
+    /// h then c, as replay stores them.
+    fn state(&self) -> candle_core::Result<Vec<f32>> {
+        let mut state = self.h.flatten_all()?.to_vec1::<f32>()?;
+        state.extend(self.c.flatten_all()?.to_vec1::<f32>()?);
+        Ok(state)
+    }
+
+    /// Advances the state by one observation; returns the Q-values.
+    fn step(&mut self, net: &RecurrentQNetwork, obs: &[f32]) -> candle_core::Result<Vec<f32>> {
+        let mut x = obs.to_vec();
+        x.extend_from_slice(&self.prev);
+        let x = Tensor::from_vec(x, (1, obs.len() + self.prev.len()), self.h.device())?;
+        let (q, h, c) = net.step(&x, &self.h, &self.c)?;
+        (self.h, self.c) = (h, c);
+        q.flatten_all()?.to_vec1::<f32>()
+    }
+
+    fn applied(&mut self, action: u32) {
+        self.prev.fill(0.0);
+        self.prev[action as usize] = 1.0;
+    }
+}
+
+fn argmax(q: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, v) in q.iter().enumerate() {
+        if *v > q[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+/// What the actor had before the step it is about to store.
+#[derive(Debug, Clone, Default)]
+struct Pending {
+    prev: Vec<f32>,
+    state: Vec<f32>,
+}
+
+/// The learner: networks, optimizer, sequence replay, and the acting state.
+pub struct Drqn {
+    /// Hyperparameters.
+    pub config: DrqnConfig,
+    /// The network being trained.
+    pub online: RecurrentQNetwork,
+    /// The slowly moving copy the targets bootstrap from.
+    pub target: RecurrentQNetwork,
+    /// Optimizer over `online`.
+    pub optimizer: Adam,
+    /// Sequence replay (as [`Replay::Sequence`], for checkpoints).
+    pub replay: Replay,
+    /// Env steps taken so far.
+    pub steps_done: u64,
+    /// Draws exploration decisions and random actions.
+    pub act_rng: SimRng,
+    /// Draws replay samples.
+    pub replay_rng: SimRng,
+    device: Device,
+    batch: SequenceBatch,
+    acting: Carry,
+    pending: Option<Pending>,
+    evaluating: RefCell<Carry>,
+}
+
+impl Drqn {
+    /// A fresh learner for an env with `obs_dim` observations and `n_actions`
+    /// actions; `seed` fixes its initial weights and every later random draw.
+    pub fn new(
+        config: DrqnConfig,
+        obs_dim: usize,
+        n_actions: usize,
+        seed: u64,
+        device: &Device,
+    ) -> Result<Self, TrainError> {
+        for (what, v) in [
+            ("drqn.seq_len", config.seq_len),
+            ("drqn.n_step", config.n_step),
+            ("drqn.lstm_hidden", config.lstm_hidden),
+            ("drqn.batch_size", config.batch_size),
+        ] {
+            if v == 0 {
+                return Err(TrainError::Config(format!("{what} must be at least 1")));
+            }
+        }
+        let hidden = config.lstm_hidden;
+        let mut init_rng = SimRng::seed(seed);
+        let online = RecurrentQNetwork::new(
+            &config.net,
+            obs_dim,
+            n_actions,
+            hidden,
+            &mut init_rng,
+            device,
+        )?;
+        let target = online.duplicate()?;
+        let optimizer = Adam::new(online.vars(), config.learning_rate)?;
+        let replay = SequenceReplay::new(
+            config.buffer_size,
+            obs_dim,
+            ActionShape::Discrete {
+                n: n_actions as u32,
+            },
+            if config.stored_state { 2 * hidden } else { 0 },
+            config.prioritized.then_some(SequencePer {
+                alpha: config.per_alpha,
+                eps: config.per_eps,
+                eta: config.per_eta,
+            }),
+        )?;
+        let zero = Carry::zero(hidden, n_actions, device)?;
+        Ok(Self {
+            config,
+            online,
+            target,
+            optimizer,
+            replay: Replay::Sequence(replay),
+            steps_done: 0,
+            act_rng: SimRng::seed(seed.wrapping_add(1)),
+            replay_rng: SimRng::seed(seed.wrapping_add(2)),
+            device: device.clone(),
+            batch: SequenceBatch::default(),
+            acting: zero.clone(),
+            pending: None,
+            evaluating: RefCell::new(zero),
+        })
+    }
+
+    fn sequences(&mut self) -> &mut SequenceReplay {
+        match &mut self.replay {
+            Replay::Sequence(r) => r,
+            _ => unreachable!("DRQN is built with a sequence buffer"),
+        }
+    }
+
+    fn window(&self) -> WindowSpec {
+        WindowSpec {
+            burn_in: self.config.burn_in,
+            learn: self.config.seq_len,
+            n_step: self.config.n_step,
+            gamma: self.config.gamma as f32,
+        }
+    }
+
+    /// One gradient update on a batch of windows; `beta` is PER's exponent.
+    pub fn update(&mut self, beta: f64) -> Result<UpdateStats, TrainError> {
+        let (b, window) = (self.config.batch_size, self.window());
+        let Replay::Sequence(replay) = &self.replay else {
+            unreachable!("DRQN is built with a sequence buffer")
+        };
+        replay.sample_into(b, window, beta, &mut self.replay_rng, &mut self.batch)?;
+        let batch = &self.batch;
+        let dev = &self.device;
+        let (p, l, burn) = (batch.positions, window.learn, window.burn_in);
+        let (d, n, hd) = (
+            self.online.obs_dim(),
+            self.online.n_actions(),
+            self.online.hidden(),
+        );
+
+        // Inputs [B, P, obs + n]: observation then previous action one-hot.
+        let mut xs = Vec::with_capacity(b * p * (d + n));
+        for at in 0..b * p {
+            xs.extend_from_slice(&batch.obs[at * d..][..d]);
+            xs.extend_from_slice(&batch.prev_actions[at * n..][..n]);
+        }
+        let xs = Tensor::from_vec(xs, (b, p, d + n), dev)?;
+        let alive = Tensor::from_slice(&batch.alive, (b, p), dev)?;
+        let (h0, c0) = if batch.init_state.is_empty() {
+            let zeros = Tensor::zeros((b, hd), DType::F32, dev)?;
+            (zeros.clone(), zeros)
+        } else {
+            let state = Tensor::from_slice(&batch.init_state, (b, 2 * hd), dev)?;
+            (state.narrow(1, 0, hd)?, state.narrow(1, hd, hd)?)
+        };
+
+        // Both networks from the same start state; outputs after the burn-in:
+        // positions burn..P, so learning step j is at j and a bootstrap
+        // position k at k − burn.
+        let q_online = self.online.unroll(&xs, &h0, &c0, Some(&alive), burn)?;
+        let q_target = self
+            .target
+            .unroll(&xs, &h0, &c0, Some(&alive), burn)?
+            .detach();
+
+        // Gather rows: bootstrap positions [B, L, n] and taken actions [B, L, 1].
+        let mut boot = Vec::with_capacity(b * l * n);
+        let mut taken = Vec::with_capacity(b * l);
+        for at in 0..b * l {
+            let k = (batch.bootstrap[at] as usize).saturating_sub(burn) as u32;
+            boot.extend(std::iter::repeat_n(k, n));
+            taken.push(batch.actions[at] as u32);
+        }
+        let boot = Tensor::from_vec(boot, (b, l, n), dev)?;
+        let taken = Tensor::from_vec(taken, (b, l, 1), dev)?;
+        let next_target = q_target.gather(&boot, 1)?;
+        let next_value = if self.config.double {
+            let best = q_online
+                .detach()
+                .gather(&boot, 1)?
+                .argmax_keepdim(D::Minus1)?;
+            next_target.gather(&best, D::Minus1)?.squeeze(D::Minus1)?
+        } else {
+            next_target.max(D::Minus1)?
+        };
+        let returns = Tensor::from_slice(&batch.returns, (b, l), dev)?;
+        let discounts = Tensor::from_slice(&batch.discounts, (b, l), dev)?;
+        let y = (returns + (discounts * next_value)?)?.detach();
+
+        let q_taken = q_online
+            .narrow(1, 0, l)?
+            .contiguous()?
+            .gather(&taken, D::Minus1)?
+            .squeeze(D::Minus1)?;
+        let error = (&q_taken - &y)?;
+        let per_step = if self.config.huber {
+            huber(&error)?
+        } else {
+            (error.sqr()? * 0.5)?
+        };
+        let mask = Tensor::from_slice(&batch.mask, (b, l), dev)?;
+        let weights = Tensor::from_slice(&batch.weights, (b, 1), dev)?;
+        let valid = batch.mask.iter().sum::<f32>().max(1.0);
+        let loss = ((per_step * &mask)?.broadcast_mul(&weights)?.sum_all()? / f64::from(valid))?;
+        let grads = loss.backward()?;
+        let grad_norm = self.optimizer.step(&grads, self.config.max_grad_norm)?;
+
+        let masked_q = (q_taken.detach() * &mask)?.sum_all()?.to_scalar::<f32>()? / valid;
+        if self.config.prioritized {
+            let td = error.detach().flatten_all()?.to_vec1::<f32>()?;
+            let (starts, mask) = (self.batch.starts.clone(), self.batch.mask.clone());
+            self.sequences().update_priorities(&starts, &td, &mask)?;
+        }
+        Ok(UpdateStats {
+            loss: loss.to_scalar::<f32>()?,
+            q_mean: masked_q,
+            grad_norm,
+        })
+    }
+
+    /// Moves the target network toward the online one (copy when τ = 1).
+    pub fn update_target(&self) -> Result<(), TrainError> {
+        if self.config.tau >= 1.0 {
+            crate::nn::copy_params(&self.target, &self.online)?;
+        } else {
+            crate::nn::polyak(&self.target, &self.online, self.config.tau)?;
+        }
+        Ok(())
+    }
+}
+
+impl Agent for Drqn {
+    fn algo(&self) -> &'static str {
+        "drqn"
+    }
+
+    fn steps_done(&self) -> u64 {
+        self.steps_done
+    }
+
+    fn set_steps_done(&mut self, steps: u64) {
+        self.steps_done = steps;
+    }
+
+    /// ε-greedy; the network steps on every observation (random actions too) so
+    /// the state follows the history.
+    fn explore(&mut self, obs: &[f32], step: u64, total: u64) -> Result<Action, TrainError> {
+        let pending = Pending {
+            prev: self.acting.prev.clone(),
+            state: if self.config.stored_state {
+                self.acting.state()?
+            } else {
+                Vec::new()
+            },
+        };
+        let q = self.acting.step(&self.online, obs)?;
+        let epsilon = self.exploration(step - 1, total);
+        let action = if self.act_rng.next_f64() < epsilon {
+            self.act_rng.below(q.len() as u64) as u32
+        } else {
+            argmax(&q)
+        };
+        self.pending = Some(pending);
+        Ok(Action::Discrete(action))
+    }
+
+    fn exploration(&self, step: u64, total: u64) -> f64 {
+        self.config.exploration.value(step, total)
+    }
+
+    fn greedy(&self, obs: &[f32]) -> Result<Action, TrainError> {
+        let q = self.evaluating.borrow_mut().step(&self.online, obs)?;
+        let action = argmax(&q);
+        self.evaluating.borrow_mut().applied(action);
+        Ok(Action::Discrete(action))
+    }
+
+    fn greedy_reset(&self) {
+        let mut carry = self.evaluating.borrow_mut();
+        if let Ok(zero) = Carry::zero(self.online.hidden(), self.online.n_actions(), &self.device) {
+            *carry = zero;
+        }
+    }
+
+    fn observe(&mut self, step: &EnvStep<'_>) -> Result<(), TrainError> {
+        let pending = self.pending.take().ok_or_else(|| {
+            TrainError::Config("DRQN stores steps it chose itself (explore, then observe)".into())
+        })?;
+        let ActionRef::Discrete(action) = step.action else {
+            return Err(TrainError::Config("DRQN needs discrete actions".into()));
+        };
+        self.sequences().push_step(
+            step.obs,
+            &pending.prev,
+            &pending.state,
+            step.action,
+            step.reward,
+        )?;
+        self.acting.applied(action);
+        if step.terminated || step.truncated {
+            let state = if self.config.stored_state {
+                self.acting.state()?
+            } else {
+                Vec::new()
+            };
+            let prev = self.acting.prev.clone();
+            self.sequences()
+                .finish_episode(step.next_obs, &prev, &state, step.terminated)?;
+        }
+        Ok(())
+    }
+
+    fn episode_start(&mut self) {
+        self.sequences().abandon_episode();
+        if let Ok(zero) = Carry::zero(self.online.hidden(), self.online.n_actions(), &self.device) {
+            self.acting = zero;
+        }
+        self.pending = None;
+    }
+
+    /// A round of `gradient_steps` updates every `train_freq` steps after
+    /// `learning_starts` (once a window can be sampled); the target moves every
+    /// `target_update_interval` steps.
+    fn train_after(&mut self, step: u64, total: u64) -> Result<Option<UpdateStats>, TrainError> {
+        let config = &self.config;
+        let mut last = None;
+        let ready = match &self.replay {
+            Replay::Sequence(r) => r.starts() > 0,
+            _ => false,
+        };
+        if step > config.learning_starts && step.is_multiple_of(config.train_freq) && ready {
+            let beta = config.per_beta0 + (1.0 - config.per_beta0) * (step as f64 / total as f64);
+            for _ in 0..config.gradient_steps {
+                last = Some(self.update(beta.min(1.0))?);
+            }
+        }
+        if step.is_multiple_of(self.config.target_update_interval) {
+            self.update_target()?;
+        }
+        Ok(last)
+    }
+
+    fn updates(&self) -> u64 {
+        self.optimizer.steps()
+    }
+
+    fn networks(&self) -> Vec<(&'static str, &dyn Params)> {
+        vec![("online", &self.online), ("target", &self.target)]
+    }
+
+    fn optimizers(&mut self) -> Vec<OptimizerSlot<'_>> {
+        vec![OptimizerSlot {
+            prefix: "",
+            adam: &mut self.optimizer,
+            params: &self.online,
+        }]
+    }
+
+    fn replay(&self) -> &Replay {
+        &self.replay
+    }
+
+    fn replay_mut(&mut self) -> &mut Replay {
+        &mut self.replay
+    }
+
+    fn rngs(&mut self) -> (&mut SimRng, &mut SimRng) {
+        (&mut self.act_rng, &mut self.replay_rng)
+    }
+
+    /// The one-step policy: `obs`, `prev_action` (one-hot), `h_in`, `c_in` →
+    /// `q`, `h_out`, `c_out`, with ONNX's `LSTM` operator.
+    fn to_onnx(&self, template: &PolicySpec) -> Result<Vec<u8>, TrainError> {
+        let mut spec = template.clone();
+        spec.recurrent_hidden_size = self.online.hidden() as u32;
+        spec.validate()
+            .map_err(|e| TrainError::Export(format!("policy spec: {e}")))?;
+        let (d, n, hd) = (
+            self.online.obs_dim(),
+            self.online.n_actions(),
+            self.online.hidden(),
+        );
+        if spec.observation_space.dim() != d
+            || spec.action_space != (ActionSpace::Discrete { n: n as u32 })
+        {
+            return Err(TrainError::Export(format!(
+                "network is {d}→{n}, the spec disagrees"
+            )));
+        }
+        let mut g = OnnxGraph::new();
+        let obs = normalized_obs(&mut g, &spec);
+        let x = g.op(
+            "Concat",
+            &[&obs, INPUT_PREV_ACTION],
+            &[Attr::Int("axis", 1)],
+            None,
+        );
+        self.online.to_onnx(
+            &mut g,
+            &x,
+            (INPUT_H, INPUT_C),
+            (OUTPUT_Q, OUTPUT_H, OUTPUT_C),
+        )?;
+        g.finish(
+            &[
+                (INPUT_OBS, d),
+                (INPUT_PREV_ACTION, n),
+                (INPUT_H, hd),
+                (INPUT_C, hd),
+            ],
+            &[(OUTPUT_Q, n), (OUTPUT_H, hd), (OUTPUT_C, hd)],
+            &spec,
+        )
+    }
+}

@@ -1,0 +1,489 @@
+//! Recurrent networks: an [`Lstm`] cell written in candle primitives (so
+//! gradients flow through time by ordinary backprop) and the recurrent
+//! Q-network of DRQN, [`RecurrentQNetwork`]: h_t = LSTM(h_{t−1}, [o_t, a_{t−1}]),
+//! then a (dueling) Q head on h_t.
+//!
+//! Gates are stored in ONNX's order — input, output, forget, cell (i, o, f, c) —
+//! so the exported `LSTM` node takes the weights as they are:
+//!
+//! ```text
+//!   g      = x W_ihᵀ + h W_hhᵀ + b          (4H wide: i | o | f | c)
+//!   c'     = σ(g_f) ⊙ c + σ(g_i) ⊙ tanh(g_c)
+//!   h'     = σ(g_o) ⊙ tanh(c')
+//! ```
+//!
+//! Over a window, `x W_ihᵀ + b` is one matmul for every step; only `h W_hhᵀ`
+//! runs per step.
+
+use candle_core::{Device, Result, Tensor, Var};
+use reflex_sim::SimRng;
+
+use super::{fresh, NetConfig, Params, QNetwork};
+use crate::export::{Attr, OnnxGraph};
+
+/// One LSTM layer.
+#[derive(Debug, Clone)]
+pub struct Lstm {
+    /// `[4H, inputs]`, gates i, o, f, c.
+    w_ih: Var,
+    /// `[4H, H]`.
+    w_hh: Var,
+    /// `[4H]` (ONNX's recurrent bias is exported as zeros).
+    bias: Var,
+    inputs: usize,
+    hidden: usize,
+}
+
+/// σ(x) = ½ tanh(x/2) + ½: three differentiable primitives (candle-core has no
+/// sigmoid with a backward pass).
+fn sigmoid(x: &Tensor) -> Result<Tensor> {
+    x.affine(0.5, 0.0)?.tanh()?.affine(0.5, 0.5)
+}
+
+impl Lstm {
+    /// PyTorch's initialization: every weight and bias U(±1/√H).
+    pub fn new(inputs: usize, hidden: usize, rng: &mut SimRng, device: &Device) -> Result<Self> {
+        let bound = 1.0 / (hidden as f64).sqrt();
+        let mut draw = |n: usize, shape: &[usize]| -> Result<Var> {
+            let values: Vec<f32> = (0..n).map(|_| rng.uniform(-bound, bound) as f32).collect();
+            Var::from_tensor(&Tensor::from_vec(values, shape, device)?)
+        };
+        Ok(Self {
+            w_ih: draw(4 * hidden * inputs, &[4 * hidden, inputs])?,
+            w_hh: draw(4 * hidden * hidden, &[4 * hidden, hidden])?,
+            bias: draw(4 * hidden, &[4 * hidden])?,
+            inputs,
+            hidden,
+        })
+    }
+
+    /// Input features per step.
+    pub fn inputs(&self) -> usize {
+        self.inputs
+    }
+
+    /// Hidden (and cell) state width H.
+    pub fn hidden(&self) -> usize {
+        self.hidden
+    }
+
+    /// The cell on precomputed input gates `gx = x W_ihᵀ + b` `[batch, 4H]`.
+    fn cell(&self, gx: &Tensor, h: &Tensor, c: &Tensor) -> Result<(Tensor, Tensor)> {
+        let hd = self.hidden;
+        let gates = (gx + h.matmul(&self.w_hh.as_tensor().t()?)?)?;
+        let sig = sigmoid(&gates.narrow(1, 0, 3 * hd)?)?;
+        let (i, o, f) = (
+            sig.narrow(1, 0, hd)?,
+            sig.narrow(1, hd, hd)?,
+            sig.narrow(1, 2 * hd, hd)?,
+        );
+        let candidate = gates.narrow(1, 3 * hd, hd)?.tanh()?;
+        let c_next = ((f * c)? + (i * candidate)?)?;
+        let h_next = (o * c_next.tanh()?)?;
+        Ok((h_next, c_next))
+    }
+
+    /// One step: `x` `[batch, inputs]`, state `[batch, H]` each → (h', c').
+    pub fn step(&self, x: &Tensor, h: &Tensor, c: &Tensor) -> Result<(Tensor, Tensor)> {
+        let gx = x
+            .matmul(&self.w_ih.as_tensor().t()?)?
+            .broadcast_add(self.bias.as_tensor())?;
+        self.cell(&gx, h, c)
+    }
+
+    /// Runs over a window `xs` `[batch, T, inputs]` from (h0, c0) `[batch, H]`.
+    ///
+    /// `alive` `[batch, T]` (1 or 0) marks the steps that belong to the window's
+    /// episode: at a 0 the state is held at (h0, c0) instead of advancing, so a
+    /// window that starts before its episode does (left padding) begins the
+    /// episode from (h0, c0). The state is detached after the first `no_grad`
+    /// steps (R2D2's burn-in: it warms the state, no gradient flows into it).
+    ///
+    /// Returns the outputs h_t of steps `no_grad..T` as `[batch, T − no_grad, H]`.
+    pub fn unroll(
+        &self,
+        xs: &Tensor,
+        h0: &Tensor,
+        c0: &Tensor,
+        alive: Option<&Tensor>,
+        no_grad: usize,
+    ) -> Result<Tensor> {
+        let (batch, steps, inputs) = xs.dims3()?;
+        // Input gates of every step in one matmul, laid out time-major so each
+        // step's slice is contiguous.
+        let gx = xs
+            .reshape((batch * steps, inputs))?
+            .matmul(&self.w_ih.as_tensor().t()?)?
+            .broadcast_add(self.bias.as_tensor())?
+            .reshape((batch, steps, 4 * self.hidden))?
+            .transpose(0, 1)?
+            .contiguous()?;
+        let alive = match alive {
+            Some(a) => Some(a.t()?.contiguous()?.unsqueeze(2)?),
+            None => None,
+        };
+        let (mut h, mut c) = (h0.clone(), c0.clone());
+        let mut outputs = Vec::with_capacity(steps.saturating_sub(no_grad));
+        for t in 0..steps {
+            if t == no_grad && t > 0 {
+                h = h.detach();
+                c = c.detach();
+            }
+            let (h_next, c_next) = self.cell(&gx.get(t)?, &h, &c)?;
+            (h, c) = match &alive {
+                // Where dead, keep the start state: s = s0 + m (s' − s0).
+                Some(alive) => {
+                    let m = alive.get(t)?;
+                    (
+                        (h0 + (h_next - h0)?.broadcast_mul(&m)?)?,
+                        (c0 + (c_next - c0)?.broadcast_mul(&m)?)?,
+                    )
+                }
+                None => (h_next, c_next),
+            };
+            if t >= no_grad {
+                outputs.push(h.clone());
+            }
+        }
+        Tensor::stack(&outputs, 1)
+    }
+
+    /// Appends an ONNX `LSTM` node on `x` `[batch, inputs]` with state `h_in`,
+    /// `c_in` `[batch, H]` (one step: sequence length 1) and names the new state
+    /// `h_out`, `c_out`. The weights go in under `name.w`, `name.r`, `name.b`.
+    pub fn to_onnx(
+        &self,
+        g: &mut OnnxGraph,
+        name: &str,
+        x: &str,
+        (h_in, c_in): (&str, &str),
+        (h_out, c_out): (&str, &str),
+    ) -> Result<()> {
+        let hd = self.hidden;
+        let flat = |v: &Var| -> Result<Vec<f32>> { v.as_tensor().flatten_all()?.to_vec1::<f32>() };
+        let w = g.constant(
+            &format!("{name}.w"),
+            &[1, 4 * hd, self.inputs],
+            flat(&self.w_ih)?,
+        );
+        let r = g.constant(&format!("{name}.r"), &[1, 4 * hd, hd], flat(&self.w_hh)?);
+        let mut b = flat(&self.bias)?;
+        b.resize(8 * hd, 0.0);
+        let b = g.constant(&format!("{name}.b"), &[1, 8 * hd], b);
+        let axes = g.constant_i64(&format!("{name}.axes"), &[0]);
+        let x = g.op("Unsqueeze", &[x, &axes], &[], None);
+        let h0 = g.op("Unsqueeze", &[h_in, &axes], &[], None);
+        let c0 = g.op("Unsqueeze", &[c_in, &axes], &[], None);
+        let (y, y_h, y_c) = (
+            format!("{name}.y"),
+            format!("{name}.y_h"),
+            format!("{name}.y_c"),
+        );
+        g.op_outputs(
+            "LSTM",
+            &[&x, &w, &r, &b, "", &h0, &c0],
+            &[Attr::Int("hidden_size", hd as i64)],
+            &[&y, &y_h, &y_c],
+        );
+        g.op("Squeeze", &[&y_h, &axes], &[], Some(h_out));
+        g.op("Squeeze", &[&y_c, &axes], &[], Some(c_out));
+        Ok(())
+    }
+
+    fn push_vars(&self, name: &str, out: &mut Vec<(String, Var)>) {
+        out.push((format!("{name}.w_ih"), self.w_ih.clone()));
+        out.push((format!("{name}.w_hh"), self.w_hh.clone()));
+        out.push((format!("{name}.bias"), self.bias.clone()));
+    }
+
+    /// A copy with its own parameters.
+    pub fn duplicate(&self) -> Result<Self> {
+        Ok(Self {
+            w_ih: fresh(&self.w_ih)?,
+            w_hh: fresh(&self.w_hh)?,
+            bias: fresh(&self.bias)?,
+            ..*self
+        })
+    }
+}
+
+impl Params for Lstm {
+    fn named_vars(&self) -> Vec<(String, Var)> {
+        let mut out = Vec::new();
+        self.push_vars("lstm", &mut out);
+        out
+    }
+}
+
+/// DRQN's network: an LSTM over [observation, previous action one-hot], then a
+/// Q-network (hidden layers per `NetConfig`, plain or dueling head) on h_t.
+#[derive(Debug, Clone)]
+pub struct RecurrentQNetwork {
+    lstm: Lstm,
+    head: QNetwork,
+    obs_dim: usize,
+    n_actions: usize,
+}
+
+impl RecurrentQNetwork {
+    /// A freshly initialized network.
+    pub fn new(
+        config: &NetConfig,
+        obs_dim: usize,
+        n_actions: usize,
+        hidden: usize,
+        rng: &mut SimRng,
+        device: &Device,
+    ) -> Result<Self> {
+        let lstm = Lstm::new(obs_dim + n_actions, hidden, rng, device)?;
+        let head = QNetwork::new(config, hidden, n_actions, 1, rng, device)?;
+        Ok(Self {
+            lstm,
+            head,
+            obs_dim,
+            n_actions,
+        })
+    }
+
+    /// Observation length.
+    pub fn obs_dim(&self) -> usize {
+        self.obs_dim
+    }
+
+    /// Number of discrete actions.
+    pub fn n_actions(&self) -> usize {
+        self.n_actions
+    }
+
+    /// LSTM hidden size.
+    pub fn hidden(&self) -> usize {
+        self.lstm.hidden()
+    }
+
+    /// One acting step: `x` = [obs, prev action one-hot] `[batch, obs + n]`,
+    /// state `[batch, H]` → (Q `[batch, n]`, h', c').
+    pub fn step(&self, x: &Tensor, h: &Tensor, c: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
+        let (h, c) = self.lstm.step(x, h, c)?;
+        Ok((self.head.q_values(&h)?, h, c))
+    }
+
+    /// Q over a window (see [`Lstm::unroll`]): `[batch, T − no_grad, n]` for the
+    /// steps after the burn-in.
+    pub fn unroll(
+        &self,
+        xs: &Tensor,
+        h0: &Tensor,
+        c0: &Tensor,
+        alive: Option<&Tensor>,
+        no_grad: usize,
+    ) -> Result<Tensor> {
+        let hs = self.lstm.unroll(xs, h0, c0, alive, no_grad)?;
+        let (batch, steps, hidden) = hs.dims3()?;
+        self.head
+            .q_values(&hs.reshape((batch * steps, hidden))?)?
+            .reshape((batch, steps, self.n_actions))
+    }
+
+    /// The one-step policy graph: `x` (normalized obs and `prev_action`
+    /// concatenated) with `h_in`/`c_in` → `q_out`, `h_out`, `c_out`.
+    pub fn to_onnx(
+        &self,
+        g: &mut OnnxGraph,
+        x: &str,
+        state_in: (&str, &str),
+        (q_out, h_out, c_out): (&str, &str, &str),
+    ) -> Result<()> {
+        self.lstm.to_onnx(g, "lstm", x, state_in, (h_out, c_out))?;
+        // The head reads the new hidden state.
+        self.head.to_onnx(g, h_out, q_out)
+    }
+
+    /// A detached copy with its own parameters (a target network).
+    pub fn duplicate(&self) -> Result<Self> {
+        Ok(Self {
+            lstm: self.lstm.duplicate()?,
+            head: self.head.duplicate()?,
+            ..*self
+        })
+    }
+}
+
+impl Params for RecurrentQNetwork {
+    fn named_vars(&self) -> Vec<(String, Var)> {
+        let mut out = Vec::new();
+        self.lstm.push_vars("lstm", &mut out);
+        for (name, var) in self.head.named_vars() {
+            out.push((format!("head.{name}"), var));
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::DType;
+
+    /// A reference LSTM step in plain f64 on the same weights.
+    fn reference_step(lstm: &Lstm, x: &[f32], h: &[f64], c: &[f64]) -> (Vec<f64>, Vec<f64>) {
+        let hd = lstm.hidden;
+        let w = lstm.w_ih.as_tensor().to_vec2::<f32>().unwrap();
+        let r = lstm.w_hh.as_tensor().to_vec2::<f32>().unwrap();
+        let b = lstm.bias.as_tensor().to_vec1::<f32>().unwrap();
+        let gate = |row: usize| -> f64 {
+            let mut g = f64::from(b[row]);
+            g += x
+                .iter()
+                .zip(&w[row])
+                .map(|(a, b)| f64::from(*a) * f64::from(*b))
+                .sum::<f64>();
+            g += h
+                .iter()
+                .zip(&r[row])
+                .map(|(a, b)| a * f64::from(*b))
+                .sum::<f64>();
+            g
+        };
+        let sig = |v: f64| 1.0 / (1.0 + (-v).exp());
+        let (mut h2, mut c2) = (vec![0.0; hd], vec![0.0; hd]);
+        for j in 0..hd {
+            let (i, o, f, cc) = (
+                sig(gate(j)),
+                sig(gate(hd + j)),
+                sig(gate(2 * hd + j)),
+                gate(3 * hd + j).tanh(),
+            );
+            c2[j] = f * c[j] + i * cc;
+            h2[j] = o * c2[j].tanh();
+        }
+        (h2, c2)
+    }
+
+    #[test]
+    fn unroll_matches_a_reference_lstm_with_gates_in_onnx_order() {
+        let dev = Device::Cpu;
+        let lstm = Lstm::new(3, 5, &mut SimRng::seed(3), &dev).unwrap();
+        let mut rng = SimRng::seed(4);
+        let xs: Vec<f32> = (0..2 * 6 * 3).map(|_| rng.normal() as f32).collect();
+        let x = Tensor::from_vec(xs.clone(), (2, 6, 3), &dev).unwrap();
+        let zeros = Tensor::zeros((2, 5), DType::F32, &dev).unwrap();
+        let out = lstm.unroll(&x, &zeros, &zeros, None, 2).unwrap();
+        assert_eq!(out.dims(), &[2, 4, 5], "outputs after the burn-in only");
+        let out = out.to_vec3::<f32>().unwrap();
+        for row in 0..2 {
+            let (mut h, mut c) = (vec![0.0; 5], vec![0.0; 5]);
+            for t in 0..6 {
+                let x = &xs[(row * 6 + t) * 3..(row * 6 + t + 1) * 3];
+                (h, c) = reference_step(&lstm, x, &h, &c);
+                if t >= 2 {
+                    for j in 0..5 {
+                        assert!((f64::from(out[row][t - 2][j]) - h[j]).abs() < 1e-5);
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn dead_steps_hold_the_start_state() {
+        let dev = Device::Cpu;
+        let lstm = Lstm::new(2, 4, &mut SimRng::seed(5), &dev).unwrap();
+        let mut rng = SimRng::seed(6);
+        let xs: Vec<f32> = (0..5 * 2).map(|_| rng.normal() as f32).collect();
+        let h0 = Tensor::from_vec(vec![0.3f32, -0.2, 0.1, 0.5], (1, 4), &dev).unwrap();
+        let c0 = Tensor::from_vec(vec![-0.4f32, 0.2, 0.0, 0.9], (1, 4), &dev).unwrap();
+        // Two padded steps, then the episode's three: the same as running the
+        // three alone from (h0, c0).
+        let padded = Tensor::from_vec(xs.clone(), (1, 5, 2), &dev).unwrap();
+        let alive = Tensor::new(&[[0f32, 0.0, 1.0, 1.0, 1.0]], &dev).unwrap();
+        let a = lstm.unroll(&padded, &h0, &c0, Some(&alive), 2).unwrap();
+        let alone = Tensor::from_vec(xs[4..].to_vec(), (1, 3, 2), &dev).unwrap();
+        let b = lstm.unroll(&alone, &h0, &c0, None, 0).unwrap();
+        let diff = (a - b).unwrap().abs().unwrap().max_all().unwrap();
+        assert!(diff.to_scalar::<f32>().unwrap() < 1e-6);
+    }
+
+    /// d loss / d W_hh[0, 0] by autograd against a central finite difference,
+    /// through 6 steps: gradients flow through time; and the burn-in steps
+    /// contribute none.
+    #[test]
+    fn gradients_flow_through_time_and_not_into_the_burn_in() {
+        let dev = Device::Cpu;
+        let lstm = Lstm::new(2, 3, &mut SimRng::seed(7), &dev).unwrap();
+        let mut rng = SimRng::seed(8);
+        let xs: Vec<f32> = (0..6 * 2).map(|_| rng.normal() as f32).collect();
+        let x = Tensor::from_vec(xs, (1, 6, 2), &dev).unwrap();
+        let zeros = Tensor::zeros((1, 3), DType::F32, &dev).unwrap();
+        // Only the last output is in the loss, so W_hh's gradient must come
+        // through the recurrence.
+        let loss = |l: &Lstm, no_grad: usize| -> Tensor {
+            l.unroll(&x, &zeros, &zeros, None, no_grad)
+                .unwrap()
+                .narrow(1, 6 - no_grad - 1, 1)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+        };
+        let grads = loss(&lstm, 0).backward().unwrap();
+        let auto = grads.get(&lstm.w_hh).unwrap().to_vec2::<f32>().unwrap()[0][0];
+        assert!(auto.abs() > 1e-4, "W_hh gets a gradient: {auto}");
+        let eps = 1e-2f32;
+        let shifted = |delta: f32| -> f32 {
+            let l = lstm.duplicate().unwrap();
+            let mut w = l.w_hh.as_tensor().to_vec2::<f32>().unwrap();
+            w[0][0] += delta;
+            l.w_hh.set(&Tensor::new(w, &dev).unwrap()).unwrap();
+            loss(&l, 0).to_scalar::<f32>().unwrap()
+        };
+        let numeric = (shifted(eps) - shifted(-eps)) / (2.0 * eps);
+        assert!(
+            (auto - numeric).abs() < 1e-3 * (1.0 + numeric.abs()),
+            "{auto} vs {numeric}"
+        );
+
+        // With 5 burn-in steps the gradient is exactly that of one step from
+        // the (constant) state the burn-in reached, and differs from the
+        // gradient through all six steps.
+        let burned = loss(&lstm, 5).backward().unwrap();
+        let (mut h, mut c) = (zeros.clone(), zeros.clone());
+        for t in 0..5 {
+            (h, c) = lstm
+                .step(&x.get(0).unwrap().narrow(0, t, 1).unwrap(), &h, &c)
+                .unwrap();
+        }
+        let last = x.get(0).unwrap().narrow(0, 5, 1).unwrap();
+        let (h6, _) = lstm.step(&last, &h.detach(), &c.detach()).unwrap();
+        let one_step = h6.sum_all().unwrap().backward().unwrap();
+        let full = loss(&lstm, 0).backward().unwrap();
+        for var in [&lstm.w_ih, &lstm.w_hh, &lstm.bias] {
+            let a = burned
+                .get(var)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap();
+            let b = one_step
+                .get(var)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap();
+            let f = full
+                .get(var)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap();
+            let gap = a
+                .iter()
+                .zip(&b)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0.0, f32::max);
+            assert!(gap < 1e-6, "burn-in leaked gradient: {gap}");
+            assert!(a.iter().zip(&f).any(|(x, y)| (x - y).abs() > 1e-5));
+        }
+    }
+}
