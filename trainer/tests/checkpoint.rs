@@ -167,6 +167,12 @@ fn checkpoint_restores_the_learner_and_the_run_resumes() {
             agent.obs_norm().cloned(),
             "{name}: observation statistics"
         );
+        if let Some(norm) = agent.obs_norm() {
+            assert_eq!(
+                norm.count, 1_500,
+                "{name}: every step updates the statistics"
+            );
+        }
         // The next round of updates is the same on both: same samples, same Adam
         // state, same smoothing noise.
         let a = agent.train_after(1_536, 3_000).unwrap();

@@ -493,7 +493,17 @@ fn recurrent_policies_match_their_agents_over_rollouts() {
     config.net.final_init_scale = 1.0;
     let dev = Device::Cpu;
     let mut env = reflex_sim::make("cartpole-masked").unwrap();
-    let agent = Drqn::new(config, 2, 2, 4, &dev).unwrap();
+    let mut agent = Drqn::new(config, 2, 2, 4, &dev).unwrap();
+    // Observation statistics far from (0, 1), baked into the file.
+    let mut rng = SimRng::seed(10);
+    let norm = agent.obs_norm().expect("DRQN normalizes by default");
+    for _ in 0..100 {
+        norm.update(&[
+            (rng.normal() * 0.5 + 0.3) as f32,
+            (rng.normal() * 0.05) as f32,
+        ]);
+    }
+    let norm = norm.clone();
     let spec = spec_for("drqn", "cartpole-masked", env.as_ref());
     let bytes = agent.to_onnx(&spec).unwrap();
     // The first episode's inputs and candle's outputs, for the onnxruntime check.
@@ -503,6 +513,11 @@ fn recurrent_policies_match_their_agents_over_rollouts() {
     });
     let mut policy = Policy::from_bytes(&bytes).unwrap();
     assert!(policy.is_recurrent());
+    assert_eq!(
+        policy.spec().obs_mean.len(),
+        2,
+        "normalization is in the spec"
+    );
     assert_eq!(policy.spec().recurrent_hidden_size, 32);
     let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
     for rollout in 0..3u64 {
@@ -514,6 +529,7 @@ fn recurrent_policies_match_their_agents_over_rollouts() {
         let mut prev = vec![0.0f32; 2];
         for t in 0..100 {
             let mut x = obs.clone();
+            norm.apply(&mut x);
             x.extend_from_slice(&prev);
             let x = Tensor::from_vec(x, (1, 4), &dev).unwrap();
             let (q, h2, c2) = agent.online.step(&x, &h, &c).unwrap();

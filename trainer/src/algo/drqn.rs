@@ -32,7 +32,7 @@ use reflex_sim::SimRng;
 use serde::{Deserialize, Serialize};
 
 use super::dqn::huber;
-use super::{Agent, OptimizerSlot, UpdateStats};
+use super::{Agent, OptimizerSlot, RunningNorm, UpdateStats};
 use crate::export::{normalized_obs, Attr, OnnxGraph};
 use crate::nn::{NetConfig, Params, RecurrentQNetwork};
 use crate::optim::Adam;
@@ -78,6 +78,10 @@ pub struct DrqnConfig {
     pub stored_state: bool,
     /// LSTM hidden size.
     pub lstm_hidden: usize,
+    /// Running observation normalization (frozen into the exported graph).
+    /// Recovering velocities from positions means reading small differences
+    /// between steps: on unit-scale inputs the LSTM sees them far sooner.
+    pub obs_norm: bool,
     /// Prioritized sequence replay.
     pub prioritized: bool,
     /// PER priority exponent α.
@@ -115,6 +119,7 @@ impl Default for DrqnConfig {
             burn_in: 10,
             stored_state: true,
             lstm_hidden: 64,
+            obs_norm: true,
             prioritized: false,
             per_alpha: 0.6,
             per_beta0: 0.4,
@@ -157,9 +162,18 @@ impl Carry {
         Ok(state)
     }
 
-    /// Advances the state by one observation; returns the Q-values.
-    fn step(&mut self, net: &RecurrentQNetwork, obs: &[f32]) -> candle_core::Result<Vec<f32>> {
+    /// Advances the state by one observation (normalized with `norm` if any);
+    /// returns the Q-values.
+    fn step(
+        &mut self,
+        net: &RecurrentQNetwork,
+        norm: Option<&RunningNorm>,
+        obs: &[f32],
+    ) -> candle_core::Result<Vec<f32>> {
         let mut x = obs.to_vec();
+        if let Some(norm) = norm {
+            norm.apply(&mut x);
+        }
         x.extend_from_slice(&self.prev);
         let x = Tensor::from_vec(x, (1, obs.len() + self.prev.len()), self.h.device())?;
         let (q, h, c) = net.step(&x, &self.h, &self.c)?;
@@ -208,6 +222,8 @@ pub struct Drqn {
     pub act_rng: SimRng,
     /// Draws replay samples.
     pub replay_rng: SimRng,
+    /// Running observation statistics (when `obs_norm`).
+    pub norm: Option<RunningNorm>,
     device: Device,
     batch: SequenceBatch,
     acting: Carry,
@@ -261,6 +277,7 @@ impl Drqn {
             }),
         )?;
         let zero = Carry::zero(hidden, n_actions, device)?;
+        let norm = config.obs_norm.then(|| RunningNorm::new(obs_dim));
         Ok(Self {
             config,
             online,
@@ -270,6 +287,7 @@ impl Drqn {
             steps_done: 0,
             act_rng: SimRng::seed(seed.wrapping_add(1)),
             replay_rng: SimRng::seed(seed.wrapping_add(2)),
+            norm,
             device: device.clone(),
             batch: SequenceBatch::default(),
             acting: zero.clone(),
@@ -301,16 +319,20 @@ impl Drqn {
             unreachable!("DRQN is built with a sequence buffer")
         };
         replay.sample_into(b, window, beta, &mut self.replay_rng, &mut self.batch)?;
-        let batch = &self.batch;
         let dev = &self.device;
-        let (p, l, burn) = (batch.positions, window.learn, window.burn_in);
+        let (p, l, burn) = (self.batch.positions, window.learn, window.burn_in);
         let (d, n, hd) = (
             self.online.obs_dim(),
             self.online.n_actions(),
             self.online.hidden(),
         );
 
-        // Inputs [B, P, obs + n]: observation then previous action one-hot.
+        // Inputs [B, P, obs + n]: observation (normalized with the current
+        // statistics) then previous action one-hot.
+        if let Some(norm) = &self.norm {
+            norm.apply(&mut self.batch.obs);
+        }
+        let batch = &self.batch;
         let mut xs = Vec::with_capacity(b * p * (d + n));
         for at in 0..b * p {
             xs.extend_from_slice(&batch.obs[at * d..][..d]);
@@ -329,11 +351,12 @@ impl Drqn {
         // Both networks from the same start state; outputs after the burn-in:
         // positions burn..P, so learning step j is at j and a bootstrap
         // position k at k − burn.
-        let q_online = self.online.unroll(&xs, &h0, &c0, Some(&alive), burn)?;
-        let q_target = self
-            .target
-            .unroll(&xs, &h0, &c0, Some(&alive), burn)?
-            .detach();
+        // Without burn-in a window starts at its (live) learning start, so dead
+        // positions only follow the episode's end, where no output is read:
+        // holding the state there is needed only with a burn-in.
+        let alive = (burn > 0).then_some(&alive);
+        let q_online = self.online.unroll(&xs, &h0, &c0, alive, burn)?;
+        let q_target = self.target.unroll(&xs, &h0, &c0, alive, burn)?.detach();
 
         // Gather rows: bootstrap positions [B, L, n] and taken actions [B, L, 1].
         let mut boot = Vec::with_capacity(b * l * n);
@@ -425,7 +448,7 @@ impl Agent for Drqn {
                 Vec::new()
             },
         };
-        let q = self.acting.step(&self.online, obs)?;
+        let q = self.acting.step(&self.online, self.norm.as_ref(), obs)?;
         let epsilon = self.exploration(step - 1, total);
         let action = if self.act_rng.next_f64() < epsilon {
             self.act_rng.below(q.len() as u64) as u32
@@ -441,7 +464,10 @@ impl Agent for Drqn {
     }
 
     fn greedy(&self, obs: &[f32]) -> Result<Action, TrainError> {
-        let q = self.evaluating.borrow_mut().step(&self.online, obs)?;
+        let q = self
+            .evaluating
+            .borrow_mut()
+            .step(&self.online, self.norm.as_ref(), obs)?;
         let action = argmax(&q);
         self.evaluating.borrow_mut().applied(action);
         Ok(Action::Discrete(action))
@@ -461,6 +487,9 @@ impl Agent for Drqn {
         let ActionRef::Discrete(action) = step.action else {
             return Err(TrainError::Config("DRQN needs discrete actions".into()));
         };
+        if let Some(norm) = &mut self.norm {
+            norm.update(step.obs);
+        }
         self.sequences().push_step(
             step.obs,
             &pending.prev,
@@ -540,11 +569,18 @@ impl Agent for Drqn {
         (&mut self.act_rng, &mut self.replay_rng)
     }
 
+    fn obs_norm(&mut self) -> Option<&mut RunningNorm> {
+        self.norm.as_mut()
+    }
+
     /// The one-step policy: `obs`, `prev_action` (one-hot), `h_in`, `c_in` →
     /// `q`, `h_out`, `c_out`, with ONNX's `LSTM` operator.
     fn to_onnx(&self, template: &PolicySpec) -> Result<Vec<u8>, TrainError> {
         let mut spec = template.clone();
         spec.recurrent_hidden_size = self.online.hidden() as u32;
+        if let Some(norm) = &self.norm {
+            (spec.obs_mean, spec.obs_std) = norm.mean_std();
+        }
         spec.validate()
             .map_err(|e| TrainError::Export(format!("policy spec: {e}")))?;
         let (d, n, hd) = (

@@ -40,6 +40,141 @@ fn sigmoid(x: &Tensor) -> Result<Tensor> {
     x.affine(0.5, 0.0)?.tanh()?.affine(0.5, 0.5)
 }
 
+/// The LSTM cell as one CPU op on the packed state s = [h | c] `[batch, 2H]`:
+/// (gates `[batch, 4H]` = x W_ihᵀ + h W_hhᵀ + b, s) → s'. Its backward is one
+/// op too. Per step this replaces a dozen small candle ops (and their
+/// backward nodes) with two, which is most of a sequence update's overhead at
+/// robot-sized batches. Other devices use the same math in candle primitives
+/// ([`Lstm::cell`]); a unit test holds the two to each other.
+struct FusedCell {
+    hidden: usize,
+}
+
+fn f32_slice<'a>(
+    storage: &'a candle_core::CpuStorage,
+    layout: &candle_core::Layout,
+) -> Result<&'a [f32]> {
+    let (start, end) = layout
+        .contiguous_offsets()
+        .ok_or_else(|| candle_core::Error::Msg("fused LSTM cell: non-contiguous input".into()))?;
+    Ok(&storage.as_slice::<f32>()?[start..end])
+}
+
+fn sig(x: f32) -> f32 {
+    1.0 / (1.0 + (-x).exp())
+}
+
+impl candle_core::CustomOp2 for FusedCell {
+    fn name(&self) -> &'static str {
+        "lstm-cell"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &candle_core::CpuStorage,
+        l1: &candle_core::Layout,
+        s2: &candle_core::CpuStorage,
+        l2: &candle_core::Layout,
+    ) -> Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        let hd = self.hidden;
+        let (gates, state) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?);
+        let batch = state.len() / (2 * hd);
+        let mut out = vec![0f32; batch * 2 * hd];
+        for r in 0..batch {
+            let g = &gates[r * 4 * hd..][..4 * hd];
+            let c = &state[r * 2 * hd + hd..][..hd];
+            let (h_out, c_out) = out[r * 2 * hd..][..2 * hd].split_at_mut(hd);
+            for j in 0..hd {
+                let (i, o, f, cand) = (
+                    sig(g[j]),
+                    sig(g[hd + j]),
+                    sig(g[2 * hd + j]),
+                    g[3 * hd + j].tanh(),
+                );
+                let c_next = f * c[j] + i * cand;
+                c_out[j] = c_next;
+                h_out[j] = o * c_next.tanh();
+            }
+        }
+        Ok((
+            candle_core::CpuStorage::F32(out),
+            candle_core::Shape::from((batch, 2 * hd)),
+        ))
+    }
+
+    fn bwd(
+        &self,
+        gates: &Tensor,
+        state: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let hd = self.hidden;
+        let both = gates.apply_op3_no_bwd(
+            state,
+            &grad.contiguous()?,
+            &FusedCellBackward { hidden: hd },
+        )?;
+        Ok((
+            Some(both.narrow(1, 0, 4 * hd)?),
+            Some(both.narrow(1, 4 * hd, 2 * hd)?),
+        ))
+    }
+}
+
+/// (gates, s, ds') → [d gates | d s] `[batch, 6H]`; d h of s is zero here (h
+/// reaches the cell through the gates' matmul, whose backward candle does).
+struct FusedCellBackward {
+    hidden: usize,
+}
+
+impl candle_core::CustomOp3 for FusedCellBackward {
+    fn name(&self) -> &'static str {
+        "lstm-cell-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &candle_core::CpuStorage,
+        l1: &candle_core::Layout,
+        s2: &candle_core::CpuStorage,
+        l2: &candle_core::Layout,
+        s3: &candle_core::CpuStorage,
+        l3: &candle_core::Layout,
+    ) -> Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        let hd = self.hidden;
+        let (gates, state, grad) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?, f32_slice(s3, l3)?);
+        let batch = state.len() / (2 * hd);
+        let mut out = vec![0f32; batch * 6 * hd];
+        for r in 0..batch {
+            let g = &gates[r * 4 * hd..][..4 * hd];
+            let c = &state[r * 2 * hd + hd..][..hd];
+            let (dh, dc_next) = grad[r * 2 * hd..][..2 * hd].split_at(hd);
+            let (d_gates, d_state) = out[r * 6 * hd..][..6 * hd].split_at_mut(4 * hd);
+            for j in 0..hd {
+                let (i, o, f, cand) = (
+                    sig(g[j]),
+                    sig(g[hd + j]),
+                    sig(g[2 * hd + j]),
+                    g[3 * hd + j].tanh(),
+                );
+                let c_next = f * c[j] + i * cand;
+                let tc = c_next.tanh();
+                let dc = dc_next[j] + dh[j] * o * (1.0 - tc * tc);
+                d_gates[j] = dc * cand * i * (1.0 - i);
+                d_gates[hd + j] = dh[j] * tc * o * (1.0 - o);
+                d_gates[2 * hd + j] = dc * c[j] * f * (1.0 - f);
+                d_gates[3 * hd + j] = dc * i * (1.0 - cand * cand);
+                d_state[hd + j] = dc * f;
+            }
+        }
+        Ok((
+            candle_core::CpuStorage::F32(out),
+            candle_core::Shape::from((batch, 6 * hd)),
+        ))
+    }
+}
+
 impl Lstm {
     /// PyTorch's initialization: every weight and bias U(±1/√H).
     pub fn new(inputs: usize, hidden: usize, rng: &mut SimRng, device: &Device) -> Result<Self> {
@@ -91,6 +226,20 @@ impl Lstm {
         self.cell(&gx, h, c)
     }
 
+    /// The cell on precomputed input gates with the packed state s = [h | c]
+    /// `[batch, 2H]`: the fused op on the CPU, primitives elsewhere.
+    fn cell_packed(&self, gx: &Tensor, state: &Tensor, fused: bool) -> Result<Tensor> {
+        let hd = self.hidden;
+        let h = state.narrow(1, 0, hd)?;
+        if fused {
+            let gates = (gx + h.matmul(&self.w_hh.as_tensor().t()?)?)?;
+            gates.apply_op2(&state.contiguous()?, FusedCell { hidden: hd })
+        } else {
+            let (h, c) = self.cell(gx, &h, &state.narrow(1, hd, hd)?)?;
+            Tensor::cat(&[&h, &c], 1)
+        }
+    }
+
     /// Runs over a window `xs` `[batch, T, inputs]` from (h0, c0) `[batch, H]`.
     ///
     /// `alive` `[batch, T]` (1 or 0) marks the steps that belong to the window's
@@ -108,41 +257,49 @@ impl Lstm {
         alive: Option<&Tensor>,
         no_grad: usize,
     ) -> Result<Tensor> {
+        self.unroll_with(xs, h0, c0, alive, no_grad, xs.device().is_cpu())
+    }
+
+    /// [`unroll`](Self::unroll) with the fused CPU cell on or off.
+    fn unroll_with(
+        &self,
+        xs: &Tensor,
+        h0: &Tensor,
+        c0: &Tensor,
+        alive: Option<&Tensor>,
+        no_grad: usize,
+        fused: bool,
+    ) -> Result<Tensor> {
         let (batch, steps, inputs) = xs.dims3()?;
+        let hd = self.hidden;
         // Input gates of every step in one matmul, laid out time-major so each
         // step's slice is contiguous.
         let gx = xs
             .reshape((batch * steps, inputs))?
             .matmul(&self.w_ih.as_tensor().t()?)?
             .broadcast_add(self.bias.as_tensor())?
-            .reshape((batch, steps, 4 * self.hidden))?
+            .reshape((batch, steps, 4 * hd))?
             .transpose(0, 1)?
             .contiguous()?;
         let alive = match alive {
             Some(a) => Some(a.t()?.contiguous()?.unsqueeze(2)?),
             None => None,
         };
-        let (mut h, mut c) = (h0.clone(), c0.clone());
+        let start = Tensor::cat(&[h0, c0], 1)?;
+        let mut state = start.clone();
         let mut outputs = Vec::with_capacity(steps.saturating_sub(no_grad));
         for t in 0..steps {
             if t == no_grad && t > 0 {
-                h = h.detach();
-                c = c.detach();
+                state = state.detach();
             }
-            let (h_next, c_next) = self.cell(&gx.get(t)?, &h, &c)?;
-            (h, c) = match &alive {
+            let next = self.cell_packed(&gx.get(t)?, &state, fused)?;
+            state = match &alive {
                 // Where dead, keep the start state: s = s0 + m (s' − s0).
-                Some(alive) => {
-                    let m = alive.get(t)?;
-                    (
-                        (h0 + (h_next - h0)?.broadcast_mul(&m)?)?,
-                        (c0 + (c_next - c0)?.broadcast_mul(&m)?)?,
-                    )
-                }
-                None => (h_next, c_next),
+                Some(alive) => (&start + (next - &start)?.broadcast_mul(&alive.get(t)?)?)?,
+                None => next,
             };
             if t >= no_grad {
-                outputs.push(h.clone());
+                outputs.push(state.narrow(1, 0, hd)?);
             }
         }
         Tensor::stack(&outputs, 1)
@@ -381,6 +538,58 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    /// The fused CPU cell and the primitive cell agree in values and in every
+    /// parameter's gradient, through burn-in and dead steps.
+    #[test]
+    fn the_fused_cell_matches_the_primitive_cell_with_gradients() {
+        let dev = Device::Cpu;
+        let lstm = Lstm::new(3, 6, &mut SimRng::seed(11), &dev).unwrap();
+        let mut rng = SimRng::seed(12);
+        let mut draw = |n: usize| -> Vec<f32> { (0..n).map(|_| rng.normal() as f32).collect() };
+        let x = Tensor::from_vec(draw(4 * 7 * 3), (4, 7, 3), &dev).unwrap();
+        let h0 = Tensor::from_vec(draw(4 * 6), (4, 6), &dev).unwrap();
+        let c0 = Tensor::from_vec(draw(4 * 6), (4, 6), &dev).unwrap();
+        let alive: Vec<f32> = (0..28)
+            .map(|k| if k % 7 < 2 && k < 14 { 0.0 } else { 1.0 })
+            .collect();
+        let alive = Tensor::from_vec(alive, (4, 7), &dev).unwrap();
+        let weights = Tensor::from_vec(draw(4 * 5 * 6), (4, 5, 6), &dev).unwrap();
+        let run = |fused: bool| {
+            let out = lstm
+                .unroll_with(&x, &h0, &c0, Some(&alive), 2, fused)
+                .unwrap();
+            let loss = (out.clone() * &weights).unwrap().sum_all().unwrap();
+            let grads = loss.backward().unwrap();
+            let g: Vec<Vec<f32>> = lstm
+                .vars()
+                .iter()
+                .map(|v| {
+                    grads
+                        .get(v)
+                        .unwrap()
+                        .flatten_all()
+                        .unwrap()
+                        .to_vec1()
+                        .unwrap()
+                })
+                .collect();
+            (out.flatten_all().unwrap().to_vec1::<f32>().unwrap(), g)
+        };
+        let (out_a, grads_a) = run(true);
+        let (out_b, grads_b) = run(false);
+        let gap = |a: &[f32], b: &[f32]| {
+            a.iter()
+                .zip(b)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0.0, f32::max)
+        };
+        assert!(gap(&out_a, &out_b) < 1e-5);
+        for (a, b) in grads_a.iter().zip(&grads_b) {
+            assert!(gap(a, b) < 1e-4, "gradient gap {}", gap(a, b));
+            assert!(a.iter().any(|v| *v != 0.0));
         }
     }
 
