@@ -1,12 +1,12 @@
 //! reflex-trainer: the learner.
 //!
-//! Replay buffers ([`replay`]: uniform, prioritized, n-step), networks on candle
-//! ([`nn`]: Q-networks, actors, critics, NAF), Adam ([`optim`]), schedules, the
-//! algorithms behind one [`algo::Agent`] trait (DQN with its variants; DDPG,
-//! TD3 and NAF for continuous actions), the shared training loop, evaluation,
-//! checkpoints ([`checkpoint`]), ONNX export ([`export`]) and the learner service
-//! that receives robots' transitions ([`learner`], DQN so far). Still to come:
-//! sequence replay and the recurrent variants (DRQN).
+//! Replay buffers ([`replay`]: uniform, prioritized, n-step, sequence), networks
+//! on candle ([`nn`]: Q-networks, actors, critics, NAF, LSTM), Adam
+//! ([`optim`]), schedules, the algorithms behind one [`algo::Agent`] trait (DQN
+//! with its variants, DRQN; DDPG, TD3 and NAF for continuous actions), the
+//! shared training loop, evaluation, checkpoints ([`checkpoint`]), ONNX export
+//! ([`export`]) and the learner service that receives robots' transitions
+//! ([`learner`], DQN so far). Still to come: recurrent DDPG/TD3/NAF.
 //!
 //! It may depend on `reflex-msgs`, `reflex-sim` and the daemon's policy runtime;
 //! nothing depends on it, and robots never ship it.
