@@ -10,7 +10,10 @@
 //! Supported, for a batch of one (`obs` is `[1, obs_dim]`): `Gemm` and `MatMul`
 //! with constant weights, `Relu`, `Tanh`, `Sigmoid`, `LayerNormalization` over the
 //! last axis, `ReduceMean` over the last axis, the broadcasting element-wise `Add`,
-//! `Sub`, `Mul`, `Div`, `Min`, `Max`, and `Identity`. Anything else (another
+//! `Sub`, `Mul`, `Div`, `Min`, `Max`, and `Identity`; and for recurrent policies
+//! (several inputs and outputs, [`Plan::compile_io`]) `Concat` on the last axis,
+//! `Unsqueeze`/`Squeeze` with constant axes, and a one-step forward `LSTM`
+//! (sequence length 1, default activations, no peepholes, clip or coupled gates). Anything else (another
 //! operator, an attribute we do not model, a broadcast that is not "same shape or
 //! one value", external data) makes `compile` return `None`, and the policy runs on
 //! tract. tract also remains the validator: [`crate::policy::Policy`] only uses a
@@ -117,6 +120,29 @@ enum Step {
         x: Src,
         out: usize,
     },
+    /// The parts side by side.
+    Concat {
+        parts: Vec<Src>,
+        out: usize,
+    },
+    /// One LSTM step (ONNX gate order i, o, f, c): `gates = x·W + h·R + b`, then
+    /// c' = σ(f)·c + σ(i)·tanh(c̃), h' = σ(o)·tanh(c') into `out` (h') and `out_c`.
+    Lstm {
+        x: Src,
+        h: Src,
+        c: Src,
+        /// `[inputs][4H]`.
+        w: usize,
+        /// `[H][4H]`.
+        r: usize,
+        /// `[4H]`: the input and recurrent biases summed.
+        bias: usize,
+        inputs: usize,
+        hidden: usize,
+        gates: usize,
+        out: usize,
+        out_c: usize,
+    },
 }
 
 /// A compiled graph: steps over buffers that are allocated once.
@@ -125,9 +151,10 @@ pub struct Plan {
     consts: Vec<Vec<f32>>,
     bufs: Vec<Vec<f32>>,
     steps: Vec<Step>,
-    input: usize,
-    output: Src,
-    out_len: usize,
+    /// Input buffers, in the order `compile_io` named them.
+    inputs: Vec<usize>,
+    /// Outputs and their lengths, in the order `compile_io` named them.
+    outputs: Vec<(Src, usize)>,
 }
 
 /// A value while compiling: where it lives and its shape (batch of one).
@@ -290,8 +317,177 @@ impl Compiler {
             "Max" => self.variadic(node, Binary::Max),
             "LayerNormalization" => self.layer_norm(node),
             "ReduceMean" => self.reduce_mean(node),
+            "Concat" => self.concat(node),
+            "Unsqueeze" => self.reshape_axes(node, true),
+            "Squeeze" => self.reshape_axes(node, false),
+            "LSTM" => self.lstm(node),
             _ => None,
         }
+    }
+
+    /// `Concat` along the last axis of values whose other dims are all 1.
+    fn concat(&mut self, node: &pb::NodeProto) -> Option<()> {
+        let values: Vec<Value> = (0..node.input.len())
+            .map(|i| self.value(node, i).cloned())
+            .collect::<Option<_>>()?;
+        let rank = values.first()?.shape.len();
+        let rowlike =
+            |v: &Value| v.shape.len() == rank && v.shape[..rank - 1].iter().all(|&d| d == 1);
+        if rank == 0 || !values.iter().all(rowlike) {
+            return None;
+        }
+        if !is_last_axis(attr(node, "axis")?.i, rank) {
+            return None;
+        }
+        let width: usize = values.iter().map(|v| v.shape[rank - 1]).sum();
+        let out = self.new_buf(width);
+        self.steps.push(Step::Concat {
+            parts: values.iter().map(|v| v.src).collect(),
+            out,
+        });
+        let mut shape = vec![1; rank - 1];
+        shape.push(width);
+        self.define(node, Src::Buf(out), shape)
+    }
+
+    /// `Unsqueeze` (insert) or `Squeeze` (remove) unit axes named by a constant
+    /// int64 input (opset 13 on): only the shape changes, the data is shared.
+    fn reshape_axes(&mut self, node: &pb::NodeProto, insert: bool) -> Option<()> {
+        let v = self.value(node, 0)?.clone();
+        let axes = self.ints.get(node.input.get(1)?)?.clone();
+        let out_rank = if insert {
+            v.shape.len() + axes.len()
+        } else {
+            v.shape.len().checked_sub(axes.len())?
+        };
+        let full_rank = if insert { out_rank } else { v.shape.len() } as i64;
+        let mut norm: Vec<usize> = axes
+            .iter()
+            .map(|&a| {
+                let a = if a < 0 { a + full_rank } else { a };
+                (0..full_rank).contains(&a).then_some(a as usize)
+            })
+            .collect::<Option<_>>()?;
+        norm.sort_unstable();
+        norm.dedup();
+        if norm.len() != axes.len() {
+            return None;
+        }
+        let shape = if insert {
+            let mut rest = v.shape.iter();
+            (0..out_rank)
+                .map(|i| {
+                    if norm.contains(&i) {
+                        Some(1)
+                    } else {
+                        rest.next().copied()
+                    }
+                })
+                .collect::<Option<Vec<_>>>()?
+        } else {
+            if norm.iter().any(|&i| v.shape[i] != 1) {
+                return None;
+            }
+            v.shape
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| !norm.contains(i))
+                .map(|(_, &d)| d)
+                .collect()
+        };
+        self.define(node, v.src, shape)
+    }
+
+    /// A forward `LSTM` over one step of a batch of one.
+    fn lstm(&mut self, node: &pb::NodeProto) -> Option<()> {
+        for a in &node.attribute {
+            let fine = match a.name.as_str() {
+                "hidden_size" => true,
+                "direction" => a.s == b"forward",
+                "layout" | "input_forget" => a.i == 0,
+                _ => false,
+            };
+            if !fine {
+                return None;
+            }
+        }
+        let hidden = usize::try_from(attr(node, "hidden_size")?.i).ok()?;
+        let optional = |i: usize| node.input.get(i).is_some_and(|n| !n.is_empty());
+        // sequence_lens and peepholes are not modeled.
+        if optional(4) || optional(7) {
+            return None;
+        }
+        let x = self.value(node, 0)?.clone();
+        let inputs = match x.shape.as_slice() {
+            [1, 1, i] => *i,
+            _ => return None,
+        };
+        let (w_shape, w) = self.constant(node, 1)?;
+        let (r_shape, r) = self.constant(node, 2)?;
+        if w_shape != [1, 4 * hidden, inputs] || r_shape != [1, 4 * hidden, hidden] {
+            return None;
+        }
+        // Transposed to [k][4H] for `dense`.
+        let transpose = |m: &[f32], k: usize| -> Vec<f32> {
+            let mut t = vec![0.0; k * 4 * hidden];
+            for row in 0..4 * hidden {
+                for col in 0..k {
+                    t[col * 4 * hidden + row] = m[row * k + col];
+                }
+            }
+            t
+        };
+        let (w, r) = (transpose(w, inputs), transpose(r, hidden));
+        let bias = if optional(3) {
+            let (b_shape, b) = self.constant(node, 3)?;
+            if b_shape != [1, 8 * hidden] {
+                return None;
+            }
+            (0..4 * hidden).map(|j| b[j] + b[4 * hidden + j]).collect()
+        } else {
+            vec![0.0; 4 * hidden]
+        };
+        let mut state = |i: usize| -> Option<Src> {
+            if !optional(i) {
+                return Some(Src::Const(self.new_const(vec![0.0; hidden])));
+            }
+            let v = self.value(node, i)?;
+            (v.shape == [1, 1, hidden]).then_some(v.src)
+        };
+        let (h, c) = (state(5)?, state(6)?);
+        let (w, r, bias) = (self.new_const(w), self.new_const(r), self.new_const(bias));
+        let (gates, out, out_c) = (
+            self.new_buf(4 * hidden),
+            self.new_buf(hidden),
+            self.new_buf(hidden),
+        );
+        self.steps.push(Step::Lstm {
+            x: x.src,
+            h,
+            c,
+            w,
+            r,
+            bias,
+            inputs,
+            hidden,
+            gates,
+            out,
+            out_c,
+        });
+        let outputs = [
+            (Src::Buf(out), vec![1, 1, 1, hidden]),
+            (Src::Buf(out), vec![1, 1, hidden]),
+            (Src::Buf(out_c), vec![1, 1, hidden]),
+        ];
+        if node.output.len() > 3 {
+            return None;
+        }
+        for (name, (src, shape)) in node.output.iter().zip(outputs) {
+            if !name.is_empty() {
+                self.values.insert(name.clone(), Value { src, shape });
+            }
+        }
+        Some(())
     }
 
     /// `x` must be a row `[1, k]`; returns `(src, k)`.
@@ -536,15 +732,26 @@ impl Compiler {
 }
 
 impl Plan {
-    /// Compiles `graph` for an observation of `obs_dim` values read from input
-    /// `input` and an output `output` of `out_len` values, or `None` if the graph
-    /// uses anything this evaluator does not model.
+    /// Compiles `graph` for a feed-forward policy: one input `input` of
+    /// `obs_dim` values and an output `output` of `out_len` values, or `None` if
+    /// the graph uses anything this evaluator does not model.
     pub fn compile(
         graph: &pb::GraphProto,
         input: &str,
         obs_dim: usize,
         output: &str,
         out_len: usize,
+    ) -> Option<Plan> {
+        Self::compile_io(graph, &[(input, obs_dim)], &[(output, out_len)])
+    }
+
+    /// Compiles `graph` with these inputs and outputs (name, values; each a row
+    /// `[1, width]`), or `None` if the graph uses anything this evaluator does not
+    /// model.
+    pub fn compile_io(
+        graph: &pb::GraphProto,
+        inputs: &[(&str, usize)],
+        outputs: &[(&str, usize)],
     ) -> Option<Plan> {
         let mut c = Compiler {
             values: HashMap::new(),
@@ -568,43 +775,73 @@ impl Plan {
                 },
             );
         }
-        let input_buf = c.new_buf(obs_dim);
-        c.values.insert(
-            input.to_string(),
-            Value {
-                src: Src::Buf(input_buf),
-                shape: vec![1, obs_dim],
-            },
-        );
+        let mut input_bufs = Vec::with_capacity(inputs.len());
+        for &(name, width) in inputs {
+            let buf = c.new_buf(width);
+            input_bufs.push(buf);
+            c.values.insert(
+                name.to_string(),
+                Value {
+                    src: Src::Buf(buf),
+                    shape: vec![1, width],
+                },
+            );
+        }
         for node in &graph.node {
             c.node(node)?;
         }
-        let out = c.values.get(output)?;
-        if numel(&out.shape) != out_len {
-            return None;
+        let mut output_srcs = Vec::with_capacity(outputs.len());
+        for &(name, len) in outputs {
+            let out = c.values.get(name)?;
+            if numel(&out.shape) != len {
+                return None;
+            }
+            output_srcs.push((out.src, len));
         }
-        let output = out.src;
         Some(Plan {
             bufs: c.bufs.iter().map(|&n| vec![0.0; n]).collect(),
             consts: c.consts,
             steps: c.steps,
-            input: input_buf,
-            output,
-            out_len,
+            inputs: input_bufs,
+            outputs: output_srcs,
         })
     }
 
-    /// Evaluates the plan on `obs` (exactly `obs_dim` values) into `out` (exactly
-    /// the output's length). Allocates nothing.
+    /// Evaluates a feed-forward plan on `obs` (exactly `obs_dim` values) into
+    /// `out` (exactly the output's length). Allocates nothing.
     pub fn run(&mut self, obs: &[f32], out: &mut [f32]) {
-        self.bufs[self.input].copy_from_slice(obs);
+        self.run_io(&[obs], &mut [out]);
+    }
+
+    /// Evaluates the plan: `inputs` and `outputs` in `compile_io`'s order and
+    /// widths. Allocates nothing. An output may be the same vector as an input
+    /// of the next call (a recurrent state): inputs are copied in first.
+    pub fn run_io(&mut self, inputs: &[&[f32]], outputs: &mut [&mut [f32]]) {
+        for (&buf, values) in self.inputs.iter().zip(inputs) {
+            self.bufs[buf].copy_from_slice(values);
+        }
         for step in &self.steps {
+            if let Step::Lstm {
+                gates, out, out_c, ..
+            } = *step
+            {
+                let mut g = std::mem::take(&mut self.bufs[gates]);
+                let mut h = std::mem::take(&mut self.bufs[out]);
+                let mut c = std::mem::take(&mut self.bufs[out_c]);
+                lstm_step(step, &self.bufs, &self.consts, &mut g, &mut h, &mut c);
+                self.bufs[gates] = g;
+                self.bufs[out] = h;
+                self.bufs[out_c] = c;
+                continue;
+            }
             let o = match *step {
                 Step::Dense { out, .. }
                 | Step::Unary { out, .. }
                 | Step::Binary { out, .. }
                 | Step::LayerNorm { out, .. }
-                | Step::Mean { out, .. } => out,
+                | Step::Mean { out, .. }
+                | Step::Concat { out, .. }
+                | Step::Lstm { out, .. } => out,
             };
             // Take the output buffer out so the inputs can be borrowed beside it
             // (moving a Vec does not allocate).
@@ -612,11 +849,58 @@ impl Plan {
             eval(step, &self.bufs, &self.consts, &mut dst);
             self.bufs[o] = dst;
         }
-        let result = match self.output {
-            Src::Buf(b) => &self.bufs[b],
-            Src::Const(c) => &self.consts[c],
-        };
-        out.copy_from_slice(&result[..self.out_len]);
+        for ((src_of, len), target) in self.outputs.iter().zip(outputs.iter_mut()) {
+            let result = match *src_of {
+                Src::Buf(b) => &self.bufs[b],
+                Src::Const(c) => &self.consts[c],
+            };
+            target.copy_from_slice(&result[..*len]);
+        }
+    }
+}
+
+/// One LSTM step of a [`Step::Lstm`] into `gates` (scratch), `h` and `c`.
+fn lstm_step(
+    step: &Step,
+    bufs: &[Vec<f32>],
+    consts: &[Vec<f32>],
+    gates: &mut [f32],
+    h_out: &mut [f32],
+    c_out: &mut [f32],
+) {
+    let Step::Lstm {
+        x,
+        h,
+        c,
+        w,
+        r,
+        bias,
+        inputs,
+        hidden,
+        ..
+    } = *step
+    else {
+        return;
+    };
+    let (x, h, c) = (
+        src(x, bufs, consts),
+        src(h, bufs, consts),
+        src(c, bufs, consts),
+    );
+    gates.copy_from_slice(&consts[bias]);
+    dense(x, &consts[w], inputs, 4 * hidden, gates);
+    dense(h, &consts[r], hidden, 4 * hidden, gates);
+    let sigmoid = |v: f32| 1.0 / (1.0 + (-v).exp());
+    for j in 0..hidden {
+        let (i, o, f, cand) = (
+            sigmoid(gates[j]),
+            sigmoid(gates[hidden + j]),
+            sigmoid(gates[2 * hidden + j]),
+            tanh(gates[3 * hidden + j]),
+        );
+        let c_next = f * c[j] + i * cand;
+        c_out[j] = c_next;
+        h_out[j] = o * tanh(c_next);
     }
 }
 
@@ -705,6 +989,16 @@ fn eval(step: &Step, bufs: &[Vec<f32>], consts: &[Vec<f32>], dst: &mut [f32]) {
             let x = src(x, bufs, consts);
             dst[0] = x.iter().sum::<f32>() / x.len() as f32;
         }
+        Step::Concat { ref parts, .. } => {
+            let mut at = 0;
+            for &part in parts {
+                let values = src(part, bufs, consts);
+                dst[at..at + values.len()].copy_from_slice(values);
+                at += values.len();
+            }
+        }
+        // Two outputs: run by `run_io` through `lstm_step`.
+        Step::Lstm { .. } => {}
     }
 }
 

@@ -10,11 +10,13 @@
 //!
 //! [`Policy::step`] runs one observation (batch 1). tract validates every policy,
 //! but it allocates each node's output on every run; so where the graph is one of
-//! the small feed-forward chains reflex exports, the policy runs on
-//! [`crate::native::Plan`] instead, an evaluator whose buffers are allocated at load
-//! and which allocates nothing per step. A plan is only used if it agrees with tract
-//! on a set of probe observations (to 1e-5); otherwise, and for every other graph,
-//! tract runs it ([`Policy::engine`] says which). [`LoadOptions`] can force tract.
+//! the small chains reflex exports (feed-forward, or one LSTM step in front of a
+//! head), the policy runs on [`crate::native::Plan`] instead, an evaluator whose
+//! buffers are allocated at load and which allocates nothing per step. A plan is
+//! only used if it agrees with tract on a set of probe observations (to 1e-5; for
+//! a recurrent policy, a rollout over them with the state and previous action fed
+//! back, the new state compared too); otherwise, and for every other graph, tract
+//! runs it ([`Policy::engine`] says which). [`LoadOptions`] can force tract.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
@@ -187,6 +189,9 @@ pub struct Policy {
     prev_action: Vec<f32>,
     h: Vec<f32>,
     c: Vec<f32>,
+    /// Where the native plan writes the next state (swapped with `h`, `c`).
+    h_next: Vec<f32>,
+    c_next: Vec<f32>,
 }
 
 /// A tensor of the policy contract.
@@ -454,14 +459,28 @@ impl Policy {
             prev_action: vec![0.0; if recurrent { out_dim } else { 0 }],
             h: vec![0.0; hidden],
             c: vec![0.0; hidden],
+            h_next: vec![0.0; hidden],
+            c_next: vec![0.0; hidden],
         };
         policy.probe(out_name)?;
         policy.reset();
-        // Recurrent graphs (LSTM) run on tract; the native evaluator is feed-forward.
-        if options.native && !recurrent {
-            policy.native =
+        if options.native {
+            let plan = if recurrent {
+                crate::native::Plan::compile_io(
+                    graph,
+                    &[
+                        (INPUT_OBS, obs_dim),
+                        (INPUT_PREV_ACTION, out_dim),
+                        (INPUT_H, hidden),
+                        (INPUT_C, hidden),
+                    ],
+                    &[(out_name, out_dim), (OUTPUT_H, hidden), (OUTPUT_C, hidden)],
+                )
+            } else {
                 crate::native::Plan::compile(graph, INPUT_OBS, obs_dim, out_name, out_dim)
-                    .and_then(|plan| policy.checked_against_tract(plan));
+            };
+            policy.native = plan.and_then(|plan| policy.checked_against_tract(plan));
+            policy.reset();
         }
         Ok(policy)
     }
@@ -510,19 +529,53 @@ impl Policy {
         out
     }
 
-    /// Keeps `plan` only if it matches tract on every check observation.
+    /// Keeps `plan` only if it matches tract on every check observation. A
+    /// recurrent policy is checked as a rollout over them, the state and the
+    /// previous action fed back (the action alternates between the greedy one
+    /// and another, so both inputs matter), its new state compared too.
     fn checked_against_tract(
         &mut self,
         mut plan: crate::native::Plan,
     ) -> Option<crate::native::Plan> {
+        let hidden = self.h.len();
         let mut native = vec![0.0f32; self.out_dim];
-        for obs in self.check_observations() {
+        let (mut native_h, mut native_c) = (vec![0.0f32; hidden], vec![0.0f32; hidden]);
+        self.reset();
+        for (k, obs) in self.check_observations().into_iter().enumerate() {
+            let (prev, h, c) = (self.prev_action.clone(), self.h.clone(), self.c.clone());
             self.run_tract(&obs).ok()?;
-            plan.run(&obs, &mut native);
-            let agree = native
-                .iter()
-                .zip(&self.output)
-                .all(|(&a, &b)| (a - b).abs() <= NATIVE_TOLERANCE * (1.0 + a.abs().max(b.abs())));
+            if self.is_recurrent() {
+                plan.run_io(
+                    &[&obs, &prev, &h, &c],
+                    &mut [&mut native, &mut native_h, &mut native_c],
+                );
+            } else {
+                plan.run(&obs, &mut native);
+            }
+            let close = |(&a, &b): (&f32, &f32)| {
+                (a - b).abs() <= NATIVE_TOLERANCE * (1.0 + a.abs().max(b.abs()))
+            };
+            let agree = native.iter().zip(&self.output).all(close)
+                && native_h.iter().zip(&self.h).all(close)
+                && native_c.iter().zip(&self.c).all(close);
+            if self.is_recurrent() {
+                let action = if self.discrete {
+                    let best = argmax(&self.output);
+                    Action::Discrete(if k % 2 == 1 {
+                        (best + 1) % self.out_dim as u32
+                    } else {
+                        best
+                    })
+                } else {
+                    Action::Continuous(
+                        self.output
+                            .iter()
+                            .map(|v| if k % 2 == 1 { -v } else { *v })
+                            .collect(),
+                    )
+                };
+                self.observe_applied(&action);
+            }
             if !agree {
                 tracing::warn!(
                     "the native evaluator disagrees with tract on this policy \
@@ -582,8 +635,19 @@ impl Policy {
             });
         }
         match &mut self.native {
-            Some(plan) => {
+            Some(plan) if self.h.is_empty() => {
                 plan.run(obs, &mut self.output);
+                Ok(())
+            }
+            Some(plan) => {
+                // The new state goes into the spare vectors, which then swap
+                // with the current ones: no copy, no allocation.
+                plan.run_io(
+                    &[obs, &self.prev_action, &self.h, &self.c],
+                    &mut [&mut self.output, &mut self.h_next, &mut self.c_next],
+                );
+                std::mem::swap(&mut self.h, &mut self.h_next);
+                std::mem::swap(&mut self.c, &mut self.c_next);
                 Ok(())
             }
             None => self.run_tract(obs),

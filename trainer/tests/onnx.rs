@@ -475,8 +475,8 @@ fn continuous_policies_match_their_agents() {
 
 /// A DRQN policy exported from its agent: over three 100-step rollouts on masked
 /// CartPole with the state fed back (and the applied action, sometimes not the
-/// greedy one, as `prev_action`), tract's Q-values and new state match candle's
-/// to 1e-5 and the greedy actions agree; `reset()` returns to the zero state. The
+/// greedy one, as `prev_action`), the Q-values and new state of both engines
+/// (the native evaluator's LSTM step and tract's) match candle's to 1e-5 and the greedy actions agree; `reset()` returns to the zero state. The
 /// agent's own evaluation (`greedy`) agrees with the policy file too.
 #[test]
 fn recurrent_policies_match_their_agents_over_rollouts() {
@@ -514,6 +514,12 @@ fn recurrent_policies_match_their_agents_over_rollouts() {
     let mut policy = Policy::from_bytes(&bytes).unwrap();
     assert!(policy.is_recurrent());
     assert_eq!(
+        policy.engine(),
+        Engine::Native,
+        "the LSTM step compiles natively"
+    );
+    let mut tract = Policy::from_bytes_with(&bytes, LoadOptions { native: false }).unwrap();
+    assert_eq!(
         policy.spec().obs_mean.len(),
         2,
         "normalization is in the spec"
@@ -523,6 +529,7 @@ fn recurrent_policies_match_their_agents_over_rollouts() {
     for rollout in 0..3u64 {
         let mut obs = env.reset(Some(rollout)).to_vec();
         policy.reset();
+        tract.reset();
         assert!(policy.recurrent_state().0.iter().all(|v| *v == 0.0));
         let mut h = Tensor::zeros((1, 32), DType::F32, &dev).unwrap();
         let mut c = h.clone();
@@ -535,18 +542,30 @@ fn recurrent_policies_match_their_agents_over_rollouts() {
             let (q, h2, c2) = agent.online.step(&x, &h, &c).unwrap();
             (h, c) = (h2, c2);
             let want_q = flat(&q);
+            let PolicyOutput::Discrete { q: tract_q, .. } = tract.step(&obs).unwrap() else {
+                panic!("a DRQN policy gives Q-values")
+            };
+            let tract_q = tract_q.to_vec();
             let PolicyOutput::Discrete { action, q } = policy.step(&obs).unwrap() else {
                 panic!("a DRQN policy gives Q-values")
             };
             let step_name = format!("rollout {rollout} step {t}");
+            for (a, b) in tract_q.iter().zip(q) {
+                assert!(
+                    close(*a, *b),
+                    "{step_name}: tract {tract_q:?} vs native {q:?}"
+                );
+            }
             for (a, b) in want_q.iter().zip(q) {
                 assert!(close(*a, *b), "{step_name}: q {want_q:?} vs {q:?}");
             }
             let want_action = if want_q[1] > want_q[0] { 1 } else { 0 };
             assert_eq!(action, want_action, "{step_name}");
-            let (ph, pc) = policy.recurrent_state();
-            for (a, b) in flat(&h).iter().zip(ph).chain(flat(&c).iter().zip(pc)) {
-                assert!(close(*a, *b), "{step_name}: state");
+            for engine in [&policy, &tract] {
+                let (ph, pc) = engine.recurrent_state();
+                for (a, b) in flat(&h).iter().zip(ph).chain(flat(&c).iter().zip(pc)) {
+                    assert!(close(*a, *b), "{step_name}: {:?} state", engine.engine());
+                }
             }
             if rollout == 0 {
                 for (key, values) in [
@@ -566,6 +585,7 @@ fn recurrent_policies_match_their_agents_over_rollouts() {
             prev = vec![0.0; 2];
             prev[applied as usize] = 1.0;
             policy.observe_applied(&Action::Discrete(applied));
+            tract.observe_applied(&Action::Discrete(applied));
             // 100 steps with the state fed back, whatever the episodes do: an
             // early pole fall just brings fresh observations.
             if env.step(&Action::Discrete(applied)).unwrap().done() {

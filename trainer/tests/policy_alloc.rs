@@ -67,6 +67,45 @@ fn stepping_a_policy_allocates_nothing_after_warm_up() {
     }
 }
 
+/// A recurrent (DRQN, LSTM-64) policy on the native evaluator: stepping,
+/// feeding back the applied action and resetting at episode ends allocate
+/// nothing either.
+#[test]
+fn stepping_a_recurrent_policy_allocates_nothing_after_warm_up() {
+    use reflex_msgs::Action;
+    use reflex_trainer::algo::drqn::{Drqn, DrqnConfig};
+    use reflex_trainer::algo::Agent;
+
+    let agent = Drqn::new(DrqnConfig::default(), 4, 2, 3, &candle_core::Device::Cpu).unwrap();
+    let mut spec = cartpole_spec();
+    spec.algorithm = "drqn".into();
+    let mut policy = Policy::from_bytes(&agent.to_onnx(&spec).unwrap()).unwrap();
+    assert!(policy.is_recurrent());
+    assert_eq!(policy.engine(), Engine::Native);
+    let mut run = |steps: usize| {
+        let mut checksum = 0.0f32;
+        for i in 0..steps {
+            let obs = [0.01f32, -0.2 + i as f32 * 1e-3, 0.03, 0.4];
+            let action = match policy.step(&obs).unwrap() {
+                reflex_daemon::PolicyOutput::Discrete { action, q } => {
+                    checksum += q[0];
+                    action
+                }
+                _ => unreachable!("a Q policy"),
+            };
+            policy.observe_applied(&Action::Discrete(action));
+            if i % 100 == 99 {
+                policy.reset();
+            }
+        }
+        assert!(checksum.is_finite());
+    };
+    run(10);
+    let before = allocations();
+    run(1000);
+    assert_eq!(allocations() - before, 0);
+}
+
 #[test]
 fn the_counter_sees_tract_allocate() {
     // The same measurement on tract must count its per-run tensors: proof that the
