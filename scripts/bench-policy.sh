@@ -2,8 +2,8 @@
 # Policy inference latency, reflex (native evaluator and tract) beside onnxruntime on the same files.
 # The files are the parity test's exports (2x64 plain, 2x64 dueling with
 # normalization, 2x64 twin dueling LayerNorm tanh, 2x256 twin) and an LSTM-128
-# step (ONNX LSTM operator, CartPole input plus one-hot previous action; tract
-# runs it, the native evaluator is feed-forward only).
+# step (ONNX LSTM operator, CartPole input plus one-hot previous action; the
+# native evaluator runs it since issue 7's export, tract beside it).
 #   bash scripts/bench-policy.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."

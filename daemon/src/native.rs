@@ -1049,9 +1049,10 @@ fn dense_portable(x: &[f32], w: &[f32], k: usize, n: usize, dst: &mut [f32]) {
 /// tanh as a rational function (odd numerator of degree 13 over an even
 /// denominator of degree 6, the coefficients Eigen uses for float), exact to a few
 /// float ulps and branch-free, so a layer of it vectorizes; libm's `tanhf` costs
-/// tens of nanoseconds a value and dominated small tanh networks.
+/// tens of nanoseconds a value and dominated small tanh networks. Public so the
+/// trainer's LSTM cell computes its gates with the same function.
 #[inline(always)]
-fn tanh(x: f32) -> f32 {
+pub fn tanh(x: f32) -> f32 {
     const CLAMP: f32 = 7.905_311;
     const A1: f32 = 4.893_524_6e-3;
     const A3: f32 = 6.372_619_5e-4;

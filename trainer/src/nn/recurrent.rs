@@ -12,14 +12,15 @@
 //!   h'     = σ(g_o) ⊙ tanh(c')
 //! ```
 //!
-//! Over a window, `x W_ihᵀ + b` is one matmul for every step; only `h W_hhᵀ`
-//! runs per step.
+//! Over a window the state is one packed `[batch, 2H]` tensor ([h | c]); on
+//! the CPU a fused op computes the cell and its gradient.
 
 use candle_core::{Device, Result, Tensor, Var};
 use reflex_sim::SimRng;
 
 use super::{fresh, NetConfig, Params, QNetwork};
 use crate::export::{Attr, OnnxGraph};
+use reflex_daemon::native::tanh;
 
 /// One LSTM layer.
 #[derive(Debug, Clone)]
@@ -60,8 +61,23 @@ fn f32_slice<'a>(
     Ok(&storage.as_slice::<f32>()?[start..end])
 }
 
+/// σ(x) = ½ tanh(x/2) + ½ with the rational tanh the daemon's evaluator uses
+/// (within a few float ulps of libm, and it vectorizes: libm's `tanhf`/`expf`
+/// were most of a sequence update's time).
+#[inline(always)]
 fn sig(x: f32) -> f32 {
-    1.0 / (1.0 + (-x).exp())
+    0.5 * tanh(0.5 * x) + 0.5
+}
+
+/// The gate activations of one row: σ on i, o, f, tanh on the candidate.
+#[inline(always)]
+fn activate(gates: &[f32], act: &mut [f32], hd: usize) {
+    for (a, &g) in act[..3 * hd].iter_mut().zip(&gates[..3 * hd]) {
+        *a = sig(g);
+    }
+    for (a, &g) in act[3 * hd..].iter_mut().zip(&gates[3 * hd..]) {
+        *a = tanh(g);
+    }
 }
 
 impl candle_core::CustomOp2 for FusedCell {
@@ -80,20 +96,19 @@ impl candle_core::CustomOp2 for FusedCell {
         let (gates, state) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?);
         let batch = state.len() / (2 * hd);
         let mut out = vec![0f32; batch * 2 * hd];
+        let mut act = vec![0f32; 4 * hd];
         for r in 0..batch {
-            let g = &gates[r * 4 * hd..][..4 * hd];
+            activate(&gates[r * 4 * hd..][..4 * hd], &mut act, hd);
             let c = &state[r * 2 * hd + hd..][..hd];
             let (h_out, c_out) = out[r * 2 * hd..][..2 * hd].split_at_mut(hd);
+            let (i, rest) = act.split_at(hd);
+            let (o, rest) = rest.split_at(hd);
+            let (f, cand) = rest.split_at(hd);
             for j in 0..hd {
-                let (i, o, f, cand) = (
-                    sig(g[j]),
-                    sig(g[hd + j]),
-                    sig(g[2 * hd + j]),
-                    g[3 * hd + j].tanh(),
-                );
-                let c_next = f * c[j] + i * cand;
-                c_out[j] = c_next;
-                h_out[j] = o * c_next.tanh();
+                c_out[j] = f[j] * c[j] + i[j] * cand[j];
+            }
+            for j in 0..hd {
+                h_out[j] = o[j] * tanh(c_out[j]);
             }
         }
         Ok((
@@ -146,26 +161,26 @@ impl candle_core::CustomOp3 for FusedCellBackward {
         let (gates, state, grad) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?, f32_slice(s3, l3)?);
         let batch = state.len() / (2 * hd);
         let mut out = vec![0f32; batch * 6 * hd];
+        let mut act = vec![0f32; 4 * hd];
+        let mut tc = vec![0f32; hd];
         for r in 0..batch {
-            let g = &gates[r * 4 * hd..][..4 * hd];
+            activate(&gates[r * 4 * hd..][..4 * hd], &mut act, hd);
             let c = &state[r * 2 * hd + hd..][..hd];
             let (dh, dc_next) = grad[r * 2 * hd..][..2 * hd].split_at(hd);
             let (d_gates, d_state) = out[r * 6 * hd..][..6 * hd].split_at_mut(4 * hd);
+            let (i, rest) = act.split_at(hd);
+            let (o, rest) = rest.split_at(hd);
+            let (f, cand) = rest.split_at(hd);
             for j in 0..hd {
-                let (i, o, f, cand) = (
-                    sig(g[j]),
-                    sig(g[hd + j]),
-                    sig(g[2 * hd + j]),
-                    g[3 * hd + j].tanh(),
-                );
-                let c_next = f * c[j] + i * cand;
-                let tc = c_next.tanh();
-                let dc = dc_next[j] + dh[j] * o * (1.0 - tc * tc);
-                d_gates[j] = dc * cand * i * (1.0 - i);
-                d_gates[hd + j] = dh[j] * tc * o * (1.0 - o);
-                d_gates[2 * hd + j] = dc * c[j] * f * (1.0 - f);
-                d_gates[3 * hd + j] = dc * i * (1.0 - cand * cand);
-                d_state[hd + j] = dc * f;
+                tc[j] = tanh(f[j] * c[j] + i[j] * cand[j]);
+            }
+            for j in 0..hd {
+                let dc = dc_next[j] + dh[j] * o[j] * (1.0 - tc[j] * tc[j]);
+                d_gates[j] = dc * cand[j] * i[j] * (1.0 - i[j]);
+                d_gates[hd + j] = dh[j] * tc[j] * o[j] * (1.0 - o[j]);
+                d_gates[2 * hd + j] = dc * c[j] * f[j] * (1.0 - f[j]);
+                d_gates[3 * hd + j] = dc * i[j] * (1.0 - cand[j] * cand[j]);
+                d_state[hd + j] = dc * f[j];
             }
         }
         Ok((
@@ -226,18 +241,13 @@ impl Lstm {
         self.cell(&gx, h, c)
     }
 
-    /// The cell on precomputed input gates with the packed state s = [h | c]
-    /// `[batch, 2H]`: the fused op on the CPU, primitives elsewhere.
-    fn cell_packed(&self, gx: &Tensor, state: &Tensor, fused: bool) -> Result<Tensor> {
+    /// The primitive cell on precomputed input gates with the packed state
+    /// s = [h | c] `[batch, 2H]`.
+    fn cell_packed(&self, gx: &Tensor, state: &Tensor) -> Result<Tensor> {
         let hd = self.hidden;
         let h = state.narrow(1, 0, hd)?;
-        if fused {
-            let gates = (gx + h.matmul(&self.w_hh.as_tensor().t()?)?)?;
-            gates.apply_op2(&state.contiguous()?, FusedCell { hidden: hd })
-        } else {
-            let (h, c) = self.cell(gx, &h, &state.narrow(1, hd, hd)?)?;
-            Tensor::cat(&[&h, &c], 1)
-        }
+        let (h, c) = self.cell(gx, &h, &state.narrow(1, hd, hd)?)?;
+        Tensor::cat(&[&h, &c], 1)
     }
 
     /// Runs over a window `xs` `[batch, T, inputs]` from (h0, c0) `[batch, H]`.
@@ -270,17 +280,24 @@ impl Lstm {
         no_grad: usize,
         fused: bool,
     ) -> Result<Tensor> {
-        let (batch, steps, inputs) = xs.dims3()?;
+        let (_, steps, _) = xs.dims3()?;
         let hd = self.hidden;
-        // Input gates of every step in one matmul, laid out time-major so each
-        // step's slice is contiguous.
-        let gx = xs
-            .reshape((batch * steps, inputs))?
-            .matmul(&self.w_ih.as_tensor().t()?)?
-            .broadcast_add(self.bias.as_tensor())?
-            .reshape((batch, steps, 4 * hd))?
-            .transpose(0, 1)?
-            .contiguous()?;
+        // The inputs time-major, so each step's slice is contiguous. The input
+        // projection runs per step: one big product sliced per step would cost a
+        // full-size zero-padded gradient per slice in the backward pass (O(T²)).
+        let (batch, _, _) = xs.dims3()?;
+        let xs = xs.transpose(0, 1)?.contiguous()?.detach();
+        // Fused: each step is one product [x_t, 1, h] · [W_ih, b, W_hh]ᵀ and the
+        // fused cell; the inputs carry a column of ones for the bias.
+        let (xs, w_all) = if fused {
+            let ones = Tensor::ones((steps, batch, 1), xs.dtype(), xs.device())?;
+            let bias = self.bias.as_tensor().unsqueeze(1)?;
+            let w = Tensor::cat(&[self.w_ih.as_tensor(), &bias, self.w_hh.as_tensor()], 1)?;
+            (Tensor::cat(&[&xs, &ones], 2)?, Some(w.t()?))
+        } else {
+            (xs, None)
+        };
+        let w_ih = self.w_ih.as_tensor().t()?;
         let alive = match alive {
             Some(a) => Some(a.t()?.contiguous()?.unsqueeze(2)?),
             None => None,
@@ -292,7 +309,20 @@ impl Lstm {
             if t == no_grad && t > 0 {
                 state = state.detach();
             }
-            let next = self.cell_packed(&gx.get(t)?, &state, fused)?;
+            let next = match &w_all {
+                Some(w_all) => {
+                    let z = Tensor::cat(&[&xs.get(t)?, &state.narrow(1, 0, hd)?], 1)?;
+                    z.matmul(w_all)?
+                        .apply_op2(&state.contiguous()?, FusedCell { hidden: hd })?
+                }
+                None => {
+                    let gx = xs
+                        .get(t)?
+                        .matmul(&w_ih)?
+                        .broadcast_add(self.bias.as_tensor())?;
+                    self.cell_packed(&gx, &state)?
+                }
+            };
             state = match &alive {
                 // Where dead, keep the start state: s = s0 + m (s' − s0).
                 Some(alive) => (&start + (next - &start)?.broadcast_mul(&alive.get(t)?)?)?,
