@@ -280,12 +280,11 @@ impl Lstm {
         no_grad: usize,
         fused: bool,
     ) -> Result<Tensor> {
-        let (_, steps, _) = xs.dims3()?;
+        let (batch, steps, _) = xs.dims3()?;
         let hd = self.hidden;
         // The inputs time-major, so each step's slice is contiguous. The input
         // projection runs per step: one big product sliced per step would cost a
         // full-size zero-padded gradient per slice in the backward pass (O(T²)).
-        let (batch, _, _) = xs.dims3()?;
         let xs = xs.transpose(0, 1)?.contiguous()?.detach();
         // Fused: each step is one product [x_t, 1, h] · [W_ih, b, W_hh]ᵀ and the
         // fused cell; the inputs carry a column of ones for the bias.
