@@ -50,6 +50,10 @@ pub struct DrqnConfig {
     pub gamma: f64,
     /// Adam learning rate.
     pub learning_rate: f64,
+    /// When set, the learning rate falls linearly from `learning_rate` to this
+    /// by the end of the run (Q-learning's greedy policy keeps oscillating
+    /// around a solved one at a constant rate; a decaying rate lets it settle).
+    pub learning_rate_end: Option<f64>,
     /// Windows per gradient update.
     pub batch_size: usize,
     /// Replay capacity in env steps (slots).
@@ -105,6 +109,7 @@ impl Default for DrqnConfig {
         Self {
             gamma: 0.99,
             learning_rate: 1e-3,
+            learning_rate_end: None,
             batch_size: 32,
             buffer_size: 100_000,
             learning_starts: 2_000,
@@ -249,6 +254,13 @@ impl Drqn {
         ] {
             if v == 0 {
                 return Err(TrainError::Config(format!("{what} must be at least 1")));
+            }
+        }
+        if let Some(end) = config.learning_rate_end {
+            if !(end.is_finite() && end >= 0.0) {
+                return Err(TrainError::Config(format!(
+                    "drqn.learning_rate_end = {end} must be a finite value ≥ 0"
+                )));
             }
         }
         let hidden = config.lstm_hidden;
@@ -529,6 +541,11 @@ impl Agent for Drqn {
             Replay::Sequence(r) => r.starts() > 0,
             _ => false,
         };
+        if let Some(end) = config.learning_rate_end {
+            let progress = (step as f64 / total.max(1) as f64).min(1.0);
+            self.optimizer.lr = config.learning_rate + (end - config.learning_rate) * progress;
+        }
+        let config = &self.config;
         if step > config.learning_starts && step.is_multiple_of(config.train_freq) && ready {
             let beta = config.per_beta0 + (1.0 - config.per_beta0) * (step as f64 / total as f64);
             for _ in 0..config.gradient_steps {
