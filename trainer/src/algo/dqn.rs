@@ -311,18 +311,20 @@ impl Agent for Dqn {
     /// A round of `gradient_steps` updates every `train_freq` steps after
     /// `learning_starts`; the target moves every `target_update_interval` steps.
     fn train_after(&mut self, step: u64, total: u64) -> Result<Option<UpdateStats>, TrainError> {
-        let config = &self.config;
-        let mut last = None;
-        if step > config.learning_starts
-            && step.is_multiple_of(config.train_freq)
-            && !self.replay.is_empty()
-        {
-            // PER's β anneals linearly from β0 to 1 over the run.
-            let beta = config.per_beta0 + (1.0 - config.per_beta0) * (step as f64 / total as f64);
-            for _ in 0..config.gradient_steps {
-                last = Some(self.update(beta.min(1.0))?);
-            }
-        }
+        let c = &self.config;
+        let last = if self.replay.is_empty() {
+            None
+        } else {
+            let (starts, freq, steps, beta0) = (
+                c.learning_starts,
+                c.train_freq,
+                c.gradient_steps,
+                c.per_beta0,
+            );
+            super::update_round(step, total, starts, freq, steps, beta0, |beta| {
+                self.update(beta)
+            })?
+        };
         if step.is_multiple_of(self.config.target_update_interval) {
             self.update_target()?;
         }

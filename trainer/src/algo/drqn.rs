@@ -535,23 +535,28 @@ impl Agent for Drqn {
     /// `learning_starts` (once a window can be sampled); the target moves every
     /// `target_update_interval` steps.
     fn train_after(&mut self, step: u64, total: u64) -> Result<Option<UpdateStats>, TrainError> {
-        let config = &self.config;
-        let mut last = None;
+        let c = &self.config;
+        if let Some(end) = c.learning_rate_end {
+            let progress = (step as f64 / total.max(1) as f64).min(1.0);
+            self.optimizer.lr = c.learning_rate + (end - c.learning_rate) * progress;
+        }
         let ready = match &self.replay {
-            Replay::Sequence(r) => r.starts() > 0,
+            Replay::Sequence(r) => r.can_sample(),
             _ => false,
         };
-        if let Some(end) = config.learning_rate_end {
-            let progress = (step as f64 / total.max(1) as f64).min(1.0);
-            self.optimizer.lr = config.learning_rate + (end - config.learning_rate) * progress;
-        }
-        let config = &self.config;
-        if step > config.learning_starts && step.is_multiple_of(config.train_freq) && ready {
-            let beta = config.per_beta0 + (1.0 - config.per_beta0) * (step as f64 / total as f64);
-            for _ in 0..config.gradient_steps {
-                last = Some(self.update(beta.min(1.0))?);
-            }
-        }
+        let last = if ready {
+            let (starts, freq, steps, beta0) = (
+                c.learning_starts,
+                c.train_freq,
+                c.gradient_steps,
+                c.per_beta0,
+            );
+            super::update_round(step, total, starts, freq, steps, beta0, |beta| {
+                self.update(beta)
+            })?
+        } else {
+            None
+        };
         if step.is_multiple_of(self.config.target_update_interval) {
             self.update_target()?;
         }

@@ -180,6 +180,30 @@ pub fn build(
     })
 }
 
+/// The value-based learners' update schedule (DQN, DRQN): a round of
+/// `gradient_steps` calls of `update(β)` every `train_freq` steps once past
+/// `learning_starts`, with PER's β annealed linearly from `per_beta0` to 1 over
+/// the run. Returns the last update's stats.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn update_round(
+    step: u64,
+    total: u64,
+    learning_starts: u64,
+    train_freq: u64,
+    gradient_steps: u64,
+    per_beta0: f64,
+    mut update: impl FnMut(f64) -> Result<UpdateStats, TrainError>,
+) -> Result<Option<UpdateStats>, TrainError> {
+    let mut last = None;
+    if step > learning_starts && step.is_multiple_of(train_freq) {
+        let beta = per_beta0 + (1.0 - per_beta0) * (step as f64 / total.max(1) as f64);
+        for _ in 0..gradient_steps {
+            last = Some(update(beta.min(1.0))?);
+        }
+    }
+    Ok(last)
+}
+
 /// Per-step numbers the training loop reports to its observer.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Progress {

@@ -693,28 +693,21 @@ mod tests {
         let (h6, _) = lstm.step(&last, &h.detach(), &c.detach()).unwrap();
         let one_step = h6.sum_all().unwrap().backward().unwrap();
         let full = loss(&lstm, 0).backward().unwrap();
+        let grad_of = |grads: &candle_core::backprop::GradStore, var: &Var| -> Vec<f32> {
+            grads
+                .get(var)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap()
+        };
         for var in [&lstm.w_ih, &lstm.w_hh, &lstm.bias] {
-            let a = burned
-                .get(var)
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .to_vec1::<f32>()
-                .unwrap();
-            let b = one_step
-                .get(var)
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .to_vec1::<f32>()
-                .unwrap();
-            let f = full
-                .get(var)
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .to_vec1::<f32>()
-                .unwrap();
+            let (a, b, f) = (
+                grad_of(&burned, var),
+                grad_of(&one_step, var),
+                grad_of(&full, var),
+            );
             let gap = a
                 .iter()
                 .zip(&b)

@@ -193,9 +193,14 @@ impl SequenceReplay {
         self.len == 0
     }
 
-    /// Learning starts that can be sampled now.
+    /// Learning starts that can be sampled now (counts the whole tree).
     pub fn starts(&self) -> usize {
         self.tree.priorities().filter(|p| *p > 0.0).count()
+    }
+
+    /// Whether any learning start can be sampled (in constant time).
+    pub fn can_sample(&self) -> bool {
+        self.tree.total() > 0.0
     }
 
     /// The previous-action input's width.
