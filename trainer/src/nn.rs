@@ -20,6 +20,7 @@
 //! ONNX initializers read alike. Weights are initialized from a seeded
 //! [`SimRng`] rather than candle's unseedable CPU generator, so a seed fixes a run.
 
+mod fused;
 mod recurrent;
 
 pub use recurrent::{Lstm, RecurrentQNetwork};
@@ -95,8 +96,38 @@ impl Dense {
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        x.matmul(&self.weight.as_tensor().t()?)?
-            .broadcast_add(self.bias.as_tensor())
+        self.forward_act(x, fused::Act::Identity)
+    }
+
+    /// `act(x Wᵀ + b)`: one fused op on CPU ([`fused`]), primitives elsewhere.
+    fn forward_act(&self, x: &Tensor, act: fused::Act) -> Result<Tensor> {
+        self.forward_with(x, act, false)
+    }
+
+    /// [`forward_act`](Self::forward_act), with the parameters detached when
+    /// `frozen`: gradients then flow to `x` only, and the backward pass skips
+    /// this layer's weight and bias products.
+    fn forward_with(&self, x: &Tensor, act: fused::Act, frozen: bool) -> Result<Tensor> {
+        let (w, b) = if frozen {
+            (
+                self.weight.as_tensor().detach(),
+                self.bias.as_tensor().detach(),
+            )
+        } else {
+            (
+                self.weight.as_tensor().clone(),
+                self.bias.as_tensor().clone(),
+            )
+        };
+        if fused::available(x) && x.rank() == 2 {
+            return fused::dense(x, &w, &b, act);
+        }
+        let y = x.broadcast_matmul(&w.t()?)?.broadcast_add(&b)?;
+        match act {
+            fused::Act::Identity => Ok(y),
+            fused::Act::Relu => y.relu(),
+            fused::Act::Tanh => y.tanh(),
+        }
     }
 
     fn push_vars(&self, name: &str, out: &mut Vec<(String, Var)>) {
@@ -179,8 +210,7 @@ pub fn copy_params(dst: &dyn Params, src: &dyn Params) -> Result<()> {
 /// Polyak averaging: θ_dst ← (1 − τ) θ_dst + τ θ_src.
 pub fn polyak(dst: &dyn Params, src: &dyn Params, tau: f64) -> Result<()> {
     for (mine, theirs) in dst.vars().iter().zip(src.vars()) {
-        let mixed = ((mine.as_tensor() * (1.0 - tau))? + (theirs.as_tensor() * tau)?)?;
-        mine.set(&mixed.detach())?;
+        crate::optim::polyak_var(mine, &theirs, tau)?;
     }
     Ok(())
 }
@@ -240,15 +270,28 @@ impl Trunk {
 
     /// The features of `x` `[batch, inputs]`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.forward_with(x, false)
+    }
+
+    /// The features, with the parameters detached when `frozen` (see
+    /// [`Dense::forward_with`]).
+    fn forward_with(&self, x: &Tensor, frozen: bool) -> Result<Tensor> {
+        let act = match self.activation {
+            Activation::Relu => fused::Act::Relu,
+            Activation::Tanh => fused::Act::Tanh,
+        };
         let mut x = x.clone();
         for (dense, norm) in &self.layers {
-            x = dense.forward(&x)?;
-            if let Some(norm) = norm {
-                x = norm.forward(&x)?;
-            }
-            x = match self.activation {
-                Activation::Relu => x.relu()?,
-                Activation::Tanh => x.tanh()?,
+            x = match norm {
+                None => dense.forward_with(&x, act, frozen)?,
+                Some(norm) => {
+                    let normed =
+                        norm.forward(&dense.forward_with(&x, fused::Act::Identity, frozen)?)?;
+                    match act {
+                        fused::Act::Relu => normed.relu()?,
+                        _ => normed.tanh()?,
+                    }
+                }
             };
         }
         Ok(x)
@@ -559,7 +602,8 @@ impl Actor {
 
     /// μ(s) `[batch, act_dim]` in [−1, 1] for `obs` `[batch, obs_dim]`.
     pub fn forward(&self, obs: &Tensor) -> Result<Tensor> {
-        self.mu.forward(&self.trunk.forward(obs)?)?.tanh()
+        self.mu
+            .forward_act(&self.trunk.forward(obs)?, fused::Act::Tanh)
     }
 
     /// Appends μ(s) (normalized units) to an ONNX graph; returns its name.
@@ -610,8 +654,21 @@ impl Critic {
 
     /// Q(s, a) `[batch]`.
     pub fn forward(&self, obs: &Tensor, action: &Tensor) -> Result<Tensor> {
+        self.forward_with(obs, action, false)
+    }
+
+    /// Q(s, a) with the critic's parameters detached: for the actor's loss,
+    /// whose backward pass needs ∂Q/∂a but not the critic's own gradients.
+    pub fn forward_frozen(&self, obs: &Tensor, action: &Tensor) -> Result<Tensor> {
+        self.forward_with(obs, action, true)
+    }
+
+    fn forward_with(&self, obs: &Tensor, action: &Tensor, frozen: bool) -> Result<Tensor> {
         let x = Tensor::cat(&[obs, action], D::Minus1)?;
-        self.q.forward(&self.trunk.forward(&x)?)?.squeeze(D::Minus1)
+        let features = self.trunk.forward_with(&x, frozen)?;
+        self.q
+            .forward_with(&features, fused::Act::Identity, frozen)?
+            .squeeze(D::Minus1)
     }
 
     /// A copy with its own parameters (a target network).

@@ -278,8 +278,9 @@ impl Ddpg {
         // The actor climbs Q₁(s, μ(s)); the targets follow.
         if self.critic_optimizer.steps().is_multiple_of(c.policy_delay) {
             let mu = self.actor.forward(&batch.obs)?;
+            // The critic is frozen here: only ∂Q/∂a is needed, not its own gradients.
             let actor_loss = self.critics.0[0]
-                .forward(&batch.obs, &mu)?
+                .forward_frozen(&batch.obs, &mu)?
                 .mean_all()?
                 .neg()?;
             let grads = actor_loss.backward()?;

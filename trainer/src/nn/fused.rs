@@ -1,0 +1,305 @@
+//! A dense layer `y = act(x Wᵀ + b)` as one candle op on CPU.
+//!
+//! Built from primitives, one layer is four graph nodes (a transpose, the
+//! matmul, a broadcast bias add, the activation) and its backward pass a dozen
+//! more: the activation's mask (`ge`, `to_dtype`, `mul`), a zeroed gradient
+//! slot and an add per node, and the bias gradient as a strided sum over the
+//! batch, which candle computes one column at a time. A profile of a DDPG
+//! update with [400, 300] networks at batch 256 put 14% of its time in that
+//! sum alone, and another 15–20% in the other elementwise nodes.
+//!
+//! Here the forward pass is one gemm call (bias preloaded into the output, so
+//! gemm adds the product onto it) and one activation pass; the backward pass
+//! is one fused pass for `g ⊙ act'(y)` and the bias sum, then the two
+//! products `dW = gᵀx` and `dx = g W`; each of `dx`, `dW`, `db` is skipped when
+//! its operand carries no gradient (a network's input; a frozen critic's
+//! weights in an actor's loss). Other devices use the primitive form, which a
+//! unit test holds this one to.
+
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
+use reflex_daemon::native::tanh;
+
+/// The nonlinearity applied after the affine map.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Act {
+    Identity,
+    Relu,
+    Tanh,
+}
+
+fn slice<'a>(storage: &'a CpuStorage, layout: &Layout) -> Result<&'a [f32]> {
+    let (start, end) = layout
+        .contiguous_offsets()
+        .ok_or_else(|| candle_core::Error::Msg("fused dense: non-contiguous input".into()))?;
+    Ok(&storage.as_slice::<f32>()?[start..end])
+}
+
+fn parallelism() -> gemm::Parallelism {
+    match candle_core::utils::get_num_threads() {
+        0 | 1 => gemm::Parallelism::None,
+        n => gemm::Parallelism::Rayon(n),
+    }
+}
+
+/// `act(x Wᵀ + b)` for `x` `[batch, in]`, `W` `[out, in]`, `b` `[out]` (f32).
+pub(crate) fn dense(x: &Tensor, w: &Tensor, b: &Tensor, act: Act) -> Result<Tensor> {
+    x.apply_op3(w, b, DenseAct(act))
+}
+
+struct DenseAct(Act);
+
+impl CustomOp3 for DenseAct {
+    fn name(&self) -> &'static str {
+        "dense-act"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        ws: &CpuStorage,
+        wl: &Layout,
+        bs: &CpuStorage,
+        bl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (rows, inputs) = xl.shape().dims2()?;
+        let (outputs, w_inputs) = wl.shape().dims2()?;
+        let bias_len = bl.shape().dims1()?;
+        if w_inputs != inputs || bias_len != outputs {
+            candle_core::bail!(
+                "fused dense: x {:?}, W {:?}, b {:?} do not fit",
+                xl.dims(),
+                wl.dims(),
+                bl.dims()
+            );
+        }
+        let bias = slice(bs, bl)?;
+        let mut out = Vec::with_capacity(rows * outputs);
+        for _ in 0..rows {
+            out.extend_from_slice(bias);
+        }
+        if rows > 0 && inputs > 0 {
+            let (x, w) = (xs.as_slice::<f32>()?, ws.as_slice::<f32>()?);
+            let (xst, wst) = (xl.stride(), wl.stride());
+            // Bounds of the strided reads, so the unsafe call below stays inside.
+            let last = |start: usize, st: &[usize], d0: usize, d1: usize| {
+                start + (d0 - 1) * st[0] + (d1 - 1) * st[1]
+            };
+            if last(xl.start_offset(), xst, rows, inputs) >= x.len()
+                || last(wl.start_offset(), wst, outputs, inputs) >= w.len()
+            {
+                candle_core::bail!("fused dense: layout outside its storage");
+            }
+            // SAFETY: dst is rows × outputs, row-major; lhs x is rows × inputs
+            // and rhs Wᵀ is inputs × outputs, both read through their strides
+            // inside the bounds just checked.
+            unsafe {
+                gemm::gemm(
+                    rows,
+                    outputs,
+                    inputs,
+                    out.as_mut_ptr(),
+                    1,
+                    outputs as isize,
+                    true,
+                    x.as_ptr().add(xl.start_offset()),
+                    xst[1] as isize,
+                    xst[0] as isize,
+                    w.as_ptr().add(wl.start_offset()),
+                    wst[0] as isize,
+                    wst[1] as isize,
+                    1.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    parallelism(),
+                );
+            }
+        }
+        match self.0 {
+            Act::Identity => {}
+            Act::Relu => out.iter_mut().for_each(|v| *v = v.max(0.0)),
+            Act::Tanh => out.iter_mut().for_each(|v| *v = tanh(*v)),
+        }
+        Ok((CpuStorage::F32(out), Shape::from((rows, outputs))))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        b: &Tensor,
+        y: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let grad = grad.contiguous()?;
+        // [g ⊙ act'(y) | Σ_rows of it] in one pass.
+        let both = grad.apply_op2_no_bwd(y, &PreactGrad(self.0))?;
+        let rows = grad.dim(0)?;
+        let g = both.narrow(0, 0, rows)?;
+        let db = b.track_op().then(|| both.get(rows)).transpose()?;
+        let dw = w.track_op().then(|| g.t()?.matmul(x)).transpose()?;
+        let dx = x.track_op().then(|| g.matmul(w)).transpose()?;
+        Ok((dx, dw, db))
+    }
+}
+
+/// (g, y) → rows of `g ⊙ act'(y)` `[batch, out]` with their column sum as one
+/// more row `[batch + 1, out]`.
+struct PreactGrad(Act);
+
+impl CustomOp2 for PreactGrad {
+    fn name(&self) -> &'static str {
+        "dense-act-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        gs: &CpuStorage,
+        gl: &Layout,
+        ys: &CpuStorage,
+        yl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (rows, cols) = gl.shape().dims2()?;
+        let (g, y) = (slice(gs, gl)?, slice(ys, yl)?);
+        if y.len() != g.len() {
+            candle_core::bail!("fused dense: gradient and output differ in size");
+        }
+        let mut out = vec![0f32; (rows + 1) * cols];
+        let (body, sum) = out.split_at_mut(rows * cols);
+        for r in 0..rows {
+            let (gr, yr) = (&g[r * cols..][..cols], &y[r * cols..][..cols]);
+            let dst = &mut body[r * cols..][..cols];
+            match self.0 {
+                Act::Identity => dst.copy_from_slice(gr),
+                Act::Relu => {
+                    for ((d, &gv), &yv) in dst.iter_mut().zip(gr).zip(yr) {
+                        *d = if yv > 0.0 { gv } else { 0.0 };
+                    }
+                }
+                Act::Tanh => {
+                    for ((d, &gv), &yv) in dst.iter_mut().zip(gr).zip(yr) {
+                        *d = gv * (1.0 - yv * yv);
+                    }
+                }
+            }
+            for (s, &d) in sum.iter_mut().zip(dst.iter()) {
+                *s += d;
+            }
+        }
+        Ok((CpuStorage::F32(out), Shape::from((rows + 1, cols))))
+    }
+}
+
+/// Whether [`dense`] can run on `x`'s device and dtype.
+pub(crate) fn available(x: &Tensor) -> bool {
+    x.device().is_cpu() && x.dtype() == candle_core::DType::F32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+    use reflex_sim::SimRng;
+
+    fn random(shape: (usize, usize), rng: &mut SimRng) -> Tensor {
+        let data: Vec<f32> = (0..shape.0 * shape.1)
+            .map(|_| rng.uniform(-1.5, 1.5) as f32)
+            .collect();
+        Tensor::from_vec(data, shape, &Device::Cpu).unwrap()
+    }
+
+    fn primitive(x: &Tensor, w: &Tensor, b: &Tensor, act: Act) -> Tensor {
+        let y = x.matmul(&w.t().unwrap()).unwrap().broadcast_add(b).unwrap();
+        match act {
+            Act::Identity => y,
+            Act::Relu => y.relu().unwrap(),
+            Act::Tanh => y.tanh().unwrap(),
+        }
+    }
+
+    fn close(a: &Tensor, b: &Tensor, tol: f32, what: &str) {
+        let (a, b) = (
+            a.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            b.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+        );
+        assert_eq!(a.len(), b.len(), "{what}");
+        for (i, (x, y)) in a.iter().zip(&b).enumerate() {
+            assert!(
+                (x - y).abs() <= tol * (1.0 + y.abs()),
+                "{what}[{i}]: {x} vs {y}"
+            );
+        }
+    }
+
+    /// Values and every gradient match the primitive layer, for each
+    /// activation, with a strided (transposed) input and a strided weight,
+    /// and a loss that weights outputs unevenly.
+    #[test]
+    fn fused_dense_matches_primitives() {
+        let mut rng = SimRng::seed(7);
+        for act in [Act::Identity, Act::Relu, Act::Tanh] {
+            // x is the transpose of a [5, 9] tensor: [9, 5] with strides (1, 9).
+            let x = Var::from_tensor(&random((5, 9), &mut rng).t().unwrap()).unwrap();
+            let w = Var::from_tensor(&random((7, 5), &mut rng)).unwrap();
+            let b = Var::from_tensor(&random((1, 7), &mut rng).squeeze(0).unwrap()).unwrap();
+            let weights = random((9, 7), &mut rng);
+            let loss = |y: &Tensor| (y * &weights).unwrap().sum_all().unwrap();
+            let fused = dense(x.as_tensor(), w.as_tensor(), b.as_tensor(), act).unwrap();
+            let plain = primitive(x.as_tensor(), w.as_tensor(), b.as_tensor(), act);
+            close(&fused, &plain, 1e-5, "y");
+            let (gf, gp) = (
+                loss(&fused).backward().unwrap(),
+                loss(&plain).backward().unwrap(),
+            );
+            for (name, var) in [("dx", &x), ("dW", &w), ("db", &b)] {
+                let (f, p) = (gf.get(var).unwrap(), gp.get(var).unwrap());
+                close(f, p, 1e-4, &format!("{act:?} {name}"));
+            }
+        }
+    }
+
+    /// Detached weights get no gradient, and the input's still flows.
+    #[test]
+    fn frozen_parameters_pass_gradients_to_the_input_only() {
+        let mut rng = SimRng::seed(8);
+        let x = Var::from_tensor(&random((4, 3), &mut rng)).unwrap();
+        let w = Var::from_tensor(&random((2, 3), &mut rng)).unwrap();
+        let b = Var::from_tensor(&random((1, 2), &mut rng).squeeze(0).unwrap()).unwrap();
+        let y = dense(
+            x.as_tensor(),
+            &w.as_tensor().detach(),
+            &b.as_tensor().detach(),
+            Act::Relu,
+        )
+        .unwrap();
+        let grads = y.sum_all().unwrap().backward().unwrap();
+        assert!(grads.get(&w).is_none() && grads.get(&b).is_none());
+        let plain = primitive(
+            x.as_tensor(),
+            &w.as_tensor().detach(),
+            &b.as_tensor().detach(),
+            Act::Relu,
+        );
+        let expected = plain.sum_all().unwrap().backward().unwrap();
+        close(
+            grads.get(&x).unwrap(),
+            expected.get(&x).unwrap(),
+            1e-5,
+            "dx",
+        );
+    }
+
+    #[test]
+    fn mismatched_shapes_are_errors() {
+        let mut rng = SimRng::seed(9);
+        let x = random((4, 3), &mut rng);
+        let w = random((2, 5), &mut rng);
+        let b = random((1, 2), &mut rng).squeeze(0).unwrap();
+        assert!(dense(&x, &w, &b, Act::Relu).is_err());
+        let w = random((2, 3), &mut rng);
+        let b = random((1, 4), &mut rng).squeeze(0).unwrap();
+        assert!(dense(&x, &w, &b, Act::Relu).is_err());
+    }
+}
