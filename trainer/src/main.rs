@@ -20,7 +20,7 @@ use reflex_trainer::export::{
 };
 use reflex_trainer::run::{resolve, RunConfig};
 use reflex_trainer::TrainError;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 mod fleet;
 
@@ -383,9 +383,47 @@ struct RunObserver {
     /// Spec of the exported policies (training step and checkpoint hash filled in
     /// per export).
     spec: PolicySpec,
+    /// The best periodic evaluation so far (env step, mean return), whose
+    /// policy is in `best/`.
+    best: Option<(u64, f64)>,
+}
+
+/// Where a run keeps the policy of its best periodic evaluation.
+const BEST_DIR: &str = "best";
+
+/// `best/selected.json`: which periodic evaluation picked `best/policy.onnx`.
+#[derive(Serialize, Deserialize)]
+struct BestSelected {
+    /// Env step of the evaluation.
+    step: u64,
+    /// Its mean return.
+    periodic_mean: f64,
+    /// Its episodes.
+    episodes: u32,
 }
 
 impl RunObserver {
+    /// Exports the agent's policy to `best/policy.onnx` and records why.
+    fn save_best(&mut self, step: u64, mean: f64, agent: &dyn Agent) -> Result<(), TrainError> {
+        let dir = self.run_dir.join(BEST_DIR);
+        fs::create_dir_all(&dir)
+            .map_err(|e| TrainError::Export(format!("{}: {e}", dir.display())))?;
+        let mut spec = self.spec.clone();
+        spec.training_step = agent.updates();
+        let bytes = agent.to_onnx(&spec)?;
+        reflex_trainer::export::write_atomic(&dir.join(POLICY_FILE), &bytes)?;
+        let selected = BestSelected {
+            step,
+            periodic_mean: mean,
+            episodes: self.eval_episodes,
+        };
+        let json = serde_json::to_string_pretty(&selected)
+            .map_err(|e| TrainError::Export(format!("best/selected.json: {e}")))?;
+        reflex_trainer::export::write_atomic(&dir.join("selected.json"), json.as_bytes())?;
+        self.best = Some((step, mean));
+        Ok(())
+    }
+
     fn row(&mut self, progress: &Progress, episode_return: Option<f64>, eval_return: Option<f64>) {
         let update = progress.last_update;
         let row = MetricsRow {
@@ -435,6 +473,10 @@ impl Observer for RunObserver {
             self.eval_seed,
         )?;
         self.row(progress, None, Some(mean));
+        // Ties go to the later policy: it has trained longer at the same score.
+        if self.best.is_none_or(|(_, best)| mean >= best) {
+            self.save_best(progress.step, mean, agent)?;
+        }
         let line = format!("step {:>8}: greedy eval return {mean:.1}", progress.step);
         if self.quiet {
             eprintln!("{line}");
@@ -529,6 +571,12 @@ fn run(config: &RunConfig, out: &Path, quiet: bool, resume: bool) -> anyhow::Res
         eval_seed,
         recent_returns: Vec::new(),
         spec: spec_for(&config.algo, &config.env, env.as_ref()),
+        // A resumed run keeps competing against the best it had.
+        best: fs::read(out.join(BEST_DIR).join("selected.json"))
+            .ok()
+            .and_then(|bytes| serde_json::from_slice::<BestSelected>(&bytes).ok())
+            .filter(|_| resume && out.join(BEST_DIR).join(POLICY_FILE).exists())
+            .map(|b| (b.step, b.periodic_mean)),
     };
     if quiet {
         eprintln!(
@@ -568,6 +616,9 @@ fn run(config: &RunConfig, out: &Path, quiet: bool, resume: bool) -> anyhow::Res
     let json = serde_json::to_string_pretty(&report)?;
     write_atomic(&out.join("eval.json"), json.as_bytes())?;
     println!("{}", serde_json::to_string(&report)?);
+    if let Some((step, periodic_mean)) = observer.best {
+        evaluate_best(out, config, env.as_mut(), eval_seed, step, periodic_mean)?;
+    }
     eprintln!(
         "{} steps in {:.1}s; run folder {}; checkpoint {}; policy {}",
         config.steps,
@@ -615,6 +666,49 @@ fn eval(
     let stats = evaluate(agent.as_ref(), env.as_mut(), episodes, seed)?;
     let report = EvalReport::new(&config, stats, episodes);
     println!("{}", serde_json::to_string(&report)?);
+    Ok(())
+}
+
+/// `best/eval.json`: the final evaluation's episodes (same seeds) run on
+/// `best/policy.onnx` through the daemon's runtime, with the periodic
+/// evaluation that picked it.
+#[derive(Serialize)]
+struct BestReport<'a> {
+    #[serde(flatten)]
+    eval: EvalReport<'a>,
+    /// Env step at which the policy was saved.
+    selected_step: u64,
+    /// The periodic evaluation's mean return that selected it.
+    selected_periodic_mean: f64,
+}
+
+fn evaluate_best(
+    out: &Path,
+    config: &RunConfig,
+    env: &mut dyn Env,
+    eval_seed: u64,
+    step: u64,
+    periodic_mean: f64,
+) -> anyhow::Result<()> {
+    let path = out.join(BEST_DIR).join(POLICY_FILE);
+    let mut policy =
+        Policy::load(&path).with_context(|| format!("refusing policy {}", path.display()))?;
+    let stats = evaluate_policy(&mut policy, env, config.eval_episodes, eval_seed)?;
+    let report = BestReport {
+        eval: EvalReport::new(config, stats, config.eval_episodes),
+        selected_step: step,
+        selected_periodic_mean: periodic_mean,
+    };
+    let json = serde_json::to_string_pretty(&report)?;
+    write_atomic(&out.join(BEST_DIR).join("eval.json"), json.as_bytes())?;
+    eprintln!(
+        "best periodic policy (step {step}, periodic mean {periodic_mean:.1}): greedy eval \
+         {:.1} ± {:.1} over {} episodes; {}",
+        stats.0,
+        stats.1,
+        config.eval_episodes,
+        path.display()
+    );
     Ok(())
 }
 

@@ -78,6 +78,43 @@ fn run_writes_its_folder_and_eval_reads_it_back() {
         .join("checkpoints/step-0000002500/weights.safetensors")
         .exists());
 
+    // The best periodic evaluation's policy, and its own final evaluation.
+    let selected = read_json(&out.join("best/selected.json"));
+    let step = selected["step"].as_u64().unwrap();
+    assert!(step == 1000 || step == 2000, "{selected}");
+    let periodic: Vec<f64> = metrics
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split(',').nth(2).and_then(|v| v.parse().ok()))
+        .collect();
+    let best = periodic.iter().copied().fold(f64::MIN, f64::max);
+    assert_eq!(
+        selected["periodic_mean"].as_f64().unwrap(),
+        best,
+        "{selected}"
+    );
+    assert!(out.join("best/policy.onnx").exists());
+    let best_eval = read_json(&out.join("best/eval.json"));
+    assert_eq!(best_eval["episodes"], 20);
+    assert_eq!(best_eval["selected_step"].as_u64(), Some(step));
+    // It is what the saved file does on the final evaluation's episodes
+    // (seed 3 → 1,000,000 + 1000 · 3).
+    let output = train_cmd()
+        .args(["eval", "--episodes", "20", "--seed", "1003000", "--policy"])
+        .arg(out.join("best/policy.onnx"))
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let again: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(
+        again["mean_return"], best_eval["mean_return"],
+        "{again} vs {best_eval}"
+    );
+
     let output = train_cmd()
         .args(["eval", "--episodes", "3", "--checkpoint"])
         .arg(&out)
