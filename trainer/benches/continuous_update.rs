@@ -31,6 +31,7 @@ fn arg(name: &str, default: &str) -> String {
 }
 
 fn main() {
+    reflex_trainer::keep_freed_memory();
     let algo = arg("algo", "ddpg");
     let threads: usize = arg("threads", "1").parse().expect("threads=N");
     let updates: u64 = arg("updates", "300").parse().expect("updates=N");

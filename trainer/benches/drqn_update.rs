@@ -33,6 +33,7 @@ fn arg(name: &str, default: usize) -> usize {
 }
 
 fn main() {
+    reflex_trainer::keep_freed_memory();
     reflex_trainer::set_compute_threads(1);
     let (updates, repeats) = (arg("updates", 200), arg("repeats", 3));
     let (hidden, batch, len, burn_in) = (

@@ -264,6 +264,7 @@ fn threads_from(threads: usize) {
 }
 
 fn main() {
+    reflex_trainer::keep_freed_memory();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run {
