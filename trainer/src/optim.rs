@@ -28,6 +28,21 @@ fn cpu_slice_mut<'a>(storage: &'a mut CpuStorage, layout: &Layout) -> Result<&'a
     }
 }
 
+/// The destination and source of an in-place op over two same-sized tensors.
+fn dst_src<'a, 'b>(
+    dst: &'a mut CpuStorage,
+    dst_l: &Layout,
+    src: &'b CpuStorage,
+    src_l: &Layout,
+    what: &str,
+) -> Result<(&'a mut [f32], &'b [f32])> {
+    let (d, s) = (cpu_slice_mut(dst, dst_l)?, cpu_slice(src, src_l)?);
+    if d.len() != s.len() {
+        candle_core::bail!("{what}: {} values against {}", d.len(), s.len());
+    }
+    Ok((d, s))
+}
+
 /// Whether the in-place CPU passes apply to `t`.
 pub(crate) fn in_place(t: &Tensor) -> bool {
     t.device().is_cpu() && t.dtype() == candle_core::DType::F32 && t.is_contiguous()
@@ -66,10 +81,7 @@ impl InplaceOp2 for Moment {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<()> {
-        let (m, g) = (cpu_slice_mut(s1, l1)?, cpu_slice(s2, l2)?);
-        if m.len() != g.len() {
-            candle_core::bail!("adam: moment and gradient differ in size");
-        }
+        let (m, g) = dst_src(s1, l1, s2, l2, "adam: moment and gradient")?;
         let (b, rest, s) = (self.beta, 1.0 - self.beta, self.scale);
         if self.squared {
             for (m, &g) in m.iter_mut().zip(g) {
@@ -136,10 +148,7 @@ impl InplaceOp2 for Lerp {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<()> {
-        let (dst, src) = (cpu_slice_mut(s1, l1)?, cpu_slice(s2, l2)?);
-        if dst.len() != src.len() {
-            candle_core::bail!("polyak: parameters differ in size");
-        }
+        let (dst, src) = dst_src(s1, l1, s2, l2, "polyak: parameters")?;
         let keep = 1.0 - self.tau;
         for (d, &s) in dst.iter_mut().zip(src) {
             *d = keep * *d + self.tau * s;

@@ -30,6 +30,22 @@ fn read_json(path: &Path) -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
+/// `reflex-train eval ARGS PATH`, which must succeed; its JSON record.
+fn eval_json(args: &[&str], path: &Path) -> serde_json::Value {
+    let output = train_cmd()
+        .arg("eval")
+        .args(args)
+        .arg(path)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
 #[test]
 fn run_writes_its_folder_and_eval_reads_it_back() {
     let out = out_dir("run");
@@ -99,33 +115,17 @@ fn run_writes_its_folder_and_eval_reads_it_back() {
     assert_eq!(best_eval["selected_step"].as_u64(), Some(step));
     // It is what the saved file does on the final evaluation's episodes
     // (seed 3 → 1,000,000 + 1000 · 3).
-    let output = train_cmd()
-        .args(["eval", "--episodes", "20", "--seed", "1003000", "--policy"])
-        .arg(out.join("best/policy.onnx"))
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
+    let best_policy = out.join("best/policy.onnx");
+    let again = eval_json(
+        &["--episodes", "20", "--seed", "1003000", "--policy"],
+        &best_policy,
     );
-    let again: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(
         again["mean_return"], best_eval["mean_return"],
         "{again} vs {best_eval}"
     );
 
-    let output = train_cmd()
-        .args(["eval", "--episodes", "3", "--checkpoint"])
-        .arg(&out)
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let printed: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let printed = eval_json(&["--episodes", "3", "--checkpoint"], &out);
     assert_eq!(printed["episodes"], 3);
     assert_eq!(printed["env"], "cartpole");
     std::fs::remove_dir_all(&out).ok();
