@@ -362,12 +362,14 @@ enum Head {
 }
 
 impl Head {
-    fn forward(&self, features: &Tensor) -> Result<Tensor> {
+    fn forward(&self, features: &Tensor, frozen: bool) -> Result<Tensor> {
+        let id = fused::Act::Identity;
         match self {
-            Head::Plain(q) => q.forward(features),
-            Head::Dueling { value, advantage } => {
-                dueling_q(&value.forward(features)?, &advantage.forward(features)?)
-            }
+            Head::Plain(q) => q.forward_with(features, id, frozen),
+            Head::Dueling { value, advantage } => dueling_q(
+                &value.forward_with(features, id, frozen)?,
+                &advantage.forward_with(features, id, frozen)?,
+            ),
         }
     }
 }
@@ -438,14 +440,28 @@ impl QNetwork {
 
     /// Q-values of every head, each `[batch, n_actions]`, for `obs` `[batch, obs_dim]`.
     pub fn forward_heads(&self, obs: &Tensor) -> Result<Vec<Tensor>> {
-        let x = self.trunk.forward(obs)?;
-        self.heads.iter().map(|h| h.forward(&x)).collect()
+        self.heads_with(obs, false)
+    }
+
+    fn heads_with(&self, obs: &Tensor, frozen: bool) -> Result<Vec<Tensor>> {
+        let x = self.trunk.forward_with(obs, frozen)?;
+        self.heads.iter().map(|h| h.forward(&x, frozen)).collect()
     }
 
     /// The network's Q estimate `[batch, n_actions]`: the single head, or the
     /// elementwise minimum of the two (Twin DQN's pessimistic estimate).
     pub fn q_values(&self, obs: &Tensor) -> Result<Tensor> {
-        let heads = self.forward_heads(obs)?;
+        self.q_values_with(obs, false)
+    }
+
+    /// [`q_values`](Self::q_values) with the parameters detached: for targets,
+    /// which need no gradient, so no backward graph is recorded for them.
+    pub fn q_values_frozen(&self, obs: &Tensor) -> Result<Tensor> {
+        self.q_values_with(obs, true)
+    }
+
+    fn q_values_with(&self, obs: &Tensor, frozen: bool) -> Result<Tensor> {
+        let heads = self.heads_with(obs, frozen)?;
         let mut q = heads[0].clone();
         for other in &heads[1..] {
             q = q.minimum(other)?;

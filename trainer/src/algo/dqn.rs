@@ -194,7 +194,7 @@ impl Dqn {
     /// The greedy action index for one observation.
     pub fn greedy_index(&self, obs: &[f32]) -> Result<u32, TrainError> {
         let x = Tensor::from_slice(obs, (1, obs.len()), &self.device)?;
-        let best = self.online.q_values(&x)?.argmax(D::Minus1)?;
+        let best = self.online.q_values_frozen(&x)?.argmax(D::Minus1)?;
         Ok(best.to_vec1::<u32>()?[0])
     }
 
@@ -223,9 +223,9 @@ impl Dqn {
         let weights = Tensor::from_slice(&batch.weights, b, dev)?;
 
         // The target y = R + d · Q⁻(s', a*), computed without gradients.
-        let next_q = self.target.q_values(&next_obs)?.detach();
+        let next_q = self.target.q_values_frozen(&next_obs)?;
         let online_next_q = if self.config.double {
-            Some(self.online.q_values(&next_obs)?.detach())
+            Some(self.online.q_values_frozen(&next_obs)?)
         } else {
             None
         };
