@@ -122,12 +122,7 @@ impl Dense {
         if fused::available(x) && x.rank() == 2 {
             return fused::dense(x, &w, &b, act);
         }
-        let y = x.broadcast_matmul(&w.t()?)?.broadcast_add(&b)?;
-        match act {
-            fused::Act::Identity => Ok(y),
-            fused::Act::Relu => y.relu(),
-            fused::Act::Tanh => y.tanh(),
-        }
+        act.apply(x.broadcast_matmul(&w.t()?)?.broadcast_add(&b)?)
     }
 
     fn push_vars(&self, name: &str, out: &mut Vec<(String, Var)>) {
@@ -285,12 +280,8 @@ impl Trunk {
             x = match norm {
                 None => dense.forward_with(&x, act, frozen)?,
                 Some(norm) => {
-                    let normed =
-                        norm.forward(&dense.forward_with(&x, fused::Act::Identity, frozen)?)?;
-                    match act {
-                        fused::Act::Relu => normed.relu()?,
-                        _ => normed.tanh()?,
-                    }
+                    let affine = dense.forward_with(&x, fused::Act::Identity, frozen)?;
+                    act.apply(norm.forward(&affine)?)?
                 }
             };
         }

@@ -27,6 +27,17 @@ pub(crate) enum Act {
     Tanh,
 }
 
+impl Act {
+    /// The nonlinearity as a candle primitive (any device; differentiable).
+    pub(crate) fn apply(self, y: Tensor) -> Result<Tensor> {
+        match self {
+            Act::Identity => Ok(y),
+            Act::Relu => y.relu(),
+            Act::Tanh => y.tanh(),
+        }
+    }
+}
+
 fn slice<'a>(storage: &'a CpuStorage, layout: &Layout) -> Result<&'a [f32]> {
     let (start, end) = layout
         .contiguous_offsets()
@@ -212,11 +223,7 @@ mod tests {
 
     fn primitive(x: &Tensor, w: &Tensor, b: &Tensor, act: Act) -> Tensor {
         let y = x.matmul(&w.t().unwrap()).unwrap().broadcast_add(b).unwrap();
-        match act {
-            Act::Identity => y,
-            Act::Relu => y.relu().unwrap(),
-            Act::Tanh => y.tanh().unwrap(),
-        }
+        act.apply(y).unwrap()
     }
 
     fn close(a: &Tensor, b: &Tensor, tol: f32, what: &str) {
