@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::ros2_config::Ros2Config;
 use crate::zenoh_link::ZenohConfig;
 
 /// Why a configuration was refused.
@@ -316,7 +317,8 @@ pub enum TransportKind {
     Inproc,
     /// zenoh: CDR payloads on `reflex/<fleet>/<robot>/…` keys (`[transport.zenoh]`).
     Zenoh,
-    /// ROS 2 (not built into this version of reflexd yet).
+    /// ROS 2: a node with `reflex_msgs` topics and adapters to standard messages
+    /// (`[transport.ros2]`).
     Ros2,
 }
 
@@ -324,11 +326,13 @@ pub enum TransportKind {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TransportConfig {
-    /// `"zenoh"` (default), or `"inproc"` (in-process channels: tests and
-    /// reflex-train's local loop, refused by `reflexd run`); `"ros2"` is reserved.
+    /// `"zenoh"` (default), `"ros2"`, or `"inproc"` (in-process channels: tests and
+    /// reflex-train's local loop, refused by `reflexd run`).
     pub kind: TransportKind,
     /// `[transport.zenoh]`: the zenoh session (used when `kind = "zenoh"`).
     pub zenoh: ZenohConfig,
+    /// `[transport.ros2]`: the ROS 2 node (used when `kind = "ros2"`).
+    pub ros2: Ros2Config,
 }
 
 impl Default for TransportConfig {
@@ -336,6 +340,7 @@ impl Default for TransportConfig {
         Self {
             kind: TransportKind::Zenoh,
             zenoh: ZenohConfig::default(),
+            ros2: Ros2Config::default(),
         }
     }
 }
@@ -446,6 +451,9 @@ impl Config {
                 .validate()
                 .map_err(|e| format!("transport.zenoh: {e}"))?;
         }
+        if self.transport.kind == TransportKind::Ros2 {
+            self.transport.ros2.validate(&self.robot_id)?;
+        }
         Ok(())
     }
 
@@ -538,8 +546,8 @@ transitions_per_batch = 64
 max_latency_ms = 100
 
 [transport]
-# "zenoh", or "inproc" (in-process channels: tests and reflex-train's local loop;
-# refused by `reflexd run`). "ros2" is reserved for a later version.
+# "zenoh", "ros2", or "inproc" (in-process channels: tests and reflex-train's local
+# loop; refused by `reflexd run`).
 kind = "zenoh"
 
 [transport.zenoh]
@@ -552,6 +560,84 @@ listen = []
 connect = ["tcp/127.0.0.1:7447"]
 # Multicast scouting (automatic discovery on the LAN); off: endpoints are explicit.
 scouting = false
+
+[transport.ros2]
+# Node name; "" = "reflexd_<robot_id>" with characters ROS names refuse replaced by _.
+node_name = ""
+# Node namespace: "/" (root) or e.g. "/robot_1". Topics "~/x" resolve to
+# <namespace>/<node_name>/x, "x" to <namespace>/x, "/x" stays absolute.
+namespace = "/"
+# DDS domain (ROS_DOMAIN_ID, 0-232); -1 = from the ROS_DOMAIN_ID environment variable
+# (0 when unset).
+domain_id = -1
+
+[transport.ros2.observation]
+# "reflex" (reflex_msgs/msg/Observation: reward and episode flags included),
+# "joint_state" (sensor_msgs/msg/JointState) or "float64_multi_array"
+# (std_msgs/msg/Float64MultiArray); the last two take reward and episode ends from
+# reflex_msgs/msg/StepInfo on step_info_topic.
+source = "reflex"
+# "" = the source's usual topic: "~/observation", "/joint_states" or
+# "~/observation_array".
+topic = ""
+# joint_state: the joints, in observation order, e.g. ["cart", "pole"].
+joints = []
+# joint_state: the quantities taken from each joint, joint-major
+# ([cart.position, cart.velocity, pole.position, ...]): position (rad or m),
+# velocity (rad/s or m/s), effort (N m or N).
+fields = ["position", "velocity"]
+# joint_state / float64_multi_array: the StepInfo topic (reward, terminated,
+# truncated per sensor message, joined on header.stamp; arrays in arrival order).
+# "" = none: reward 0 and episodes never end (deployment without learning).
+step_info_topic = "~/step_info"
+# A sensor message without its StepInfo (or a StepInfo without its sensor message)
+# after this long is dropped and counted, ms.
+step_info_timeout_ms = 100
+
+[transport.ros2.action]
+# "reflex" (reflex_msgs/msg/ActionCommand), "float64_multi_array"
+# (std_msgs/msg/Float64MultiArray, what ros2_control's forward command controllers
+# take; a discrete action is sent as [index]) or "twist" (geometry_msgs/msg/Twist).
+sink = "reflex"
+# "" = the sink's usual topic: "~/action", "~/commands" or "/cmd_vel".
+topic = ""
+# twist: the Twist field each action dimension drives (m/s, rad/s); others stay 0.
+twist_fields = ["linear.x", "angular.z"]
+
+# Quality of service per topic: reliability "default" | "reliable" | "best_effort",
+# durability "default" | "volatile" | "transient_local", depth 0 = default. Defaults:
+# observation, step_info: best effort, volatile, depth 5 (sensor data); action:
+# reliable, volatile, 10; transitions: reliable, volatile, 100; status: reliable,
+# transient local, 1; policy_update: reliable, volatile, 4.
+[transport.ros2.qos.observation]
+reliability = "default"
+durability = "default"
+depth = 0
+
+[transport.ros2.qos.step_info]
+reliability = "default"
+durability = "default"
+depth = 0
+
+[transport.ros2.qos.action]
+reliability = "default"
+durability = "default"
+depth = 0
+
+[transport.ros2.qos.transitions]
+reliability = "default"
+durability = "default"
+depth = 0
+
+[transport.ros2.qos.status]
+reliability = "default"
+durability = "default"
+depth = 0
+
+[transport.ros2.qos.policy_update]
+reliability = "default"
+durability = "default"
+depth = 0
 "#;
 
 #[cfg(test)]

@@ -30,6 +30,10 @@ pub mod control;
 pub mod explore;
 pub mod native;
 pub mod policy;
+pub mod ros2_config;
+#[cfg(feature = "ros2")]
+pub mod ros2_transport;
+pub mod ros_params;
 pub mod safety;
 pub mod spool;
 pub mod swap;

@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! reflexd run --config robot.toml            # run until SIGINT / SIGTERM (SIGUSR1: log status)
+//! reflexd run --ros-params reflexd.yaml [--ros-args -r __ns:=/r1 -p rate_hz:=100]
 //! reflexd check-config --config robot.toml   # parse and validate, then exit
 //! reflexd print-default-config > robot.toml  # the fully commented defaults
 //! ```
@@ -14,6 +15,7 @@ use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use reflex_daemon::config::TransportKind;
 use reflex_daemon::policy::onnx_loader;
+use reflex_daemon::ros_params;
 use reflex_daemon::zenoh_transport::{self, ZenohTransportOptions};
 use reflex_daemon::{zenoh, zenoh_link};
 use reflex_daemon::{Actor, Config, Loader, Transports, DEFAULT_CONFIG_TOML};
@@ -35,18 +37,50 @@ enum Command {
     /// SIGUSR1 logs the current status (latency and jitter percentiles, overruns,
     /// transitions, safety state).
     Run {
-        /// The configuration file.
-        #[arg(long, short)]
-        config: PathBuf,
+        #[command(flatten)]
+        source: ConfigSource,
     },
-    /// Parse and validate a configuration file, then exit (0 = valid).
+    /// Parse and validate a configuration, then exit (0 = valid).
     CheckConfig {
-        /// The configuration file.
-        #[arg(long, short)]
-        config: PathBuf,
+        #[command(flatten)]
+        source: ConfigSource,
     },
     /// Print the default configuration as a fully commented TOML file.
     PrintDefaultConfig,
+}
+
+/// Where the configuration comes from: robot.toml, or ROS 2 parameters.
+#[derive(clap::Args)]
+#[group(required = true, multiple = true)]
+struct ConfigSource {
+    /// The configuration file (robot.toml).
+    #[arg(long, short, conflicts_with_all = ["ros_params", "ros_args"])]
+    config: Option<PathBuf>,
+    /// ROS 2 parameter YAML (`/**: ros__parameters: ...`; repeatable, later files
+    /// win): the same file `ros2 launch` passes, with reflexd's keys in dotted form.
+    #[arg(long = "ros-params", value_name = "FILE")]
+    ros_params: Vec<PathBuf>,
+    /// ROS 2 arguments, as `ros2 launch` appends them: `--ros-args -r __node:=NAME
+    /// -r __ns:=/NS -p name:=value --params-file FILE`.
+    #[arg(long = "ros-args", num_args = 0.., allow_hyphen_values = true, value_name = "ARGS")]
+    ros_args: Option<Vec<String>>,
+}
+
+impl ConfigSource {
+    fn load(&self) -> anyhow::Result<(Config, String)> {
+        if let Some(path) = &self.config {
+            return Ok((Config::load(path)?, path.display().to_string()));
+        }
+        let args = ros_params::RosArgs::parse(self.ros_args.as_deref().unwrap_or_default())?;
+        let config = ros_params::load(&self.ros_params, &args)?;
+        let files: Vec<String> = self
+            .ros_params
+            .iter()
+            .chain(&args.params_files)
+            .map(|p| p.display().to_string())
+            .collect();
+        Ok((config, format!("ROS parameters [{}]", files.join(", "))))
+    }
 }
 
 fn main() -> anyhow::Result<()> {
@@ -62,11 +96,11 @@ fn main() -> anyhow::Result<()> {
             print!("{DEFAULT_CONFIG_TOML}");
             Ok(())
         }
-        Command::CheckConfig { config } => {
-            let parsed = Config::load(&config)?;
+        Command::CheckConfig { source } => {
+            let (parsed, from) = source.load()?;
             println!(
                 "{}: ok (robot {} in fleet {}, {} Hz, {:?} mode, transport {:?})",
-                config.display(),
+                from,
                 parsed.robot_id,
                 parsed.fleet,
                 parsed.rate_hz,
@@ -75,12 +109,11 @@ fn main() -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Command::Run { config } => run(&config),
+        Command::Run { source } => run(source.load()?.0),
     }
 }
 
-fn run(path: &std::path::Path) -> anyhow::Result<()> {
-    let config = Config::load(path)?;
+fn run(config: Config) -> anyhow::Result<()> {
     let shutdown = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(signal, shutdown.clone())
@@ -93,14 +126,21 @@ fn run(path: &std::path::Path) -> anyhow::Result<()> {
     // Refuse a transport reflexd cannot run before touching the policy or the network.
     match config.transport.kind {
         TransportKind::Zenoh => {}
+        #[cfg(feature = "ros2")]
+        TransportKind::Ros2 => {}
+        #[cfg(not(feature = "ros2"))]
+        TransportKind::Ros2 => bail!(
+            "this reflexd was built without the ROS 2 transport (cargo feature `ros2`): \
+             rebuild with it, or set [transport] kind = \"zenoh\""
+        ),
         TransportKind::Inproc => bail!(
             "transport \"inproc\" only connects within one process (tests, reflex-train's local loop); \
-             `reflexd run` needs a network transport: set [transport] kind = \"zenoh\""
+             `reflexd run` needs a network transport: set [transport] kind = \"zenoh\" or \"ros2\""
         ),
         kind => bail!("transport {kind:?} is not built into this reflexd yet"),
     }
     let (actor, loader) = policy_runtime(&config)?;
-    let (transports, session) = transports(&config)?;
+    let (transports, link) = transports(&config)?;
     let report = reflex_daemon::serve(&config, actor, loader, transports, &shutdown, &report_now)?;
     let t = report.transitions;
     tracing::info!(
@@ -131,18 +171,49 @@ fn run(path: &std::path::Path) -> anyhow::Result<()> {
             "batches": t.batches,
         })
     );
-    {
-        use zenoh::Wait;
-        if let Err(e) = session.close().wait() {
-            tracing::warn!("closing zenoh session: {e}");
+    match link {
+        Link::Zenoh(session) => {
+            use zenoh::Wait;
+            if let Err(e) = session.close().wait() {
+                tracing::warn!("closing zenoh session: {e}");
+            }
         }
+        #[cfg(feature = "ros2")]
+        Link::Ros2(node) => drop(node),
     }
     Ok(())
 }
 
-/// The zenoh transports of this robot, and the session they run on (kept open until
-/// the daemon has stopped).
-fn transports(config: &Config) -> anyhow::Result<(Transports, zenoh::Session)> {
+/// What the transports run on, kept open until the daemon has stopped.
+enum Link {
+    Zenoh(zenoh::Session),
+    #[cfg(feature = "ros2")]
+    Ros2(Box<reflex_daemon::ros2_transport::Link>),
+}
+
+/// This robot's transports.
+fn transports(config: &Config) -> anyhow::Result<(Transports, Link)> {
+    #[cfg(feature = "ros2")]
+    if config.transport.kind == TransportKind::Ros2 {
+        use reflex_daemon::ros2_transport;
+        let link = ros2_transport::open(config)?;
+        let r = &config.transport.ros2;
+        tracing::info!(
+            node = link.fully_qualified_name(),
+            domain = link.domain(),
+            observation = %r.resolve(&config.robot_id, r.observation.topic()),
+            action = %r.resolve(&config.robot_id, r.action.topic()),
+            "ROS 2 node open"
+        );
+        let transports = ros2_transport::transports(&link, config)?;
+        return Ok((transports, Link::Ros2(Box::new(link))));
+    }
+    let (transports, session) = zenoh_transports(config)?;
+    Ok((transports, Link::Zenoh(session)))
+}
+
+/// The zenoh transports of this robot, and the session they run on.
+fn zenoh_transports(config: &Config) -> anyhow::Result<(Transports, zenoh::Session)> {
     let z = &config.transport.zenoh;
     let session = zenoh_link::open(z)?;
     tracing::info!(

@@ -46,6 +46,15 @@ pub trait ActionSink: Send {
 pub trait TransitionSink: Send {
     /// Sends one batch; an error means the batch was not delivered.
     fn send(&mut self, batch: &TransitionBatch) -> Result<(), TransportError>;
+
+    /// At shutdown: waits up to `max_wait` until what was sent has reached the
+    /// learner (a transport that hands batches over asynchronously must not lose
+    /// them when the daemon exits). `true` when everything is delivered; the default
+    /// has nothing in flight.
+    fn flush(&mut self, max_wait: Duration) -> bool {
+        let _ = max_wait;
+        true
+    }
 }
 
 /// Where status heartbeats go.

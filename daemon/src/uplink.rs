@@ -185,6 +185,9 @@ impl Uplink {
     }
 }
 
+/// How long shutdown waits for the learner to acknowledge what was sent.
+const FLUSH_AT_SHUTDOWN: Duration = Duration::from_secs(2);
+
 #[allow(clippy::too_many_arguments)]
 fn run(
     robot_id: &str,
@@ -266,7 +269,13 @@ fn run(
         }
         stats.publish(&spool.counters());
     }
-    // Shutdown: whatever could not be sent goes to disk (or is reported lost).
+    // Shutdown: what was sent must reach the learner before the process exits...
+    if !sink.flush(FLUSH_AT_SHUTDOWN) {
+        tracing::warn!(
+            "the learner did not acknowledge every sent batch within {FLUSH_AT_SHUTDOWN:?} of shutdown"
+        );
+    }
+    // ...and whatever could not be sent goes to disk (or is reported lost).
     let lost_at_shutdown = match spool.persist() {
         Ok(lost) => lost,
         Err(e) => {

@@ -45,14 +45,70 @@ fn check_config_names_the_unknown_key_and_the_file() {
 }
 
 #[test]
-fn run_refuses_transports_not_built_yet() {
+fn run_refuses_the_in_process_transport() {
     let dir = tempfile::tempdir().unwrap();
-    for (kind, needle) in [("ros2", "not built"), ("inproc", "one process")] {
-        let path = dir.path().join(format!("{kind}.toml"));
-        std::fs::write(&path, format!("[transport]\nkind = \"{kind}\"\n")).unwrap();
-        let out = reflexd(&["run", "--config", path.to_str().unwrap()]);
-        assert!(!out.status.success());
+    let path = dir.path().join("inproc.toml");
+    std::fs::write(&path, "[transport]\nkind = \"inproc\"\n").unwrap();
+    let out = reflexd(&["run", "--config", path.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("one process"), "{err}");
+}
+
+#[test]
+fn ros_parameters_configure_reflexd_like_robot_toml() {
+    let dir = tempfile::tempdir().unwrap();
+    let params = dir.path().join("reflexd.yaml");
+    std::fs::write(
+        &params,
+        "/**:\n  ros__parameters:\n    robot_id: arm_1\n    rate_hz: 100.0\n    transport.kind: ros2\n",
+    )
+    .unwrap();
+    let p = params.to_str().unwrap();
+    let ok = reflexd(&[
+        "check-config",
+        "--ros-params",
+        p,
+        "--ros-args",
+        "-p",
+        "rate_hz:=25.0",
+    ]);
+    let stdout = String::from_utf8_lossy(&ok.stdout);
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    assert!(
+        stdout.contains("robot arm_1") && stdout.contains("25 Hz") && stdout.contains("Ros2"),
+        "{stdout}"
+    );
+    // An unknown parameter, a bad --ros-args and both sources at once are refused.
+    for (args, needle) in [
+        (
+            vec!["--ros-params", p, "--ros-args", "-p", "rate_hzz:=5"],
+            "rate_hzz",
+        ),
+        (
+            vec!["--ros-params", p, "--ros-args", "-r", "chatter:=talk"],
+            "__node and __ns",
+        ),
+        (
+            vec!["--config", p, "--ros-params", p],
+            "cannot be used with",
+        ),
+    ] {
+        let mut all = vec!["check-config"];
+        all.extend(args);
+        let out = reflexd(&all);
+        assert!(!out.status.success(), "{all:?}");
         let err = String::from_utf8_lossy(&out.stderr);
-        assert!(err.contains(needle), "{kind}: {err}");
+        assert!(err.contains(needle), "{all:?}: {err}");
     }
+    // `run` with ROS parameters gets as far as the policy file (the transport is
+    // built in).
+    let out = reflexd(&["run", "--ros-params", p]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("policy.onnx"), "{err}");
 }

@@ -78,9 +78,13 @@ mod observation;
 #[cfg(feature = "alloc")]
 mod policy;
 #[cfg(feature = "alloc")]
+pub mod ros_std;
+#[cfg(feature = "alloc")]
 mod space;
 #[cfg(feature = "alloc")]
 mod status;
+#[cfg(feature = "alloc")]
+mod step_info;
 #[cfg(feature = "alloc")]
 mod transition;
 
@@ -104,6 +108,8 @@ pub use policy::{
 pub use space::{ActionSpace, BoxSpace, SpaceError};
 #[cfg(feature = "alloc")]
 pub use status::Status;
+#[cfg(feature = "alloc")]
+pub use step_info::StepInfo;
 #[cfg(feature = "alloc")]
 pub use transition::{Transition, TransitionBatch};
 

@@ -17,5 +17,31 @@ pub const OBSERVATION: &str = "observation";
 /// [`crate::keys::ACTION`]).
 pub const ACTION: &str = "action";
 
+/// [`crate::StepInfo`]s, a task's reward node or simulator → daemon, beside a standard
+/// sensor topic (ROS 2 only: on zenoh the [`crate::Observation`] carries them).
+pub const STEP_INFO: &str = "step_info";
+
 /// Every topic name, in a fixed order.
-pub const ALL: [&str; 5] = [TRANSITIONS, STATUS, POLICY_UPDATE, OBSERVATION, ACTION];
+pub const ALL: [&str; 6] = [
+    TRANSITIONS,
+    STATUS,
+    POLICY_UPDATE,
+    OBSERVATION,
+    ACTION,
+    STEP_INFO,
+];
+
+/// `reflexd`'s default ROS 2 node name for robot `robot_id`: `reflexd_<robot_id>` with
+/// every character a ROS name refuses replaced by `_` (no `__`, no trailing `_`), e.g.
+/// `robot-1` → `reflexd_robot_1`. Its topics are `<namespace>/<node>/<topic>`.
+#[cfg(feature = "alloc")]
+pub fn daemon_node_name(robot_id: &str) -> alloc::string::String {
+    let mut name = alloc::string::String::from("reflexd_");
+    for c in robot_id.chars() {
+        let c = if c.is_ascii_alphanumeric() { c } else { '_' };
+        if !(c == '_' && name.ends_with('_')) {
+            name.push(c);
+        }
+    }
+    name.trim_end_matches('_').into()
+}

@@ -345,6 +345,7 @@ fn rust_schema() -> (Schema, Vec<String>) {
         checked_record(&mut schema, &samples::policy_spec()),
         checked_record(&mut schema, &samples::policy_update()),
         checked_record(&mut schema, &samples::status()),
+        checked_record(&mut schema, &samples::step_info()),
     ];
     // The discrete variants serialize to the same structs (recording asserts that).
     record(&mut schema, &Action::Discrete(1));

@@ -62,6 +62,7 @@ fn garbage_as_every_type(bytes: &[u8]) {
     garbage_is_harmless::<PolicySpec>(bytes);
     garbage_is_harmless::<PolicyUpdate>(bytes);
     garbage_is_harmless::<Status>(bytes);
+    garbage_is_harmless::<StepInfo>(bytes);
     garbage_is_harmless::<ObservationN<8>>(bytes);
     garbage_is_harmless::<ActionCommandN<4>>(bytes);
     garbage_is_harmless::<TransitionN<8, 4, 4>>(bytes);
@@ -230,6 +231,7 @@ fn hand_made_samples_round_trip() {
     round_trip(&samples::policy_spec());
     round_trip(&samples::policy_update());
     round_trip(&samples::status());
+    round_trip(&samples::step_info());
 }
 
 /// The exact bytes of a small `Observation`, worked out by hand from the CDR rules:

@@ -16,6 +16,8 @@ struct Cli {
     command: Command,
 }
 
+// Parsed once at start: the size difference between variants costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Replay a Gymnasium reference file (JSON Lines) and report deviations.
@@ -42,9 +44,10 @@ enum Command {
         #[arg(long)]
         trace: bool,
     },
-    /// Play a robot over zenoh: publish observations (with reward and done flags) on
-    /// reflex/<fleet>/<robot>/obs, apply the actions that answer them from
-    /// reflex/<fleet>/<robot>/action. Prints a JSON report on stdout when it stops
+    /// Play a robot over zenoh or ROS 2: publish observations (with reward and done
+    /// flags) on reflex/<fleet>/<robot>/obs (ROS 2: /<ns>/reflexd_<robot>/observation),
+    /// apply the actions that answer them from reflex/<fleet>/<robot>/action (ROS 2:
+    /// /<ns>/reflexd_<robot>/action). Prints a JSON report on stdout when it stops
     /// (SIGINT/SIGTERM, --max-episodes, --idle-timeout-s).
     Serve {
         /// Env name (as for `run`).
@@ -78,6 +81,22 @@ enum Command {
         /// Republish an unanswered observation this often, milliseconds.
         #[arg(long, default_value_t = 100)]
         republish_ms: u64,
+        /// The wire: zenoh (keys reflex/<fleet>/<robot>/…) or ros2 (reflexd's
+        /// ~/observation and ~/action topics).
+        #[arg(long, default_value = "zenoh", value_parser = ["zenoh", "ros2"])]
+        transport: String,
+        /// ROS 2 domain id (default: ROS_DOMAIN_ID, else 0).
+        #[arg(long)]
+        ros_domain: Option<u16>,
+        /// ROS 2 namespace reflexd runs in.
+        #[arg(long, default_value = "/")]
+        ros_namespace: String,
+        /// reflexd's ROS 2 node name (default: reflexd_<robot>).
+        #[arg(long)]
+        ros_daemon_node: Option<String>,
+        /// Write every step the simulator took as JSON lines to this file.
+        #[arg(long)]
+        record: Option<std::path::PathBuf>,
     },
 }
 
@@ -102,6 +121,11 @@ fn main() -> ExitCode {
             max_episodes,
             idle_timeout_s,
             republish_ms,
+            transport,
+            ros_domain,
+            ros_namespace,
+            ros_daemon_node,
+            record,
         } => {
             let idle_timeout = match idle_timeout_s {
                 Some(t) if !(t.is_finite() && t > 0.0) => {
@@ -124,6 +148,15 @@ fn main() -> ExitCode {
                 max_episodes,
                 idle_timeout,
                 republish: std::time::Duration::from_millis(republish_ms.max(1)),
+                transport: if transport == "ros2" {
+                    reflex_sim::node::NodeTransport::Ros2
+                } else {
+                    reflex_sim::node::NodeTransport::Zenoh
+                },
+                ros_domain,
+                ros_namespace,
+                ros_daemon_node,
+                record,
                 ..reflex_sim::node::NodeConfig::default()
             })
             .map(|()| true)
@@ -180,8 +213,8 @@ fn serve(config: reflex_sim::node::NodeConfig) -> anyhow::Result<()> {
             .context("installing signal handlers")?;
     }
     eprintln!(
-        "reflex-sim serve: robot {} in fleet {} ({}), connect {:?}, listen {:?}",
-        config.robot, config.fleet, config.env, config.connect, config.listen
+        "reflex-sim serve: robot {} in fleet {} ({}) over {:?}, connect {:?}, listen {:?}",
+        config.robot, config.fleet, config.env, config.transport, config.connect, config.listen
     );
     let report = reflex_sim::node::run(&config, &shutdown)?;
     println!("{}", serde_json::to_string(&report)?);

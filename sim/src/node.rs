@@ -1,7 +1,8 @@
-//! A simulated robot on zenoh (`reflex-sim serve`): publishes [`Observation`]s on
-//! `reflex/<fleet>/<robot>/obs`, applies the [`ActionCommand`]s that answer them from
-//! `reflex/<fleet>/<robot>/action`, so `reflexd` controls it exactly as it would
-//! control hardware.
+//! A simulated robot on zenoh or ROS 2 (`reflex-sim serve`): publishes
+//! [`Observation`]s on `reflex/<fleet>/<robot>/obs` (ROS 2: reflexd's `~/observation`,
+//! `/<namespace>/reflexd_<robot>/observation`), applies the [`ActionCommand`]s that
+//! answer them from `reflex/<fleet>/<robot>/action` (ROS 2: reflexd's `~/action`), so
+//! `reflexd` controls it exactly as it would control hardware.
 //!
 //! Protocol (what the daemon's control loop expects, see `Observation`'s docs):
 //!
@@ -19,6 +20,7 @@
 //!   republishes without an answer it is reissued under a new `seq` (counted), which
 //!   unsticks a daemon whose action was lost.
 
+use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -48,6 +50,12 @@ pub enum NodeError {
     /// An observation could not be encoded.
     #[error("encoding an observation: {0}")]
     Encode(String),
+    /// ROS 2 refused the node or a topic (or this build has no ROS 2).
+    #[error("ROS 2: {0}")]
+    Ros2(String),
+    /// The step record could not be written.
+    #[error("writing the step record: {0}")]
+    Record(#[from] std::io::Error),
 }
 
 /// How a simulated robot runs.
@@ -75,6 +83,28 @@ pub struct NodeConfig {
     pub republish: Duration,
     /// Reissue the current observation under a new `seq` after this many republishes.
     pub reissue_after: u32,
+    /// The wire: zenoh (the fields above) or ROS 2.
+    pub transport: NodeTransport,
+    /// ROS 2: the DDS domain (`None`: `ROS_DOMAIN_ID`, else 0).
+    pub ros_domain: Option<u16>,
+    /// ROS 2: the namespace reflexd runs in (`/` or `/a/b`).
+    pub ros_namespace: String,
+    /// ROS 2: reflexd's node name (`None`: its default, `reflexd_<robot>` with
+    /// characters ROS names refuse replaced by `_`).
+    pub ros_daemon_node: Option<String>,
+    /// Append every step the env took as one JSON line here (the simulator's own
+    /// record, to check transitions against).
+    pub record: Option<std::path::PathBuf>,
+}
+
+/// Which wire a simulated robot plays on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum NodeTransport {
+    /// zenoh keys `reflex/<fleet>/<robot>/{obs,action}`.
+    #[default]
+    Zenoh,
+    /// ROS 2 topics of reflexd's node: `~/observation` and `~/action`.
+    Ros2,
 }
 
 impl Default for NodeConfig {
@@ -91,7 +121,181 @@ impl Default for NodeConfig {
             idle_timeout: None,
             republish: Duration::from_millis(100),
             reissue_after: 10,
+            transport: NodeTransport::Zenoh,
+            ros_domain: None,
+            ros_namespace: "/".into(),
+            ros_daemon_node: None,
+            record: None,
         }
+    }
+}
+
+/// One step as the simulator took it (a line of [`NodeConfig::record`]).
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+pub struct StepRecord {
+    /// Episode (per robot, from 0).
+    pub episode_id: u64,
+    /// Index of `obs` within the episode.
+    pub step: u32,
+    /// Observation the action answered.
+    pub obs: Vec<f32>,
+    /// The action applied.
+    pub action: reflex_msgs::Action,
+    /// Reward for the step.
+    pub reward: f32,
+    /// Observation after the step.
+    pub next_obs: Vec<f32>,
+    /// The episode terminated.
+    pub terminated: bool,
+    /// The episode was truncated.
+    pub truncated: bool,
+}
+
+/// Where a node publishes observations and takes actions.
+trait Wire {
+    fn publish(&mut self, obs: &Observation) -> Result<(), NodeError>;
+    /// The next action message within `wait`: `Ok(None)` when none came,
+    /// `Ok(Some(None))` for one that did not decode.
+    fn recv(&mut self, wait: Duration) -> Result<Option<Option<ActionCommand>>, NodeError>;
+    fn decode_errors(&self) -> u64 {
+        0
+    }
+    fn close(self: Box<Self>) {}
+}
+
+struct ZenohWire {
+    session: zenoh::Session,
+    actions: zenoh::pubsub::Subscriber<zenoh::handlers::FifoChannelHandler<zenoh::sample::Sample>>,
+    publisher: zenoh::pubsub::Publisher<'static>,
+    obs_key: String,
+}
+
+impl ZenohWire {
+    fn open(config: &NodeConfig) -> Result<Self, NodeError> {
+        let session = zenoh::open(zenoh_config(config)?)
+            .wait()
+            .map_err(|e| NodeError::Zenoh(format!("opening session: {e}")))?;
+        let obs_key = keys::obs_key(&config.fleet, &config.robot);
+        let action_key = keys::action_key(&config.fleet, &config.robot);
+        let actions = session
+            .declare_subscriber(action_key.clone())
+            .with(FifoChannel::new(256))
+            .wait()
+            .map_err(|e| NodeError::Zenoh(format!("subscribing to {action_key}: {e}")))?;
+        let publisher = session
+            .declare_publisher(obs_key.clone())
+            .encoding(Encoding::APPLICATION_CDR.with_schema(Observation::DDS_TYPE))
+            .congestion_control(CongestionControl::Block)
+            .express(true)
+            .wait()
+            .map_err(|e| NodeError::Zenoh(format!("declaring publisher on {obs_key}: {e}")))?;
+        Ok(Self {
+            session,
+            actions,
+            publisher,
+            obs_key,
+        })
+    }
+}
+
+impl Wire for ZenohWire {
+    fn publish(&mut self, obs: &Observation) -> Result<(), NodeError> {
+        let bytes = codec::encode(obs).map_err(|e| NodeError::Encode(e.to_string()))?;
+        self.publisher
+            .put(bytes)
+            .wait()
+            .map_err(|e| NodeError::Zenoh(format!("put on {}: {e}", self.obs_key)))
+    }
+
+    fn recv(&mut self, wait: Duration) -> Result<Option<Option<ActionCommand>>, NodeError> {
+        match self.actions.recv_timeout(wait) {
+            Ok(Some(sample)) => Ok(Some(codec::decode(&sample.payload().to_bytes()).ok())),
+            Ok(None) => Ok(None),
+            Err(e) => Err(NodeError::Zenoh(format!("action subscriber: {e}"))),
+        }
+    }
+
+    fn close(self: Box<Self>) {
+        let this = *self;
+        drop(this.actions);
+        drop(this.publisher);
+        let _ = this.session.close().wait();
+    }
+}
+
+#[cfg(feature = "ros2")]
+struct Ros2Wire {
+    // Field order: the topics go before the node.
+    observations: reflex_ros2::Pub<Observation>,
+    actions: reflex_ros2::Sub<ActionCommand>,
+    buf: std::collections::VecDeque<ActionCommand>,
+    scratch: Vec<ActionCommand>,
+    _link: reflex_ros2::Link,
+}
+
+#[cfg(feature = "ros2")]
+impl Ros2Wire {
+    fn open(config: &NodeConfig) -> Result<Self, NodeError> {
+        let ros = |e: reflex_ros2::Ros2Error| NodeError::Ros2(e.to_string());
+        let domain = match config.ros_domain {
+            Some(d) => d,
+            None => reflex_ros2::domain_from_env().map_err(ros)?,
+        };
+        let daemon = config
+            .ros_daemon_node
+            .clone()
+            .unwrap_or_else(|| reflex_msgs::topics::daemon_node_name(&config.robot));
+        let own = format!("reflex_sim_{}", daemon.trim_start_matches("reflexd_"));
+        let link = reflex_ros2::Link::open(domain, &config.ros_namespace, &own).map_err(ros)?;
+        let ns = config.ros_namespace.trim_end_matches('/');
+        let qos = reflex_ros2::Qos {
+            reliable: true,
+            transient_local: false,
+            depth: 10,
+            max_blocking: Duration::from_millis(20),
+        };
+        Ok(Self {
+            observations: link
+                .publisher(&format!("{ns}/{daemon}/observation"), qos)
+                .map_err(ros)?,
+            actions: link
+                .subscription(&format!("{ns}/{daemon}/action"), qos)
+                .map_err(ros)?,
+            buf: Default::default(),
+            scratch: Vec::new(),
+            _link: link,
+        })
+    }
+}
+
+#[cfg(feature = "ros2")]
+impl Wire for Ros2Wire {
+    fn publish(&mut self, obs: &Observation) -> Result<(), NodeError> {
+        match self.observations.publish(obs.clone()) {
+            // A full window means reflexd is not reading: the republish timer retries.
+            Ok(()) | Err(reflex_ros2::PublishError::WouldBlock(_)) => Ok(()),
+            Err(e) => Err(NodeError::Ros2(e.to_string())),
+        }
+    }
+
+    fn recv(&mut self, wait: Duration) -> Result<Option<Option<ActionCommand>>, NodeError> {
+        let deadline = Instant::now() + wait;
+        loop {
+            self.actions.drain(&mut self.scratch);
+            self.buf.extend(self.scratch.drain(..));
+            if let Some(c) = self.buf.pop_front() {
+                return Ok(Some(Some(c)));
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Ok(None);
+            }
+            std::thread::sleep((deadline - now).min(Duration::from_micros(200)));
+        }
+    }
+
+    fn decode_errors(&self) -> u64 {
+        self.actions.errors()
     }
 }
 
@@ -155,31 +359,21 @@ pub fn run(config: &NodeConfig, shutdown: &AtomicBool) -> Result<NodeReport, Nod
         keys::validate_name(name).map_err(|e| NodeError::Name(format!("{what} {name:?}: {e}")))?;
     }
     let mut env = make(&config.env)?;
-    let session = zenoh::open(zenoh_config(config)?)
-        .wait()
-        .map_err(|e| NodeError::Zenoh(format!("opening session: {e}")))?;
-    let obs_key = keys::obs_key(&config.fleet, &config.robot);
-    let action_key = keys::action_key(&config.fleet, &config.robot);
-    let actions = session
-        .declare_subscriber(action_key.clone())
-        .with(FifoChannel::new(256))
-        .wait()
-        .map_err(|e| NodeError::Zenoh(format!("subscribing to {action_key}: {e}")))?;
-    let publisher = session
-        .declare_publisher(obs_key.clone())
-        .encoding(Encoding::APPLICATION_CDR.with_schema(Observation::DDS_TYPE))
-        .congestion_control(CongestionControl::Block)
-        .express(true)
-        .wait()
-        .map_err(|e| NodeError::Zenoh(format!("declaring publisher on {obs_key}: {e}")))?;
-    let publish = |obs: &Observation| -> Result<(), NodeError> {
-        let bytes = codec::encode(obs).map_err(|e| NodeError::Encode(e.to_string()))?;
-        publisher
-            .put(bytes)
-            .wait()
-            .map_err(|e| NodeError::Zenoh(format!("put on {obs_key}: {e}")))
+    let mut wire: Box<dyn Wire> = match config.transport {
+        NodeTransport::Zenoh => Box::new(ZenohWire::open(config)?),
+        #[cfg(feature = "ros2")]
+        NodeTransport::Ros2 => Box::new(Ros2Wire::open(config)?),
+        #[cfg(not(feature = "ros2"))]
+        NodeTransport::Ros2 => {
+            return Err(NodeError::Ros2(
+                "this reflex-sim was built without the `ros2` feature".into(),
+            ))
+        }
     };
-
+    let mut record = match &config.record {
+        Some(path) => Some(std::io::BufWriter::new(std::fs::File::create(path)?)),
+        None => None,
+    };
     let mut report = NodeReport {
         robot: config.robot.clone(),
         env: env.id().to_string(),
@@ -189,7 +383,7 @@ pub fn run(config: &NodeConfig, shutdown: &AtomicBool) -> Result<NodeReport, Nod
     let mut seq = 0u64;
     let mut episode_return = 0.0;
     let mut current = first_observation(&mut *env, config, episode, seq);
-    publish(&current)?;
+    wire.publish(&current)?;
     let mut last_action = Instant::now();
     let mut last_publish = Instant::now();
     let mut unanswered = 0u32;
@@ -216,23 +410,19 @@ pub fn run(config: &NodeConfig, shutdown: &AtomicBool) -> Result<NodeReport, Nod
                 report.republished += 1;
             }
             current.timestamp_ns = now_ns();
-            publish(&current)?;
+            wire.publish(&current)?;
             last_publish = Instant::now();
             continue;
         }
         // Wake up at least every 50 ms to notice signals.
         let wait = (due - now).min(Duration::from_millis(50));
-        let sample = match actions.recv_timeout(wait) {
-            Ok(Some(sample)) => sample,
-            Ok(None) => continue,
-            Err(e) => return Err(NodeError::Zenoh(format!("action subscriber: {e}"))),
-        };
-        let command: ActionCommand = match codec::decode(&sample.payload().to_bytes()) {
-            Ok(c) => c,
-            Err(_) => {
+        let command: ActionCommand = match wire.recv(wait)? {
+            Some(Some(c)) => c,
+            Some(None) => {
                 report.decode_errors += 1;
                 continue;
             }
+            None => continue,
         };
         if command.seq != seq {
             report.stale_actions += 1;
@@ -250,7 +440,7 @@ pub fn run(config: &NodeConfig, shutdown: &AtomicBool) -> Result<NodeReport, Nod
         report.steps += 1;
         episode_return += step.reward;
         seq += 1;
-        current = Observation {
+        let next = Observation {
             robot_id: config.robot.clone(),
             seq,
             timestamp_ns: now_ns(),
@@ -262,7 +452,22 @@ pub fn run(config: &NodeConfig, shutdown: &AtomicBool) -> Result<NodeReport, Nod
             truncated: step.truncated,
             ..Observation::default()
         };
-        publish(&current)?;
+        if let Some(r) = &mut record {
+            let line = StepRecord {
+                episode_id: episode,
+                step: current.step,
+                obs: current.values.clone(),
+                action: command.action.clone(),
+                reward: next.reward,
+                next_obs: next.values.clone(),
+                terminated: next.terminated,
+                truncated: next.truncated,
+            };
+            serde_json::to_writer(&mut *r, &line).map_err(std::io::Error::from)?;
+            r.write_all(b"\n")?;
+        }
+        current = next;
+        wire.publish(&current)?;
         last_publish = Instant::now();
         if step.done() {
             report.episodes += 1;
@@ -274,18 +479,20 @@ pub fn run(config: &NodeConfig, shutdown: &AtomicBool) -> Result<NodeReport, Nod
             episode += 1;
             seq += 1;
             current = first_observation(&mut *env, config, episode, seq);
-            publish(&current)?;
+            wire.publish(&current)?;
             last_publish = Instant::now();
         }
     };
     if !report.returns.is_empty() {
         report.mean_return = report.returns.iter().sum::<f64>() / report.returns.len() as f64;
     }
-    // Give zenoh a moment to flush the last observation before the session closes.
+    report.decode_errors += wire.decode_errors();
+    if let Some(r) = &mut record {
+        r.flush()?;
+    }
+    // Give the wire a moment to flush the last observation before it closes.
     std::thread::sleep(Duration::from_millis(20));
-    drop(actions);
-    drop(publisher);
-    let _ = session.close().wait();
+    wire.close();
     Ok(report)
 }
 

@@ -99,6 +99,7 @@ mod alloc_impls {
     wire_message!("PolicySpec", [], PolicySpec);
     wire_message!("PolicyUpdate", [], PolicyUpdate);
     wire_message!("Status", [], Status);
+    wire_message!("StepInfo", [], StepInfo);
 }
 
 wire_message!("Observation", [const N: usize], ObservationN<N>);

@@ -457,4 +457,15 @@ pub mod samples {
             ..Status::default()
         }
     }
+
+    pub fn step_info() -> StepInfo {
+        StepInfo {
+            robot_id: "robot-1".into(),
+            stamp_ns: 1_700_000_000_000_000_123,
+            reward: 1.0,
+            terminated: true,
+            truncated: false,
+            ..StepInfo::default()
+        }
+    }
 }
