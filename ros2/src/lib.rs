@@ -297,6 +297,59 @@ impl Link {
     }
 }
 
+/// A DDS writer seen on the domain (any vendor), with the QoS it advertises.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WriterInfo {
+    /// ROS topic name (`/a/b`; the DDS name without its `rt` prefix).
+    pub topic: String,
+    /// DDS type name (`pkg::msg::dds_::T_`).
+    pub type_name: String,
+    /// Advertised reliability (`None`: not advertised, i.e. the DDS default).
+    pub reliable: Option<bool>,
+    /// Advertised durability: transient local or stronger (`None`: not advertised).
+    pub transient_local: Option<bool>,
+}
+
+impl Link {
+    /// Every writer discovered on the domain so far, this process's own included
+    /// (what `ros2 topic info -v` shows about publishers).
+    pub fn discovered_writers(&self) -> Vec<WriterInfo> {
+        use rustdds::policy::{Durability as D, Reliability as R};
+        self._context
+            .domain_participant()
+            .discovered_writers()
+            .into_iter()
+            .map(|w| {
+                let t = w.publication_topic_data;
+                WriterInfo {
+                    topic: t
+                        .topic_name
+                        .strip_prefix("rt")
+                        .unwrap_or(&t.topic_name)
+                        .to_string(),
+                    type_name: t.type_name,
+                    reliable: t.reliability.map(|r| matches!(r, R::Reliable { .. })),
+                    transient_local: t.durability.map(|d| !matches!(d, D::Volatile)),
+                }
+            })
+            .collect()
+    }
+
+    /// The ROS topics on which some writer publishes `T`, sorted, without repeats.
+    pub fn topics_of<T: Message>(&self) -> Vec<String> {
+        let ty = T::type_name().dds_msg_type();
+        let mut topics: Vec<String> = self
+            .discovered_writers()
+            .into_iter()
+            .filter(|w| w.type_name == ty)
+            .map(|w| w.topic)
+            .collect();
+        topics.sort();
+        topics.dedup();
+        topics
+    }
+}
+
 /// How long [`AckPub::flush`] stays up after the acknowledgments.
 pub const FLUSH_LINGER: Duration = Duration::from_millis(150);
 

@@ -102,13 +102,37 @@ fn robot_toml(
     index: u32,
     robots: u32,
     epsilon: f64,
-    connect: &[String],
+    network: &Network,
 ) -> String {
-    let connect = connect
-        .iter()
-        .map(|e| format!("{e:?}"))
-        .collect::<Vec<_>>()
-        .join(", ");
+    let transport = match network {
+        Network::Zenoh { connect } => {
+            let connect = connect
+                .iter()
+                .map(|e| format!("{e:?}"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            format!(
+                r#"[transport]
+kind = "zenoh"
+
+[transport.zenoh]
+mode = "peer"
+# The learner, then this robot's simulator.
+connect = [{connect}]
+scouting = false
+"#
+            )
+        }
+        Network::Ros2 { domain } => format!(
+            r#"[transport]
+kind = "ros2"
+
+[transport.ros2]
+# The learner and this robot's simulator find reflexd_{robot} by DDS discovery.
+domain_id = {domain}
+"#
+        ),
+    };
     format!(
         r#"# Written by `reflex-train fleet`: simulated robot {robot}.
 robot_id = "{robot}"
@@ -117,7 +141,7 @@ rate_hz = {rate_hz:?}
 status_interval_ms = 250
 
 [policy]
-# The learner's initial policy; later ones arrive signed over zenoh.
+# The learner's initial policy; later ones arrive signed over the network.
 path = {policy:?}
 reload_poll_ms = 0
 public_key = "{public_key}"
@@ -131,16 +155,16 @@ actor_index = {index}
 num_actors = {robots}
 epsilon_alpha = 7.0
 
-[transport]
-kind = "zenoh"
-
-[transport.zenoh]
-mode = "peer"
-# The learner, then this robot's simulator.
-connect = [{connect}]
-scouting = false
-"#
+{transport}"#
     )
+}
+
+/// How a robot's daemon reaches the learner and its simulator.
+enum Network {
+    /// zenoh endpoints to connect to.
+    Zenoh { connect: Vec<String> },
+    /// A ROS 2 domain.
+    Ros2 { domain: u16 },
 }
 
 /// Final transition totals from a daemon's log (`reflexd stopped … sent=N spooled=N
@@ -236,16 +260,32 @@ pub fn fleet(args: FleetArgs) -> anyhow::Result<()> {
             .context("installing signal handlers")?;
     }
 
+    let ros_domain = if args.transport == "ros2" {
+        Some(match args.ros_domain {
+            Some(d) => d,
+            None => reflex_ros2::domain_from_env()?,
+        })
+    } else {
+        None
+    };
     let port = match args.port {
         Some(p) => p,
         None => free_port()?,
     };
-    let endpoint = format!("tcp/127.0.0.1:{port}");
+    let endpoint = match ros_domain {
+        Some(d) => format!("ROS 2 domain {d}"),
+        None => format!("tcp/127.0.0.1:{port}"),
+    };
     let mut learner_cmd = Command::new(&exe);
     learner_cmd
         .args(["serve", "--env", &args.env, "--algo", "dqn", "--fleet"])
-        .arg(&args.fleet)
-        .args(["--listen", &endpoint, "--quiet", "--linger", "--seed"])
+        .arg(&args.fleet);
+    match ros_domain {
+        Some(d) => learner_cmd.args(["--transport", "ros2", "--ros-domain", &d.to_string()]),
+        None => learner_cmd.args(["--listen", &endpoint]),
+    };
+    learner_cmd
+        .args(["--quiet", "--linger", "--seed"])
         .arg(args.seed.to_string())
         .arg("--out")
         .arg(&out);
@@ -306,19 +346,27 @@ pub fn fleet(args: FleetArgs) -> anyhow::Result<()> {
                 i,
                 args.robots,
                 args.epsilon,
-                &[endpoint.clone(), sim_endpoint.clone()],
+                &match ros_domain {
+                    Some(domain) => Network::Ros2 { domain },
+                    None => Network::Zenoh {
+                        connect: vec![endpoint.clone(), sim_endpoint.clone()],
+                    },
+                },
             ),
         )?;
         let mut sim = Command::new(&sim_bin);
         sim.args(["serve", "--env", &args.env, "--robot", &robot, "--fleet"])
-            .arg(&args.fleet)
-            .args(["--listen", &sim_endpoint, "--seed"])
-            .arg(
-                args.seed
-                    .wrapping_mul(1_000_003)
-                    .wrapping_add(u64::from(i) * 100_000)
-                    .to_string(),
-            );
+            .arg(&args.fleet);
+        match ros_domain {
+            Some(d) => sim.args(["--transport", "ros2", "--ros-domain", &d.to_string()]),
+            None => sim.args(["--listen", &sim_endpoint]),
+        };
+        sim.arg("--seed").arg(
+            args.seed
+                .wrapping_mul(1_000_003)
+                .wrapping_add(u64::from(i) * 100_000)
+                .to_string(),
+        );
         let spawned = Proc::spawn(
             &format!("reflex-sim {robot}"),
             &mut sim,

@@ -79,6 +79,9 @@ pub enum LearnerError {
     /// zenoh refused the configuration or a declaration.
     #[error("zenoh: {0}")]
     Zenoh(String),
+    /// ROS 2 refused the node or a topic.
+    #[error("ROS 2: {0}")]
+    Ros2(String),
     /// A file could not be read or written.
     #[error("{path}: {message}")]
     Io {
@@ -715,6 +718,8 @@ pub struct ServeOptions {
     pub fleet: String,
     /// The zenoh session (the learner listens; scouting off).
     pub zenoh: ZenohConfig,
+    /// ROS 2 instead of zenoh: robots found by discovery on this domain.
+    pub ros2: Option<crate::learner_ros2::Ros2LearnerConfig>,
     /// Run folder.
     pub out: PathBuf,
     /// Samples per insert; `None` = the preset's ratio ([`SpiLimiter::default_spi`]).
@@ -1137,19 +1142,30 @@ pub fn serve(opts: ServeOptions, shutdown: Arc<AtomicBool>) -> Result<LearnerRep
     // The initial policy, before anyone connects, so daemons can start from it.
     let first = svc.next_policy()?;
 
-    let session =
-        zenoh_link::open(&svc.opts.zenoh).map_err(|e| LearnerError::Zenoh(e.to_string()))?;
-    let publisher = session
-        .declare_publisher(keys::policy_key(&svc.opts.fleet))
-        .congestion_control(CongestionControl::Block)
-        .wait()
-        .map_err(|e| LearnerError::Zenoh(format!("declaring the policy publisher: {e}")))?;
-    let (subscriptions, rx) = subscribe(&session, &svc.opts.fleet)?;
+    let network = Network::open(&svc.opts)?;
+    let (subscriptions, rx) = match &network {
+        Network::Zenoh { session, .. } => {
+            let (subs, rx) = subscribe(session, &svc.opts.fleet)?;
+            (Some(subs), rx)
+        }
+        Network::Ros2 { rx, .. } => (
+            None,
+            rx.lock()
+                .map_err(|_| LearnerError::Ros2("poisoned".into()))?
+                .take()
+                .expect("taken once"),
+        ),
+    };
+    let decode_errors = |network: &Network| match (&subscriptions, network) {
+        (Some(s), _) => s.decode_errors(),
+        (None, Network::Ros2 { fleet, .. }) => fleet.decode_errors(),
+        (None, Network::Zenoh { .. }) => 0,
+    };
     svc.log(&format!(
         "serving fleet {:?} on {:?}: {} with {}, SPI {spi}, batch {}, learning starts at {}, \
          target every {target_every} updates, policy every {} updates; signing key {}",
         svc.opts.fleet,
-        svc.opts.zenoh.listen,
+        network.describe(&svc.opts),
         run.env,
         run.algo,
         run.dqn.batch_size,
@@ -1159,8 +1175,7 @@ pub fn serve(opts: ServeOptions, shutdown: Arc<AtomicBool>) -> Result<LearnerRep
     ));
 
     let publish = |svc: &mut Service, update: &PolicyUpdate| -> Result<(), LearnerError> {
-        zenoh_link::publish_cdr(&publisher, update)
-            .map_err(|e| LearnerError::Zenoh(e.to_string()))?;
+        network.publish(update)?;
         svc.report.policies_published += 1;
         Ok(())
     };
@@ -1184,7 +1199,7 @@ pub fn serve(opts: ServeOptions, shutdown: Arc<AtomicBool>) -> Result<LearnerRep
                 break;
             }
         }
-        svc.report.decode_errors = subscriptions.decode_errors();
+        svc.report.decode_errors = decode_errors(&network);
         if new_robot {
             // No late-joiner cache on the policy key: a robot that joins gets the
             // current policy again.
@@ -1298,7 +1313,7 @@ pub fn serve(opts: ServeOptions, shutdown: Arc<AtomicBool>) -> Result<LearnerRep
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => break,
             }
-            svc.report.decode_errors = subscriptions.decode_errors();
+            svc.report.decode_errors = decode_errors(&network);
             if last_report.elapsed() >= Duration::from_millis(500) {
                 last_report = Instant::now();
                 svc.write_report()?;
@@ -1309,12 +1324,74 @@ pub fn serve(opts: ServeOptions, shutdown: Arc<AtomicBool>) -> Result<LearnerRep
             svc.handle(msg)?;
         }
     }
-    svc.report.decode_errors = subscriptions.decode_errors();
+    svc.report.decode_errors = decode_errors(&network);
     svc.write_report()?;
     svc.bar.finish_and_clear();
-    drop(publisher);
-    let _ = session.close().wait();
+    drop(subscriptions);
+    network.close();
     Ok(svc.report.clone())
+}
+
+/// The network the learner serves on.
+enum Network {
+    Zenoh {
+        session: reflex_daemon::zenoh::Session,
+        publisher: reflex_daemon::zenoh::pubsub::Publisher<'static>,
+    },
+    Ros2 {
+        fleet: crate::learner_ros2::Ros2Fleet,
+        /// The queue, until the loop takes it.
+        rx: std::sync::Mutex<Option<Receiver<Incoming>>>,
+    },
+}
+
+impl Network {
+    fn open(opts: &ServeOptions) -> Result<Self, LearnerError> {
+        if let Some(ros2) = &opts.ros2 {
+            let (fleet, rx) = crate::learner_ros2::Ros2Fleet::start(ros2)?;
+            return Ok(Network::Ros2 {
+                fleet,
+                rx: std::sync::Mutex::new(Some(rx)),
+            });
+        }
+        let session =
+            zenoh_link::open(&opts.zenoh).map_err(|e| LearnerError::Zenoh(e.to_string()))?;
+        let publisher = session
+            .declare_publisher(keys::policy_key(&opts.fleet))
+            .congestion_control(CongestionControl::Block)
+            .wait()
+            .map_err(|e| LearnerError::Zenoh(format!("declaring the policy publisher: {e}")))?;
+        Ok(Network::Zenoh { session, publisher })
+    }
+
+    fn describe(&self, opts: &ServeOptions) -> String {
+        match self {
+            Network::Zenoh { .. } => format!("zenoh {:?}", opts.zenoh.listen),
+            Network::Ros2 { fleet, .. } => format!(
+                "ROS 2 domain {} as {}",
+                opts.ros2.as_ref().map_or(0, |r| r.domain),
+                fleet.node()
+            ),
+        }
+    }
+
+    fn publish(&self, update: &PolicyUpdate) -> Result<(), LearnerError> {
+        match self {
+            Network::Zenoh { publisher, .. } => zenoh_link::publish_cdr(publisher, update)
+                .map_err(|e| LearnerError::Zenoh(e.to_string())),
+            Network::Ros2 { fleet, .. } => fleet.publish(update),
+        }
+    }
+
+    fn close(self) {
+        match self {
+            Network::Zenoh { session, publisher } => {
+                drop(publisher);
+                let _ = session.close().wait();
+            }
+            Network::Ros2 { fleet, .. } => drop(fleet),
+        }
+    }
 }
 
 /// Reads `out/learner.json`.

@@ -16,6 +16,7 @@ pub mod checkpoint;
 pub mod eval;
 pub mod export;
 pub mod learner;
+pub mod learner_ros2;
 pub mod nn;
 pub mod optim;
 pub mod plot;

@@ -149,6 +149,13 @@ struct ServeArgs {
     /// keys of robot.toml's [transport.zenoh]; e.g. launch/zenoh/learner-client.toml).
     #[arg(long, value_name = "FILE")]
     zenoh_config: Option<PathBuf>,
+    /// The network: zenoh, or ros2 (robots found by discovery: every reflexd
+    /// `~/transitions` topic on the domain; policies go to their `~/policy_update`).
+    #[arg(long, default_value = "zenoh", value_parser = ["zenoh", "ros2"])]
+    transport: String,
+    /// ROS 2 domain id [default: ROS_DOMAIN_ID, else 0].
+    #[arg(long)]
+    ros_domain: Option<u16>,
     /// Run folder (policy.onnx, learner.key/.pub, checkpoints, learner.json).
     #[arg(long, default_value = "runs/fleet")]
     out: PathBuf,
@@ -236,6 +243,14 @@ struct FleetArgs {
     /// Keep the previous run's checkpoints and resume from them.
     #[arg(long)]
     resume: bool,
+    /// The network between learner, daemons and simulators: zenoh (loopback TCP,
+    /// explicit endpoints) or ros2 (DDS: multicast discovery on the machine's
+    /// interfaces, so use a domain of your own or a network namespace).
+    #[arg(long, default_value = "zenoh", value_parser = ["zenoh", "ros2"])]
+    transport: String,
+    /// ROS 2 domain id for --transport ros2 [default: ROS_DOMAIN_ID, else 0].
+    #[arg(long)]
+    ros_domain: Option<u16>,
 }
 
 #[derive(clap::Args)]
@@ -863,11 +878,23 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             .context("installing signal handlers")?;
     }
     let target_return = args.target_return.or_else(|| default_target(&run.env));
+    let ros2 = if args.transport == "ros2" {
+        Some(reflex_trainer::learner_ros2::Ros2LearnerConfig {
+            domain: match args.ros_domain {
+                Some(d) => d,
+                None => reflex_ros2::domain_from_env()?,
+            },
+            ..Default::default()
+        })
+    } else {
+        None
+    };
     let report = learner::serve(
         ServeOptions {
             run,
             fleet: args.fleet,
             zenoh,
+            ros2,
             out: args.out,
             samples_per_insert: args.samples_per_insert,
             publish_every: args.publish_every,

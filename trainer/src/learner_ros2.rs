@@ -1,0 +1,218 @@
+//! The learner on ROS 2 (`reflex-train serve --transport ros2`): robots are found by
+//! discovery, not configured. Every `reflex_msgs/msg/TransitionBatch` topic that a
+//! writer on the domain publishes (reflexd's `~/transitions`, e.g.
+//! `/robot_1/reflexd_robot_1/transitions`) is subscribed, with the `~/status` beside
+//! it, and policies go to the `~/policy_update` beside it, so the learner needs no
+//! robot list, as zenoh's `reflex/<fleet>/*/transitions` wildcard needs none.
+//!
+//! A thread drains the subscriptions and feeds the same [`Incoming`] queue as the
+//! zenoh side; robot ids come from the messages themselves. Policy publishers are
+//! reliable and transient-local (depth 1): a daemon that starts later gets the
+//! current policy from DDS, and a new robot also gets it at once from here.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{channel, Receiver, Sender};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use reflex_msgs::{PolicyUpdate, Status, TransitionBatch};
+use reflex_ros2::{Link, Pub, Qos, Sub};
+
+use crate::learner::{Incoming, LearnerError};
+
+/// What the learner needs to join a ROS 2 domain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ros2LearnerConfig {
+    /// DDS domain (`ROS_DOMAIN_ID`).
+    pub domain: u16,
+    /// The learner's node namespace (`/` or `/a/b`).
+    pub namespace: String,
+    /// The learner's node name.
+    pub node_name: String,
+}
+
+impl Default for Ros2LearnerConfig {
+    fn default() -> Self {
+        Self {
+            domain: 0,
+            namespace: "/".into(),
+            node_name: "reflex_learner".into(),
+        }
+    }
+}
+
+const TRANSITIONS_QOS: Qos = Qos {
+    reliable: true,
+    transient_local: false,
+    depth: 1000,
+    max_blocking: Duration::ZERO,
+};
+const STATUS_QOS: Qos = Qos {
+    reliable: false,
+    transient_local: false,
+    depth: 4,
+    max_blocking: Duration::ZERO,
+};
+const POLICY_QOS: Qos = Qos {
+    reliable: true,
+    transient_local: true,
+    depth: 1,
+    max_blocking: Duration::from_millis(200),
+};
+
+/// One robot's topics.
+struct RobotTopics {
+    transitions: Sub<TransitionBatch>,
+    status: Sub<Status>,
+    policy: Pub<PolicyUpdate>,
+}
+
+/// Shared between the learner loop and the discovery thread.
+struct Shared {
+    robots: Mutex<Vec<RobotTopics>>,
+    current: Mutex<Option<PolicyUpdate>>,
+    decode_errors: AtomicU64,
+    stop: AtomicBool,
+}
+
+/// The learner's ROS 2 side: subscriptions found by discovery, and policy
+/// publishers. Dropping it stops the thread and leaves the domain.
+pub struct Ros2Fleet {
+    shared: Arc<Shared>,
+    thread: Option<JoinHandle<()>>,
+    link: Arc<Link>,
+}
+
+impl Ros2Fleet {
+    /// Joins the domain and starts looking for robots.
+    pub fn start(config: &Ros2LearnerConfig) -> Result<(Self, Receiver<Incoming>), LearnerError> {
+        let link = Arc::new(
+            Link::open(config.domain, &config.namespace, &config.node_name)
+                .map_err(|e| LearnerError::Ros2(e.to_string()))?,
+        );
+        let shared = Arc::new(Shared {
+            robots: Mutex::new(Vec::new()),
+            current: Mutex::new(None),
+            decode_errors: AtomicU64::new(0),
+            stop: AtomicBool::new(false),
+        });
+        let (tx, rx) = channel();
+        let thread = {
+            let (link, shared) = (link.clone(), shared.clone());
+            std::thread::Builder::new()
+                .name("learner-ros2".into())
+                .spawn(move || pump(&link, &shared, &tx))
+                .map_err(|e| LearnerError::Ros2(format!("starting the ROS 2 thread: {e}")))?
+        };
+        Ok((
+            Self {
+                shared,
+                thread: Some(thread),
+                link,
+            },
+            rx,
+        ))
+    }
+
+    /// Publishes `update` to every robot found so far (and to later ones).
+    pub fn publish(&self, update: &PolicyUpdate) -> Result<(), LearnerError> {
+        *lock(&self.shared.current) = Some(update.clone());
+        for robot in lock(&self.shared.robots).iter() {
+            robot
+                .policy
+                .publish(update.clone())
+                .map_err(|e| LearnerError::Ros2(e.to_string()))?;
+        }
+        Ok(())
+    }
+
+    /// Messages dropped because they did not decode.
+    pub fn decode_errors(&self) -> u64 {
+        self.shared.decode_errors.load(Ordering::Relaxed)
+    }
+
+    /// Robots found so far.
+    pub fn robots(&self) -> usize {
+        lock(&self.shared.robots).len()
+    }
+
+    /// The learner's node name (`/ns/name`).
+    pub fn node(&self) -> &str {
+        self.link.fully_qualified_name()
+    }
+}
+
+impl Drop for Ros2Fleet {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The discovery-and-drain loop.
+fn pump(link: &Link, shared: &Shared, tx: &Sender<Incoming>) {
+    let mut known: Vec<String> = Vec::new();
+    let mut last_scan: Option<Instant> = None;
+    let mut batches = Vec::new();
+    let mut statuses = Vec::new();
+    while !shared.stop.load(Ordering::SeqCst) {
+        if last_scan.is_none_or(|t| t.elapsed() >= Duration::from_millis(200)) {
+            last_scan = Some(Instant::now());
+            for topic in link.topics_of::<TransitionBatch>() {
+                let Some(prefix) = topic.strip_suffix("/transitions") else {
+                    continue;
+                };
+                if known.contains(&topic) {
+                    continue;
+                }
+                known.push(topic.clone());
+                match robot_topics(link, prefix) {
+                    Ok(robot) => {
+                        if let Some(update) = lock(&shared.current).clone() {
+                            if let Err(e) = robot.policy.publish(update) {
+                                eprintln!("learner: policy to {prefix}: {e}");
+                            }
+                        }
+                        eprintln!("learner: robot found on {prefix}");
+                        lock(&shared.robots).push(robot);
+                    }
+                    Err(e) => eprintln!("learner: cannot subscribe to {prefix}: {e}"),
+                }
+            }
+        }
+        let mut errors = 0;
+        for robot in lock(&shared.robots).iter_mut() {
+            let before = robot.transitions.errors() + robot.status.errors();
+            robot.transitions.drain(&mut batches);
+            robot.status.drain(&mut statuses);
+            errors += robot.transitions.errors() + robot.status.errors() - before;
+        }
+        shared.decode_errors.fetch_add(errors, Ordering::Relaxed);
+        for b in batches.drain(..) {
+            if tx.send(Incoming::Batch(b.robot_id.clone(), b)).is_err() {
+                return;
+            }
+        }
+        for s in statuses.drain(..) {
+            if tx.send(Incoming::Status(s.robot_id.clone(), s)).is_err() {
+                return;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+fn robot_topics(link: &Link, prefix: &str) -> Result<RobotTopics, reflex_ros2::Ros2Error> {
+    Ok(RobotTopics {
+        transitions: link.subscription(&format!("{prefix}/transitions"), TRANSITIONS_QOS)?,
+        status: link.subscription(&format!("{prefix}/status"), STATUS_QOS)?,
+        policy: link.publisher(&format!("{prefix}/policy_update"), POLICY_QOS)?,
+    })
+}
