@@ -57,7 +57,8 @@ pub struct Qos {
     pub reliable: bool,
     /// Transient-local (true) or volatile.
     pub transient_local: bool,
-    /// Keep-last depth.
+    /// Keep-last depth; 0 = keep all (a reader then never overwrites samples the
+    /// application has not taken yet: what a learner needs for transitions).
     pub depth: usize,
     /// Reliable writers: how long `publish` may wait for room in the send window
     /// (zero: fail at once).
@@ -85,8 +86,10 @@ impl Qos {
             } else {
                 Durability::Volatile
             })
-            .history(History::KeepLast {
-                depth: self.depth.max(1),
+            .history(if self.depth == 0 {
+                History::KeepAll
+            } else {
+                History::KeepLast { depth: self.depth }
             })
     }
 }
@@ -347,6 +350,90 @@ impl Link {
         topics.sort();
         topics.dedup();
         topics
+    }
+}
+
+impl Link {
+    /// A keep-all subscription to `T` on `topic` whose reader cache holds up to
+    /// `max_samples` messages not yet taken (a DDS resource limit). RustDDS otherwise
+    /// caps a reader's cache at 64 samples for keep-all and at the depth for
+    /// keep-last, and evicts the oldest beyond that even from a reliable reader that
+    /// has acknowledged them: a learner that pauses for a moment would lose batches
+    /// (a benchmark lost 65% of a flood that way). ros2-client's QoS has no resource
+    /// limits, so this reader is made through RustDDS directly.
+    pub fn deep_subscription<T: Message>(
+        &self,
+        topic: &str,
+        qos: Qos,
+        max_samples: usize,
+    ) -> Result<DeepSub<T>, Ros2Error> {
+        topic_name(topic)?;
+        let max = i32::try_from(max_samples.max(1)).unwrap_or(i32::MAX);
+        let policies = rustdds::QosPolicies::from(&Qos { depth: 0, ..qos }.profile()).modify_by(
+            &rustdds::QosPolicyBuilder::new()
+                .resource_limits(rustdds::policy::ResourceLimits {
+                    max_samples: max,
+                    max_instances: 1,
+                    max_samples_per_instance: max,
+                })
+                .build(),
+        );
+        let participant = self._context.domain_participant();
+        let dds_topic = participant
+            .create_topic(
+                format!("rt{topic}"),
+                T::type_name().dds_msg_type(),
+                &policies,
+                rustdds::TopicKind::NoKey,
+            )
+            .map_err(|e| create(&format!("topic {topic}"), e))?;
+        let subscriber = participant
+            .create_subscriber(&policies)
+            .map_err(|e| create(&format!("DDS subscriber for {topic}"), e))?;
+        let reader = subscriber
+            .create_simple_datareader_no_key::<T, rustdds::CDRDeserializerAdapter<T>>(
+                &dds_topic,
+                Some(policies),
+            )
+            .map_err(|e| create(&format!("reader on {topic}"), e))?;
+        Ok(DeepSub {
+            reader,
+            topic: topic.to_string(),
+            errors: 0,
+        })
+    }
+}
+
+/// A keep-all subscription with a deep reader cache ([`Link::deep_subscription`]).
+pub struct DeepSub<T: Message> {
+    reader: rustdds::no_key::SimpleDataReaderCdr<T>,
+    topic: String,
+    errors: u64,
+}
+
+impl<T: Message> DeepSub<T> {
+    /// Moves every message received so far into `out`, oldest first; undecodable
+    /// ones are counted and dropped.
+    pub fn drain(&mut self, out: &mut Vec<T>) {
+        self.reader.drain_read_notifications();
+        loop {
+            match self.reader.try_take_one() {
+                Ok(Some(change)) => out.push(change.sample),
+                Ok(None) => return,
+                Err(e) => {
+                    self.errors += 1;
+                    tracing::debug!(topic = %self.topic, "dropping a message: {e}");
+                    if !matches!(e, rustdds::dds::ReadError::Deserialization { .. }) {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Messages dropped because they did not decode.
+    pub fn errors(&self) -> u64 {
+        self.errors
     }
 }
 

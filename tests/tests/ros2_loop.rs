@@ -89,14 +89,15 @@ fn inside_netns_sim_and_daemon_over_ros2() {
     // The learner's stand-in: transitions and status of robot r0.
     let learner = Link::open(DOMAIN, "/", "learner").unwrap();
     let mut transitions = learner
-        .subscription::<TransitionBatch>(
+        .deep_subscription::<TransitionBatch>(
             "/reflexd_r0/transitions",
             Qos {
                 reliable: true,
                 transient_local: false,
-                depth: 1000,
+                depth: 0,
                 max_blocking: Duration::ZERO,
             },
+            4096,
         )
         .unwrap();
     let mut status = learner

@@ -17,7 +17,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use reflex_msgs::{PolicyUpdate, Status, TransitionBatch};
-use reflex_ros2::{Link, Pub, Qos, Sub};
+use reflex_ros2::{DeepSub, Link, Pub, Qos, Sub};
 
 use crate::learner::{Incoming, LearnerError};
 
@@ -42,12 +42,16 @@ impl Default for Ros2LearnerConfig {
     }
 }
 
+/// Keep all: the reader must not overwrite batches this side has not taken yet.
 const TRANSITIONS_QOS: Qos = Qos {
     reliable: true,
     transient_local: false,
-    depth: 1000,
+    depth: 0,
     max_blocking: Duration::ZERO,
 };
+/// Batches a robot's reader may hold before this side takes them (64 transitions
+/// each at the daemon's default: about 8 MB of CartPole batches).
+const READER_CACHE: usize = 4096;
 const STATUS_QOS: Qos = Qos {
     reliable: false,
     transient_local: false,
@@ -63,7 +67,7 @@ const POLICY_QOS: Qos = Qos {
 
 /// One robot's topics.
 struct RobotTopics {
-    transitions: Sub<TransitionBatch>,
+    transitions: DeepSub<TransitionBatch>,
     status: Sub<Status>,
     policy: Pub<PolicyUpdate>,
 }
@@ -211,7 +215,11 @@ fn pump(link: &Link, shared: &Shared, tx: &Sender<Incoming>) {
 
 fn robot_topics(link: &Link, prefix: &str) -> Result<RobotTopics, reflex_ros2::Ros2Error> {
     Ok(RobotTopics {
-        transitions: link.subscription(&format!("{prefix}/transitions"), TRANSITIONS_QOS)?,
+        transitions: link.deep_subscription(
+            &format!("{prefix}/transitions"),
+            TRANSITIONS_QOS,
+            READER_CACHE,
+        )?,
         status: link.subscription(&format!("{prefix}/status"), STATUS_QOS)?,
         policy: link.publisher(&format!("{prefix}/policy_update"), POLICY_QOS)?,
     })

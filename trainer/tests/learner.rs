@@ -60,6 +60,7 @@ fn learner_inserts_counts_and_publishes_signed_policies() {
             connect: vec![],
             ..ZenohConfig::default()
         },
+        ros2: None,
         out: out.clone(),
         samples_per_insert: Some(16.0),
         publish_every: 5,
