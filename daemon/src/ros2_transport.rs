@@ -174,30 +174,28 @@ impl ObservationSource for Ros2Observations {
 }
 
 /// A sensor message's values, waiting for its StepInfo.
+#[derive(Debug)]
 struct Pending {
     stamp_ns: u64,
     values: Vec<f32>,
     since: Instant,
 }
 
-/// Standard sensor messages joined with `StepInfo`s into [`Observation`]s.
-struct JoinedObservations {
-    joint_states: Option<Sub<JointState>>,
-    arrays: Option<Sub<Float64MultiArray>>,
-    step_info: Option<Sub<StepInfo>>,
-    joints: Vec<String>,
-    fields: Vec<JointField>,
+/// Joins sensor messages with their `StepInfo`s into [`Observation`]s and numbers
+/// them (seq, episode, step): pure bookkeeping, no I/O.
+#[derive(Debug)]
+pub struct StepJoin {
+    /// Pair on `stamp_ns` (JointState) or in arrival order (Float64MultiArray).
+    by_stamp: bool,
+    /// Without step info, every sensor message is an observation (reward 0).
+    with_info: bool,
     timeout: Duration,
     robot_id: String,
     /// Sensor messages waiting for their step info, in arrival order.
     sensors: VecDeque<Pending>,
     /// Step infos waiting for their sensor message, in arrival order.
     infos: VecDeque<(StepInfo, Instant)>,
-    js_buf: Vec<JointState>,
-    arr_buf: Vec<Float64MultiArray>,
-    info_buf: Vec<StepInfo>,
-    /// Dropped: a missing joint or field, a newer StepInfo version, or no partner
-    /// within the timeout.
+    /// Dropped: a newer StepInfo version, or no partner within the timeout.
     dropped: u64,
     seq: u64,
     episode_id: u64,
@@ -206,78 +204,93 @@ struct JoinedObservations {
     episode_over: bool,
 }
 
-impl JoinedObservations {
-    fn new(
-        link: &Link,
-        config: &Config,
-        kind: ObservationSourceKind,
-    ) -> Result<Self, TransportError> {
-        let r = &config.transport.ros2;
-        let robot = config.robot_id.as_str();
-        let obs = &r.observation;
-        let sensor_qos = qos(r.qos.observation.apply(SENSOR_QOS), Duration::ZERO);
-        let topic = r.resolve(robot, obs.topic());
-        let (joint_states, arrays) = match kind {
-            ObservationSourceKind::JointState => (
-                Some(link.subscription(&topic, sensor_qos).map_err(err)?),
-                None,
-            ),
-            _ => (
-                None,
-                Some(link.subscription(&topic, sensor_qos).map_err(err)?),
-            ),
-        };
-        let step_info = if obs.step_info_topic.is_empty() {
-            None
-        } else {
-            Some(
-                link.subscription(
-                    &r.resolve(robot, &obs.step_info_topic),
-                    qos(r.qos.step_info.apply(SENSOR_QOS), Duration::ZERO),
-                )
-                .map_err(err)?,
-            )
-        };
-        Ok(Self {
-            joint_states,
-            arrays,
-            step_info,
-            joints: obs.joints.clone(),
-            fields: obs.fields.clone(),
-            timeout: Duration::from_millis(obs.step_info_timeout_ms),
-            robot_id: config.robot_id.clone(),
+impl StepJoin {
+    /// A join for `robot_id`: by stamp or in arrival order, with or without step
+    /// info, dropping what waits longer than `timeout` for its partner.
+    pub fn new(robot_id: &str, by_stamp: bool, with_info: bool, timeout: Duration) -> Self {
+        Self {
+            by_stamp,
+            with_info,
+            timeout,
+            robot_id: robot_id.to_string(),
             sensors: VecDeque::new(),
             infos: VecDeque::new(),
-            js_buf: Vec::new(),
-            arr_buf: Vec::new(),
-            info_buf: Vec::new(),
             dropped: 0,
             seq: 0,
             episode_id: 0,
             step: 0,
             episode_over: false,
-        })
+        }
     }
 
-    /// The observation vector of a JointState: for each configured joint, the
-    /// configured fields. `None` when a joint or a field is missing.
-    fn joint_values(&self, js: &JointState) -> Option<Vec<f32>> {
-        let mut values = Vec::with_capacity(self.joints.len() * self.fields.len());
-        for joint in &self.joints {
-            let i = js.name.iter().position(|n| n == joint)?;
-            for field in &self.fields {
-                let array = match field {
-                    JointField::Position => &js.position,
-                    JointField::Velocity => &js.velocity,
-                    JointField::Effort => &js.effort,
-                };
-                values.push(*array.get(i)? as f32);
+    /// A sensor message's values (and header stamp; 0 without a header) arrived.
+    pub fn sensor(&mut self, stamp_ns: u64, values: Vec<f32>, now: Instant) {
+        self.sensors.push_back(Pending {
+            stamp_ns,
+            values,
+            since: now,
+        });
+    }
+
+    /// A step info arrived (one of a newer wire version is dropped and counted).
+    pub fn info(&mut self, info: StepInfo, now: Instant) {
+        if readable(&info) {
+            self.infos.push_back((info, now));
+        } else {
+            self.dropped += 1;
+        }
+    }
+
+    /// Messages dropped so far (no partner in time, unreadable step info).
+    pub fn dropped(&self) -> u64 {
+        self.dropped
+    }
+
+    /// Moves every observation that is complete at `now` into `out`, in sensor
+    /// order: the oldest sensor message waits for its step info (and holds back
+    /// newer ones) until the timeout, then it is dropped.
+    pub fn ready(&mut self, now: Instant, out: &mut Vec<Observation>) {
+        if !self.with_info {
+            while let Some(p) = self.sensors.pop_front() {
+                self.emit(out, p.stamp_ns, p.values, None);
+            }
+            return;
+        }
+        while let Some(head) = self.sensors.front() {
+            let partner = if self.by_stamp {
+                self.infos
+                    .iter()
+                    .position(|(i, _)| i.stamp_ns == head.stamp_ns)
+            } else if self.infos.is_empty() {
+                None
+            } else {
+                Some(0)
+            };
+            match partner {
+                Some(k) => {
+                    // Unmatched step infos stay until their sensor message comes or
+                    // they time out (a reward node may publish out of order).
+                    let (info, _) = self.infos.remove(k).expect("partner index is in range");
+                    let p = self.sensors.pop_front().expect("head exists");
+                    self.emit(out, p.stamp_ns, p.values, Some(info));
+                }
+                None if now.duration_since(head.since) >= self.timeout => {
+                    self.sensors.pop_front();
+                    self.dropped += 1;
+                }
+                None => break,
             }
         }
-        Some(values)
+        while self
+            .infos
+            .front()
+            .is_some_and(|(_, since)| now.duration_since(*since) >= self.timeout)
+        {
+            self.infos.pop_front();
+            self.dropped += 1;
+        }
     }
 
-    /// Emits `values` with `info` as the next observation.
     fn emit(
         &mut self,
         out: &mut Vec<Observation>,
@@ -310,32 +323,110 @@ impl JoinedObservations {
     }
 }
 
+/// The observation vector of a JointState: for each joint, the fields, joint-major.
+/// `None` when a joint or a field is missing.
+fn joint_values(js: &JointState, joints: &[String], fields: &[JointField]) -> Option<Vec<f32>> {
+    let mut values = Vec::with_capacity(joints.len() * fields.len());
+    for joint in joints {
+        let i = js.name.iter().position(|n| n == joint)?;
+        for field in fields {
+            let array = match field {
+                JointField::Position => &js.position,
+                JointField::Velocity => &js.velocity,
+                JointField::Effort => &js.effort,
+            };
+            values.push(*array.get(i)? as f32);
+        }
+    }
+    Some(values)
+}
+
+/// Standard sensor messages joined with `StepInfo`s into [`Observation`]s.
+struct JoinedObservations {
+    joint_states: Option<Sub<JointState>>,
+    arrays: Option<Sub<Float64MultiArray>>,
+    step_info: Option<Sub<StepInfo>>,
+    joints: Vec<String>,
+    fields: Vec<JointField>,
+    join: StepJoin,
+    js_buf: Vec<JointState>,
+    arr_buf: Vec<Float64MultiArray>,
+    info_buf: Vec<StepInfo>,
+    /// JointStates without a configured joint or field.
+    malformed: u64,
+}
+
+impl JoinedObservations {
+    fn new(
+        link: &Link,
+        config: &Config,
+        kind: ObservationSourceKind,
+    ) -> Result<Self, TransportError> {
+        let r = &config.transport.ros2;
+        let robot = config.robot_id.as_str();
+        let obs = &r.observation;
+        let sensor_qos = qos(r.qos.observation.apply(SENSOR_QOS), Duration::ZERO);
+        let topic = r.resolve(robot, obs.topic());
+        let by_stamp = kind == ObservationSourceKind::JointState;
+        let (joint_states, arrays) = if by_stamp {
+            (
+                Some(link.subscription(&topic, sensor_qos).map_err(err)?),
+                None,
+            )
+        } else {
+            (
+                None,
+                Some(link.subscription(&topic, sensor_qos).map_err(err)?),
+            )
+        };
+        let step_info = if obs.step_info_topic.is_empty() {
+            None
+        } else {
+            Some(
+                link.subscription(
+                    &r.resolve(robot, &obs.step_info_topic),
+                    qos(r.qos.step_info.apply(SENSOR_QOS), Duration::ZERO),
+                )
+                .map_err(err)?,
+            )
+        };
+        Ok(Self {
+            join: StepJoin::new(
+                robot,
+                by_stamp,
+                step_info.is_some(),
+                Duration::from_millis(obs.step_info_timeout_ms),
+            ),
+            joint_states,
+            arrays,
+            step_info,
+            joints: obs.joints.clone(),
+            fields: obs.fields.clone(),
+            js_buf: Vec::new(),
+            arr_buf: Vec::new(),
+            info_buf: Vec::new(),
+            malformed: 0,
+        })
+    }
+}
+
 impl ObservationSource for JoinedObservations {
     fn poll(&mut self, out: &mut Vec<Observation>) -> Result<(), TransportError> {
         let now = Instant::now();
         if let Some(sub) = &mut self.step_info {
             sub.drain(&mut self.info_buf);
         }
-        for info in std::mem::take(&mut self.info_buf) {
-            if readable(&info) {
-                self.infos.push_back((info, now));
-            } else {
-                self.dropped += 1;
-            }
+        for info in self.info_buf.drain(..) {
+            self.join.info(info, now);
         }
-        let by_stamp = self.joint_states.is_some();
         if let Some(sub) = &mut self.joint_states {
             sub.drain(&mut self.js_buf);
         }
-        for js in std::mem::take(&mut self.js_buf) {
-            match self.joint_values(&js) {
-                Some(values) => self.sensors.push_back(Pending {
-                    stamp_ns: js.header.stamp.as_nanos(),
-                    values,
-                    since: now,
-                }),
+        for js in self.js_buf.drain(..) {
+            match joint_values(&js, &self.joints, &self.fields) {
+                Some(values) => self.join.sensor(js.header.stamp.as_nanos(), values, now),
                 None => {
-                    self.dropped += 1;
+                    self.malformed += 1;
                     tracing::debug!(
                         "JointState without the configured joints {:?} / fields {:?}: dropped",
                         self.joints,
@@ -347,58 +438,11 @@ impl ObservationSource for JoinedObservations {
         if let Some(sub) = &mut self.arrays {
             sub.drain(&mut self.arr_buf);
         }
-        for a in std::mem::take(&mut self.arr_buf) {
-            self.sensors.push_back(Pending {
-                stamp_ns: 0,
-                values: a.values().iter().map(|v| *v as f32).collect(),
-                since: now,
-            });
+        for a in self.arr_buf.drain(..) {
+            let values = a.values().iter().map(|v| *v as f32).collect();
+            self.join.sensor(0, values, now);
         }
-        // Without a step-info topic every sensor message is an observation.
-        if self.step_info.is_none() {
-            while let Some(p) = self.sensors.pop_front() {
-                self.emit(out, p.stamp_ns, p.values, None);
-            }
-            return Ok(());
-        }
-        // Pair in sensor order: the oldest sensor message waits for its step info
-        // (and holds back newer ones) until the timeout.
-        while let Some(head) = self.sensors.front() {
-            let partner = if by_stamp {
-                self.infos
-                    .iter()
-                    .position(|(i, _)| i.stamp_ns == head.stamp_ns)
-            } else if self.infos.is_empty() {
-                None
-            } else {
-                Some(0)
-            };
-            match partner {
-                Some(k) => {
-                    // Step infos older than the partner never get a sensor message.
-                    for _ in 0..k {
-                        self.infos.pop_front();
-                        self.dropped += 1;
-                    }
-                    let (info, _) = self.infos.pop_front().expect("partner index is in range");
-                    let p = self.sensors.pop_front().expect("head exists");
-                    self.emit(out, p.stamp_ns, p.values, Some(info));
-                }
-                None if now.duration_since(head.since) >= self.timeout => {
-                    self.sensors.pop_front();
-                    self.dropped += 1;
-                }
-                None => break,
-            }
-        }
-        while self
-            .infos
-            .front()
-            .is_some_and(|(_, since)| now.duration_since(*since) >= self.timeout)
-        {
-            self.infos.pop_front();
-            self.dropped += 1;
-        }
+        self.join.ready(now, out);
         Ok(())
     }
 
@@ -406,7 +450,7 @@ impl ObservationSource for JoinedObservations {
         let subs = self.joint_states.as_ref().map_or(0, Sub::errors)
             + self.arrays.as_ref().map_or(0, Sub::errors)
             + self.step_info.as_ref().map_or(0, Sub::errors);
-        subs + self.dropped
+        subs + self.malformed + self.join.dropped()
     }
 }
 
@@ -543,5 +587,140 @@ impl PolicySource for Ros2Policies {
 
     fn decode_errors(&self) -> u64 {
         self.sub.errors() + self.refused
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use reflex_msgs::ros_std::{Header, Time};
+
+    fn info(stamp_ns: u64, reward: f32, terminated: bool) -> StepInfo {
+        StepInfo {
+            stamp_ns,
+            reward,
+            terminated,
+            ..StepInfo::default()
+        }
+    }
+
+    #[test]
+    fn joins_on_stamp_in_sensor_order_and_numbers_episodes() {
+        let t = Instant::now();
+        let mut j = StepJoin::new("r", true, true, Duration::from_millis(100));
+        let mut out = Vec::new();
+        // Infos may come before or after their sensor message, in any order.
+        j.info(info(20, 1.0, false), t);
+        j.sensor(10, vec![1.0], t);
+        j.sensor(20, vec![2.0], t);
+        j.ready(t, &mut out);
+        assert!(out.is_empty(), "10 waits for its info and holds 20 back");
+        j.info(info(10, 0.0, false), t);
+        j.sensor(30, vec![3.0], t);
+        j.info(info(30, 1.0, true), t);
+        j.sensor(40, vec![4.0], t);
+        j.info(info(40, 0.0, false), t);
+        j.ready(t, &mut out);
+        let got: Vec<_> = out
+            .iter()
+            .map(|o| {
+                (
+                    o.seq,
+                    o.episode_id,
+                    o.step,
+                    o.values[0],
+                    o.reward,
+                    o.terminated,
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (0, 0, 0, 1.0, 0.0, false),
+                (1, 0, 1, 2.0, 1.0, false),
+                (2, 0, 2, 3.0, 1.0, true),
+                // After a terminal observation a new episode starts at step 0.
+                (3, 1, 0, 4.0, 0.0, false),
+            ]
+        );
+        assert_eq!(out[1].timestamp_ns, 20);
+        assert_eq!(j.dropped(), 0);
+    }
+
+    #[test]
+    fn partners_that_never_come_are_dropped_and_counted() {
+        let t = Instant::now();
+        let late = t + Duration::from_millis(150);
+        let mut j = StepJoin::new("r", true, true, Duration::from_millis(100));
+        let mut out = Vec::new();
+        j.sensor(10, vec![1.0], t); // its info is lost
+        j.info(info(99, 0.0, false), t); // its sensor message is lost
+        j.sensor(20, vec![2.0], late);
+        j.info(info(20, 5.0, false), late);
+        j.ready(late, &mut out);
+        assert_eq!(out.len(), 1);
+        assert_eq!((out[0].values[0], out[0].reward, out[0].seq), (2.0, 5.0, 0));
+        assert_eq!(j.dropped(), 2);
+        // A step info of a newer wire version is refused.
+        j.info(
+            StepInfo {
+                wire_version: WIRE_VERSION + 1,
+                ..info(30, 0.0, false)
+            },
+            late,
+        );
+        assert_eq!(j.dropped(), 3);
+    }
+
+    #[test]
+    fn arrays_pair_in_arrival_order_and_no_step_info_means_reward_zero() {
+        let t = Instant::now();
+        let mut j = StepJoin::new("r", false, true, Duration::from_millis(100));
+        let mut out = Vec::new();
+        j.sensor(0, vec![1.0], t);
+        j.sensor(0, vec![2.0], t);
+        j.info(info(0, 7.0, false), t);
+        j.ready(t, &mut out);
+        assert_eq!(out.len(), 1);
+        assert_eq!((out[0].values[0], out[0].reward), (1.0, 7.0));
+        let mut bare = StepJoin::new("r", true, false, Duration::from_millis(100));
+        out.clear();
+        bare.sensor(5, vec![1.0], t);
+        bare.sensor(6, vec![2.0], t);
+        bare.ready(t, &mut out);
+        assert_eq!(out.len(), 2);
+        assert!(out.iter().all(|o| o.reward == 0.0 && !o.done()));
+        assert_eq!((out[0].step, out[1].step), (0, 1));
+    }
+
+    #[test]
+    fn joint_states_are_read_by_name_joint_major() {
+        let js = JointState {
+            header: Header {
+                stamp: Time { sec: 1, nanosec: 0 },
+                frame_id: String::new(),
+            },
+            name: vec!["wheel".into(), "pole".into(), "cart".into()],
+            position: vec![9.0, 0.5, 1.5],
+            velocity: vec![9.0, -0.5, -1.5],
+            effort: vec![],
+        };
+        let joints = vec!["cart".to_string(), "pole".to_string()];
+        let pv = [JointField::Position, JointField::Velocity];
+        assert_eq!(
+            joint_values(&js, &joints, &pv),
+            Some(vec![1.5, -1.5, 0.5, -0.5])
+        );
+        // A missing joint or an empty field array: no observation.
+        assert_eq!(joint_values(&js, &["arm".to_string()], &pv), None);
+        assert_eq!(joint_values(&js, &joints, &[JointField::Effort]), None);
+    }
+
+    #[test]
+    fn twist_fields_map_action_dimensions() {
+        assert_eq!(twist_index("linear.x").unwrap(), 0);
+        assert_eq!(twist_index("angular.z").unwrap(), 5);
+        assert!(twist_index("linear.w").is_err());
     }
 }
