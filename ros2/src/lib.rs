@@ -225,14 +225,43 @@ impl Link {
         self.node.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The node, locked, and the ROS topic `topic` of `T` declared on it.
+    fn node_topic<T: Message>(
+        &self,
+        topic: &str,
+        profile: &QosProfile,
+    ) -> Result<(std::sync::MutexGuard<'_, Node>, rustdds::Topic), Ros2Error> {
+        let name = topic_name(topic)?;
+        let node = self.lock();
+        let t = node
+            .create_topic(&name, T::type_name(), profile)
+            .map_err(|e| create(&format!("topic {topic}"), e))?;
+        Ok((node, t))
+    }
+
+    /// The DDS topic `rt<topic>` of `T` on the participant (for the RustDDS-made
+    /// endpoints).
+    fn dds_topic<T: Message>(
+        &self,
+        topic: &str,
+        policies: &rustdds::QosPolicies,
+    ) -> Result<rustdds::Topic, Ros2Error> {
+        topic_name(topic)?;
+        self._context
+            .domain_participant()
+            .create_topic(
+                format!("rt{topic}"),
+                T::type_name().dds_msg_type(),
+                policies,
+                rustdds::TopicKind::NoKey,
+            )
+            .map_err(|e| create(&format!("topic {topic}"), e))
+    }
+
     /// A publisher of `T` on the absolute topic `topic` (`/a/b`).
     pub fn publisher<T: Message>(&self, topic: &str, qos: Qos) -> Result<Pub<T>, Ros2Error> {
-        let name = topic_name(topic)?;
         let profile = qos.profile();
-        let mut node = self.lock();
-        let t = node
-            .create_topic(&name, T::type_name(), &profile)
-            .map_err(|e| create(&format!("topic {topic}"), e))?;
+        let (mut node, t) = self.node_topic::<T>(topic, &profile)?;
         let publisher = node
             .create_publisher::<T>(&t, Some(profile))
             .map_err(|e| create(&format!("publisher on {topic}"), e))?;
@@ -245,12 +274,8 @@ impl Link {
 
     /// A subscription to `T` on the absolute topic `topic`.
     pub fn subscription<T: Message>(&self, topic: &str, qos: Qos) -> Result<Sub<T>, Ros2Error> {
-        let name = topic_name(topic)?;
         let profile = qos.profile();
-        let mut node = self.lock();
-        let t = node
-            .create_topic(&name, T::type_name(), &profile)
-            .map_err(|e| create(&format!("topic {topic}"), e))?;
+        let (mut node, t) = self.node_topic::<T>(topic, &profile)?;
         let subscription = node
             .create_subscription::<T>(&t, Some(profile))
             .map_err(|e| create(&format!("subscription to {topic}"), e))?;
@@ -275,18 +300,11 @@ impl Link {
         topic: &str,
         qos: Qos,
     ) -> Result<AckPub<T>, Ros2Error> {
-        topic_name(topic)?;
         let policies = rustdds::QosPolicies::from(&qos.profile());
-        let participant = self._context.domain_participant();
-        let dds_topic = participant
-            .create_topic(
-                format!("rt{topic}"),
-                T::type_name().dds_msg_type(),
-                &policies,
-                rustdds::TopicKind::NoKey,
-            )
-            .map_err(|e| create(&format!("topic {topic}"), e))?;
-        let publisher = participant
+        let dds_topic = self.dds_topic::<T>(topic, &policies)?;
+        let publisher = self
+            ._context
+            .domain_participant()
             .create_publisher(&policies)
             .map_err(|e| create(&format!("DDS publisher for {topic}"), e))?;
         let writer = publisher
@@ -367,7 +385,6 @@ impl Link {
         qos: Qos,
         max_samples: usize,
     ) -> Result<DeepSub<T>, Ros2Error> {
-        topic_name(topic)?;
         let max = i32::try_from(max_samples.max(1)).unwrap_or(i32::MAX);
         let policies = rustdds::QosPolicies::from(&Qos { depth: 0, ..qos }.profile()).modify_by(
             &rustdds::QosPolicyBuilder::new()
@@ -378,16 +395,10 @@ impl Link {
                 })
                 .build(),
         );
-        let participant = self._context.domain_participant();
-        let dds_topic = participant
-            .create_topic(
-                format!("rt{topic}"),
-                T::type_name().dds_msg_type(),
-                &policies,
-                rustdds::TopicKind::NoKey,
-            )
-            .map_err(|e| create(&format!("topic {topic}"), e))?;
-        let subscriber = participant
+        let dds_topic = self.dds_topic::<T>(topic, &policies)?;
+        let subscriber = self
+            ._context
+            .domain_participant()
             .create_subscriber(&policies)
             .map_err(|e| create(&format!("DDS subscriber for {topic}"), e))?;
         let reader = subscriber

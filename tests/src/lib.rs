@@ -3,6 +3,25 @@
 //! this library holds what they share. It may depend on every crate; nothing
 //! depends on it.
 
+/// Writes a freshly initialized CartPole Q-network (DQN spec, hidden layers
+/// `hidden`, weights from `seed`) as an ONNX policy file at `path`: a valid policy
+/// for reflexd that a test can run without training one.
+pub fn write_cartpole_policy(path: &std::path::Path, hidden: &[usize], seed: u64) {
+    use reflex_trainer::export::{q_network_onnx, spec_for};
+    use reflex_trainer::nn::{NetConfig, QNetwork};
+    let env = reflex_sim::make("cartpole").expect("cartpole");
+    let spec = spec_for("dqn", "cartpole", env.as_ref());
+    let config = NetConfig {
+        hidden: hidden.to_vec(),
+        ..NetConfig::default()
+    };
+    let mut rng = reflex_sim::SimRng::seed(seed);
+    let net =
+        QNetwork::new(&config, 4, 2, 1, &mut rng, &candle_core::Device::Cpu).expect("a Q-network");
+    std::fs::write(path, q_network_onnx(&net, &spec).expect("ONNX export"))
+        .expect("writing the policy");
+}
+
 pub mod netns {
     //! Running a test inside a private network namespace, where DDS may use multicast
     //! without any packet leaving the machine: the test re-executes its own binary

@@ -14,32 +14,15 @@
 #[path = "../../trainer/tests/support/mod.rs"]
 mod support;
 
-use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use support::{bin, free_port, Proc};
 
-use candle_core::Device;
 use reflex_daemon::zenoh::handlers::FifoChannel;
 use reflex_daemon::zenoh::Wait;
 use reflex_daemon::zenoh_link::{self, decode_sample, ZenohConfig};
 use reflex_msgs::{keys, Status, Transition, TransitionBatch};
-use reflex_sim::{make, SimRng};
-use reflex_trainer::export::{q_network_onnx, spec_for};
-use reflex_trainer::nn::{NetConfig, QNetwork};
-
-fn write_policy(path: &Path) {
-    let env = make("cartpole").unwrap();
-    let spec = spec_for("dqn", "cartpole", env.as_ref());
-    let config = NetConfig {
-        hidden: vec![32, 32],
-        ..NetConfig::default()
-    };
-    let mut rng = SimRng::seed(5);
-    let net = QNetwork::new(&config, 4, 2, 1, &mut rng, &Device::Cpu).unwrap();
-    std::fs::write(path, q_network_onnx(&net, &spec).unwrap()).unwrap();
-}
 
 fn u(v: &serde_json::Value, key: &str) -> u64 {
     v[key]
@@ -105,7 +88,7 @@ fn sim_and_daemon_over_zenoh_spool_then_deliver() {
     let learner_endpoint = format!("tcp/127.0.0.1:{}", free_port());
 
     let policy = dir.path().join("policy.onnx");
-    write_policy(&policy);
+    reflex_tests::write_cartpole_policy(&policy, &[32, 32], 5);
     let config = dir.path().join("robot.toml");
     std::fs::write(
         &config,

@@ -17,13 +17,9 @@ use std::time::{Duration, Instant};
 
 use support::{bin, u, Proc};
 
-use candle_core::Device;
 use reflex_msgs::ros_std::StringMsg;
 use reflex_ros2::{Link, Qos};
-use reflex_sim::{make, SimRng};
 use reflex_tests::netns;
-use reflex_trainer::export::{q_network_onnx, spec_for};
-use reflex_trainer::nn::{NetConfig, QNetwork};
 use serde_json::Value;
 
 const DOMAIN: u16 = 7;
@@ -51,18 +47,6 @@ fn python() -> PathBuf {
     PathBuf::from(stdout.lines().last().expect("the venv's python").trim())
 }
 
-fn write_policy(path: &Path) {
-    let env = make("cartpole").unwrap();
-    let spec = spec_for("dqn", "cartpole", env.as_ref());
-    let config = NetConfig {
-        hidden: vec![16],
-        ..NetConfig::default()
-    };
-    let mut rng = SimRng::seed(11);
-    let net = QNetwork::new(&config, 4, 2, 1, &mut rng, &Device::Cpu).unwrap();
-    std::fs::write(path, q_network_onnx(&net, &spec).unwrap()).unwrap();
-}
-
 #[test]
 fn reflexd_and_a_cyclonedds_python_robot() {
     // Outside the namespace: make the venv (it needs PyPI), then go in.
@@ -78,7 +62,7 @@ fn inside_netns_reflexd_and_a_cyclonedds_python_robot() {
     let py = python();
     let dir = tempfile::tempdir().unwrap();
     let policy = dir.path().join("policy.onnx");
-    write_policy(&policy);
+    reflex_tests::write_cartpole_policy(&policy, &[16], 11);
     let params = dir.path().join("reflexd.yaml");
     std::fs::write(
         &params,

@@ -14,34 +14,17 @@
 mod support;
 
 use std::collections::HashMap;
-use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use support::{bin, u, Proc};
 
-use candle_core::Device;
 use reflex_msgs::{Status, TransitionBatch};
 use reflex_ros2::{Link, Qos};
 use reflex_sim::node::StepRecord;
-use reflex_sim::{make, SimRng};
 use reflex_tests::netns;
-use reflex_trainer::export::{q_network_onnx, spec_for};
-use reflex_trainer::nn::{NetConfig, QNetwork};
 
 const DOMAIN: u16 = 42;
-
-fn write_policy(path: &Path) {
-    let env = make("cartpole").unwrap();
-    let spec = spec_for("dqn", "cartpole", env.as_ref());
-    let config = NetConfig {
-        hidden: vec![32, 32],
-        ..NetConfig::default()
-    };
-    let mut rng = SimRng::seed(5);
-    let net = QNetwork::new(&config, 4, 2, 1, &mut rng, &Device::Cpu).unwrap();
-    std::fs::write(path, q_network_onnx(&net, &spec).unwrap()).unwrap();
-}
 
 #[test]
 fn sim_and_daemon_over_ros2() {
@@ -54,7 +37,7 @@ fn inside_netns_sim_and_daemon_over_ros2() {
     assert!(netns::inside(), "run through sim_and_daemon_over_ros2");
     let dir = tempfile::tempdir().unwrap();
     let policy = dir.path().join("policy.onnx");
-    write_policy(&policy);
+    reflex_tests::write_cartpole_policy(&policy, &[32, 32], 5);
     let record = dir.path().join("sim.jsonl");
     // ROS 2 parameter YAML, as `ros2 launch` would pass it; -p overrides below.
     let params = dir.path().join("reflexd.yaml");
