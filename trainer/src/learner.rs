@@ -720,6 +720,8 @@ pub struct ServeOptions {
     pub zenoh: ZenohConfig,
     /// ROS 2 instead of zenoh: robots found by discovery on this domain.
     pub ros2: Option<crate::learner_ros2::Ros2LearnerConfig>,
+    /// Where the learner's networks train (CPU by default; `cuda` builds).
+    pub device: Device,
     /// Run folder.
     pub out: PathBuf,
     /// Samples per insert; `None` = the preset's ratio ([`SpiLimiter::default_spi`]).
@@ -1052,7 +1054,7 @@ pub fn serve(opts: ServeOptions, shutdown: Arc<AtomicBool>) -> Result<LearnerRep
     }
     let out = opts.out.clone();
     fs::create_dir_all(&out).map_err(|e| io_err(&out, e))?;
-    let device = Device::Cpu;
+    let device = opts.device.clone();
 
     // Resume from the newest checkpoint, with the configuration it was made with.
     let latest = checkpoint::latest(&out)?;

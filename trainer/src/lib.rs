@@ -84,3 +84,65 @@ pub enum TrainError {
     #[error("export: {0}")]
     Export(String),
 }
+
+/// Why `--device` cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceError {
+    /// Not `cpu`, `cuda` or `cuda:N`.
+    #[error("--device {0:?}: expected cpu, cuda or cuda:N (N = the GPU's index)")]
+    Unknown(String),
+    /// A CUDA device was asked for, but this binary has no CUDA backend.
+    #[error(
+        "--device {0}: this reflex-train was built without the `cuda` feature; build one with \
+         scripts/build-cuda.sh (see README, \"Training on a GPU\"), or use --device cpu"
+    )]
+    NotBuilt(String),
+    /// The CUDA backend could not open the device (no GPU, no driver, bad index).
+    #[error("--device {spec}: no usable CUDA device: {reason}")]
+    Unavailable {
+        /// What was asked for.
+        spec: String,
+        /// What CUDA said.
+        reason: String,
+    },
+}
+
+/// The compute device `spec` names: `cpu` (the default everywhere), `cuda` (GPU 0)
+/// or `cuda:N`.
+pub fn device(spec: &str) -> Result<candle_core::Device, DeviceError> {
+    let spec = spec.trim();
+    let index = match spec {
+        "cpu" => return Ok(candle_core::Device::Cpu),
+        "cuda" => 0,
+        s => match s.strip_prefix("cuda:").map(str::parse::<usize>) {
+            Some(Ok(n)) => n,
+            _ => return Err(DeviceError::Unknown(spec.to_string())),
+        },
+    };
+    if !candle_core::utils::cuda_is_available() {
+        return Err(DeviceError::NotBuilt(spec.to_string()));
+    }
+    candle_core::Device::new_cuda(index).map_err(|e| DeviceError::Unavailable {
+        spec: spec.to_string(),
+        reason: e.to_string(),
+    })
+}
+
+#[cfg(test)]
+mod device_tests {
+    use super::*;
+
+    #[test]
+    fn device_specs_parse_and_cuda_fails_clearly_without_it() {
+        assert!(device("cpu").unwrap().is_cpu());
+        assert!(matches!(device("gpu"), Err(DeviceError::Unknown(_))));
+        assert!(matches!(device("cuda:x"), Err(DeviceError::Unknown(_))));
+        if !candle_core::utils::cuda_is_available() {
+            let e = device("cuda:1").unwrap_err().to_string();
+            assert!(
+                e.contains("without the `cuda` feature") && e.contains("build-cuda.sh"),
+                "{e}"
+            );
+        }
+    }
+}

@@ -69,6 +69,9 @@ enum Command {
         /// Compute threads for candle's CPU kernels (RAYON_NUM_THREADS, if set, wins).
         #[arg(long, default_value_t = 1)]
         threads: usize,
+        /// Compute device: cpu, cuda or cuda:N (needs a build with the `cuda` feature).
+        #[arg(long, default_value = "cpu")]
+        device: String,
     },
     /// Continue a run from its newest checkpoint (after a crash or kill).
     Resume {
@@ -80,6 +83,9 @@ enum Command {
         /// Compute threads for candle's CPU kernels.
         #[arg(long, default_value_t = 1)]
         threads: usize,
+        /// Compute device: cpu, cuda or cuda:N (needs a build with the `cuda` feature).
+        #[arg(long, default_value = "cpu")]
+        device: String,
     },
     /// Evaluate a checkpoint, or an exported policy through the robots' runtime
     /// (tract), greedily; the eval.json record is the last line of stdout.
@@ -99,6 +105,9 @@ enum Command {
         /// Seed of the first episode (episode k uses seed + k).
         #[arg(long, default_value_t = 1_000_000)]
         seed: u64,
+        /// Compute device: cpu, cuda or cuda:N (needs a build with the `cuda` feature).
+        #[arg(long, default_value = "cpu")]
+        device: String,
     },
     /// Export a run's policy (its newest checkpoint, or --checkpoint) to ONNX.
     Export {
@@ -197,6 +206,9 @@ struct ServeArgs {
     /// Compute threads for candle's CPU kernels.
     #[arg(long, default_value_t = 1)]
     threads: usize,
+    /// Compute device: cpu, cuda or cuda:N (needs a build with the `cuda` feature).
+    #[arg(long, default_value = "cpu")]
+    device: String,
 }
 
 #[derive(clap::Args)]
@@ -292,6 +304,7 @@ fn main() {
             sets,
             quiet,
             threads,
+            device,
         } => {
             let mut explicit = toml::Table::new();
             if let Some(env) = env {
@@ -307,17 +320,23 @@ fn main() {
                 explicit.insert("steps".into(), toml::Value::Integer(steps as i64));
             }
             threads_from(threads);
-            resolve(config.as_deref(), &sets, &explicit)
+            reflex_trainer::device(&device)
                 .map_err(anyhow::Error::from)
-                .and_then(|config| run(&config, &out, quiet, false))
+                .and_then(|device| {
+                    let config = resolve(config.as_deref(), &sets, &explicit)?;
+                    run(&config, &out, quiet, false, &device)
+                })
         }
         Command::Resume {
             run: dir,
             quiet,
             threads,
+            device,
         } => {
             threads_from(threads);
-            read_config(&dir).and_then(|config| run(&config, &dir, quiet, true))
+            reflex_trainer::device(&device)
+                .map_err(anyhow::Error::from)
+                .and_then(|device| run(&read_config(&dir)?, &dir, quiet, true, &device))
         }
         Command::Eval {
             checkpoint,
@@ -325,9 +344,12 @@ fn main() {
             env,
             episodes,
             seed,
+            device,
         } => match (checkpoint, policy) {
             (_, Some(policy)) => eval_policy(&policy, env, episodes, seed),
-            (Some(checkpoint), None) => eval(&checkpoint, env, episodes, seed),
+            (Some(checkpoint), None) => reflex_trainer::device(&device)
+                .map_err(anyhow::Error::from)
+                .and_then(|device| eval(&checkpoint, env, episodes, seed, &device)),
             (None, None) => Err(anyhow::anyhow!("eval needs --checkpoint or --policy")),
         },
         Command::Export {
@@ -524,8 +546,14 @@ fn gcd(a: u64, b: u64) -> u64 {
     }
 }
 
-fn run(config: &RunConfig, out: &Path, quiet: bool, resume: bool) -> anyhow::Result<()> {
-    let device = Device::Cpu;
+fn run(
+    config: &RunConfig,
+    out: &Path,
+    quiet: bool,
+    resume: bool,
+    device: &Device,
+) -> anyhow::Result<()> {
+    let device = device.clone();
     let mut env = make(&config.env)?;
     let mut agent = learner(config, env.as_ref(), &device)?;
     if resume {
@@ -669,13 +697,14 @@ fn eval(
     env_name: Option<String>,
     episodes: u32,
     seed: u64,
+    device: &Device,
 ) -> anyhow::Result<()> {
     let (run_dir, checkpoint_dir) = run_and_checkpoint(checkpoint_path)?;
     let mut config = read_config(&run_dir)?;
     if let Some(name) = env_name {
         config.env = name;
     }
-    let device = Device::Cpu;
+    let device = device.clone();
     let mut env = make(&config.env)?;
     let agent = learner(&config, env.as_ref(), &device)?;
     checkpoint::load_weights(&checkpoint_dir, agent.as_ref(), &device)?;
@@ -836,6 +865,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         explicit.insert("seed".into(), toml::Value::Integer(seed as i64));
     }
     threads_from(args.threads);
+    let device = reflex_trainer::device(&args.device)?;
     let run = resolve(args.config.as_deref(), &args.sets, &explicit)?;
     if run.dqn.n_step == 0 {
         bail!("dqn.n_step must be at least 1");
@@ -895,6 +925,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             fleet: args.fleet,
             zenoh,
             ros2,
+            device,
             out: args.out,
             samples_per_insert: args.samples_per_insert,
             publish_every: args.publish_every,

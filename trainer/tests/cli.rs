@@ -196,6 +196,21 @@ fn bad_settings_are_clear_errors() {
             "continuous actions",
         ),
         (vec!["run", "--quiet", "--env", "cartpoel"], "unknown env"),
+        // Without the `cuda` feature (CI, default builds) a GPU is a clear refusal.
+        #[cfg(not(feature = "cuda"))]
+        (
+            vec!["run", "--quiet", "--device", "cuda"],
+            "built without the `cuda` feature",
+        ),
+        (
+            vec!["run", "--quiet", "--device", "tpu"],
+            "expected cpu, cuda or cuda:N",
+        ),
+        #[cfg(not(feature = "cuda"))]
+        (
+            vec!["serve", "--quiet", "--device", "cuda:1"],
+            "built without the `cuda` feature",
+        ),
         (
             vec!["resume", "--quiet", "/nonexistent/run"],
             "/nonexistent/run/config.toml",

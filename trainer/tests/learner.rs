@@ -61,6 +61,7 @@ fn learner_inserts_counts_and_publishes_signed_policies() {
             ..ZenohConfig::default()
         },
         ros2: None,
+        device: candle_core::Device::Cpu,
         out: out.clone(),
         samples_per_insert: Some(16.0),
         publish_every: 5,

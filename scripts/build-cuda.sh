@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# Builds reflex-train with candle's CUDA backend (`--features cuda`) on a machine
+# WITHOUT a GPU, for a GPU machine with an NVIDIA driver for CUDA 13.0 (the lent
+# H100's: driver 580). The binary lands in target/cuda/release/reflex-train.
+#
+#   bash scripts/build-cuda.sh [PREFIX]     # PREFIX: where the toolkit goes (default .cuda-build)
+#
+# What it needs and where it comes from:
+#   - nvcc and the CUDA headers: NVIDIA's wheels on PyPI (nvidia-cuda-nvcc & co.),
+#     pinned to 13.0 because a newer nvcc writes PTX a CUDA 13.0 driver refuses;
+#   - link-time libcuda/libcublas/libcublasLt/libcurand/libnvrtc: generated stub
+#     libraries with the real sonames, one empty function per symbol cudarc declares
+#     (cudarc links them dynamically; on the GPU machine the real ones load);
+#   - CUDA_COMPUTE_CAP (default 90 = H100/H200; set it for other GPUs).
+# A cold build takes about 20 minutes on 2 cores (nvcc on candle's kernels); it uses
+# its own target dir because its RUSTFLAGS differ from the CPU build's.
+#
+# On the GPU machine, point the loader at the CUDA libraries there, e.g. PyTorch's:
+#   export LD_LIBRARY_PATH=$(ls -d /opt/torch/.venv/lib/python3.*/site-packages/nvidia/*/lib | paste -sd:)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+prefix=$(realpath -m "${1:-.cuda-build}")
+cap=${CUDA_COMPUTE_CAP:-90}
+
+if [ ! -x "$prefix/venv/bin/nvcc-ok" ]; then
+  echo "build-cuda: installing nvcc 13.0 into $prefix/venv" >&2
+  python3 -m venv "$prefix/venv"
+  "$prefix/venv/bin/pip" install --quiet --disable-pip-version-check \
+    "nvidia-cuda-nvcc==13.0.88" "nvidia-nvvm==13.0.88" "nvidia-cuda-runtime==13.0.96" \
+    "nvidia-cuda-cccl==13.0.85" "nvidia-cuda-crt==13.0.88"
+  touch "$prefix/venv/bin/nvcc-ok" && chmod +x "$prefix/venv/bin/nvcc-ok"
+fi
+cuda=$(echo "$prefix"/venv/lib/python3*/site-packages/nvidia/cu13)
+[ -x "$cuda/bin/nvcc" ] || { echo "build-cuda: no nvcc in $cuda" >&2; exit 1; }
+
+# cudarc's sources say which symbols each library must have.
+cargo fetch --quiet
+cudarc=$(ls -d "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/cudarc-0.19.* | sort -V | tail -n 1)
+stubs="$prefix/stubs"
+if [ ! -f "$stubs/done" ]; then
+  mkdir -p "$stubs"
+  # name soname cudarc-module
+  while read -r name soname module; do
+    grep -ohE '^pub unsafe fn [A-Za-z0-9_]+' "$cudarc/src/$module/sys/mod.rs" |
+      awk '{ print "void " $4 "(void) {}" }' | sort -u > "$stubs/$name.c"
+    gcc -shared -fPIC -Wl,-soname,"$soname" -o "$stubs/lib$name.so" "$stubs/$name.c"
+  done <<'LIBS'
+cuda libcuda.so.1 driver
+cublas libcublas.so.13 cublas
+cublasLt libcublasLt.so.13 cublaslt
+curand libcurand.so.10 curand
+nvrtc libnvrtc.so.13 nvrtc
+LIBS
+  # candle-kernels links the runtime by its unversioned name; the wheel ships only
+  # the versioned one.
+  ln -sf "$cuda/lib/libcudart.so.13" "$stubs/libcudart.so"
+  touch "$stubs/done"
+fi
+
+export PATH="$cuda/bin:$PATH" CUDA_ROOT="$cuda" CUDA_PATH="$cuda" CUDA_HOME="$cuda"
+export CUDA_COMPUTE_CAP="$cap"
+export RUSTFLAGS="${RUSTFLAGS:-} -L native=$stubs"
+export LIBRARY_PATH="$stubs:$cuda/lib${LIBRARY_PATH:+:$LIBRARY_PATH}"
+CARGO_TARGET_DIR=target/cuda cargo build --release -p reflex-trainer --features cuda --bin reflex-train
+echo "build-cuda: target/cuda/release/reflex-train (compute capability $cap)"
