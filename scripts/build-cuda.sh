@@ -62,4 +62,7 @@ export CUDA_COMPUTE_CAP="$cap"
 export RUSTFLAGS="${RUSTFLAGS:-} -L native=$stubs"
 export LIBRARY_PATH="$stubs:$cuda/lib${LIBRARY_PATH:+:$LIBRARY_PATH}"
 CARGO_TARGET_DIR=target/cuda cargo build --release -p reflex-trainer --features cuda --bin reflex-train
-echo "build-cuda: target/cuda/release/reflex-train (compute capability $cap)"
+# Stripped, to carry to a GPU machine (the debug line tables triple the size).
+strip -o target/cuda/reflex-train target/cuda/release/reflex-train
+echo "build-cuda: target/cuda/reflex-train, $(du -h target/cuda/reflex-train | cut -f1) (compute capability $cap)"
+echo "build-cuda: it starts only where libcuda.so.1 and the CUDA 13 libraries load (see LD_LIBRARY_PATH above)"
