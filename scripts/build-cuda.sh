@@ -62,7 +62,10 @@ export CUDA_COMPUTE_CAP="$cap"
 export RUSTFLAGS="${RUSTFLAGS:-} -L native=$stubs"
 export LIBRARY_PATH="$stubs:$cuda/lib${LIBRARY_PATH:+:$LIBRARY_PATH}"
 CARGO_TARGET_DIR=target/cuda cargo build --release -p reflex-trainer --features cuda --bin reflex-train
-# Stripped, to carry to a GPU machine (the debug line tables triple the size).
+# Stripped (the debug line tables triple the size) and gzipped to carry to a GPU
+# machine: 90 MB stripped is over the device tool's 64 MiB carry limit, 26 MB gzipped
+# is not (gunzip it there).
 strip -o target/cuda/reflex-train target/cuda/release/reflex-train
-echo "build-cuda: target/cuda/reflex-train, $(du -h target/cuda/reflex-train | cut -f1) (compute capability $cap)"
+gzip -9 -c target/cuda/reflex-train > target/cuda/reflex-train.gz
+echo "build-cuda: target/cuda/reflex-train, $(du -h target/cuda/reflex-train | cut -f1); gzipped $(du -h target/cuda/reflex-train.gz | cut -f1) (compute capability $cap)"
 echo "build-cuda: it starts only where libcuda.so.1 and the CUDA 13 libraries load (see LD_LIBRARY_PATH above)"
