@@ -1144,25 +1144,7 @@ pub fn serve(opts: ServeOptions, shutdown: Arc<AtomicBool>) -> Result<LearnerRep
     // The initial policy, before anyone connects, so daemons can start from it.
     let first = svc.next_policy()?;
 
-    let network = Network::open(&svc.opts)?;
-    let (subscriptions, rx) = match &network {
-        Network::Zenoh { session, .. } => {
-            let (subs, rx) = subscribe(session, &svc.opts.fleet)?;
-            (Some(subs), rx)
-        }
-        Network::Ros2 { rx, .. } => (
-            None,
-            rx.lock()
-                .map_err(|_| LearnerError::Ros2("poisoned".into()))?
-                .take()
-                .expect("taken once"),
-        ),
-    };
-    let decode_errors = |network: &Network| match (&subscriptions, network) {
-        (Some(s), _) => s.decode_errors(),
-        (None, Network::Ros2 { fleet, .. }) => fleet.decode_errors(),
-        (None, Network::Zenoh { .. }) => 0,
-    };
+    let (network, rx) = Network::open(&svc.opts)?;
     svc.log(&format!(
         "serving fleet {:?} on {:?}: {} with {}, SPI {spi}, batch {}, learning starts at {}, \
          target every {target_every} updates, policy every {} updates; signing key {}",
@@ -1201,7 +1183,7 @@ pub fn serve(opts: ServeOptions, shutdown: Arc<AtomicBool>) -> Result<LearnerRep
                 break;
             }
         }
-        svc.report.decode_errors = decode_errors(&network);
+        svc.report.decode_errors = network.decode_errors();
         if new_robot {
             // No late-joiner cache on the policy key: a robot that joins gets the
             // current policy again.
@@ -1315,7 +1297,7 @@ pub fn serve(opts: ServeOptions, shutdown: Arc<AtomicBool>) -> Result<LearnerRep
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => break,
             }
-            svc.report.decode_errors = decode_errors(&network);
+            svc.report.decode_errors = network.decode_errors();
             if last_report.elapsed() >= Duration::from_millis(500) {
                 last_report = Instant::now();
                 svc.write_report()?;
@@ -1326,10 +1308,9 @@ pub fn serve(opts: ServeOptions, shutdown: Arc<AtomicBool>) -> Result<LearnerRep
             svc.handle(msg)?;
         }
     }
-    svc.report.decode_errors = decode_errors(&network);
+    svc.report.decode_errors = network.decode_errors();
     svc.write_report()?;
     svc.bar.finish_and_clear();
-    drop(subscriptions);
     network.close();
     Ok(svc.report.clone())
 }
@@ -1339,22 +1320,17 @@ enum Network {
     Zenoh {
         session: reflex_daemon::zenoh::Session,
         publisher: reflex_daemon::zenoh::pubsub::Publisher<'static>,
+        subscriptions: Subscriptions,
     },
-    Ros2 {
-        fleet: crate::learner_ros2::Ros2Fleet,
-        /// The queue, until the loop takes it.
-        rx: std::sync::Mutex<Option<Receiver<Incoming>>>,
-    },
+    Ros2(crate::learner_ros2::Ros2Fleet),
 }
 
 impl Network {
-    fn open(opts: &ServeOptions) -> Result<Self, LearnerError> {
+    /// Joins the network; what robots send arrives on the returned queue.
+    fn open(opts: &ServeOptions) -> Result<(Self, Receiver<Incoming>), LearnerError> {
         if let Some(ros2) = &opts.ros2 {
             let (fleet, rx) = crate::learner_ros2::Ros2Fleet::start(ros2)?;
-            return Ok(Network::Ros2 {
-                fleet,
-                rx: std::sync::Mutex::new(Some(rx)),
-            });
+            return Ok((Network::Ros2(fleet), rx));
         }
         let session =
             zenoh_link::open(&opts.zenoh).map_err(|e| LearnerError::Zenoh(e.to_string()))?;
@@ -1363,13 +1339,29 @@ impl Network {
             .congestion_control(CongestionControl::Block)
             .wait()
             .map_err(|e| LearnerError::Zenoh(format!("declaring the policy publisher: {e}")))?;
-        Ok(Network::Zenoh { session, publisher })
+        let (subscriptions, rx) = subscribe(&session, &opts.fleet)?;
+        Ok((
+            Network::Zenoh {
+                session,
+                publisher,
+                subscriptions,
+            },
+            rx,
+        ))
+    }
+
+    /// Messages dropped because they did not decode.
+    fn decode_errors(&self) -> u64 {
+        match self {
+            Network::Zenoh { subscriptions, .. } => subscriptions.decode_errors(),
+            Network::Ros2(fleet) => fleet.decode_errors(),
+        }
     }
 
     fn describe(&self, opts: &ServeOptions) -> String {
         match self {
             Network::Zenoh { .. } => format!("zenoh {:?}", opts.zenoh.listen),
-            Network::Ros2 { fleet, .. } => format!(
+            Network::Ros2(fleet) => format!(
                 "ROS 2 domain {} as {}",
                 opts.ros2.as_ref().map_or(0, |r| r.domain),
                 fleet.node()
@@ -1381,17 +1373,22 @@ impl Network {
         match self {
             Network::Zenoh { publisher, .. } => zenoh_link::publish_cdr(publisher, update)
                 .map_err(|e| LearnerError::Zenoh(e.to_string())),
-            Network::Ros2 { fleet, .. } => fleet.publish(update),
+            Network::Ros2(fleet) => fleet.publish(update),
         }
     }
 
     fn close(self) {
         match self {
-            Network::Zenoh { session, publisher } => {
+            Network::Zenoh {
+                session,
+                publisher,
+                subscriptions,
+            } => {
+                drop(subscriptions);
                 drop(publisher);
                 let _ = session.close().wait();
             }
-            Network::Ros2 { fleet, .. } => drop(fleet),
+            Network::Ros2(fleet) => drop(fleet),
         }
     }
 }
