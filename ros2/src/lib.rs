@@ -281,7 +281,6 @@ impl Link {
             .map_err(|e| create(&format!("subscription to {topic}"), e))?;
         Ok(Sub {
             subscription,
-            node: self.node.clone(),
             topic: topic.to_string(),
             errors: 0,
         })
@@ -582,7 +581,6 @@ impl<T: Message> Pub<T> {
 /// A typed subscription that counts what fails to decode.
 pub struct Sub<T: Message> {
     subscription: Subscription<T>,
-    node: Arc<Mutex<Node>>,
     topic: String,
     errors: u64,
 }
@@ -611,12 +609,6 @@ impl<T: Message> Sub<T> {
     /// Messages dropped because they did not decode, since the start.
     pub fn errors(&self) -> u64 {
         self.errors
-    }
-
-    /// Publishers matched to this subscription now.
-    pub fn publishers(&self) -> usize {
-        let node = self.node.lock().unwrap_or_else(|p| p.into_inner());
-        self.subscription.get_publisher_count(&node)
     }
 
     /// The topic.

@@ -10,7 +10,7 @@
 //! reliable and transient-local (depth 1): a daemon that starts later gets the
 //! current policy from DDS, and a new robot also gets it at once from here.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -76,7 +76,6 @@ struct RobotTopics {
 struct Shared {
     robots: Mutex<Vec<RobotTopics>>,
     current: Mutex<Option<PolicyUpdate>>,
-    decode_errors: AtomicU64,
     stop: AtomicBool,
 }
 
@@ -98,7 +97,6 @@ impl Ros2Fleet {
         let shared = Arc::new(Shared {
             robots: Mutex::new(Vec::new()),
             current: Mutex::new(None),
-            decode_errors: AtomicU64::new(0),
             stop: AtomicBool::new(false),
         });
         let (tx, rx) = channel();
@@ -131,14 +129,12 @@ impl Ros2Fleet {
         Ok(())
     }
 
-    /// Messages dropped because they did not decode.
+    /// Messages dropped because they did not decode, over every robot found.
     pub fn decode_errors(&self) -> u64 {
-        self.shared.decode_errors.load(Ordering::Relaxed)
-    }
-
-    /// Robots found so far.
-    pub fn robots(&self) -> usize {
-        lock(&self.shared.robots).len()
+        lock(&self.shared.robots)
+            .iter()
+            .map(|r| r.transitions.errors() + r.status.errors())
+            .sum()
     }
 
     /// The learner's node name (`/ns/name`).
@@ -191,14 +187,10 @@ fn pump(link: &Link, shared: &Shared, tx: &Sender<Incoming>) {
                 }
             }
         }
-        let mut errors = 0;
         for robot in lock(&shared.robots).iter_mut() {
-            let before = robot.transitions.errors() + robot.status.errors();
             robot.transitions.drain(&mut batches);
             robot.status.drain(&mut statuses);
-            errors += robot.transitions.errors() + robot.status.errors() - before;
         }
-        shared.decode_errors.fetch_add(errors, Ordering::Relaxed);
         for b in batches.drain(..) {
             if tx.send(Incoming::Batch(b.robot_id.clone(), b)).is_err() {
                 return;
