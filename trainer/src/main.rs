@@ -44,10 +44,15 @@ enum Command {
         /// variant [default: cartpole, or the config file's].
         #[arg(long)]
         env: Option<String>,
-        /// Algorithm: dqn (discrete actions); ddpg, td3, naf (continuous)
+        /// Algorithm: dqn, drqn (discrete actions); ddpg, td3, naf (continuous)
         /// [default: dqn, or the config file's].
         #[arg(long)]
         algo: Option<String>,
+        /// An LSTM over the history in front of every network (ddpg, td3, naf; set
+        /// it up in the `[lstm]` table). Presets for -masked envs may turn it
+        /// on; `--set recurrent=false` turns it off.
+        #[arg(long)]
+        recurrent: bool,
         /// Seed of everything random in the run.
         #[arg(long)]
         seed: Option<u64>,
@@ -297,6 +302,7 @@ fn main() {
         Command::Run {
             env,
             algo,
+            recurrent,
             seed,
             steps,
             out,
@@ -307,6 +313,9 @@ fn main() {
             device,
         } => {
             let mut explicit = toml::Table::new();
+            if recurrent {
+                explicit.insert("recurrent".into(), true.into());
+            }
             if let Some(env) = env {
                 explicit.insert("env".into(), env.into());
             }

@@ -9,6 +9,7 @@ use crate::algo::ddpg::DdpgConfig;
 use crate::algo::dqn::DqnConfig;
 use crate::algo::drqn::DrqnConfig;
 use crate::algo::naf::NafConfig;
+use crate::algo::recurrent::LstmConfig;
 use crate::TrainError;
 
 /// The algorithms `algo` may name.
@@ -24,6 +25,9 @@ pub struct RunConfig {
     /// Algorithm: `dqn` or `drqn` (recurrent DQN) for discrete actions, `ddpg`,
     /// `td3` or `naf` for continuous ones.
     pub algo: String,
+    /// An LSTM over the history in front of every network (`ddpg`, `td3`,
+    /// `naf`; the `[lstm]` table sets it up). `drqn` is DQN's recurrent variant.
+    pub recurrent: bool,
     /// Seed of everything random in the run.
     pub seed: u64,
     /// Env steps to train for.
@@ -47,6 +51,8 @@ pub struct RunConfig {
     pub td3: DdpgConfig,
     /// NAF hyperparameters (used when `algo = "naf"`).
     pub naf: NafConfig,
+    /// Window and LSTM settings of a recurrent `ddpg`/`td3`/`naf` run.
+    pub lstm: LstmConfig,
 }
 
 impl Default for RunConfig {
@@ -65,6 +71,8 @@ impl Default for RunConfig {
             ddpg: DdpgConfig::default(),
             td3: DdpgConfig::td3(),
             naf: NafConfig::default(),
+            recurrent: false,
+            lstm: LstmConfig::default(),
         }
     }
 }
@@ -83,6 +91,10 @@ const PRESETS: &[(&str, &str)] = &[
     ),
     ("pendulum-td3", include_str!("../presets/pendulum-td3.toml")),
     ("pendulum-naf", include_str!("../presets/pendulum-naf.toml")),
+    (
+        "pendulum-masked-td3",
+        include_str!("../presets/pendulum-masked-td3.toml"),
+    ),
     (
         "cartpole-masked-drqn",
         include_str!("../presets/cartpole-masked-drqn.toml"),
@@ -208,6 +220,21 @@ pub fn resolve(
         env.action_space(),
         reflex_msgs::ActionSpace::Discrete { .. }
     );
+    if config.recurrent {
+        match config.algo.as_str() {
+            "ddpg" | "td3" | "naf" | "drqn" => {}
+            "dqn" => {
+                return Err(TrainError::Config(
+                    "recurrent DQN is its own algorithm: use `--algo drqn`".into(),
+                ))
+            }
+            other => {
+                return Err(TrainError::Config(format!(
+                    "`recurrent = true` is built for ddpg, td3 and naf (and drqn), not {other}"
+                )))
+            }
+        }
+    }
     match (config.algo.as_str(), discrete) {
         ("dqn" | "drqn", true) | ("ddpg" | "td3" | "naf", false) => Ok(config),
         ("dqn" | "drqn", false) => Err(TrainError::Config(format!(

@@ -87,10 +87,43 @@ fn cases() -> Vec<(&'static str, RunConfig)> {
     drqn.drqn.burn_in = 4;
     drqn.drqn.lstm_hidden = 16;
     drqn.drqn.net.hidden = vec![16];
+    // Recurrent TD3: sequence PER with continuous actions, stored actor state,
+    // normalized observations.
+    let mut rtd3 = RunConfig {
+        env: "pendulum-masked".into(),
+        algo: "td3".into(),
+        recurrent: true,
+        ..RunConfig::default()
+    };
+    rtd3.td3.learning_starts = 200;
+    rtd3.td3.prioritized = true;
+    rtd3.td3.obs_norm = true;
+    rtd3.td3.n_step = 2;
+    rtd3.td3.batch_size = 8;
+    rtd3.td3.actor.hidden = vec![16];
+    rtd3.td3.critic.hidden = vec![16];
+    rtd3.lstm.hidden = 8;
+    rtd3.lstm.seq_len = 6;
+    rtd3.lstm.burn_in = 3;
+    let mut rnaf = RunConfig {
+        env: "pendulum-masked".into(),
+        algo: "naf".into(),
+        recurrent: true,
+        ..RunConfig::default()
+    };
+    rnaf.naf.learning_starts = 200;
+    rnaf.naf.batch_size = 8;
+    rnaf.naf.net.hidden = vec![16];
+    rnaf.lstm.hidden = 8;
+    rnaf.lstm.seq_len = 6;
+    rnaf.lstm.burn_in = 0;
+    rnaf.lstm.stored_state = false;
     vec![
         ("dqn", dqn),
         ("dqn-per", dqn_per),
         ("drqn-seq-per", drqn),
+        ("recurrent-td3-seq-per", rtd3),
+        ("recurrent-naf-seq-zero-state", rnaf),
         ("td3", td3),
         ("naf-per", naf),
     ]

@@ -619,3 +619,118 @@ fn recurrent_policies_match_their_agents_over_rollouts() {
         obs.copy_from_slice(env.obs());
     }
 }
+
+/// Recurrent TD3's exported step (`obs`, `prev_action` in env units, `h_in`,
+/// `c_in` → `action`, `h_out`, `c_out`) agrees with candle's actor, native and
+/// tract alike, over 100-step rollouts with the applied (perturbed) action fed
+/// back; and the agent's greedy evaluation agrees with the file over an episode.
+#[test]
+fn recurrent_td3_policies_match_their_agents_over_rollouts() {
+    use candle_core::DType;
+    use reflex_msgs::{Action, ActionSpace};
+    use reflex_trainer::algo::ddpg::DdpgConfig;
+    use reflex_trainer::algo::recurrent::LstmConfig;
+    use reflex_trainer::algo::recurrent_ddpg::RecurrentDdpg;
+    use reflex_trainer::algo::Agent;
+    use reflex_trainer::export::spec_for;
+
+    let mut config = DdpgConfig {
+        obs_norm: true,
+        ..DdpgConfig::td3()
+    };
+    config.actor.hidden = vec![32, 32];
+    let lstm = LstmConfig {
+        hidden: 24,
+        ..LstmConfig::default()
+    };
+    let dev = Device::Cpu;
+    let mut env = reflex_sim::make("pendulum-masked").unwrap();
+    let ActionSpace::Box(bounds) = env.action_space().clone() else {
+        panic!("pendulum is continuous")
+    };
+    let mut agent = RecurrentDdpg::new(config, lstm, true, 2, &bounds, 7, &dev).unwrap();
+    let mut rng = SimRng::seed(10);
+    let norm = agent.obs_norm().expect("normalization is on");
+    for _ in 0..100 {
+        norm.update(&[
+            (rng.normal() * 0.5 + 0.3) as f32,
+            (rng.normal() * 0.2) as f32,
+        ]);
+    }
+    let norm = norm.clone();
+    let spec = spec_for("td3", "pendulum-masked", env.as_ref());
+    let bytes = agent.to_onnx(&spec).unwrap();
+    let mut policy = Policy::from_bytes(&bytes).unwrap();
+    assert!(policy.is_recurrent());
+    assert_eq!(
+        policy.engine(),
+        Engine::Native,
+        "the step compiles natively"
+    );
+    assert_eq!(policy.spec().recurrent_hidden_size, 24);
+    let mut tract = Policy::from_bytes_with(&bytes, LoadOptions { native: false }).unwrap();
+    let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    for rollout in 0..2u64 {
+        let mut obs = env.reset(Some(rollout)).to_vec();
+        policy.reset();
+        tract.reset();
+        let mut h = Tensor::zeros((1, 24), DType::F32, &dev).unwrap();
+        let mut c = h.clone();
+        let mut prev = 0.0f32;
+        for t in 0..100 {
+            let mut x = obs.clone();
+            norm.apply(&mut x);
+            x.push(prev / 2.0);
+            let x = Tensor::from_vec(x, (1, 3), &dev).unwrap();
+            let (mu, h2, c2) = agent.actor.step(&x, &h, &c).unwrap();
+            (h, c) = (h2, c2);
+            let want = 2.0 * flat(&mu)[0];
+            let step_name = format!("rollout {rollout} step {t}");
+            let mut applied = 0.0;
+            for engine in [&mut policy, &mut tract] {
+                let PolicyOutput::Continuous { action } = engine.step(&obs).unwrap() else {
+                    panic!("a TD3 policy gives actions")
+                };
+                assert!(close(action[0], want), "{step_name}: {action:?} vs {want}");
+                applied = action[0];
+            }
+            for engine in [&policy, &tract] {
+                let (ph, pc) = engine.recurrent_state();
+                for (a, b) in flat(&h).iter().zip(ph).chain(flat(&c).iter().zip(pc)) {
+                    assert!(close(*a, *b), "{step_name}: {:?} state", engine.engine());
+                }
+            }
+            // Every third step the applied action is not the policy's (as
+            // exploration and the safety layer do), so `prev_action` is read.
+            if t % 3 == 2 {
+                applied = (applied + 0.7).clamp(-2.0, 2.0);
+            }
+            prev = applied;
+            let action = Action::Continuous(vec![applied]);
+            policy.observe_applied(&action);
+            tract.observe_applied(&action);
+            env.step(&action).unwrap();
+            obs.copy_from_slice(env.obs());
+        }
+    }
+    // The agent's greedy evaluation carries its own state and agrees with the
+    // file over a whole episode.
+    let mut obs = env.reset(Some(11)).to_vec();
+    agent.greedy_reset();
+    policy.reset();
+    loop {
+        let Action::Continuous(want) = agent.greedy(&obs).unwrap() else {
+            panic!("continuous agent")
+        };
+        let PolicyOutput::Continuous { action } = policy.step(&obs).unwrap() else {
+            panic!("continuous policy")
+        };
+        assert!(close(action[0], want[0]), "{action:?} vs {want:?}");
+        let action = Action::Continuous(action.to_vec());
+        policy.observe_applied(&action);
+        if env.step(&action).unwrap().done() {
+            break;
+        }
+        obs.copy_from_slice(env.obs());
+    }
+}

@@ -139,16 +139,17 @@ impl DdpgConfig {
         }
     }
 
-    fn core(&self) -> CoreConfig {
+    pub(crate) fn core(&self) -> CoreConfig {
         core_config!(self)
     }
 }
 
-/// One or two critics, trained on the same target.
+/// One or two critics, trained on the same target (feed-forward [`Critic`]s,
+/// or recurrent ones in [`super::recurrent_ddpg`]).
 #[derive(Debug, Clone)]
-pub struct Critics(pub Vec<Critic>);
+pub struct Critics<C = Critic>(pub Vec<C>);
 
-impl Params for Critics {
+impl<C: Params> Params for Critics<C> {
     fn named_vars(&self) -> Vec<(String, Var)> {
         let mut out = Vec::new();
         for (k, critic) in self.0.iter().enumerate() {
@@ -160,14 +161,24 @@ impl Params for Critics {
     }
 }
 
-impl Critics {
-    fn duplicate(&self) -> candle_core::Result<Self> {
+impl<C> Critics<C> {
+    /// Copies with their own parameters, by `duplicate` on each critic.
+    pub(crate) fn duplicate_with(
+        &self,
+        duplicate: impl Fn(&C) -> candle_core::Result<C>,
+    ) -> candle_core::Result<Self> {
         Ok(Self(
             self.0
                 .iter()
-                .map(Critic::duplicate)
+                .map(duplicate)
                 .collect::<candle_core::Result<_>>()?,
         ))
+    }
+}
+
+impl Critics {
+    fn duplicate(&self) -> candle_core::Result<Self> {
+        self.duplicate_with(Critic::duplicate)
     }
 
     /// min_k Q_k(s, a) `[batch]`.

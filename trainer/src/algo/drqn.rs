@@ -141,39 +141,47 @@ impl Default for DrqnConfig {
     }
 }
 
-/// The recurrent state an actor carries through an episode.
+/// The recurrent state an actor carries through an episode (DRQN, and the
+/// recurrent continuous learners).
 #[derive(Debug, Clone)]
-struct Carry {
+pub(crate) struct Carry {
     h: Tensor,
     c: Tensor,
-    /// The previous action, one-hot (zeros at an episode's start).
-    prev: Vec<f32>,
+    /// The previous action as the network reads it: one-hot for discrete
+    /// actions, normalized units for continuous ones (zeros at an episode's
+    /// start).
+    pub(crate) prev: Vec<f32>,
 }
 
 impl Carry {
-    fn zero(hidden: usize, n_actions: usize, device: &Device) -> candle_core::Result<Self> {
+    /// The start of an episode: zero state, zero previous action `prev_width` wide.
+    pub(crate) fn zero(
+        hidden: usize,
+        prev_width: usize,
+        device: &Device,
+    ) -> candle_core::Result<Self> {
         let zeros = Tensor::zeros((1, hidden), DType::F32, device)?;
         Ok(Self {
             h: zeros.clone(),
             c: zeros,
-            prev: vec![0.0; n_actions],
+            prev: vec![0.0; prev_width],
         })
     }
 
     /// h then c, as replay stores them.
-    fn state(&self) -> candle_core::Result<Vec<f32>> {
+    pub(crate) fn state(&self) -> candle_core::Result<Vec<f32>> {
         let mut state = self.h.flatten_all()?.to_vec1::<f32>()?;
         state.extend(self.c.flatten_all()?.to_vec1::<f32>()?);
         Ok(state)
     }
 
-    /// Advances the state by one observation (normalized with `norm` if any);
-    /// returns the Q-values.
-    fn step(
+    /// Advances the state by one observation (normalized with `norm` if any)
+    /// through `net` (`[obs, prev]`, h, c → output, h', c'); returns the output.
+    pub(crate) fn step(
         &mut self,
-        net: &RecurrentQNetwork,
         norm: Option<&RunningNorm>,
         obs: &[f32],
+        net: impl FnOnce(&Tensor, &Tensor, &Tensor) -> candle_core::Result<(Tensor, Tensor, Tensor)>,
     ) -> candle_core::Result<Vec<f32>> {
         let mut x = obs.to_vec();
         if let Some(norm) = norm {
@@ -181,9 +189,9 @@ impl Carry {
         }
         x.extend_from_slice(&self.prev);
         let x = Tensor::from_vec(x, (1, obs.len() + self.prev.len()), self.h.device())?;
-        let (q, h, c) = net.step(&x, &self.h, &self.c)?;
+        let (out, h, c) = net(&x, &self.h, &self.c)?;
         (self.h, self.c) = (h, c);
-        q.flatten_all()?.to_vec1::<f32>()
+        out.flatten_all()?.to_vec1::<f32>()
     }
 
     fn applied(&mut self, action: u32) {
@@ -460,7 +468,10 @@ impl Agent for Drqn {
                 Vec::new()
             },
         };
-        let q = self.acting.step(&self.online, self.norm.as_ref(), obs)?;
+        let online = &self.online;
+        let q = self
+            .acting
+            .step(self.norm.as_ref(), obs, |x, h, c| online.step(x, h, c))?;
         let epsilon = self.exploration(step - 1, total);
         let action = if self.act_rng.next_f64() < epsilon {
             self.act_rng.below(q.len() as u64) as u32
@@ -479,7 +490,7 @@ impl Agent for Drqn {
         let q = self
             .evaluating
             .borrow_mut()
-            .step(&self.online, self.norm.as_ref(), obs)?;
+            .step(self.norm.as_ref(), obs, |x, h, c| self.online.step(x, h, c))?;
         let action = argmax(&q);
         self.evaluating.borrow_mut().applied(action);
         Ok(Action::Discrete(action))

@@ -6,6 +6,9 @@
 //!   state) for partially observed envs;
 //! - [`ddpg`]: DDPG and TD3 for continuous actions (TD3 = DDPG with clipped
 //!   double Q, delayed actor updates and target policy smoothing);
+//! - [`recurrent_ddpg`], [`recurrent_naf`]: recurrent DDPG, TD3 and NAF
+//!   (`recurrent = true`): an LSTM in front of every network, trained on
+//!   sequence replay; [`recurrent`] is what they share;
 //! - [`naf`]: normalized advantage functions for continuous actions;
 //! - [`continuous`]: what the continuous ones share (action scaling,
 //!   Gaussian/Ornstein–Uhlenbeck noise, observation normalization).
@@ -15,6 +18,9 @@ pub mod ddpg;
 pub mod dqn;
 pub mod drqn;
 pub mod naf;
+pub mod recurrent;
+pub mod recurrent_ddpg;
+pub mod recurrent_naf;
 
 use candle_core::Device;
 use reflex_msgs::{Action, ActionSpace, PolicySpec};
@@ -147,6 +153,22 @@ pub fn build(
             config.seed,
             device,
         )?),
+        ("ddpg" | "td3", ActionSpace::Box(bounds)) if config.recurrent => {
+            let algo_config = if config.algo == "td3" {
+                &config.td3
+            } else {
+                &config.ddpg
+            };
+            Box::new(recurrent_ddpg::RecurrentDdpg::new(
+                algo_config.clone(),
+                config.lstm.clone(),
+                config.algo == "td3",
+                obs_dim,
+                bounds,
+                config.seed,
+                device,
+            )?)
+        }
         ("ddpg" | "td3", ActionSpace::Box(bounds)) => {
             let algo_config = if config.algo == "td3" {
                 &config.td3
@@ -156,6 +178,16 @@ pub fn build(
             Box::new(ddpg::Ddpg::new(
                 algo_config.clone(),
                 config.algo == "td3",
+                obs_dim,
+                bounds,
+                config.seed,
+                device,
+            )?)
+        }
+        ("naf", ActionSpace::Box(bounds)) if config.recurrent => {
+            Box::new(recurrent_naf::RecurrentNaf::new(
+                config.naf.clone(),
+                config.lstm.clone(),
                 obs_dim,
                 bounds,
                 config.seed,

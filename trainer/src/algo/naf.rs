@@ -111,7 +111,7 @@ impl Default for NafConfig {
 }
 
 impl NafConfig {
-    fn core(&self) -> CoreConfig {
+    pub(crate) fn core(&self) -> CoreConfig {
         core_config!(self)
     }
 }

@@ -1,7 +1,8 @@
 //! Recurrent networks: an [`Lstm`] cell written in candle primitives (so
-//! gradients flow through time by ordinary backprop) and the recurrent
+//! gradients flow through time by ordinary backprop), the recurrent
 //! Q-network of DRQN, [`RecurrentQNetwork`]: h_t = LSTM(h_{t−1}, [o_t, a_{t−1}]),
-//! then a (dueling) Q head on h_t.
+//! then a (dueling) Q head on h_t, and [`Recurrent`]: the same encoder in front
+//! of an actor, a critic or a NAF network (recurrent DDPG, TD3 and NAF).
 //!
 //! Gates are stored in ONNX's order — input, output, forget, cell (i, o, f, c) —
 //! so the exported `LSTM` node takes the weights as they are:
@@ -18,7 +19,7 @@
 use candle_core::{Device, Result, Tensor, Var};
 use reflex_sim::SimRng;
 
-use super::{fresh, NetConfig, Params, QNetwork};
+use super::{fresh, Actor, Critic, NafNetwork, NetConfig, Params, QNetwork};
 use crate::export::{Attr, OnnxGraph};
 use reflex_daemon::native::tanh;
 
@@ -495,6 +496,168 @@ impl RecurrentQNetwork {
 }
 
 impl Params for RecurrentQNetwork {
+    fn named_vars(&self) -> Vec<(String, Var)> {
+        let mut out = Vec::new();
+        self.lstm.push_vars("lstm", &mut out);
+        for (name, var) in self.head.named_vars() {
+            out.push((format!("head.{name}"), var));
+        }
+        out
+    }
+}
+
+/// A feed-forward head (an [`Actor`] or a [`Critic`]) reading the state of an
+/// LSTM over [observation, previous action]: the recurrent networks of DDPG
+/// and TD3, h_t = LSTM(h_{t−1}, [o_t, a_{t−1}]) then μ(h_t) or Q(h_t, a_t).
+/// Previous actions are in normalized units (see
+/// [`crate::algo::continuous::ActionScaling`]).
+#[derive(Debug, Clone)]
+pub struct Recurrent<H> {
+    /// The encoder; its input is `[obs, prev action]`.
+    pub lstm: Lstm,
+    /// The head on h_t.
+    pub head: H,
+}
+
+impl<H> Recurrent<H> {
+    /// LSTM hidden size.
+    pub fn hidden(&self) -> usize {
+        self.lstm.hidden()
+    }
+
+    /// The hidden states h_t over a window (see [`Lstm::unroll`]) as
+    /// `[batch · (T − no_grad), H]`, batch-major.
+    pub fn states(
+        &self,
+        xs: &Tensor,
+        h0: &Tensor,
+        c0: &Tensor,
+        alive: Option<&Tensor>,
+        no_grad: usize,
+    ) -> Result<Tensor> {
+        let hs = self.lstm.unroll(xs, h0, c0, alive, no_grad)?;
+        let (batch, steps, hidden) = hs.dims3()?;
+        hs.reshape((batch * steps, hidden))
+    }
+}
+
+impl Recurrent<Actor> {
+    /// A freshly initialized recurrent actor.
+    pub fn actor(
+        config: &NetConfig,
+        obs_dim: usize,
+        act_dim: usize,
+        hidden: usize,
+        rng: &mut SimRng,
+        device: &Device,
+    ) -> Result<Self> {
+        Ok(Self {
+            lstm: Lstm::new(obs_dim + act_dim, hidden, rng, device)?,
+            head: Actor::new(config, hidden, act_dim, rng, device)?,
+        })
+    }
+
+    /// One acting step: `x` = [obs, prev action] `[batch, obs + m]`, state
+    /// `[batch, H]` → (μ `[batch, m]` in [−1, 1], h', c').
+    pub fn step(&self, x: &Tensor, h: &Tensor, c: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
+        let (h, c) = self.lstm.step(x, h, c)?;
+        Ok((self.head.forward(&h)?, h, c))
+    }
+
+    /// The one-step policy graph: `x` (normalized obs and previous action
+    /// concatenated) with `h_in`/`c_in` → h_out, c_out; returns the name of the
+    /// normalized action μ.
+    pub fn to_onnx(
+        &self,
+        g: &mut OnnxGraph,
+        x: &str,
+        state_in: (&str, &str),
+        state_out: (&str, &str),
+    ) -> Result<String> {
+        self.lstm.to_onnx(g, "lstm", x, state_in, state_out)?;
+        self.head.to_onnx(g, state_out.0)
+    }
+
+    /// A copy with its own parameters (a target network).
+    pub fn duplicate(&self) -> Result<Self> {
+        Ok(Self {
+            lstm: self.lstm.duplicate()?,
+            head: self.head.duplicate()?,
+        })
+    }
+}
+
+impl Recurrent<Critic> {
+    /// A freshly initialized recurrent critic: the LSTM reads [obs, prev
+    /// action], the head Q(h_t, a_t).
+    pub fn critic(
+        config: &NetConfig,
+        obs_dim: usize,
+        act_dim: usize,
+        hidden: usize,
+        rng: &mut SimRng,
+        device: &Device,
+    ) -> Result<Self> {
+        Ok(Self {
+            lstm: Lstm::new(obs_dim + act_dim, hidden, rng, device)?,
+            head: Critic::new(config, hidden, act_dim, rng, device)?,
+        })
+    }
+
+    /// A copy with its own parameters (a target network).
+    pub fn duplicate(&self) -> Result<Self> {
+        Ok(Self {
+            lstm: self.lstm.duplicate()?,
+            head: self.head.duplicate()?,
+        })
+    }
+}
+
+impl Recurrent<NafNetwork> {
+    /// A freshly initialized recurrent NAF network: V, μ and L on h_t.
+    pub fn naf(
+        config: &NetConfig,
+        obs_dim: usize,
+        act_dim: usize,
+        hidden: usize,
+        rng: &mut SimRng,
+        device: &Device,
+    ) -> Result<Self> {
+        Ok(Self {
+            lstm: Lstm::new(obs_dim + act_dim, hidden, rng, device)?,
+            head: NafNetwork::new(config, hidden, act_dim, rng, device)?,
+        })
+    }
+
+    /// One acting step: `x` = [obs, prev action], state → (μ, h', c').
+    pub fn step(&self, x: &Tensor, h: &Tensor, c: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
+        let (h, c) = self.lstm.step(x, h, c)?;
+        Ok((self.head.forward(&h)?.mu, h, c))
+    }
+
+    /// The one-step policy graph (see [`Recurrent::<Actor>::to_onnx`]); only μ
+    /// is exported.
+    pub fn to_onnx(
+        &self,
+        g: &mut OnnxGraph,
+        x: &str,
+        state_in: (&str, &str),
+        state_out: (&str, &str),
+    ) -> Result<String> {
+        self.lstm.to_onnx(g, "lstm", x, state_in, state_out)?;
+        self.head.to_onnx(g, state_out.0)
+    }
+
+    /// A copy with its own parameters (a target network).
+    pub fn duplicate(&self) -> Result<Self> {
+        Ok(Self {
+            lstm: self.lstm.duplicate()?,
+            head: self.head.duplicate()?,
+        })
+    }
+}
+
+impl<H: Params> Params for Recurrent<H> {
     fn named_vars(&self) -> Vec<(String, Var)> {
         let mut out = Vec::new();
         self.lstm.push_vars("lstm", &mut out);
