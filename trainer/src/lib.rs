@@ -3,10 +3,10 @@
 //! Replay buffers ([`replay`]: uniform, prioritized, n-step, sequence), networks
 //! on candle ([`nn`]: Q-networks, actors, critics, NAF, LSTM), Adam
 //! ([`optim`]), schedules, the algorithms behind one [`algo::Agent`] trait (DQN
-//! with its variants, DRQN; DDPG, TD3 and NAF for continuous actions), the
-//! shared training loop, evaluation, checkpoints ([`checkpoint`]), ONNX export
-//! ([`export`]) and the learner service that receives robots' transitions
-//! ([`learner`], DQN so far). Still to come: recurrent DDPG/TD3/NAF.
+//! with its variants, DRQN; DDPG, TD3 and NAF for continuous actions, and their
+//! recurrent variants), the shared training loop, evaluation, checkpoints
+//! ([`checkpoint`]), ONNX export ([`export`]) and the learner service that
+//! receives robots' transitions ([`learner`], DQN so far).
 //!
 //! It may depend on `reflex-msgs`, `reflex-sim` and the daemon's policy runtime;
 //! nothing depends on it, and robots never ship it.

@@ -1,7 +1,8 @@
-//! Recurrent learning test: DRQN learns masked CartPole (cart position and pole
-//! angle only, no velocities) on a short budget (16k steps) with a fixed seed.
-//! The full-budget runs (100k steps, seeds 0–2, ≥ 475, beside plain DQN) are
-//! benchmarks (BENCHMARKS.md), not tests.
+//! Recurrent learning tests: DRQN learns masked CartPole (cart position and pole
+//! angle only, no velocities) on a short budget (16k steps), and recurrent TD3
+//! learns masked Pendulum (cos θ and sin θ, no angular velocity) on 10k steps,
+//! each with a fixed seed. The full-budget runs (seeds 0–2 beside the
+//! feed-forward learners) are benchmarks (BENCHMARKS.md), not tests.
 //!
 //! On masked CartPole a random policy lasts about 22 steps, and a memoryless
 //! policy sees no velocities, so it cannot balance for long; a greedy mean of
@@ -59,4 +60,49 @@ fn drqn_learns_masked_cartpole_from_the_history() {
     );
     let best = evals.evals.iter().copied().fold(f64::MIN, f64::max);
     assert!(best >= 150.0, "DRQN did not learn: {:?}", evals.evals);
+}
+
+/// A random policy on Pendulum scores about −1,200 per episode; −300 or better
+/// means the policy swings the pendulum up and holds it, which needs the
+/// angular velocity the masked env hides.
+#[test]
+fn recurrent_td3_learns_masked_pendulum_from_the_history() {
+    reflex_trainer::set_compute_threads(1);
+    let mut flags = toml::Table::new();
+    flags.insert("env".into(), "pendulum-masked".into());
+    flags.insert("algo".into(), "td3".into());
+    let mut config = resolve(None, &[], &flags).unwrap();
+    assert!(config.recurrent, "the preset turns the LSTM on");
+    let steps = 10_000;
+    // Smaller and faster than the preset (64-wide LSTM, 32 windows of 16 steps,
+    // [128, 128] heads, 60k steps).
+    config.lstm.hidden = 32;
+    config.lstm.seq_len = 8;
+    config.lstm.burn_in = 4;
+    config.td3.batch_size = 16;
+    config.td3.actor.hidden = vec![64, 64];
+    config.td3.critic.hidden = vec![64, 64];
+    config.td3.learning_starts = 1_000;
+    let mut env = make(&config.env).unwrap();
+    let mut agent = build(&config, env.as_ref(), &Device::Cpu).unwrap();
+    let mut evals = Evals {
+        eval_env: make(&config.env).unwrap(),
+        evals: Vec::new(),
+    };
+    train(agent.as_mut(), env.as_mut(), steps, 0, 1_000, &mut evals).unwrap();
+    eprintln!(
+        "recurrent TD3 greedy evals every 1,000 steps: {:?}",
+        evals.evals
+    );
+    assert!(
+        evals.evals[0] < -900.0,
+        "before learning the policy must be poor: {:?}",
+        evals.evals
+    );
+    let best = evals.evals.iter().copied().fold(f64::MIN, f64::max);
+    assert!(
+        best >= -300.0,
+        "recurrent TD3 did not learn: {:?}",
+        evals.evals
+    );
 }
