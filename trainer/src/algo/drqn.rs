@@ -194,6 +194,30 @@ impl Carry {
         out.flatten_all()?.to_vec1::<f32>()
     }
 
+    /// The previous-action input and, when `stored`, the state, as replay
+    /// stores them.
+    pub(crate) fn pending(&self, stored: bool) -> candle_core::Result<Pending> {
+        Ok(Pending {
+            prev: self.prev.clone(),
+            state: if stored { self.state()? } else { Vec::new() },
+        })
+    }
+
+    /// When `step` ended its episode, writes the episode's final slot: the last
+    /// observation with the previous action and state after the step.
+    pub(crate) fn finish(
+        &self,
+        replay: &mut SequenceReplay,
+        step: &EnvStep<'_>,
+        stored: bool,
+    ) -> Result<(), TrainError> {
+        if step.terminated || step.truncated {
+            let end = self.pending(stored)?;
+            replay.finish_episode(step.next_obs, &end.prev, &end.state, step.terminated)?;
+        }
+        Ok(())
+    }
+
     fn applied(&mut self, action: u32) {
         self.prev.fill(0.0);
         self.prev[action as usize] = 1.0;
@@ -210,11 +234,12 @@ fn argmax(q: &[f32]) -> u32 {
     best as u32
 }
 
-/// What the actor had before the step it is about to store.
+/// What replay stores about the actor at a step: the previous-action input
+/// and (with stored state) h then c.
 #[derive(Debug, Clone, Default)]
-struct Pending {
-    prev: Vec<f32>,
-    state: Vec<f32>,
+pub(crate) struct Pending {
+    pub(crate) prev: Vec<f32>,
+    pub(crate) state: Vec<f32>,
 }
 
 /// The learner: networks, optimizer, sequence replay, and the acting state.
@@ -460,14 +485,7 @@ impl Agent for Drqn {
     /// ε-greedy; the network steps on every observation (random actions too) so
     /// the state follows the history.
     fn explore(&mut self, obs: &[f32], step: u64, total: u64) -> Result<Action, TrainError> {
-        let pending = Pending {
-            prev: self.acting.prev.clone(),
-            state: if self.config.stored_state {
-                self.acting.state()?
-            } else {
-                Vec::new()
-            },
-        };
+        let pending = self.acting.pending(self.config.stored_state)?;
         let online = &self.online;
         let q = self
             .acting
@@ -521,17 +539,11 @@ impl Agent for Drqn {
             step.reward,
         )?;
         self.acting.applied(action);
-        if step.terminated || step.truncated {
-            let state = if self.config.stored_state {
-                self.acting.state()?
-            } else {
-                Vec::new()
-            };
-            let prev = self.acting.prev.clone();
-            self.sequences()
-                .finish_episode(step.next_obs, &prev, &state, step.terminated)?;
-        }
-        Ok(())
+        let stored = self.config.stored_state;
+        let Replay::Sequence(replay) = &mut self.replay else {
+            unreachable!("DRQN is built with a sequence buffer")
+        };
+        self.acting.finish(replay, step, stored)
     }
 
     fn episode_start(&mut self) {

@@ -30,7 +30,7 @@ use reflex_sim::SimRng;
 use serde::{Deserialize, Serialize};
 
 use super::continuous::{ActionScaling, CoreConfig, Noise};
-use super::drqn::Carry;
+use super::drqn::{Carry, Pending};
 use super::RunningNorm;
 use crate::export::{normalized_obs, Attr, OnnxGraph};
 use crate::nn::Recurrent;
@@ -117,13 +117,6 @@ impl Windows {
         };
         net.states(&self.xs, h0, c0, self.alive.as_ref(), self.burn)
     }
-}
-
-/// What the actor had before the step it is about to store.
-#[derive(Debug, Clone, Default)]
-struct Pending {
-    prev: Vec<f32>,
-    state: Vec<f32>,
 }
 
 /// Sequence replay, generators, noise, normalization, scaling and the carried
@@ -326,14 +319,7 @@ impl SequenceCore {
         total: u64,
         actor: impl FnOnce(&Tensor, &Tensor, &Tensor) -> candle_core::Result<(Tensor, Tensor, Tensor)>,
     ) -> Result<Action, TrainError> {
-        let pending = Pending {
-            prev: self.acting.prev.clone(),
-            state: if self.lstm.stored_state {
-                self.acting.state()?
-            } else {
-                Vec::new()
-            },
-        };
+        let pending = self.acting.pending(self.lstm.stored_state)?;
         let mu = self.acting.step(self.norm.as_ref(), obs, actor)?;
         let u = if step <= self.config.learning_starts {
             (0..mu.len())
@@ -394,17 +380,11 @@ impl SequenceCore {
             norm.update(step.obs);
         }
         self.acting.prev = applied;
-        if step.terminated || step.truncated {
-            let state = if self.lstm.stored_state {
-                self.acting.state()?
-            } else {
-                Vec::new()
-            };
-            let prev = self.acting.prev.clone();
-            self.sequences()
-                .finish_episode(step.next_obs, &prev, &state, step.terminated)?;
-        }
-        Ok(())
+        let stored = self.lstm.stored_state;
+        let Replay::Sequence(replay) = &mut self.replay else {
+            unreachable!("a recurrent learner is built with a sequence buffer")
+        };
+        self.acting.finish(replay, step, stored)
     }
 
     /// A new episode: zero state and previous action, noise reset; a partial
