@@ -38,10 +38,11 @@ fn drqn_learns_masked_cartpole_from_the_history() {
     let mut config = resolve(None, &[], &flags).unwrap();
     let steps = 16_000;
     // Faster (and less stable over a long run) than the preset: a larger,
-    // constant learning rate, half the updates, more frequent target updates,
-    // ε over 40% of the run.
+    // constant learning rate, half the updates of half the windows, more
+    // frequent target updates, ε over 40% of the run.
     config.drqn.learning_rate = 1e-3;
     config.drqn.learning_rate_end = None;
+    config.drqn.batch_size = 32;
     config.drqn.train_freq = 4;
     config.drqn.target_update_interval = 100;
     config.drqn.exploration.fraction = 0.4;
