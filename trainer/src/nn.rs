@@ -23,7 +23,7 @@
 mod fused;
 mod recurrent;
 
-pub use recurrent::{Lstm, Recurrent, RecurrentQNetwork};
+pub use recurrent::{ActingHead, Lstm, Recurrent, RecurrentHead, RecurrentQNetwork};
 
 use candle_core::{DType, Device, Result, Tensor, Var, D};
 use reflex_sim::SimRng;

@@ -138,6 +138,12 @@ pub fn build(
             }
         ))
     };
+    // TD3 is DDPG with its own table of settings.
+    let ddpg_config = if config.algo == "td3" {
+        &config.td3
+    } else {
+        &config.ddpg
+    };
     Ok(match (config.algo.as_str(), space) {
         ("dqn", ActionSpace::Discrete { n }) => Box::new(dqn::Dqn::new(
             config.dqn.clone(),
@@ -154,13 +160,8 @@ pub fn build(
             device,
         )?),
         ("ddpg" | "td3", ActionSpace::Box(bounds)) if config.recurrent => {
-            let algo_config = if config.algo == "td3" {
-                &config.td3
-            } else {
-                &config.ddpg
-            };
             Box::new(recurrent_ddpg::RecurrentDdpg::new(
-                algo_config.clone(),
+                ddpg_config.clone(),
                 config.lstm.clone(),
                 config.algo == "td3",
                 obs_dim,
@@ -169,21 +170,14 @@ pub fn build(
                 device,
             )?)
         }
-        ("ddpg" | "td3", ActionSpace::Box(bounds)) => {
-            let algo_config = if config.algo == "td3" {
-                &config.td3
-            } else {
-                &config.ddpg
-            };
-            Box::new(ddpg::Ddpg::new(
-                algo_config.clone(),
-                config.algo == "td3",
-                obs_dim,
-                bounds,
-                config.seed,
-                device,
-            )?)
-        }
+        ("ddpg" | "td3", ActionSpace::Box(bounds)) => Box::new(ddpg::Ddpg::new(
+            ddpg_config.clone(),
+            config.algo == "td3",
+            obs_dim,
+            bounds,
+            config.seed,
+            device,
+        )?),
         ("naf", ActionSpace::Box(bounds)) if config.recurrent => {
             Box::new(recurrent_naf::RecurrentNaf::new(
                 config.naf.clone(),

@@ -74,11 +74,13 @@ impl RecurrentDdpg {
         let core = SequenceCore::new(config.core(), lstm, obs_dim, bounds, seed, device)?;
         let m = core.scaling.dim();
         let mut init = SimRng::seed(seed);
-        let actor = Recurrent::actor(&config.actor, obs_dim, m, hidden, &mut init, device)?;
+        let actor = Recurrent::<Actor>::new(&config.actor, obs_dim, m, hidden, &mut init, device)?;
         let n_critics = if config.twin_critics { 2 } else { 1 };
         let critics = Critics(
             (0..n_critics)
-                .map(|_| Recurrent::critic(&config.critic, obs_dim, m, hidden, &mut init, device))
+                .map(|_| {
+                    Recurrent::<Critic>::new(&config.critic, obs_dim, m, hidden, &mut init, device)
+                })
                 .collect::<candle_core::Result<_>>()?,
         );
         Ok(Self {

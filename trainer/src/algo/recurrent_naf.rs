@@ -48,7 +48,7 @@ impl RecurrentNaf {
     ) -> Result<Self, TrainError> {
         let hidden = lstm.hidden;
         let core = SequenceCore::new(config.core(), lstm, obs_dim, bounds, seed, device)?;
-        let online = Recurrent::naf(
+        let online = Recurrent::<NafNetwork>::new(
             &config.net,
             obs_dim,
             core.scaling.dim(),

@@ -541,9 +541,106 @@ impl<H> Recurrent<H> {
     }
 }
 
-impl Recurrent<Actor> {
-    /// A freshly initialized recurrent actor.
-    pub fn actor(
+/// A head a [`Recurrent`] network puts on h_t: an actor, a critic or NAF's
+/// network, each reading the LSTM's H features.
+pub trait RecurrentHead: Params + Sized {
+    /// A freshly initialized head on `inputs` features for `act_dim` action
+    /// dimensions.
+    fn fresh(
+        config: &NetConfig,
+        inputs: usize,
+        act_dim: usize,
+        rng: &mut SimRng,
+        device: &Device,
+    ) -> Result<Self>;
+
+    /// A copy with its own parameters.
+    fn copy(&self) -> Result<Self>;
+}
+
+/// A head that acts: the normalized action μ `[batch, m]` in [−1, 1] on h_t.
+pub trait ActingHead: RecurrentHead {
+    /// μ on h `[batch, H]`.
+    fn act(&self, h: &Tensor) -> Result<Tensor>;
+
+    /// Appends μ on `input` to an ONNX graph; returns its name.
+    fn act_onnx(&self, g: &mut OnnxGraph, input: &str) -> Result<String>;
+}
+
+impl RecurrentHead for Actor {
+    fn fresh(
+        config: &NetConfig,
+        inputs: usize,
+        act_dim: usize,
+        rng: &mut SimRng,
+        device: &Device,
+    ) -> Result<Self> {
+        Actor::new(config, inputs, act_dim, rng, device)
+    }
+
+    fn copy(&self) -> Result<Self> {
+        self.duplicate()
+    }
+}
+
+impl ActingHead for Actor {
+    fn act(&self, h: &Tensor) -> Result<Tensor> {
+        self.forward(h)
+    }
+
+    fn act_onnx(&self, g: &mut OnnxGraph, input: &str) -> Result<String> {
+        self.to_onnx(g, input)
+    }
+}
+
+impl RecurrentHead for Critic {
+    /// Q(h_t, a_t): the head reads [h, action].
+    fn fresh(
+        config: &NetConfig,
+        inputs: usize,
+        act_dim: usize,
+        rng: &mut SimRng,
+        device: &Device,
+    ) -> Result<Self> {
+        Critic::new(config, inputs, act_dim, rng, device)
+    }
+
+    fn copy(&self) -> Result<Self> {
+        self.duplicate()
+    }
+}
+
+impl RecurrentHead for NafNetwork {
+    fn fresh(
+        config: &NetConfig,
+        inputs: usize,
+        act_dim: usize,
+        rng: &mut SimRng,
+        device: &Device,
+    ) -> Result<Self> {
+        NafNetwork::new(config, inputs, act_dim, rng, device)
+    }
+
+    fn copy(&self) -> Result<Self> {
+        self.duplicate()
+    }
+}
+
+impl ActingHead for NafNetwork {
+    fn act(&self, h: &Tensor) -> Result<Tensor> {
+        Ok(self.forward(h)?.mu)
+    }
+
+    /// Only μ is exported: V and L are not needed to act.
+    fn act_onnx(&self, g: &mut OnnxGraph, input: &str) -> Result<String> {
+        self.to_onnx(g, input)
+    }
+}
+
+impl<H: RecurrentHead> Recurrent<H> {
+    /// A freshly initialized network: the LSTM reads [obs, prev action]
+    /// (`obs_dim + act_dim` wide), the head its `hidden` features.
+    pub fn new(
         config: &NetConfig,
         obs_dim: usize,
         act_dim: usize,
@@ -553,15 +650,25 @@ impl Recurrent<Actor> {
     ) -> Result<Self> {
         Ok(Self {
             lstm: Lstm::new(obs_dim + act_dim, hidden, rng, device)?,
-            head: Actor::new(config, hidden, act_dim, rng, device)?,
+            head: H::fresh(config, hidden, act_dim, rng, device)?,
         })
     }
 
+    /// A copy with its own parameters (a target network).
+    pub fn duplicate(&self) -> Result<Self> {
+        Ok(Self {
+            lstm: self.lstm.duplicate()?,
+            head: self.head.copy()?,
+        })
+    }
+}
+
+impl<H: ActingHead> Recurrent<H> {
     /// One acting step: `x` = [obs, prev action] `[batch, obs + m]`, state
     /// `[batch, H]` → (μ `[batch, m]` in [−1, 1], h', c').
     pub fn step(&self, x: &Tensor, h: &Tensor, c: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
         let (h, c) = self.lstm.step(x, h, c)?;
-        Ok((self.head.forward(&h)?, h, c))
+        Ok((self.head.act(&h)?, h, c))
     }
 
     /// The one-step policy graph: `x` (normalized obs and previous action
@@ -575,85 +682,7 @@ impl Recurrent<Actor> {
         state_out: (&str, &str),
     ) -> Result<String> {
         self.lstm.to_onnx(g, "lstm", x, state_in, state_out)?;
-        self.head.to_onnx(g, state_out.0)
-    }
-
-    /// A copy with its own parameters (a target network).
-    pub fn duplicate(&self) -> Result<Self> {
-        Ok(Self {
-            lstm: self.lstm.duplicate()?,
-            head: self.head.duplicate()?,
-        })
-    }
-}
-
-impl Recurrent<Critic> {
-    /// A freshly initialized recurrent critic: the LSTM reads [obs, prev
-    /// action], the head Q(h_t, a_t).
-    pub fn critic(
-        config: &NetConfig,
-        obs_dim: usize,
-        act_dim: usize,
-        hidden: usize,
-        rng: &mut SimRng,
-        device: &Device,
-    ) -> Result<Self> {
-        Ok(Self {
-            lstm: Lstm::new(obs_dim + act_dim, hidden, rng, device)?,
-            head: Critic::new(config, hidden, act_dim, rng, device)?,
-        })
-    }
-
-    /// A copy with its own parameters (a target network).
-    pub fn duplicate(&self) -> Result<Self> {
-        Ok(Self {
-            lstm: self.lstm.duplicate()?,
-            head: self.head.duplicate()?,
-        })
-    }
-}
-
-impl Recurrent<NafNetwork> {
-    /// A freshly initialized recurrent NAF network: V, μ and L on h_t.
-    pub fn naf(
-        config: &NetConfig,
-        obs_dim: usize,
-        act_dim: usize,
-        hidden: usize,
-        rng: &mut SimRng,
-        device: &Device,
-    ) -> Result<Self> {
-        Ok(Self {
-            lstm: Lstm::new(obs_dim + act_dim, hidden, rng, device)?,
-            head: NafNetwork::new(config, hidden, act_dim, rng, device)?,
-        })
-    }
-
-    /// One acting step: `x` = [obs, prev action], state → (μ, h', c').
-    pub fn step(&self, x: &Tensor, h: &Tensor, c: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
-        let (h, c) = self.lstm.step(x, h, c)?;
-        Ok((self.head.forward(&h)?.mu, h, c))
-    }
-
-    /// The one-step policy graph (see [`Recurrent::<Actor>::to_onnx`]); only μ
-    /// is exported.
-    pub fn to_onnx(
-        &self,
-        g: &mut OnnxGraph,
-        x: &str,
-        state_in: (&str, &str),
-        state_out: (&str, &str),
-    ) -> Result<String> {
-        self.lstm.to_onnx(g, "lstm", x, state_in, state_out)?;
-        self.head.to_onnx(g, state_out.0)
-    }
-
-    /// A copy with its own parameters (a target network).
-    pub fn duplicate(&self) -> Result<Self> {
-        Ok(Self {
-            lstm: self.lstm.duplicate()?,
-            head: self.head.duplicate()?,
-        })
+        self.head.act_onnx(g, state_out.0)
     }
 }
 
