@@ -96,6 +96,10 @@ const PRESETS: &[(&str, &str)] = &[
         include_str!("../presets/pendulum-masked-td3.toml"),
     ),
     (
+        "pendulum-masked-naf",
+        include_str!("../presets/pendulum-masked-naf.toml"),
+    ),
+    (
         "cartpole-masked-drqn",
         include_str!("../presets/cartpole-masked-drqn.toml"),
     ),
@@ -326,6 +330,35 @@ mod tests {
         assert_eq!((masked.steps, &masked.dqn), (plain.steps, &plain.dqn));
         assert_ne!(preset("cartpole-masked", "drqn"), None);
         assert_eq!(preset("cartpole", "drqn"), None);
+        // The masked Pendulum presets turn the LSTM on; the unmasked ones do not.
+        for algo in ["td3", "naf"] {
+            assert!(
+                resolve(None, &[], &named("pendulum-masked", algo))
+                    .unwrap()
+                    .recurrent
+            );
+            assert!(
+                !resolve(None, &[], &named("pendulum", algo))
+                    .unwrap()
+                    .recurrent
+            );
+        }
+    }
+
+    #[test]
+    fn recurrent_is_refused_where_it_is_not_built() {
+        let mut flags = named("cartpole", "dqn");
+        flags.insert("recurrent".into(), true.into());
+        let err = resolve(None, &[], &flags).unwrap_err().to_string();
+        assert!(err.contains("--algo drqn"), "{err}");
+        let err = resolve(
+            None,
+            &["lstm.hiden=8".into()],
+            &named("pendulum-masked", "td3"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("hiden") && err.contains("lstm"), "{err}");
     }
 
     #[test]
