@@ -42,6 +42,10 @@ pub struct DqnConfig {
     pub gamma: f64,
     /// Adam learning rate.
     pub learning_rate: f64,
+    /// When set, the learning rate falls linearly from `learning_rate` to this
+    /// by the end of the run, so the greedy policy settles instead of
+    /// oscillating around a solved one.
+    pub learning_rate_end: Option<f64>,
     /// Transitions per gradient update.
     pub batch_size: usize,
     /// Replay capacity (transitions).
@@ -85,6 +89,7 @@ impl Default for DqnConfig {
         Self {
             gamma: 0.99,
             learning_rate: 2.3e-3,
+            learning_rate_end: None,
             batch_size: 64,
             buffer_size: 100_000,
             learning_starts: 1_000,
@@ -144,6 +149,7 @@ impl Dqn {
         seed: u64,
         device: &Device,
     ) -> Result<Self, TrainError> {
+        super::check_learning_rate_end(config.learning_rate_end, "dqn.learning_rate_end")?;
         let heads = if config.twin { 2 } else { 1 };
         let mut init_rng = SimRng::seed(seed);
         let online = QNetwork::new(
@@ -312,6 +318,8 @@ impl Agent for Dqn {
     /// `learning_starts`; the target moves every `target_update_interval` steps.
     fn train_after(&mut self, step: u64, total: u64) -> Result<Option<UpdateStats>, TrainError> {
         let c = &self.config;
+        self.optimizer.lr =
+            super::learning_rate_at(c.learning_rate, c.learning_rate_end, step, total);
         let last = if self.replay.is_empty() {
             None
         } else {

@@ -289,13 +289,7 @@ impl Drqn {
                 return Err(TrainError::Config(format!("{what} must be at least 1")));
             }
         }
-        if let Some(end) = config.learning_rate_end {
-            if !(end.is_finite() && end >= 0.0) {
-                return Err(TrainError::Config(format!(
-                    "drqn.learning_rate_end = {end} must be a finite value ≥ 0"
-                )));
-            }
-        }
+        super::check_learning_rate_end(config.learning_rate_end, "drqn.learning_rate_end")?;
         let hidden = config.lstm_hidden;
         let mut init_rng = SimRng::seed(seed);
         let online = RecurrentQNetwork::new(
@@ -559,10 +553,8 @@ impl Agent for Drqn {
     /// `target_update_interval` steps.
     fn train_after(&mut self, step: u64, total: u64) -> Result<Option<UpdateStats>, TrainError> {
         let c = &self.config;
-        if let Some(end) = c.learning_rate_end {
-            let progress = (step as f64 / total.max(1) as f64).min(1.0);
-            self.optimizer.lr = c.learning_rate + (end - c.learning_rate) * progress;
-        }
+        self.optimizer.lr =
+            super::learning_rate_at(c.learning_rate, c.learning_rate_end, step, total);
         let ready = match &self.replay {
             Replay::Sequence(r) => r.can_sample(),
             _ => false,

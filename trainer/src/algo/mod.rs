@@ -230,6 +230,30 @@ pub(crate) fn update_round(
     Ok(last)
 }
 
+/// Checks an optional `learning_rate_end` (`what` names it in the error).
+pub(crate) fn check_learning_rate_end(end: Option<f64>, what: &str) -> Result<(), TrainError> {
+    match end {
+        Some(end) if !(end.is_finite() && end >= 0.0) => Err(TrainError::Config(format!(
+            "{what} = {end} must be a finite value ≥ 0"
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// The learning rate at `step` of `total`: `start` throughout, or falling
+/// linearly from `start` to `end` over the run when an end is set (Q-learning's
+/// greedy policy keeps oscillating around a solved one at a constant rate; a
+/// decaying rate lets it settle).
+pub(crate) fn learning_rate_at(start: f64, end: Option<f64>, step: u64, total: u64) -> f64 {
+    match end {
+        Some(end) => {
+            let progress = (step as f64 / total.max(1) as f64).min(1.0);
+            start + (end - start) * progress
+        }
+        None => start,
+    }
+}
+
 /// Per-step numbers the training loop reports to its observer.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Progress {
@@ -343,4 +367,25 @@ pub fn evaluate(
         returns.push(total);
     }
     Ok(crate::eval::mean_std(&returns))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_learning_rate_falls_linearly_to_its_end_when_one_is_set() {
+        assert_eq!(learning_rate_at(1e-3, None, 70, 100), 1e-3);
+        assert_eq!(learning_rate_at(1.0, Some(0.0), 0, 100), 1.0);
+        assert_eq!(learning_rate_at(1.0, Some(0.0), 25, 100), 0.75);
+        assert_eq!(learning_rate_at(1.0, Some(0.5), 100, 100), 0.5);
+        // Past the run's end (a resumed run given fewer steps) it stays at the end.
+        assert_eq!(learning_rate_at(1.0, Some(0.5), 300, 100), 0.5);
+        assert!(check_learning_rate_end(Some(0.0), "x").is_ok());
+        assert!(check_learning_rate_end(None, "x").is_ok());
+        for bad in [-1e-4, f64::NAN, f64::INFINITY] {
+            let err = check_learning_rate_end(Some(bad), "dqn.learning_rate_end").unwrap_err();
+            assert!(err.to_string().contains("dqn.learning_rate_end"), "{err}");
+        }
+    }
 }
