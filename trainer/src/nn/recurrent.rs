@@ -567,21 +567,28 @@ pub trait ActingHead: RecurrentHead {
     fn act_onnx(&self, g: &mut OnnxGraph, input: &str) -> Result<String>;
 }
 
-impl RecurrentHead for Actor {
-    fn fresh(
-        config: &NetConfig,
-        inputs: usize,
-        act_dim: usize,
-        rng: &mut SimRng,
-        device: &Device,
-    ) -> Result<Self> {
-        Actor::new(config, inputs, act_dim, rng, device)
-    }
+/// Every head builds with its own `new(config, inputs, act_dim, rng, device)`
+/// and copies with its `duplicate`.
+macro_rules! recurrent_head {
+    ($($head:ty),*) => {$(
+        impl RecurrentHead for $head {
+            fn fresh(
+                config: &NetConfig,
+                inputs: usize,
+                act_dim: usize,
+                rng: &mut SimRng,
+                device: &Device,
+            ) -> Result<Self> {
+                <$head>::new(config, inputs, act_dim, rng, device)
+            }
 
-    fn copy(&self) -> Result<Self> {
-        self.duplicate()
-    }
+            fn copy(&self) -> Result<Self> {
+                self.duplicate()
+            }
+        }
+    )*};
 }
+recurrent_head!(Actor, Critic, NafNetwork);
 
 impl ActingHead for Actor {
     fn act(&self, h: &Tensor) -> Result<Tensor> {
@@ -590,39 +597,6 @@ impl ActingHead for Actor {
 
     fn act_onnx(&self, g: &mut OnnxGraph, input: &str) -> Result<String> {
         self.to_onnx(g, input)
-    }
-}
-
-impl RecurrentHead for Critic {
-    /// Q(h_t, a_t): the head reads [h, action].
-    fn fresh(
-        config: &NetConfig,
-        inputs: usize,
-        act_dim: usize,
-        rng: &mut SimRng,
-        device: &Device,
-    ) -> Result<Self> {
-        Critic::new(config, inputs, act_dim, rng, device)
-    }
-
-    fn copy(&self) -> Result<Self> {
-        self.duplicate()
-    }
-}
-
-impl RecurrentHead for NafNetwork {
-    fn fresh(
-        config: &NetConfig,
-        inputs: usize,
-        act_dim: usize,
-        rng: &mut SimRng,
-        device: &Device,
-    ) -> Result<Self> {
-        NafNetwork::new(config, inputs, act_dim, rng, device)
-    }
-
-    fn copy(&self) -> Result<Self> {
-        self.duplicate()
     }
 }
 
