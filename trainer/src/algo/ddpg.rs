@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 use super::continuous::{
     clipped_normal, core_config, forward_to_core, Core, CoreConfig, NoiseConfig,
 };
-use super::{Agent, OptimizerSlot, UpdateStats};
+use super::{Agent, UpdateStats};
 use crate::nn::{polyak, Activation, Actor, Critic, NetConfig, Params};
 use crate::optim::Adam;
 use crate::TrainError;
@@ -334,33 +334,7 @@ impl Agent for Ddpg {
         self.core.env_action(&mu)
     }
 
-    fn updates(&self) -> u64 {
-        self.critic_optimizer.steps()
-    }
-
-    fn networks(&self) -> Vec<(&'static str, &dyn Params)> {
-        vec![
-            ("actor", &self.actor),
-            ("critic", &self.critics),
-            ("actor_target", &self.actor_target),
-            ("critic_target", &self.critic_targets),
-        ]
-    }
-
-    fn optimizers(&mut self) -> Vec<OptimizerSlot<'_>> {
-        vec![
-            OptimizerSlot {
-                prefix: "actor.",
-                adam: &mut self.actor_optimizer,
-                params: &self.actor,
-            },
-            OptimizerSlot {
-                prefix: "critic.",
-                adam: &mut self.critic_optimizer,
-                params: &self.critics,
-            },
-        ]
-    }
+    super::actor_critic_slots!();
 
     fn to_onnx(&self, template: &PolicySpec) -> Result<Vec<u8>, TrainError> {
         self.core.to_onnx(template, |g, x| self.actor.to_onnx(g, x))

@@ -24,8 +24,8 @@ use reflex_msgs::{Action, PolicySpec};
 use reflex_sim::SimRng;
 use serde::{Deserialize, Serialize};
 
-use super::{Agent, OptimizerSlot};
-use crate::nn::{NetConfig, Params, QNetwork};
+use super::Agent;
+use crate::nn::{NetConfig, QNetwork};
 use crate::optim::Adam;
 use crate::replay::{ActionShape, Batch, BatchActions, EnvStep, NStepAccumulator, PerParams};
 use crate::schedule::Schedule;
@@ -339,21 +339,7 @@ impl Agent for Dqn {
         Ok(last)
     }
 
-    fn updates(&self) -> u64 {
-        self.optimizer.steps()
-    }
-
-    fn networks(&self) -> Vec<(&'static str, &dyn Params)> {
-        vec![("online", &self.online), ("target", &self.target)]
-    }
-
-    fn optimizers(&mut self) -> Vec<OptimizerSlot<'_>> {
-        vec![OptimizerSlot {
-            prefix: "",
-            adam: &mut self.optimizer,
-            params: &self.online,
-        }]
-    }
+    super::online_target_slots!();
 
     fn replay(&self) -> &Replay {
         &self.replay

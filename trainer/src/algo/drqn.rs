@@ -32,7 +32,7 @@ use reflex_sim::SimRng;
 use serde::{Deserialize, Serialize};
 
 use super::dqn::huber;
-use super::{Agent, OptimizerSlot, RunningNorm, UpdateStats};
+use super::{Agent, RunningNorm, UpdateStats};
 use crate::export::{normalized_obs, Attr, OnnxGraph};
 use crate::nn::{NetConfig, Params, RecurrentQNetwork};
 use crate::optim::Adam;
@@ -578,21 +578,7 @@ impl Agent for Drqn {
         Ok(last)
     }
 
-    fn updates(&self) -> u64 {
-        self.optimizer.steps()
-    }
-
-    fn networks(&self) -> Vec<(&'static str, &dyn Params)> {
-        vec![("online", &self.online), ("target", &self.target)]
-    }
-
-    fn optimizers(&mut self) -> Vec<OptimizerSlot<'_>> {
-        vec![OptimizerSlot {
-            prefix: "",
-            adam: &mut self.optimizer,
-            params: &self.online,
-        }]
-    }
+    super::online_target_slots!();
 
     fn replay(&self) -> &Replay {
         &self.replay

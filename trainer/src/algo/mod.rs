@@ -119,6 +119,67 @@ pub trait Agent {
     fn to_onnx(&self, template: &PolicySpec) -> Result<Vec<u8>, TrainError>;
 }
 
+/// The [`Agent`] methods of a learner with one trained network `online`, its
+/// copy `target` and one `optimizer` (DQN, DRQN, NAF and recurrent NAF):
+/// `updates`, `networks` and `optimizers`, so their checkpoints name the
+/// parameters alike.
+macro_rules! online_target_slots {
+    () => {
+        fn updates(&self) -> u64 {
+            self.optimizer.steps()
+        }
+
+        fn networks(&self) -> Vec<(&'static str, &dyn crate::nn::Params)> {
+            vec![("online", &self.online), ("target", &self.target)]
+        }
+
+        fn optimizers(&mut self) -> Vec<crate::algo::OptimizerSlot<'_>> {
+            vec![crate::algo::OptimizerSlot {
+                prefix: "",
+                adam: &mut self.optimizer,
+                params: &self.online,
+            }]
+        }
+    };
+}
+pub(crate) use online_target_slots;
+
+/// The same for an actor-critic learner (DDPG/TD3, feed-forward or recurrent):
+/// `actor`, `critics`, their targets and optimizers; an update is a critic
+/// update.
+macro_rules! actor_critic_slots {
+    () => {
+        fn updates(&self) -> u64 {
+            self.critic_optimizer.steps()
+        }
+
+        fn networks(&self) -> Vec<(&'static str, &dyn crate::nn::Params)> {
+            vec![
+                ("actor", &self.actor),
+                ("critic", &self.critics),
+                ("actor_target", &self.actor_target),
+                ("critic_target", &self.critic_targets),
+            ]
+        }
+
+        fn optimizers(&mut self) -> Vec<crate::algo::OptimizerSlot<'_>> {
+            vec![
+                crate::algo::OptimizerSlot {
+                    prefix: "actor.",
+                    adam: &mut self.actor_optimizer,
+                    params: &self.actor,
+                },
+                crate::algo::OptimizerSlot {
+                    prefix: "critic.",
+                    adam: &mut self.critic_optimizer,
+                    params: &self.critics,
+                },
+            ]
+        }
+    };
+}
+pub(crate) use actor_critic_slots;
+
 /// A fresh learner for `config`'s algorithm and `env`'s spaces.
 pub fn build(
     config: &RunConfig,

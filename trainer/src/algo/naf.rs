@@ -25,7 +25,7 @@ use reflex_sim::SimRng;
 use serde::{Deserialize, Serialize};
 
 use super::continuous::{core_config, forward_to_core, Core, CoreConfig, NoiseConfig};
-use super::{Agent, OptimizerSlot, UpdateStats};
+use super::{Agent, UpdateStats};
 use crate::nn::{polyak, Activation, NafNetwork, NetConfig, Params};
 use crate::optim::Adam;
 use crate::TrainError;
@@ -206,21 +206,7 @@ impl Agent for Naf {
         self.core.env_action(&mu)
     }
 
-    fn updates(&self) -> u64 {
-        self.optimizer.steps()
-    }
-
-    fn networks(&self) -> Vec<(&'static str, &dyn Params)> {
-        vec![("online", &self.online), ("target", &self.target)]
-    }
-
-    fn optimizers(&mut self) -> Vec<OptimizerSlot<'_>> {
-        vec![OptimizerSlot {
-            prefix: "",
-            adam: &mut self.optimizer,
-            params: &self.online,
-        }]
-    }
+    super::online_target_slots!();
 
     fn to_onnx(&self, template: &PolicySpec) -> Result<Vec<u8>, TrainError> {
         self.core

@@ -26,7 +26,7 @@ use reflex_msgs::{Action, BoxSpace, PolicySpec};
 use super::continuous::clipped_normal;
 use super::ddpg::{Critics, DdpgConfig};
 use super::recurrent::{forward_to_sequence_core, LstmConfig, SequenceCore};
-use super::{Agent, OptimizerSlot, UpdateStats};
+use super::{Agent, UpdateStats};
 use crate::nn::{polyak, Actor, Critic, Params, Recurrent};
 use crate::optim::Adam;
 use crate::TrainError;
@@ -196,33 +196,7 @@ impl Agent for RecurrentDdpg {
         self.core.greedy(obs, |x, h, c| self.actor.step(x, h, c))
     }
 
-    fn updates(&self) -> u64 {
-        self.critic_optimizer.steps()
-    }
-
-    fn networks(&self) -> Vec<(&'static str, &dyn Params)> {
-        vec![
-            ("actor", &self.actor),
-            ("critic", &self.critics),
-            ("actor_target", &self.actor_target),
-            ("critic_target", &self.critic_targets),
-        ]
-    }
-
-    fn optimizers(&mut self) -> Vec<OptimizerSlot<'_>> {
-        vec![
-            OptimizerSlot {
-                prefix: "actor.",
-                adam: &mut self.actor_optimizer,
-                params: &self.actor,
-            },
-            OptimizerSlot {
-                prefix: "critic.",
-                adam: &mut self.critic_optimizer,
-                params: &self.critics,
-            },
-        ]
-    }
+    super::actor_critic_slots!();
 
     /// The one-step policy (see [`SequenceCore::to_onnx`]).
     fn to_onnx(&self, template: &PolicySpec) -> Result<Vec<u8>, TrainError> {

@@ -17,7 +17,7 @@ use reflex_sim::SimRng;
 
 use super::naf::NafConfig;
 use super::recurrent::{forward_to_sequence_core, LstmConfig, SequenceCore};
-use super::{Agent, OptimizerSlot, UpdateStats};
+use super::{Agent, UpdateStats};
 use crate::nn::{polyak, NafNetwork, Params, Recurrent};
 use crate::optim::Adam;
 use crate::TrainError;
@@ -118,21 +118,7 @@ impl Agent for RecurrentNaf {
         self.core.greedy(obs, |x, h, c| self.online.step(x, h, c))
     }
 
-    fn updates(&self) -> u64 {
-        self.optimizer.steps()
-    }
-
-    fn networks(&self) -> Vec<(&'static str, &dyn Params)> {
-        vec![("online", &self.online), ("target", &self.target)]
-    }
-
-    fn optimizers(&mut self) -> Vec<OptimizerSlot<'_>> {
-        vec![OptimizerSlot {
-            prefix: "",
-            adam: &mut self.optimizer,
-            params: &self.online,
-        }]
-    }
+    super::online_target_slots!();
 
     /// The one-step policy (see [`SequenceCore::to_onnx`]).
     fn to_onnx(&self, template: &PolicySpec) -> Result<Vec<u8>, TrainError> {

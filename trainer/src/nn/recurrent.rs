@@ -271,6 +271,21 @@ impl Lstm {
         self.unroll_with(xs, h0, c0, alive, no_grad, xs.device().is_cpu())
     }
 
+    /// [`unroll`](Self::unroll) with the outputs as rows `[batch · (T −
+    /// no_grad), H]`, batch-major, for a head to read.
+    pub fn unroll_rows(
+        &self,
+        xs: &Tensor,
+        h0: &Tensor,
+        c0: &Tensor,
+        alive: Option<&Tensor>,
+        no_grad: usize,
+    ) -> Result<Tensor> {
+        let hs = self.unroll(xs, h0, c0, alive, no_grad)?;
+        let (batch, steps, hidden) = hs.dims3()?;
+        hs.reshape((batch * steps, hidden))
+    }
+
     /// [`unroll`](Self::unroll) with the fused CPU cell on or off.
     fn unroll_with(
         &self,
@@ -464,11 +479,10 @@ impl RecurrentQNetwork {
         alive: Option<&Tensor>,
         no_grad: usize,
     ) -> Result<Tensor> {
-        let hs = self.lstm.unroll(xs, h0, c0, alive, no_grad)?;
-        let (batch, steps, hidden) = hs.dims3()?;
+        let (batch, positions, _) = xs.dims3()?;
         self.head
-            .q_values(&hs.reshape((batch * steps, hidden))?)?
-            .reshape((batch, steps, self.n_actions))
+            .q_values(&self.lstm.unroll_rows(xs, h0, c0, alive, no_grad)?)?
+            .reshape((batch, positions - no_grad, self.n_actions))
     }
 
     /// The one-step policy graph: `x` (normalized obs and `prev_action`
@@ -535,9 +549,7 @@ impl<H> Recurrent<H> {
         alive: Option<&Tensor>,
         no_grad: usize,
     ) -> Result<Tensor> {
-        let hs = self.lstm.unroll(xs, h0, c0, alive, no_grad)?;
-        let (batch, steps, hidden) = hs.dims3()?;
-        hs.reshape((batch * steps, hidden))
+        self.lstm.unroll_rows(xs, h0, c0, alive, no_grad)
     }
 }
 
