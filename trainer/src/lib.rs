@@ -15,6 +15,7 @@ pub mod algo;
 pub mod checkpoint;
 pub mod eval;
 pub mod export;
+pub mod gpu;
 pub mod learner;
 pub mod learner_ros2;
 pub mod nn;

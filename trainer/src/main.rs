@@ -133,6 +133,10 @@ enum Command {
     /// A zenoh router for a fleet across machines: the learner and the robots
     /// connect to it in client mode. Runs until SIGINT/SIGTERM.
     Router(RouterArgs),
+    /// The GPU path's checks (run by scripts/gpu-check.sh on the GPU machine):
+    /// CPU-vs-device parity of every network, the optimizer and every learner's
+    /// first update; update throughput of the GPU benchmark's shapes.
+    Gpu(GpuArgs),
 }
 
 #[derive(clap::Args)]
@@ -271,6 +275,32 @@ struct FleetArgs {
 }
 
 #[derive(clap::Args)]
+struct GpuArgs {
+    /// parity: compare against CPU (with --device cpu, candle's primitives
+    /// against this crate's CPU kernels); bench: throughput.
+    #[arg(value_parser = ["parity", "bench"])]
+    what: String,
+    /// The device under test: cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Folder for the results (parity.md/.json or bench.md/.json).
+    #[arg(long, default_value = "runs/gpu")]
+    out: PathBuf,
+    /// bench: one case (repeatable) [default: all].
+    #[arg(long = "case")]
+    cases: Vec<String>,
+    /// bench: measured seconds per case.
+    #[arg(long, default_value_t = 5.0)]
+    seconds: f64,
+    /// bench: shapes divided by 8, for a smoke run on a CPU.
+    #[arg(long)]
+    small: bool,
+    /// Compute threads for candle's CPU kernels.
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+}
+
+#[derive(clap::Args)]
 struct RouterArgs {
     /// Endpoint to listen on (repeatable) [default: tcp/127.0.0.1:7447 unless
     /// --config gives listen endpoints].
@@ -369,11 +399,47 @@ fn main() {
         Command::Serve(args) => serve(args),
         Command::Fleet(args) => fleet::fleet(args),
         Command::Router(args) => router(args),
+        Command::Gpu(args) => gpu(args),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");
         std::process::exit(2);
     }
+}
+
+/// `reflex-train gpu parity|bench`.
+fn gpu(args: GpuArgs) -> anyhow::Result<()> {
+    use reflex_trainer::gpu::{bench, parity};
+    threads_from(args.threads);
+    let device = reflex_trainer::device(&args.device)?;
+    fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
+    let write = |name: &str, text: &str| -> anyhow::Result<()> {
+        let path = args.out.join(name);
+        fs::write(&path, text).with_context(|| format!("writing {}", path.display()))
+    };
+    let started = Instant::now();
+    let tell = |case: &str| eprintln!("[{:>6.1} s] {case}", started.elapsed().as_secs_f64());
+    if args.what == "parity" {
+        let report = parity::run(&device, tell)?;
+        let table = report.to_markdown();
+        write("parity.md", &table)?;
+        write("parity.json", &serde_json::to_string_pretty(&report)?)?;
+        println!("{table}");
+        if !report.passed() {
+            bail!("{} parity checks failed (see {})", report.failures().len(), args.out.display());
+        }
+    } else {
+        let options = bench::BenchOptions {
+            seconds: args.seconds,
+            small: args.small,
+        };
+        let rows = bench::run(&device, &args.cases, &options, tell)?;
+        let table = bench::to_markdown(&format!("{device:?}"), &rows);
+        write("bench.md", &table)?;
+        write("bench.json", &serde_json::to_string_pretty(&rows)?)?;
+        println!("{table}");
+    }
+    Ok(())
 }
 
 /// The final evaluation, as `eval.json` stores it.

@@ -20,10 +20,11 @@
 //! ONNX initializers read alike. Weights are initialized from a seeded
 //! [`SimRng`] rather than candle's unseedable CPU generator, so a seed fixes a run.
 
-mod fused;
+pub(crate) mod fused;
 mod recurrent;
 
 pub use recurrent::{ActingHead, Lstm, Recurrent, RecurrentHead, RecurrentQNetwork};
+pub use fused::{cpu_kernels, portable};
 
 use candle_core::{DType, Device, Result, Tensor, Var, D};
 use reflex_sim::SimRng;

@@ -45,7 +45,7 @@ fn dst_src<'a, 'b>(
 
 /// Whether the in-place CPU passes apply to `t`.
 pub(crate) fn in_place(t: &Tensor) -> bool {
-    t.device().is_cpu() && t.dtype() == candle_core::DType::F32 && t.is_contiguous()
+    crate::nn::fused::cpu_kernels(t.device()) && t.dtype() == candle_core::DType::F32 && t.is_contiguous()
 }
 
 /// Σ t² (f64 accumulation on CPU).
@@ -289,7 +289,7 @@ impl Adam {
             let Some(grad) = grad else { continue };
             let var = &self.vars[i];
             let (m, v) = (&self.first_moment[i], &self.second_moment[i]);
-            let fast = self.in_place && grad.device().is_cpu();
+            let fast = self.in_place && crate::nn::fused::cpu_kernels(grad.device());
             if fast && in_place(var.as_tensor()) && in_place(m) && in_place(v) {
                 let grad = grad.contiguous()?;
                 for (moment, beta, squared) in [(m, self.beta1, false), (v, self.beta2, true)] {

@@ -204,6 +204,21 @@ impl Dqn {
         Ok(best.to_vec1::<u32>()?[0])
     }
 
+    /// The greedy action indices for `rows` observations (row-major, `rows ×
+    /// obs_dim`): one upload, one forward pass, one download, for vectorized
+    /// envs.
+    pub fn greedy_batch(&self, obs: &[f32], rows: usize) -> Result<Vec<u32>, TrainError> {
+        let d = self.online.obs_dim();
+        if obs.len() != rows * d {
+            return Err(TrainError::Config(format!(
+                "greedy_batch: {} values for {rows} rows of {d}",
+                obs.len()
+            )));
+        }
+        let x = Tensor::from_slice(obs, (rows, d), &self.device)?;
+        Ok(self.online.q_values_frozen(&x)?.argmax(D::Minus1)?.to_vec1::<u32>()?)
+    }
+
     /// Stores one env step (through the n-step accumulator).
     pub fn observe(&mut self, step: &EnvStep<'_>) -> Result<(), TrainError> {
         self.nstep.push(0, step, &mut self.replay)?;

@@ -205,7 +205,33 @@ impl CustomOp2 for PreactGrad {
 
 /// Whether [`dense`] can run on `x`'s device and dtype.
 pub(crate) fn available(x: &Tensor) -> bool {
-    x.device().is_cpu() && x.dtype() == candle_core::DType::F32
+    cpu_kernels(x.device()) && x.dtype() == candle_core::DType::F32
+}
+
+thread_local! {
+    static PORTABLE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Whether this crate's CPU kernels (the fused dense layer, the fused LSTM
+/// cell, the in-place optimizer passes) run on `device`: on CPU, unless the
+/// calling thread is inside [`portable`].
+pub fn cpu_kernels(device: &candle_core::Device) -> bool {
+    device.is_cpu() && !PORTABLE.get()
+}
+
+/// Runs `f` with this crate's CPU kernels off on the calling thread, so every
+/// forward pass, backward pass and optimizer step takes the path of candle
+/// primitives that other devices (CUDA) take. The device parity check uses it
+/// to test that path without a GPU.
+pub fn portable<R>(f: impl FnOnce() -> R) -> R {
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            PORTABLE.set(self.0);
+        }
+    }
+    let _restore = Restore(PORTABLE.replace(true));
+    f()
 }
 
 #[cfg(test)]

@@ -268,7 +268,8 @@ impl Lstm {
         alive: Option<&Tensor>,
         no_grad: usize,
     ) -> Result<Tensor> {
-        self.unroll_with(xs, h0, c0, alive, no_grad, xs.device().is_cpu())
+        let fused = super::fused::cpu_kernels(xs.device());
+        self.unroll_with(xs, h0, c0, alive, no_grad, fused)
     }
 
     /// [`unroll`](Self::unroll) with the outputs as rows `[batch · (T −

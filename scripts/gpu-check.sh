@@ -1,0 +1,103 @@
+#!/usr/bin/env bash
+# The GPU machine's check (issue 12): run there, from the repository root, with
+# the CUDA build of reflex-train carried along in .gpu/. Prepare here:
+#
+#   bash scripts/build-cuda.sh && mkdir -p .gpu && cp target/cuda/reflex-train.gz .gpu/
+#
+# then, through the device tool (carry [".gpu"], timeout ~560 s):
+#
+#   bash scripts/gpu-check.sh        # results under $OUT (default runs/gpu-check)
+#
+# Steps, each under its own time limit, each continuing past the others' failures:
+#   1. parity: `reflex-train gpu parity --device cuda`: forward passes, gradients and
+#      Adam steps of every network kind, CPU vs CUDA on the same weights (1e-4), and
+#      every learner's first update (loss, mean Q, gradient norm);
+#   2. bench: `reflex-train gpu bench --device cuda` and scripts/bench_gpu_torch.py
+#      (PyTorch eager and CUDA-graphed) on the same shapes, merged by
+#      scripts/gpu_report.py into table.md;
+#   3. cartpole: `reflex-train run --env cartpole --device cuda` (the preset, 50k
+#      steps); passes when the final greedy evaluation's mean is >= 475.
+# summary.md says PASS/FAIL per step; the script exits non-zero if any failed.
+#
+# Environment: OUT, BENCH_SECONDS (per case, default 4), STEPS (what to run,
+# default "parity bench cartpole"); for a smoke run of this script on a CPU:
+# DEVICE=cpu, REFLEX_TRAIN=target/release/reflex-train, BENCH_FLAGS=--small.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+out=${OUT:-runs/gpu-check}
+seconds=${BENCH_SECONDS:-4}
+steps=${STEPS:-parity bench cartpole}
+mkdir -p "$out"
+device=${DEVICE:-cuda}
+flags=${BENCH_FLAGS:-}
+bin=${REFLEX_TRAIN:-.gpu/reflex-train}
+if [ ! -x "$bin" ]; then
+  [ -f .gpu/reflex-train.gz ] || { echo "gpu-check: no .gpu/reflex-train(.gz): build it with scripts/build-cuda.sh" >&2; exit 2; }
+  gunzip -c .gpu/reflex-train.gz > "$bin" && chmod +x "$bin"
+fi
+# The CUDA libraries reflex-train loads (cuBLAS, cuRAND, NVRTC, the runtime): PyTorch's.
+libs=$(ls -d /opt/torch/.venv/lib/python3.*/site-packages/nvidia/*/lib 2>/dev/null | paste -sd:)
+export LD_LIBRARY_PATH="${libs}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+py=python3
+[ -x /opt/torch/.venv/bin/python3 ] && py=/opt/torch/.venv/bin/python3
+
+{
+  date -u +"%Y-%m-%dT%H:%M:%SZ"
+  nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv 2>&1
+  lscpu | grep -E "Model name|^CPU\(s\)" 2>&1
+  "$py" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)" 2>&1
+  "$bin" --version
+} > "$out/machine.txt"
+cat "$out/machine.txt"
+
+summary="$out/summary.md"
+echo "# gpu-check $(date -u +%FT%TZ)" > "$summary"
+failed=0
+result() { # NAME STATUS DETAIL
+  echo "- $1: $2 $3" | tee -a "$summary"
+  [ "$2" = PASS ] || failed=1
+}
+
+for step in $steps; do
+  case $step in
+  parity)
+    start=$SECONDS
+    timeout 150 "$bin" gpu parity --device "$device" --out "$out/parity" > "$out/parity.log" 2>&1
+    rc=$?
+    tail -n 40 "$out/parity.log"
+    [ $rc = 0 ] && result parity PASS "($((SECONDS - start)) s; $out/parity/parity.md)" \
+                || result parity FAIL "(rc $rc; $out/parity.log)"
+    ;;
+  bench)
+    start=$SECONDS
+    timeout 200 "$bin" gpu bench --device "$device" --seconds "$seconds" $flags --out "$out/bench" > "$out/bench.log" 2>&1
+    rc=$?
+    tail -n 12 "$out/bench.log"
+    timeout 200 "$py" scripts/bench_gpu_torch.py --device "$device" --seconds "$seconds" $flags --out "$out/torch.jsonl" > "$out/torch.log" 2>&1
+    trc=$?
+    tail -n 20 "$out/torch.log" | cut -c1-220
+    if [ $rc = 0 ] && [ -f "$out/torch.jsonl" ]; then
+      "$py" scripts/gpu_report.py "$out/bench/bench.json" "$out/torch.jsonl" > "$out/table.md" 2>&1
+      cat "$out/table.md"
+    fi
+    [ $rc = 0 ] && [ $trc = 0 ] && result bench PASS "($((SECONDS - start)) s; $out/table.md)" \
+                               || result bench FAIL "(reflex rc $rc, torch rc $trc; $out/bench.log, $out/torch.log)"
+    ;;
+  cartpole)
+    start=$SECONDS
+    rm -rf "$out/cartpole"
+    timeout 300 "$bin" run --env cartpole --device "$device" --seed 0 --out "$out/cartpole" --quiet > "$out/cartpole.log" 2>&1
+    rc=$?
+    tail -n 5 "$out/cartpole.log"
+    mean=$("$py" -c "import json,sys; print(json.load(open(sys.argv[1]))['mean_return'])" "$out/cartpole/eval.json" 2>/dev/null || echo none)
+    if [ $rc = 0 ] && "$py" -c "import sys; sys.exit(0 if float(sys.argv[1]) >= 475 else 1)" "$mean" 2>/dev/null; then
+      result cartpole PASS "(final greedy mean $mean over the preset's 50k steps, $((SECONDS - start)) s)"
+    else
+      result cartpole FAIL "(rc $rc, final greedy mean $mean; $out/cartpole.log)"
+    fi
+    ;;
+  *) echo "gpu-check: unknown step $step" >&2; failed=1 ;;
+  esac
+done
+cat "$summary"
+exit $failed

@@ -1,0 +1,664 @@
+//! CPU-vs-device parity: every network kind, the optimizer and every learner's
+//! first update, computed on CPU (with this crate's CPU kernels) and on the
+//! device under test from the same weights and inputs, compared value by value.
+//!
+//! The device under test may be CPU itself: the subject side then runs inside
+//! [`portable`], which turns this crate's CPU kernels off, so it takes the
+//! path of candle primitives that CUDA takes. That is how CI, which has no GPU,
+//! checks the code the GPU will run; `reflex-train gpu parity --device cuda`
+//! checks the GPU itself.
+//!
+//! Error measure: for each compared tensor, max |subject − reference| over
+//! max |reference| (the absolute difference when the reference is all zeros).
+//! A check passes at ≤ [`TOLERANCE`].
+
+use candle_core::backprop::GradStore;
+use candle_core::{Device, Tensor};
+use reflex_sim::SimRng;
+use serde::Serialize;
+
+use crate::algo::{self, Agent};
+use crate::nn::{
+    portable, Actor, Activation, Critic, NafNetwork, NetConfig, Params, QNetwork, Recurrent,
+    RecurrentQNetwork,
+};
+use crate::optim::Adam;
+use crate::replay::{ActionRef, EnvStep};
+use crate::TrainError;
+
+/// The largest error a check may have (the issue's 1e-4).
+pub const TOLERANCE: f64 = 1e-4;
+
+/// One compared quantity.
+#[derive(Debug, Clone, Serialize)]
+pub struct Check {
+    /// What was compared: `<case> <quantity>`, e.g. `q-mlp grad trunk.0.weight`.
+    pub name: String,
+    /// Values compared.
+    pub values: usize,
+    /// max |subject − reference|.
+    pub max_abs: f64,
+    /// max |reference|.
+    pub scale: f64,
+    /// `max_abs / scale` (or `max_abs` when the scale is 0).
+    pub error: f64,
+}
+
+impl Check {
+    /// Whether the error is within [`TOLERANCE`].
+    pub fn passed(&self) -> bool {
+        self.error <= TOLERANCE
+    }
+}
+
+/// All checks of one run.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// The device under test, as candle names it.
+    pub device: String,
+    /// Whether the subject side ran with this crate's CPU kernels off (the
+    /// device under test was the CPU).
+    pub portable_cpu: bool,
+    /// [`TOLERANCE`].
+    pub tolerance: f64,
+    /// Every compared quantity.
+    pub checks: Vec<Check>,
+}
+
+impl Report {
+    /// Whether every check passed.
+    pub fn passed(&self) -> bool {
+        self.checks.iter().all(Check::passed)
+    }
+
+    /// The checks that failed.
+    pub fn failures(&self) -> Vec<&Check> {
+        self.checks.iter().filter(|c| !c.passed()).collect()
+    }
+
+    /// A markdown table: one row per case (its worst check), then every failure.
+    pub fn to_markdown(&self) -> String {
+        let mut out = format!(
+            "Parity on {}{}: {} checks, {} failed (tolerance {:e}, error = max|Δ| / max|ref|)\n\n\
+             | case | checks | worst error | worst quantity |\n|---|---:|---:|---|\n",
+            self.device,
+            if self.portable_cpu {
+                " (candle primitives, CPU kernels off)"
+            } else {
+                ""
+            },
+            self.checks.len(),
+            self.failures().len(),
+            TOLERANCE
+        );
+        let mut cases: Vec<&str> = Vec::new();
+        for c in &self.checks {
+            let case = c.name.split(' ').next().unwrap_or("");
+            if !cases.contains(&case) {
+                cases.push(case);
+            }
+        }
+        for case in cases {
+            let of_case: Vec<&Check> = self
+                .checks
+                .iter()
+                .filter(|c| c.name.split(' ').next() == Some(case))
+                .collect();
+            let worst = of_case
+                .iter()
+                .max_by(|a, b| a.error.total_cmp(&b.error))
+                .expect("a case has checks");
+            out.push_str(&format!(
+                "| {case} | {} | {:.2e} | {} |\n",
+                of_case.len(),
+                worst.error,
+                worst.name
+            ));
+        }
+        for f in self.failures() {
+            out.push_str(&format!(
+                "\nFAILED {}: error {:.3e} (max|Δ| {:.3e}, max|ref| {:.3e}, {} values)",
+                f.name, f.error, f.max_abs, f.scale, f.values
+            ));
+        }
+        out.push('\n');
+        out
+    }
+}
+
+fn host(t: &Tensor) -> Result<Vec<f32>, TrainError> {
+    Ok(t.to_device(&Device::Cpu)?.flatten_all()?.to_vec1::<f32>()?)
+}
+
+/// Compares `subject` against `reference` (any devices, same shape).
+fn compare(name: String, subject: &Tensor, reference: &Tensor) -> Result<Check, TrainError> {
+    if subject.dims() != reference.dims() {
+        return Err(TrainError::Config(format!(
+            "parity {name}: shape {:?} against {:?}",
+            subject.dims(),
+            reference.dims()
+        )));
+    }
+    let (s, r) = (host(subject)?, host(reference)?);
+    let mut max_abs = 0f64;
+    let mut scale = 0f64;
+    for (a, b) in s.iter().zip(&r) {
+        let d = (f64::from(*a) - f64::from(*b)).abs();
+        // A NaN on either side is a failure, not a skipped value.
+        max_abs = if d.is_nan() { f64::INFINITY } else { max_abs.max(d) };
+        scale = scale.max(f64::from(*b).abs());
+    }
+    Ok(Check {
+        name,
+        values: r.len(),
+        max_abs,
+        scale,
+        error: if scale > 0.0 { max_abs / scale } else { max_abs },
+    })
+}
+
+fn scalar_check(name: String, subject: f64, reference: f64) -> Check {
+    let max_abs = if (subject - reference).is_nan() {
+        f64::INFINITY
+    } else {
+        (subject - reference).abs()
+    };
+    let scale = reference.abs();
+    Check {
+        name,
+        values: 1,
+        max_abs,
+        scale,
+        error: if scale > 0.0 { max_abs / scale } else { max_abs },
+    }
+}
+
+/// Host data drawn from a seeded generator, uniform in [lo, hi).
+fn uniform(rng: &mut SimRng, n: usize, lo: f32, hi: f32) -> Vec<f32> {
+    (0..n)
+        .map(|_| lo + (hi - lo) * rng.next_f64() as f32)
+        .collect()
+}
+
+/// A network under test: its parameters and a forward pass from inputs to the
+/// outputs that are compared (and that the loss weighs).
+struct Model {
+    params: Box<dyn Params>,
+    forward: Box<dyn Fn(&[Tensor]) -> candle_core::Result<Vec<Tensor>>>,
+}
+
+/// A network kind: its name, the input shapes, and how to build it on a device.
+struct Kind {
+    name: &'static str,
+    inputs: Vec<Vec<usize>>,
+    build: fn(&Device, &mut SimRng) -> candle_core::Result<Model>,
+}
+
+fn mlp(hidden: &[usize]) -> NetConfig {
+    NetConfig {
+        hidden: hidden.to_vec(),
+        // Full-size final layers, so the outputs and their gradients are not
+        // dominated by the tiny final initialization.
+        final_init_scale: 1.0,
+        ..NetConfig::default()
+    }
+}
+
+/// `[batch, T, inputs]` windows, `[batch, H]` start states and an `[batch, T]`
+/// alive mask whose first steps are 0 for half the rows (left padding).
+fn window_inputs(batch: usize, steps: usize, inputs: usize, hidden: usize) -> Vec<Vec<usize>> {
+    vec![
+        vec![batch, steps, inputs],
+        vec![batch, hidden],
+        vec![batch, hidden],
+        vec![batch, steps],
+    ]
+}
+
+const BURN_IN: usize = 4;
+
+fn kinds() -> Vec<Kind> {
+    vec![
+        Kind {
+            name: "q-mlp-4-256-256-2",
+            inputs: vec![vec![64, 4]],
+            build: |dev, rng| {
+                let net = QNetwork::new(&mlp(&[256, 256]), 4, 2, 1, rng, dev)?;
+                let n = net.clone();
+                Ok(Model {
+                    params: Box::new(net),
+                    forward: Box::new(move |x| n.forward_heads(&x[0])),
+                })
+            },
+        },
+        Kind {
+            name: "q-twin-dueling-layernorm-tanh-6-64-64-3",
+            inputs: vec![vec![32, 6]],
+            build: |dev, rng| {
+                let config = NetConfig {
+                    activation: Activation::Tanh,
+                    layer_norm: true,
+                    dueling: true,
+                    ..mlp(&[64, 64])
+                };
+                let net = QNetwork::new(&config, 6, 3, 2, rng, dev)?;
+                let n = net.clone();
+                Ok(Model {
+                    params: Box::new(net),
+                    forward: Box::new(move |x| n.forward_heads(&x[0])),
+                })
+            },
+        },
+        Kind {
+            name: "actor-3-400-300-1",
+            inputs: vec![vec![64, 3]],
+            build: |dev, rng| {
+                let net = Actor::new(&mlp(&[400, 300]), 3, 1, rng, dev)?;
+                let n = net.clone();
+                Ok(Model {
+                    params: Box::new(net),
+                    forward: Box::new(move |x| Ok(vec![n.forward(&x[0])?])),
+                })
+            },
+        },
+        Kind {
+            name: "critic-3+1-400-300-1",
+            inputs: vec![vec![64, 3], vec![64, 1]],
+            build: |dev, rng| {
+                let net = Critic::new(&mlp(&[400, 300]), 3, 1, rng, dev)?;
+                let n = net.clone();
+                Ok(Model {
+                    params: Box::new(net),
+                    forward: Box::new(move |x| Ok(vec![n.forward(&x[0], &x[1])?])),
+                })
+            },
+        },
+        Kind {
+            name: "naf-5-64-64-3",
+            inputs: vec![vec![32, 5], vec![32, 3]],
+            build: |dev, rng| {
+                let net = NafNetwork::new(&mlp(&[64, 64]), 5, 3, rng, dev)?;
+                let n = net.clone();
+                Ok(Model {
+                    params: Box::new(net),
+                    forward: Box::new(move |x| {
+                        let out = n.forward(&x[0])?;
+                        let q = n.q(&out, &x[1])?;
+                        Ok(vec![out.value, out.mu, out.l, q])
+                    }),
+                })
+            },
+        },
+        Kind {
+            name: "drqn-lstm32-dueling",
+            inputs: window_inputs(8, 12, 2 + 2, 32),
+            build: |dev, rng| {
+                let config = NetConfig {
+                    dueling: true,
+                    ..mlp(&[32])
+                };
+                let net = RecurrentQNetwork::new(&config, 2, 2, 32, rng, dev)?;
+                let n = net.clone();
+                Ok(Model {
+                    params: Box::new(net),
+                    forward: Box::new(move |x| {
+                        let q = n.unroll(&x[0], &x[1], &x[2], Some(&x[3]), BURN_IN)?;
+                        let (_, h, c) = n.step(&x[0].narrow(1, 0, 1)?.squeeze(1)?, &x[1], &x[2])?;
+                        Ok(vec![q, h, c])
+                    }),
+                })
+            },
+        },
+        Kind {
+            name: "recurrent-actor-lstm32",
+            inputs: window_inputs(8, 12, 3 + 1, 32),
+            build: |dev, rng| {
+                let net = Recurrent::<Actor>::new(&mlp(&[32]), 3, 1, 32, rng, dev)?;
+                let n = net.clone();
+                Ok(Model {
+                    params: Box::new(net),
+                    forward: Box::new(move |x| {
+                        let h = n.states(&x[0], &x[1], &x[2], Some(&x[3]), BURN_IN)?;
+                        Ok(vec![n.head.forward(&h)?])
+                    }),
+                })
+            },
+        },
+        Kind {
+            name: "recurrent-critic-lstm32",
+            inputs: {
+                let mut v = window_inputs(8, 12, 3 + 1, 32);
+                v.push(vec![8 * (12 - BURN_IN), 1]);
+                v
+            },
+            build: |dev, rng| {
+                let net = Recurrent::<Critic>::new(&mlp(&[32]), 3, 1, 32, rng, dev)?;
+                let n = net.clone();
+                Ok(Model {
+                    params: Box::new(net),
+                    forward: Box::new(move |x| {
+                        let h = n.states(&x[0], &x[1], &x[2], Some(&x[3]), BURN_IN)?;
+                        Ok(vec![n.head.forward(&h, &x[4])?])
+                    }),
+                })
+            },
+        },
+        Kind {
+            name: "recurrent-naf-lstm32",
+            inputs: window_inputs(8, 12, 3 + 2, 32),
+            build: |dev, rng| {
+                let net = Recurrent::<NafNetwork>::new(&mlp(&[32]), 3, 2, 32, rng, dev)?;
+                let n = net.clone();
+                Ok(Model {
+                    params: Box::new(net),
+                    forward: Box::new(move |x| {
+                        let h = n.states(&x[0], &x[1], &x[2], Some(&x[3]), BURN_IN)?;
+                        let out = n.head.forward(&h)?;
+                        Ok(vec![out.value, out.mu, out.l])
+                    }),
+                })
+            },
+        },
+    ]
+}
+
+/// The inputs of a kind as host data: uniform in [−2, 2), except alive masks
+/// (the 4th input of window kinds), which are 0 for the first 3 steps of every
+/// other row and 1 elsewhere.
+fn input_data(kind: &Kind, rng: &mut SimRng) -> Vec<(Vec<f32>, Vec<usize>)> {
+    kind.inputs
+        .iter()
+        .enumerate()
+        .map(|(i, shape)| {
+            let n: usize = shape.iter().product();
+            let data = if i == 3 && shape.len() == 2 && kind.inputs.len() >= 4 {
+                let (rows, steps) = (shape[0], shape[1]);
+                (0..rows * steps)
+                    .map(|k| if (k / steps) % 2 == 1 && k % steps < 3 { 0.0 } else { 1.0 })
+                    .collect()
+            } else {
+                uniform(rng, n, -2.0, 2.0)
+            };
+            (data, shape.clone())
+        })
+        .collect()
+}
+
+/// What one side computed: outputs, the loss's gradient per parameter, and
+/// the parameters after one clipped Adam step on the reference's gradients.
+struct Side {
+    outputs: Vec<Tensor>,
+    grads: Vec<(String, Tensor)>,
+    stepped: Vec<(String, Tensor)>,
+    grad_norm: f64,
+}
+
+fn run_side(
+    model: &Model,
+    inputs: &[Tensor],
+    weights_seed: u64,
+    step_grads: Option<&[(String, Tensor)]>,
+) -> Result<Side, TrainError> {
+    let outputs = (model.forward)(inputs)?;
+    // loss = Σ_k Σ out_k ⊙ C_k with fixed random C_k: every output element
+    // gets its own gradient weight.
+    let mut rng = SimRng::seed(weights_seed);
+    let device = inputs[0].device();
+    let mut loss = Tensor::zeros((), candle_core::DType::F32, device)?;
+    for out in &outputs {
+        let c = Tensor::from_vec(uniform(&mut rng, out.elem_count(), -1.0, 1.0), out.shape(), device)?;
+        loss = (loss + (out * c)?.sum_all()?)?;
+    }
+    let store = loss.backward()?;
+    let named = model.params.named_vars();
+    let mut grads = Vec::new();
+    for (name, var) in &named {
+        let g = store.get(var.as_tensor()).ok_or_else(|| {
+            TrainError::Config(format!("parity: no gradient reached `{name}`"))
+        })?;
+        grads.push((name.clone(), g.clone()));
+    }
+    // One Adam step with clipping on the given gradients (the reference's,
+    // uploaded): Adam's first step is lr·g/(|g| + ε), about lr·sign(g), so
+    // stepping each side on its own gradients would turn float noise in
+    // near-zero gradients into full-size differences.
+    let given = step_grads.unwrap_or(&grads);
+    let mut store = GradStore::default();
+    for ((_, var), (_, g)) in named.iter().zip(given) {
+        store.insert(var.as_tensor(), g.to_device(device)?);
+    }
+    let mut adam = Adam::new(model.params.vars(), 1e-3)?;
+    let full = adam.step(&store, None)?;
+    // A second step clipped to half the norm exercises the clipping path.
+    let grad_norm = adam.step(&store, Some(full / 2.0))?;
+    let stepped = named
+        .iter()
+        .map(|(n, v)| (n.clone(), v.as_tensor().clone()))
+        .collect();
+    Ok(Side {
+        outputs,
+        grads,
+        stepped,
+        grad_norm,
+    })
+}
+
+/// Runs `f` for the subject side: inside [`portable`] when the device under
+/// test is the CPU.
+fn subject<R>(device: &Device, f: impl FnOnce() -> R) -> R {
+    if device.is_cpu() {
+        portable(f)
+    } else {
+        f()
+    }
+}
+
+fn check_kind(kind: &Kind, device: &Device, checks: &mut Vec<Check>) -> Result<(), TrainError> {
+    let seed = 17;
+    let reference = (kind.build)(&Device::Cpu, &mut SimRng::seed(seed))?;
+    let tested = (kind.build)(device, &mut SimRng::seed(seed))?;
+    // Same weights on both sides, whatever the device's construction did.
+    for (mine, theirs) in tested.params.vars().iter().zip(reference.params.vars()) {
+        mine.set(&theirs.as_tensor().to_device(device)?)?;
+    }
+    let data = input_data(kind, &mut SimRng::seed(seed + 1));
+    let upload = |dev: &Device| -> candle_core::Result<Vec<Tensor>> {
+        data.iter()
+            .map(|(v, shape)| Tensor::from_slice(v, shape.as_slice(), dev))
+            .collect()
+    };
+    let r = run_side(&reference, &upload(&Device::Cpu)?, seed + 2, None)?;
+    let s = subject(device, || {
+        run_side(&tested, &upload(device)?, seed + 2, Some(&r.grads))
+    })?;
+    for (k, (a, b)) in s.outputs.iter().zip(&r.outputs).enumerate() {
+        checks.push(compare(format!("{} output{k}", kind.name), a, b)?);
+    }
+    for ((name, a), (_, b)) in s.grads.iter().zip(&r.grads) {
+        checks.push(compare(format!("{} grad {name}", kind.name), a, b)?);
+    }
+    checks.push(scalar_check(
+        format!("{} grad-norm", kind.name),
+        s.grad_norm,
+        r.grad_norm,
+    ));
+    for ((name, a), (_, b)) in s.stepped.iter().zip(&r.stepped) {
+        checks.push(compare(format!("{} adam2 {name}", kind.name), a, b)?);
+    }
+    Ok(())
+}
+
+/// The learners whose first update is compared: `(case, env, algo, --set …)`.
+/// Each updates once per env step from the first step after a 600-step fill.
+const LEARNERS: &[(&str, &str, &str, &[&str])] = &[
+    ("dqn-double-dueling", "cartpole", "dqn", &["dqn.learning_starts=600", "dqn.train_freq=1", "dqn.gradient_steps=1"]),
+    ("dqn-per-3step-twin", "cartpole", "dqn", &["dqn.learning_starts=600", "dqn.train_freq=1", "dqn.gradient_steps=1", "dqn.prioritized=true", "dqn.n_step=3", "dqn.twin=true"]),
+    ("td3", "pendulum", "td3", &["td3.learning_starts=600", "td3.train_freq=1", "td3.gradient_steps=1"]),
+    ("ddpg", "pendulum", "ddpg", &["ddpg.learning_starts=600", "ddpg.train_freq=1", "ddpg.gradient_steps=1"]),
+    ("naf", "pendulum", "naf", &["naf.learning_starts=600", "naf.train_freq=1", "naf.gradient_steps=1"]),
+    ("drqn", "cartpole-masked", "drqn", &["drqn.learning_starts=600", "drqn.train_freq=1", "drqn.gradient_steps=1", "drqn.batch_size=16"]),
+    ("recurrent-td3", "pendulum-masked", "td3", &["td3.learning_starts=600", "td3.train_freq=1", "td3.gradient_steps=1", "td3.batch_size=16"]),
+];
+
+/// Fills both learners with the same 600 random transitions, then compares
+/// what their first update reports (loss, mean Q, gradient norm: these
+/// depend only on the shared initial weights and the sampled batch), and
+/// smoke-runs a few more updates on the device.
+fn check_learner(
+    (case, env_name, algo_name, sets): (&str, &str, &str, &[&str]),
+    device: &Device,
+    checks: &mut Vec<Check>,
+) -> Result<(), TrainError> {
+    let mut explicit = toml::Table::new();
+    explicit.insert("env".into(), env_name.into());
+    explicit.insert("algo".into(), algo_name.into());
+    let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
+    let config = crate::run::resolve(None, &sets, &explicit)?;
+    let mut env = reflex_sim::make(&config.env)?;
+    let mut reference = algo::build(&config, env.as_ref(), &Device::Cpu)?;
+    let mut tested = algo::build(&config, env.as_ref(), device)?;
+    // Same weights (construction draws them on the host, but make sure).
+    for ((_, mine), (_, theirs)) in tested.networks().iter().zip(reference.networks()) {
+        for (m, t) in mine.vars().iter().zip(theirs.vars()) {
+            m.set(&t.as_tensor().to_device(device)?)?;
+        }
+    }
+    let fill = 600u64;
+    let total = 10_000u64;
+    let mut rng = SimRng::seed(5);
+    let mut obs = env.reset(Some(3)).to_vec();
+    for agent in [&mut reference, &mut tested] {
+        agent.episode_start();
+    }
+    let space = env.action_space().clone();
+    for step in 1..=fill {
+        let action = match &space {
+            reflex_msgs::ActionSpace::Discrete { n } => {
+                reflex_msgs::Action::Discrete(rng.below(u64::from(*n)) as u32)
+            }
+            reflex_msgs::ActionSpace::Box(b) => reflex_msgs::Action::Continuous(
+                b.low
+                    .iter()
+                    .zip(&b.high)
+                    .map(|(lo, hi)| lo + (hi - lo) * rng.next_f64() as f32)
+                    .collect(),
+            ),
+        };
+        // Both learners act (recurrent ones carry their state through it),
+        // then both store the same random action's step.
+        for agent in [&mut reference, &mut tested] {
+            agent.set_steps_done(step);
+            let _ = subject(device, || agent.explore(&obs, step, total))?;
+        }
+        let result = env.step(&action)?;
+        let next = env.obs().to_vec();
+        let action_ref = match &action {
+            reflex_msgs::Action::Discrete(a) => ActionRef::Discrete(*a),
+            reflex_msgs::Action::Continuous(v) => ActionRef::Continuous(v),
+        };
+        let transition = EnvStep {
+            obs: &obs,
+            action: action_ref,
+            reward: result.reward as f32,
+            next_obs: &next,
+            terminated: result.terminated,
+            truncated: result.truncated,
+        };
+        reference.observe(&transition)?;
+        tested.observe(&transition)?;
+        if result.done() {
+            obs = env.reset(None).to_vec();
+            reference.episode_start();
+            tested.episode_start();
+        } else {
+            obs = next;
+        }
+    }
+    let first = |agent: &mut Box<dyn Agent>| -> Result<algo::UpdateStats, TrainError> {
+        agent.set_steps_done(fill + 1);
+        agent
+            .train_after(fill + 1, total)?
+            .ok_or_else(|| TrainError::Config(format!("parity {case}: no update at step {}", fill + 1)))
+    };
+    let r = first(&mut reference)?;
+    let s = subject(device, || first(&mut tested))?;
+    checks.push(scalar_check(format!("{case} loss"), f64::from(s.loss), f64::from(r.loss)));
+    checks.push(scalar_check(format!("{case} q-mean"), f64::from(s.q_mean), f64::from(r.q_mean)));
+    checks.push(scalar_check(format!("{case} grad-norm"), s.grad_norm, r.grad_norm));
+    // Ten more updates on the device: they must run and stay finite.
+    let mut finite = true;
+    for k in 2..=11 {
+        let step = fill + k;
+        let stats = subject(device, || {
+            tested.set_steps_done(step);
+            tested.train_after(step, total)
+        })?;
+        if let Some(stats) = stats {
+            finite &= stats.loss.is_finite() && stats.grad_norm.is_finite();
+        }
+    }
+    checks.push(Check {
+        name: format!("{case} finite-after-10-updates"),
+        values: 1,
+        max_abs: if finite { 0.0 } else { f64::INFINITY },
+        scale: 0.0,
+        error: if finite { 0.0 } else { f64::INFINITY },
+    });
+    Ok(())
+}
+
+/// Every check against `device`; `progress` is told each case's name as it starts.
+pub fn run(device: &Device, mut progress: impl FnMut(&str)) -> Result<Report, TrainError> {
+    let mut checks = Vec::new();
+    for kind in kinds() {
+        progress(kind.name);
+        check_kind(&kind, device, &mut checks)?;
+    }
+    for learner in LEARNERS {
+        progress(learner.0);
+        check_learner(*learner, device, &mut checks)?;
+    }
+    Ok(Report {
+        device: format!("{device:?}"),
+        portable_cpu: device.is_cpu(),
+        tolerance: TOLERANCE,
+        checks,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The path CUDA takes (candle primitives) agrees with this crate's CPU
+    /// kernels for every network kind, the optimizer and every learner.
+    #[test]
+    fn candle_primitives_match_the_cpu_kernels_everywhere() {
+        let report = run(&Device::Cpu, |_| {}).unwrap();
+        assert!(report.checks.len() > 100, "{} checks", report.checks.len());
+        assert!(report.passed(), "{}", report.to_markdown());
+        // Each kind compared its gradients (not only outputs).
+        for kind in kinds() {
+            assert!(
+                report
+                    .checks
+                    .iter()
+                    .any(|c| c.name.starts_with(&format!("{} grad ", kind.name))),
+                "{}",
+                kind.name
+            );
+        }
+    }
+
+    #[test]
+    fn a_real_difference_fails_the_check() {
+        let a = Tensor::new(&[1.0f32, 2.0, 4.0], &Device::Cpu).unwrap();
+        let b = Tensor::new(&[1.0f32, 2.0, 4.001], &Device::Cpu).unwrap();
+        let c = compare("x".into(), &b, &a).unwrap();
+        assert!((c.error - 0.001 / 4.0).abs() < 1e-6, "{c:?}");
+        assert!(!c.passed());
+        let nan = Tensor::new(&[1.0f32, f32::NAN, 4.0], &Device::Cpu).unwrap();
+        assert!(!compare("n".into(), &nan, &a).unwrap().passed());
+        assert!(compare("same".into(), &a, &a).unwrap().passed());
+    }
+}
