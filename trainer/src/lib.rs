@@ -123,10 +123,25 @@ pub fn device(spec: &str) -> Result<candle_core::Device, DeviceError> {
     if !candle_core::utils::cuda_is_available() {
         return Err(DeviceError::NotBuilt(spec.to_string()));
     }
-    candle_core::Device::new_cuda(index).map_err(|e| DeviceError::Unavailable {
+    let device = candle_core::Device::new_cuda(index).map_err(|e| DeviceError::Unavailable {
         spec: spec.to_string(),
         reason: e.to_string(),
-    })
+    })?;
+    #[cfg(feature = "cuda")]
+    if let candle_core::Device::Cuda(cuda) = &device {
+        if std::env::var_os("REFLEX_CUDA_EVENTS").is_none() {
+            // candle gives each device its own stream, which puts cudarc in
+            // multi-stream mode: every kernel launch then records and waits on
+            // a CUDA event per buffer it touches, to order uses across streams.
+            // The trainer issues all work on that one stream, where launch
+            // order already orders it, so the tracking is pure per-launch cost.
+            // SAFETY: nothing here uses a second stream; tensors are created,
+            // used and freed on the device's own stream only.
+            // (REFLEX_CUDA_EVENTS=1 keeps it, to compare.)
+            unsafe { cuda.disable_event_tracking() };
+        }
+    }
+    Ok(device)
 }
 
 #[cfg(test)]

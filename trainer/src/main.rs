@@ -426,7 +426,11 @@ fn gpu(args: GpuArgs) -> anyhow::Result<()> {
         write("parity.json", &serde_json::to_string_pretty(&report)?)?;
         println!("{table}");
         if !report.passed() {
-            bail!("{} parity checks failed (see {})", report.failures().len(), args.out.display());
+            bail!(
+                "{} parity checks failed (see {})",
+                report.failures().len(),
+                args.out.display()
+            );
         }
     } else {
         let options = bench::BenchOptions {

@@ -23,8 +23,8 @@
 pub(crate) mod fused;
 mod recurrent;
 
-pub use recurrent::{ActingHead, Lstm, Recurrent, RecurrentHead, RecurrentQNetwork};
 pub use fused::{cpu_kernels, portable};
+pub use recurrent::{ActingHead, Lstm, Recurrent, RecurrentHead, RecurrentQNetwork};
 
 use candle_core::{DType, Device, Result, Tensor, Var, D};
 use reflex_sim::SimRng;

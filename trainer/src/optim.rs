@@ -45,7 +45,9 @@ fn dst_src<'a, 'b>(
 
 /// Whether the in-place CPU passes apply to `t`.
 pub(crate) fn in_place(t: &Tensor) -> bool {
-    crate::nn::fused::cpu_kernels(t.device()) && t.dtype() == candle_core::DType::F32 && t.is_contiguous()
+    crate::nn::fused::cpu_kernels(t.device())
+        && t.dtype() == candle_core::DType::F32
+        && t.is_contiguous()
 }
 
 /// Σ t² (f64 accumulation on CPU).
@@ -221,6 +223,10 @@ pub(crate) fn polyak_var(dst: &Var, src: &Var, tau: f64) -> Result<()> {
     if in_place(d) && in_place(s) && d.dims() == s.dims() {
         return d.inplace_op2(s, &Lerp { tau: tau as f32 });
     }
+    use crate::gpu::kernels;
+    if kernels::available(d) && kernels::available(s) && d.dims() == s.dims() {
+        return kernels::lerp(d, s, tau as f32);
+    }
     let mixed = ((d * (1.0 - tau))? + (s * tau)?)?;
     dst.set(&mixed.detach())
 }
@@ -271,6 +277,9 @@ impl Adam {
     /// `max_grad_norm` (if given). Returns the norm before clipping.
     pub fn step(&mut self, grads: &GradStore, max_grad_norm: Option<f64>) -> Result<f64> {
         let grads: Vec<Option<&Tensor>> = self.vars.iter().map(|v| grads.get(v)).collect();
+        if self.in_place && self.fused_cuda(&grads) {
+            return self.step_fused_cuda(&grads, max_grad_norm);
+        }
         let mut norm_sq = 0.0f64;
         for g in grads.iter().flatten() {
             norm_sq += sum_sq(g)?;
@@ -323,6 +332,60 @@ impl Adam {
             self.second_moment[i] = v.detach();
         }
         Ok(norm)
+    }
+
+    /// Whether every parameter with a gradient, its moments and the gradient
+    /// can take the fused CUDA kernels.
+    fn fused_cuda(&self, grads: &[Option<&Tensor>]) -> bool {
+        use crate::gpu::kernels::available;
+        let mut any = false;
+        for (i, g) in grads.iter().enumerate() {
+            let Some(g) = g else { continue };
+            any = true;
+            if !(available(g)
+                && available(self.vars[i].as_tensor())
+                && available(&self.first_moment[i])
+                && available(&self.second_moment[i]))
+            {
+                return false;
+            }
+        }
+        any
+    }
+
+    /// [`step`](Self::step) on CUDA: the global norm summed on the device, then
+    /// one fused kernel per parameter that clips, updates both moments and the
+    /// parameter in place. One value comes back to the host: the norm.
+    fn step_fused_cuda(
+        &mut self,
+        grads: &[Option<&Tensor>],
+        max_grad_norm: Option<f64>,
+    ) -> Result<f64> {
+        use crate::gpu::kernels;
+        let present: Vec<&Tensor> = grads.iter().flatten().copied().collect();
+        let normsq = kernels::sum_squares(&present)?;
+        self.steps += 1;
+        let t = self.steps as i32;
+        let step = kernels::AdamStep {
+            beta1: self.beta1 as f32,
+            beta2: self.beta2 as f32,
+            step_size: (self.lr / (1.0 - self.beta1.powi(t))) as f32,
+            correction2: (1.0 - self.beta2.powi(t)) as f32,
+            eps: self.eps as f32,
+            max_norm: max_grad_norm.unwrap_or(0.0),
+        };
+        for (i, grad) in grads.iter().enumerate() {
+            let Some(grad) = grad else { continue };
+            kernels::adam(
+                self.vars[i].as_tensor(),
+                &self.first_moment[i],
+                &self.second_moment[i],
+                grad,
+                max_grad_norm.map(|_| &normsq),
+                step,
+            )?;
+        }
+        Ok(normsq.to_scalar::<f64>()?.sqrt())
     }
 
     /// The moments, named after their parameters' `names` (same order as the

@@ -8,7 +8,7 @@
 //! in normalized units, then clipped to [−1, 1], so σ = 0.1 means 10% of the
 //! half-range on every dimension (SB3's convention, and the daemon's).
 
-use candle_core::{Device, Tensor};
+use candle_core::{Device, Shape, Tensor};
 use reflex_msgs::onnx::{INPUT_OBS, OUTPUT_ACTION};
 use reflex_msgs::{Action, BoxSpace, PolicySpec};
 use reflex_sim::SimRng;
@@ -255,12 +255,14 @@ pub struct ContinuousBatch {
 
 impl ContinuousBatch {
     /// Tensors from `batch`, normalizing observations with `norm` (if any) and
-    /// actions with `scaling`; `scratch` is reused between calls.
+    /// actions with `scaling`, uploaded in one copy; `scratch` and `upload`
+    /// are reused between calls.
     pub fn new(
         batch: &mut Batch,
         scaling: &ActionScaling,
         norm: Option<&RunningNorm>,
         scratch: &mut Vec<f32>,
+        upload: &mut Vec<f32>,
         device: &Device,
     ) -> Result<Self, TrainError> {
         let b = batch.len();
@@ -275,13 +277,27 @@ impl ContinuousBatch {
             norm.apply(&mut batch.obs);
             norm.apply(&mut batch.next_obs);
         }
+        let parts = super::upload_packed(
+            &[
+                (&batch.obs, Shape::from((b, d))),
+                (scratch, Shape::from((b, scaling.dim()))),
+                (&batch.rewards, Shape::from(b)),
+                (&batch.next_obs, Shape::from((b, d))),
+                (&batch.discounts, Shape::from(b)),
+                (&batch.weights, Shape::from(b)),
+            ],
+            upload,
+            device,
+        )?;
+        let [obs, actions, rewards, next_obs, discounts, weights]: [Tensor; 6] =
+            parts.try_into().expect("six parts");
         Ok(Self {
-            obs: Tensor::from_slice(&batch.obs, (b, d), device)?,
-            actions: Tensor::from_slice(scratch, (b, scaling.dim()), device)?,
-            rewards: Tensor::from_slice(&batch.rewards, b, device)?,
-            next_obs: Tensor::from_slice(&batch.next_obs, (b, d), device)?,
-            discounts: Tensor::from_slice(&batch.discounts, b, device)?,
-            weights: Tensor::from_slice(&batch.weights, b, device)?,
+            obs,
+            actions,
+            rewards,
+            next_obs,
+            discounts,
+            weights,
         })
     }
 }
@@ -403,6 +419,8 @@ pub struct Core {
     obs_dim: usize,
     batch: Batch,
     scratch: Vec<f32>,
+    /// Reused host buffer of the packed batch upload.
+    upload: Vec<f32>,
 }
 
 impl Core {
@@ -433,6 +451,7 @@ impl Core {
             obs_dim,
             batch: Batch::default(),
             scratch: Vec::new(),
+            upload: Vec::new(),
             scaling,
             config,
         })
@@ -517,6 +536,7 @@ impl Core {
             &self.scaling,
             self.norm.as_ref(),
             &mut self.scratch,
+            &mut self.upload,
             &self.device,
         )
     }

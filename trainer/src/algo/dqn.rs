@@ -19,7 +19,7 @@
 //! Truncation (a time limit) is not termination: the replay keeps d = γ^m for a
 //! truncated episode's last steps, so the target bootstraps through it.
 
-use candle_core::{DType, Device, Tensor, D};
+use candle_core::{DType, Device, Shape, Tensor, D};
 use reflex_msgs::{Action, PolicySpec};
 use reflex_sim::SimRng;
 use serde::{Deserialize, Serialize};
@@ -137,6 +137,9 @@ pub struct Dqn {
     pub replay_rng: SimRng,
     device: Device,
     batch: Batch,
+    /// Reused host buffers of the packed batch upload.
+    action_scratch: Vec<f32>,
+    upload_scratch: Vec<f32>,
 }
 
 impl Dqn {
@@ -194,6 +197,8 @@ impl Dqn {
             replay_rng: SimRng::seed(seed.wrapping_add(2)),
             device: device.clone(),
             batch: Batch::default(),
+            action_scratch: Vec::new(),
+            upload_scratch: Vec::new(),
         })
     }
 
@@ -216,7 +221,11 @@ impl Dqn {
             )));
         }
         let x = Tensor::from_slice(obs, (rows, d), &self.device)?;
-        Ok(self.online.q_values_frozen(&x)?.argmax(D::Minus1)?.to_vec1::<u32>()?)
+        Ok(self
+            .online
+            .q_values_frozen(&x)?
+            .argmax(D::Minus1)?
+            .to_vec1::<u32>()?)
     }
 
     /// Stores one env step (through the n-step accumulator).
@@ -233,15 +242,28 @@ impl Dqn {
         let dev = &self.device;
         let d = self.online.obs_dim();
         let batch = &self.batch;
-        let obs = Tensor::from_slice(&batch.obs, (b, d), dev)?;
-        let next_obs = Tensor::from_slice(&batch.next_obs, (b, d), dev)?;
         let BatchActions::Discrete(actions) = &batch.actions else {
             return Err(TrainError::Config("DQN needs discrete actions".into()));
         };
-        let actions = Tensor::from_slice(actions, (b, 1), dev)?;
-        let rewards = Tensor::from_slice(&batch.rewards, b, dev)?;
-        let discounts = Tensor::from_slice(&batch.discounts, b, dev)?;
-        let weights = Tensor::from_slice(&batch.weights, b, dev)?;
+        // Action indices travel as f32 (exact below 2^24) in the one upload.
+        self.action_scratch.clear();
+        self.action_scratch
+            .extend(actions.iter().map(|&a| a as f32));
+        let parts = super::upload_packed(
+            &[
+                (&batch.obs, Shape::from((b, d))),
+                (&batch.next_obs, Shape::from((b, d))),
+                (&self.action_scratch, Shape::from((b, 1))),
+                (&batch.rewards, Shape::from(b)),
+                (&batch.discounts, Shape::from(b)),
+                (&batch.weights, Shape::from(b)),
+            ],
+            &mut self.upload_scratch,
+            dev,
+        )?;
+        let [obs, next_obs, actions, rewards, discounts, weights]: [Tensor; 6] =
+            parts.try_into().expect("six parts");
+        let actions = actions.to_dtype(DType::U32)?;
 
         // The target y = R + d · Q⁻(s', a*), computed without gradients.
         let next_q = self.target.q_values_frozen(&next_obs)?;

@@ -23,7 +23,7 @@
 
 use std::cell::RefCell;
 
-use candle_core::{DType, Device, Tensor, D};
+use candle_core::{DType, Device, Shape, Tensor, D};
 use reflex_msgs::onnx::{
     INPUT_C, INPUT_H, INPUT_OBS, INPUT_PREV_ACTION, OUTPUT_C, OUTPUT_H, OUTPUT_Q,
 };
@@ -264,6 +264,8 @@ pub struct Drqn {
     pub norm: Option<RunningNorm>,
     device: Device,
     batch: SequenceBatch,
+    /// Reused host buffer of the packed batch upload.
+    upload: Vec<f32>,
     acting: Carry,
     pending: Option<Pending>,
     evaluating: RefCell<Carry>,
@@ -329,6 +331,7 @@ impl Drqn {
             norm,
             device: device.clone(),
             batch: SequenceBatch::default(),
+            upload: Vec::new(),
             acting: zero.clone(),
             pending: None,
             evaluating: RefCell::new(zero),
@@ -377,14 +380,40 @@ impl Drqn {
             xs.extend_from_slice(&batch.obs[at * d..][..d]);
             xs.extend_from_slice(&batch.prev_actions[at * n..][..n]);
         }
-        let xs = Tensor::from_vec(xs, (b, p, d + n), dev)?;
-        let alive = Tensor::from_slice(&batch.alive, (b, p), dev)?;
-        let (h0, c0) = if batch.init_state.is_empty() {
+        // Gather rows: bootstrap positions [B, L, n] and taken actions [B, L,
+        // 1], as f32 (exact below 2^24) so that everything goes up in one copy.
+        let mut boot = Vec::with_capacity(b * l * n);
+        let mut taken = Vec::with_capacity(b * l);
+        for at in 0..b * l {
+            let k = (batch.bootstrap[at] as usize).saturating_sub(burn) as f32;
+            boot.extend(std::iter::repeat_n(k, n));
+            taken.push(batch.actions[at]);
+        }
+        let stored = !batch.init_state.is_empty();
+        let mut parts: Vec<(&[f32], Shape)> = vec![
+            (&xs, Shape::from((b, p, d + n))),
+            (&batch.alive, Shape::from((b, p))),
+            (&boot, Shape::from((b, l, n))),
+            (&taken, Shape::from((b, l, 1))),
+            (&batch.returns, Shape::from((b, l))),
+            (&batch.discounts, Shape::from((b, l))),
+            (&batch.mask, Shape::from((b, l))),
+            (&batch.weights, Shape::from((b, 1))),
+        ];
+        if stored {
+            parts.push((&batch.init_state, Shape::from((b, 2 * hd))));
+        }
+        let mut up = super::upload_packed(&parts, &mut self.upload, dev)?.into_iter();
+        let mut next = || up.next().expect("one tensor per part");
+        let (xs, alive, boot, taken) = (next(), next(), next(), next());
+        let (returns, discounts, mask, weights) = (next(), next(), next(), next());
+        let (boot, taken) = (boot.to_dtype(DType::U32)?, taken.to_dtype(DType::U32)?);
+        let (h0, c0) = if stored {
+            let state = next();
+            (state.narrow(1, 0, hd)?, state.narrow(1, hd, hd)?)
+        } else {
             let zeros = Tensor::zeros((b, hd), DType::F32, dev)?;
             (zeros.clone(), zeros)
-        } else {
-            let state = Tensor::from_slice(&batch.init_state, (b, 2 * hd), dev)?;
-            (state.narrow(1, 0, hd)?, state.narrow(1, hd, hd)?)
         };
 
         // Both networks from the same start state; outputs after the burn-in:
@@ -397,16 +426,6 @@ impl Drqn {
         let q_online = self.online.unroll(&xs, &h0, &c0, alive, burn)?;
         let q_target = self.target.unroll(&xs, &h0, &c0, alive, burn)?.detach();
 
-        // Gather rows: bootstrap positions [B, L, n] and taken actions [B, L, 1].
-        let mut boot = Vec::with_capacity(b * l * n);
-        let mut taken = Vec::with_capacity(b * l);
-        for at in 0..b * l {
-            let k = (batch.bootstrap[at] as usize).saturating_sub(burn) as u32;
-            boot.extend(std::iter::repeat_n(k, n));
-            taken.push(batch.actions[at] as u32);
-        }
-        let boot = Tensor::from_vec(boot, (b, l, n), dev)?;
-        let taken = Tensor::from_vec(taken, (b, l, 1), dev)?;
         let next_target = q_target.gather(&boot, 1)?;
         let next_value = if self.config.double {
             let best = q_online
@@ -417,8 +436,6 @@ impl Drqn {
         } else {
             next_target.max(D::Minus1)?
         };
-        let returns = Tensor::from_slice(&batch.returns, (b, l), dev)?;
-        let discounts = Tensor::from_slice(&batch.discounts, (b, l), dev)?;
         let y = (returns + (discounts * next_value)?)?.detach();
 
         let q_taken = q_online
@@ -432,8 +449,6 @@ impl Drqn {
         } else {
             (error.sqr()? * 0.5)?
         };
-        let mask = Tensor::from_slice(&batch.mask, (b, l), dev)?;
-        let weights = Tensor::from_slice(&batch.weights, (b, 1), dev)?;
         let valid = batch.mask.iter().sum::<f32>().max(1.0);
         let loss = ((per_step * &mask)?.broadcast_mul(&weights)?.sum_all()? / f64::from(valid))?;
         let grads = loss.backward()?;

@@ -180,6 +180,33 @@ macro_rules! actor_critic_slots {
 }
 pub(crate) use actor_critic_slots;
 
+/// Uploads several host arrays in one host-to-device copy: their concatenation
+/// (assembled in `scratch`) goes up as one buffer, and each comes back as a
+/// view of it with its shape. On a GPU every copy is a blocking transfer with
+/// its own fixed cost, so a batch of six arrays pays it once instead of six
+/// times.
+pub(crate) fn upload_packed(
+    parts: &[(&[f32], candle_core::Shape)],
+    scratch: &mut Vec<f32>,
+    device: &Device,
+) -> candle_core::Result<Vec<candle_core::Tensor>> {
+    scratch.clear();
+    for (data, shape) in parts {
+        debug_assert_eq!(data.len(), shape.elem_count());
+        scratch.extend_from_slice(data);
+    }
+    let all = candle_core::Tensor::from_slice(scratch, scratch.len(), device)?;
+    let mut start = 0;
+    parts
+        .iter()
+        .map(|(data, shape)| {
+            let part = all.narrow(0, start, data.len())?.reshape(shape)?;
+            start += data.len();
+            Ok(part)
+        })
+        .collect()
+}
+
 /// A fresh learner for `config`'s algorithm and `env`'s spaces.
 pub fn build(
     config: &RunConfig,
@@ -433,6 +460,29 @@ pub fn evaluate(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_packed_upload_gives_back_every_part_with_its_shape() {
+        let (a, b, c) = ([1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0], [7.0f32], [8.0f32, 9.0]);
+        let mut scratch = vec![42.0; 3];
+        let parts = upload_packed(
+            &[
+                (&a, candle_core::Shape::from((2, 3))),
+                (&b, candle_core::Shape::from(())),
+                (&c, candle_core::Shape::from((2, 1))),
+            ],
+            &mut scratch,
+            &Device::Cpu,
+        )
+        .unwrap();
+        assert_eq!(
+            parts[0].to_vec2::<f32>().unwrap(),
+            [[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]]
+        );
+        assert_eq!(parts[1].to_scalar::<f32>().unwrap(), 7.0);
+        assert_eq!(parts[2].to_vec2::<f32>().unwrap(), [[8.0], [9.0]]);
+        assert_eq!(scratch.len(), 9, "the scratch holds this upload only");
+    }
 
     #[test]
     fn the_learning_rate_falls_linearly_to_its_end_when_one_is_set() {

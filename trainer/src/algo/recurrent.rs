@@ -21,7 +21,7 @@
 
 use std::cell::RefCell;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device, Shape, Tensor};
 use reflex_msgs::onnx::{
     INPUT_C, INPUT_H, INPUT_OBS, INPUT_PREV_ACTION, OUTPUT_ACTION, OUTPUT_C, OUTPUT_H,
 };
@@ -145,6 +145,8 @@ pub struct SequenceCore {
     obs_dim: usize,
     batch: SequenceBatch,
     scratch: Vec<f32>,
+    /// Reused host buffer of the packed batch upload.
+    upload: Vec<f32>,
     acting: Carry,
     pending: Option<Pending>,
     evaluating: RefCell<Carry>,
@@ -200,6 +202,7 @@ impl SequenceCore {
             device: device.clone(),
             obs_dim,
             batch: SequenceBatch::default(),
+            upload: Vec::new(),
             scratch: Vec::new(),
             acting: zero.clone(),
             pending: None,
@@ -244,22 +247,17 @@ impl SequenceCore {
             xs.extend_from_slice(&batch.prev_actions[at * m..][..m]);
         }
         let zeros = Tensor::zeros((b, hd), DType::F32, dev)?;
-        let (h0, c0) = if batch.init_state.is_empty() {
-            (zeros.clone(), zeros.clone())
-        } else {
-            let state = Tensor::from_slice(&batch.init_state, (b, 2 * hd), dev)?;
-            (state.narrow(1, 0, hd)?, state.narrow(1, hd, hd)?)
-        };
         // Learning step j of window i is output row i·span + j; its bootstrap
-        // at position k is row i·span + (k − B).
+        // at position k is row i·span + (k − B). Row indices travel as f32
+        // (exact below 2^24) so that everything goes up in one copy.
         let span = p - burn;
-        let learn_rows: Vec<u32> = (0..b * l)
-            .map(|at| ((at / l) * span + at % l) as u32)
+        let learn_rows: Vec<f32> = (0..b * l)
+            .map(|at| ((at / l) * span + at % l) as f32)
             .collect();
-        let boot_rows: Vec<u32> = (0..b * l)
+        let boot_rows: Vec<f32> = (0..b * l)
             .map(|at| {
                 let k = (batch.bootstrap[at] as usize).saturating_sub(burn);
-                ((at / l) * span + k) as u32
+                ((at / l) * span + k) as f32
             })
             .collect();
         let valid = batch.mask.iter().sum::<f32>().max(1.0);
@@ -267,25 +265,48 @@ impl SequenceCore {
             .map(|at| batch.mask[at] * batch.weights[at / l] / valid)
             .collect();
         let mask_mean: Vec<f32> = batch.mask.iter().map(|m| m / valid).collect();
+        let stored = !batch.init_state.is_empty();
+        let mut parts: Vec<(&[f32], Shape)> = vec![
+            (&xs, Shape::from((b, p, d + m))),
+            (&batch.alive, Shape::from((b, p))),
+            (&learn_rows, Shape::from(b * l)),
+            (&boot_rows, Shape::from(b * l)),
+            (&self.scratch, Shape::from((b * l, m))),
+            (&batch.returns, Shape::from(b * l)),
+            (&batch.discounts, Shape::from(b * l)),
+            (&weights, Shape::from(b * l)),
+            (&mask_mean, Shape::from(b * l)),
+            (&batch.mask, Shape::from(b * l)),
+        ];
+        if stored {
+            parts.push((&batch.init_state, Shape::from((b, 2 * hd))));
+        }
+        let mut up = super::upload_packed(&parts, &mut self.upload, dev)?.into_iter();
+        let mut next = || up.next().expect("one tensor per part");
+        let (xs, alive, learn_rows, boot_rows) = (next(), next(), next(), next());
+        let (actions, returns, discounts) = (next(), next(), next());
+        let (weights, mask_mean, mask) = (next(), next(), next());
+        let (h0, c0) = if stored {
+            let state = next();
+            (state.narrow(1, 0, hd)?, state.narrow(1, hd, hd)?)
+        } else {
+            (zeros.clone(), zeros.clone())
+        };
         Ok(Windows {
-            xs: Tensor::from_vec(xs, (b, p, d + m), dev)?,
-            alive: if burn > 0 {
-                Some(Tensor::from_slice(&batch.alive, (b, p), dev)?)
-            } else {
-                None
-            },
+            xs,
+            alive: (burn > 0).then_some(alive),
             h0,
             c0,
             zeros,
             burn,
-            learn_rows: Tensor::from_vec(learn_rows, b * l, dev)?,
-            boot_rows: Tensor::from_vec(boot_rows, b * l, dev)?,
-            actions: Tensor::from_slice(&self.scratch, (b * l, m), dev)?,
-            returns: Tensor::from_slice(&batch.returns, b * l, dev)?,
-            discounts: Tensor::from_slice(&batch.discounts, b * l, dev)?,
-            weights: Tensor::from_vec(weights, b * l, dev)?,
-            mask_mean: Tensor::from_vec(mask_mean, b * l, dev)?,
-            mask: Tensor::from_slice(&batch.mask, b * l, dev)?,
+            learn_rows: learn_rows.to_dtype(DType::U32)?,
+            boot_rows: boot_rows.to_dtype(DType::U32)?,
+            actions,
+            returns,
+            discounts,
+            weights,
+            mask_mean,
+            mask,
         })
     }
 

@@ -192,8 +192,17 @@ fn dqn_config(hidden: usize, batch: usize) -> DqnConfig {
     }
 }
 
-fn bench_dqn(case: &str, batch: usize, o: &BenchOptions, device: &Device) -> Result<BenchRow, TrainError> {
-    let (hidden, batch) = if o.small { (32, batch / 8) } else { (256, batch) };
+fn bench_dqn(
+    case: &str,
+    batch: usize,
+    o: &BenchOptions,
+    device: &Device,
+) -> Result<BenchRow, TrainError> {
+    let (hidden, batch) = if o.small {
+        (32, batch / 8)
+    } else {
+        (256, batch)
+    };
     let mut agent = Dqn::new(dqn_config(hidden, batch), 4, 2, 0, device)?;
     fill_random("cartpole", 20_000, 1, |s| agent.observe(s))?;
     let mut k = 0u64;
@@ -218,7 +227,11 @@ fn bench_dqn(case: &str, batch: usize, o: &BenchOptions, device: &Device) -> Res
 }
 
 fn bench_td3(o: &BenchOptions, device: &Device) -> Result<BenchRow, TrainError> {
-    let (h1, h2, batch) = if o.small { (50, 38, 32) } else { (400, 300, 256) };
+    let (h1, h2, batch) = if o.small {
+        (50, 38, 32)
+    } else {
+        (400, 300, 256)
+    };
     let net = NetConfig {
         hidden: vec![h1, h2],
         ..NetConfig::default()
@@ -260,7 +273,11 @@ fn bench_td3(o: &BenchOptions, device: &Device) -> Result<BenchRow, TrainError> 
 }
 
 fn bench_lstm(o: &BenchOptions, device: &Device) -> Result<BenchRow, TrainError> {
-    let (hidden, batch, len, burn_in) = if o.small { (64, 8, 10, 5) } else { (512, 64, 40, 40) };
+    let (hidden, batch, len, burn_in) = if o.small {
+        (64, 8, 10, 5)
+    } else {
+        (512, 64, 40, 40)
+    };
     let config = DrqnConfig {
         batch_size: batch,
         seq_len: len,
@@ -365,7 +382,9 @@ fn bench_e2e(o: &BenchOptions, device: &Device) -> Result<BenchRow, TrainError> 
             let next = vec_env
                 .final_obs(i)
                 .map_or_else(|| vec_env.obs()[row.clone()].to_vec(), <[f32]>::to_vec);
-            let Action::Discrete(a) = actions[i] else { unreachable!() };
+            let Action::Discrete(a) = actions[i] else {
+                unreachable!()
+            };
             agent.observe(&EnvStep {
                 obs: &obs[row],
                 action: ActionRef::Discrete(a),
@@ -387,8 +406,13 @@ fn bench_e2e(o: &BenchOptions, device: &Device) -> Result<BenchRow, TrainError> 
         Ok(())
     };
     // Warm-up includes the learning_starts fill.
-    let timed = clocked(device, 1_000 / envs as u64 + 20, 10, o.seconds, &mut vector_step)?;
-    drop(vector_step);
+    let timed = clocked(
+        device,
+        1_000 / envs as u64 + 20,
+        10,
+        o.seconds,
+        &mut vector_step,
+    )?;
     let mut r = row(
         "e2e-cartpole-64envs",
         format!("{envs} CartPole envs on CPU, DQN 4-{hidden}-{hidden}-2 learner, 1 update (batch {batch}) per vector step"),
@@ -466,9 +490,15 @@ mod tests {
         let rows = run(&Device::Cpu, &[], &options, |_| {}).unwrap();
         assert_eq!(rows.len(), CASES.len());
         for r in &rows {
-            assert!(r.iterations > 0 && r.rate.is_finite() && r.rate > 0.0, "{r:?}");
+            assert!(
+                r.iterations > 0 && r.rate.is_finite() && r.rate > 0.0,
+                "{r:?}"
+            );
         }
-        let e2e = rows.iter().find(|r| r.case == "e2e-cartpole-64envs").unwrap();
+        let e2e = rows
+            .iter()
+            .find(|r| r.case == "e2e-cartpole-64envs")
+            .unwrap();
         assert!(e2e.updates_per_s > 0.0, "{e2e:?}");
         let table = to_markdown("Cpu", &rows);
         assert!(table.contains("td3-400x300-b256"), "{table}");

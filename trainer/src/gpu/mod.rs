@@ -6,5 +6,6 @@
 //! - [`bench`]: update throughput for the shapes the GPU benchmark names,
 //!   the device's matmul peak, and an end-to-end vectorized CartPole run.
 
-pub mod parity;
 pub mod bench;
+pub(crate) mod kernels;
+pub mod parity;

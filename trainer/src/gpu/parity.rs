@@ -19,7 +19,7 @@ use serde::Serialize;
 
 use crate::algo::{self, Agent};
 use crate::nn::{
-    portable, Actor, Activation, Critic, NafNetwork, NetConfig, Params, QNetwork, Recurrent,
+    portable, Activation, Actor, Critic, NafNetwork, NetConfig, Params, QNetwork, Recurrent,
     RecurrentQNetwork,
 };
 use crate::optim::Adam;
@@ -145,7 +145,11 @@ fn compare(name: String, subject: &Tensor, reference: &Tensor) -> Result<Check, 
     for (a, b) in s.iter().zip(&r) {
         let d = (f64::from(*a) - f64::from(*b)).abs();
         // A NaN on either side is a failure, not a skipped value.
-        max_abs = if d.is_nan() { f64::INFINITY } else { max_abs.max(d) };
+        max_abs = if d.is_nan() {
+            f64::INFINITY
+        } else {
+            max_abs.max(d)
+        };
         scale = scale.max(f64::from(*b).abs());
     }
     Ok(Check {
@@ -153,7 +157,11 @@ fn compare(name: String, subject: &Tensor, reference: &Tensor) -> Result<Check, 
         values: r.len(),
         max_abs,
         scale,
-        error: if scale > 0.0 { max_abs / scale } else { max_abs },
+        error: if scale > 0.0 {
+            max_abs / scale
+        } else {
+            max_abs
+        },
     })
 }
 
@@ -169,7 +177,11 @@ fn scalar_check(name: String, subject: f64, reference: f64) -> Check {
         values: 1,
         max_abs,
         scale,
-        error: if scale > 0.0 { max_abs / scale } else { max_abs },
+        error: if scale > 0.0 {
+            max_abs / scale
+        } else {
+            max_abs
+        },
     }
 }
 
@@ -180,11 +192,14 @@ fn uniform(rng: &mut SimRng, n: usize, lo: f32, hi: f32) -> Vec<f32> {
         .collect()
 }
 
+/// A forward pass from inputs to the outputs that are compared.
+type Forward = Box<dyn Fn(&[Tensor]) -> candle_core::Result<Vec<Tensor>>>;
+
 /// A network under test: its parameters and a forward pass from inputs to the
 /// outputs that are compared (and that the loss weighs).
 struct Model {
     params: Box<dyn Params>,
-    forward: Box<dyn Fn(&[Tensor]) -> candle_core::Result<Vec<Tensor>>>,
+    forward: Forward,
 }
 
 /// A network kind: its name, the input shapes, and how to build it on a device.
@@ -374,7 +389,13 @@ fn input_data(kind: &Kind, rng: &mut SimRng) -> Vec<(Vec<f32>, Vec<usize>)> {
             let data = if i == 3 && shape.len() == 2 && kind.inputs.len() >= 4 {
                 let (rows, steps) = (shape[0], shape[1]);
                 (0..rows * steps)
-                    .map(|k| if (k / steps) % 2 == 1 && k % steps < 3 { 0.0 } else { 1.0 })
+                    .map(|k| {
+                        if (k / steps) % 2 == 1 && k % steps < 3 {
+                            0.0
+                        } else {
+                            1.0
+                        }
+                    })
                     .collect()
             } else {
                 uniform(rng, n, -2.0, 2.0)
@@ -406,16 +427,20 @@ fn run_side(
     let device = inputs[0].device();
     let mut loss = Tensor::zeros((), candle_core::DType::F32, device)?;
     for out in &outputs {
-        let c = Tensor::from_vec(uniform(&mut rng, out.elem_count(), -1.0, 1.0), out.shape(), device)?;
+        let c = Tensor::from_vec(
+            uniform(&mut rng, out.elem_count(), -1.0, 1.0),
+            out.shape(),
+            device,
+        )?;
         loss = (loss + (out * c)?.sum_all()?)?;
     }
     let store = loss.backward()?;
     let named = model.params.named_vars();
     let mut grads = Vec::new();
     for (name, var) in &named {
-        let g = store.get(var.as_tensor()).ok_or_else(|| {
-            TrainError::Config(format!("parity: no gradient reached `{name}`"))
-        })?;
+        let g = store
+            .get(var.as_tensor())
+            .ok_or_else(|| TrainError::Config(format!("parity: no gradient reached `{name}`")))?;
         grads.push((name.clone(), g.clone()));
     }
     // One Adam step with clipping on the given gradients (the reference's,
@@ -491,13 +516,81 @@ fn check_kind(kind: &Kind, device: &Device, checks: &mut Vec<Check>) -> Result<(
 /// The learners whose first update is compared: `(case, env, algo, --set …)`.
 /// Each updates once per env step from the first step after a 600-step fill.
 const LEARNERS: &[(&str, &str, &str, &[&str])] = &[
-    ("dqn-double-dueling", "cartpole", "dqn", &["dqn.learning_starts=600", "dqn.train_freq=1", "dqn.gradient_steps=1"]),
-    ("dqn-per-3step-twin", "cartpole", "dqn", &["dqn.learning_starts=600", "dqn.train_freq=1", "dqn.gradient_steps=1", "dqn.prioritized=true", "dqn.n_step=3", "dqn.twin=true"]),
-    ("td3", "pendulum", "td3", &["td3.learning_starts=600", "td3.train_freq=1", "td3.gradient_steps=1"]),
-    ("ddpg", "pendulum", "ddpg", &["ddpg.learning_starts=600", "ddpg.train_freq=1", "ddpg.gradient_steps=1"]),
-    ("naf", "pendulum", "naf", &["naf.learning_starts=600", "naf.train_freq=1", "naf.gradient_steps=1"]),
-    ("drqn", "cartpole-masked", "drqn", &["drqn.learning_starts=600", "drqn.train_freq=1", "drqn.gradient_steps=1", "drqn.batch_size=16"]),
-    ("recurrent-td3", "pendulum-masked", "td3", &["td3.learning_starts=600", "td3.train_freq=1", "td3.gradient_steps=1", "td3.batch_size=16"]),
+    (
+        "dqn-double-dueling",
+        "cartpole",
+        "dqn",
+        &[
+            "dqn.learning_starts=600",
+            "dqn.train_freq=1",
+            "dqn.gradient_steps=1",
+        ],
+    ),
+    (
+        "dqn-per-3step-twin",
+        "cartpole",
+        "dqn",
+        &[
+            "dqn.learning_starts=600",
+            "dqn.train_freq=1",
+            "dqn.gradient_steps=1",
+            "dqn.prioritized=true",
+            "dqn.n_step=3",
+            "dqn.twin=true",
+        ],
+    ),
+    (
+        "td3",
+        "pendulum",
+        "td3",
+        &[
+            "td3.learning_starts=600",
+            "td3.train_freq=1",
+            "td3.gradient_steps=1",
+        ],
+    ),
+    (
+        "ddpg",
+        "pendulum",
+        "ddpg",
+        &[
+            "ddpg.learning_starts=600",
+            "ddpg.train_freq=1",
+            "ddpg.gradient_steps=1",
+        ],
+    ),
+    (
+        "naf",
+        "pendulum",
+        "naf",
+        &[
+            "naf.learning_starts=600",
+            "naf.train_freq=1",
+            "naf.gradient_steps=1",
+        ],
+    ),
+    (
+        "drqn",
+        "cartpole-masked",
+        "drqn",
+        &[
+            "drqn.learning_starts=600",
+            "drqn.train_freq=1",
+            "drqn.gradient_steps=1",
+            "drqn.batch_size=16",
+        ],
+    ),
+    (
+        "recurrent-td3",
+        "pendulum-masked",
+        "td3",
+        &[
+            "td3.learning_starts=600",
+            "td3.train_freq=1",
+            "td3.gradient_steps=1",
+            "td3.batch_size=16",
+        ],
+    ),
 ];
 
 /// Fills both learners with the same 600 random transitions, then compares
@@ -576,15 +669,27 @@ fn check_learner(
     }
     let first = |agent: &mut Box<dyn Agent>| -> Result<algo::UpdateStats, TrainError> {
         agent.set_steps_done(fill + 1);
-        agent
-            .train_after(fill + 1, total)?
-            .ok_or_else(|| TrainError::Config(format!("parity {case}: no update at step {}", fill + 1)))
+        agent.train_after(fill + 1, total)?.ok_or_else(|| {
+            TrainError::Config(format!("parity {case}: no update at step {}", fill + 1))
+        })
     };
     let r = first(&mut reference)?;
     let s = subject(device, || first(&mut tested))?;
-    checks.push(scalar_check(format!("{case} loss"), f64::from(s.loss), f64::from(r.loss)));
-    checks.push(scalar_check(format!("{case} q-mean"), f64::from(s.q_mean), f64::from(r.q_mean)));
-    checks.push(scalar_check(format!("{case} grad-norm"), s.grad_norm, r.grad_norm));
+    checks.push(scalar_check(
+        format!("{case} loss"),
+        f64::from(s.loss),
+        f64::from(r.loss),
+    ));
+    checks.push(scalar_check(
+        format!("{case} q-mean"),
+        f64::from(s.q_mean),
+        f64::from(r.q_mean),
+    ));
+    checks.push(scalar_check(
+        format!("{case} grad-norm"),
+        s.grad_norm,
+        r.grad_norm,
+    ));
     // Ten more updates on the device: they must run and stay finite.
     let mut finite = true;
     for k in 2..=11 {

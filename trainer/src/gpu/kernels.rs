@@ -1,0 +1,236 @@
+//! The optimizer's fused CUDA kernels (trainer/cuda/optim.cu): the global
+//! gradient norm, a whole Adam step and Polyak averaging, each one launch per
+//! parameter tensor, in place, with no value read back to the host.
+//!
+//! Built from candle primitives, one Adam step is about fifteen launches per
+//! parameter (scale, two moments, bias corrections, square root, division,
+//! subtraction, copy) and the norm a blocking read per parameter; on a GPU
+//! where each launch costs microseconds of host time and the arithmetic is
+//! tiny, that was the larger part of a small network's update.
+//!
+//! Without the `cuda` feature every function here reports "not available" and
+//! the callers take the primitive path. `REFLEX_CUDA_FUSED=0` turns the
+//! kernels off at run time (to compare, or to rule them out).
+
+use candle_core::{Result, Tensor};
+
+/// Whether the fused kernels apply to `t`: a contiguous f32 tensor on a CUDA
+/// device, in a build with the `cuda` feature, unless `REFLEX_CUDA_FUSED=0`.
+pub(crate) fn available(t: &Tensor) -> bool {
+    t.device().is_cuda()
+        && cfg!(feature = "cuda")
+        && t.dtype() == candle_core::DType::F32
+        && t.is_contiguous()
+        && enabled()
+}
+
+fn enabled() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("REFLEX_CUDA_FUSED").map_or(true, |v| v != "0"))
+}
+
+/// What one Adam step needs besides the tensors.
+#[derive(Debug, Clone, Copy)]
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+pub(crate) struct AdamStep {
+    pub beta1: f32,
+    pub beta2: f32,
+    pub step_size: f32,
+    pub correction2: f32,
+    pub eps: f32,
+    /// Clip the gradient to this global norm (≤ 0: no clipping).
+    pub max_norm: f64,
+}
+
+#[cfg(feature = "cuda")]
+mod imp {
+    use super::AdamStep;
+    use candle_core::cuda_backend::cudarc::driver::{LaunchConfig, PushKernelArg};
+    use candle_core::cuda_backend::{CudaDevice, CudaStorage};
+    use candle_core::{bail, DType, Device, Layout, Result, Storage, Tensor};
+
+    const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/optim.ptx"));
+    const MODULE: &str = "reflex_optim";
+
+    fn config(n: usize) -> LaunchConfig {
+        let blocks = n.div_ceil(256).clamp(1, 1024) as u32;
+        LaunchConfig {
+            grid_dim: (blocks, 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        }
+    }
+
+    fn cuda_device(t: &Tensor) -> Result<CudaDevice> {
+        match t.device() {
+            Device::Cuda(d) => Ok(d.clone()),
+            _ => bail!("fused optimizer kernel: tensor not on a CUDA device"),
+        }
+    }
+
+    fn cuda(storage: &Storage) -> Result<&CudaStorage> {
+        match storage {
+            Storage::Cuda(s) => Ok(s),
+            _ => bail!("fused optimizer kernel: storage not on a CUDA device"),
+        }
+    }
+
+    fn range(layout: &Layout, n: usize) -> Result<std::ops::Range<usize>> {
+        match layout.contiguous_offsets() {
+            Some((start, end)) if end - start == n => Ok(start..end),
+            _ => bail!("fused optimizer kernel: non-contiguous tensor or size mismatch"),
+        }
+    }
+
+    fn launch_error(e: impl std::fmt::Display) -> candle_core::Error {
+        candle_core::Error::Msg(format!("fused optimizer kernel launch: {e}"))
+    }
+
+    pub(super) fn sum_squares(grads: &[&Tensor]) -> Result<Tensor> {
+        let first = grads
+            .first()
+            .ok_or_else(|| candle_core::Error::Msg("sum_squares: no tensors".into()))?;
+        let dev = cuda_device(first)?;
+        let acc = Tensor::zeros((), DType::F64, first.device())?;
+        let func = dev.get_or_load_custom_func("reflex_sumsq", MODULE, PTX)?;
+        {
+            let (acc_storage, acc_layout) = acc.storage_and_layout();
+            let acc_slice = cuda(&acc_storage)?.as_cuda_slice::<f64>()?;
+            let acc_view = acc_slice.slice(range(acc_layout, 1)?);
+            for g in grads {
+                let n = g.elem_count();
+                let (storage, layout) = g.storage_and_layout();
+                let slice = cuda(&storage)?.as_cuda_slice::<f32>()?;
+                let view = slice.slice(range(layout, n)?);
+                let n64 = n as u64;
+                let mut b = func.builder();
+                b.arg(&view).arg(&n64).arg(&acc_view);
+                // SAFETY: the kernel reads n floats of `view` and adds into the
+                // one double of `acc_view`, both live for the launch.
+                unsafe { b.launch(config(n)) }.map_err(launch_error)?;
+            }
+        }
+        Ok(acc)
+    }
+
+    pub(super) fn adam(
+        p: &Tensor,
+        m: &Tensor,
+        v: &Tensor,
+        g: &Tensor,
+        normsq: Option<&Tensor>,
+        s: AdamStep,
+    ) -> Result<()> {
+        let n = p.elem_count();
+        for t in [m, v, g] {
+            if t.elem_count() != n {
+                bail!("adam: parameter, moments and gradient differ in size");
+            }
+        }
+        let dev = cuda_device(p)?;
+        let func = dev.get_or_load_custom_func("reflex_adam", MODULE, PTX)?;
+        let (ps, pl) = p.storage_and_layout();
+        let (ms, ml) = m.storage_and_layout();
+        let (vs, vl) = v.storage_and_layout();
+        let (gs, gl) = g.storage_and_layout();
+        let pv = cuda(&ps)?.as_cuda_slice::<f32>()?.slice(range(pl, n)?);
+        let mv = cuda(&ms)?.as_cuda_slice::<f32>()?.slice(range(ml, n)?);
+        let vv = cuda(&vs)?.as_cuda_slice::<f32>()?.slice(range(vl, n)?);
+        let gv = cuda(&gs)?.as_cuda_slice::<f32>()?.slice(range(gl, n)?);
+        let norm_guard = normsq.map(|t| t.storage_and_layout());
+        let norm_view = match &norm_guard {
+            Some((storage, layout)) => Some(
+                cuda(storage)?
+                    .as_cuda_slice::<f64>()?
+                    .slice(range(layout, 1)?),
+            ),
+            None => None,
+        };
+        let (n64, null) = (n as u64, 0u64);
+        let mut b = func.builder();
+        b.arg(&pv).arg(&mv).arg(&vv).arg(&gv).arg(&n64);
+        match &norm_view {
+            Some(view) => b.arg(view),
+            None => b.arg(&null),
+        };
+        b.arg(&s.max_norm)
+            .arg(&s.beta1)
+            .arg(&s.beta2)
+            .arg(&s.step_size)
+            .arg(&s.correction2)
+            .arg(&s.eps);
+        // SAFETY: p, m and v are n floats written in place, g n floats read,
+        // the norm one double read; all distinct tensors alive for the launch
+        // on their device's one stream.
+        unsafe { b.launch(config(n)) }.map_err(launch_error)?;
+        Ok(())
+    }
+
+    pub(super) fn lerp(dst: &Tensor, src: &Tensor, tau: f32) -> Result<()> {
+        let n = dst.elem_count();
+        if src.elem_count() != n {
+            bail!("polyak: parameters differ in size");
+        }
+        let dev = cuda_device(dst)?;
+        let func = dev.get_or_load_custom_func("reflex_lerp", MODULE, PTX)?;
+        let (ds, dl) = dst.storage_and_layout();
+        let (ss, sl) = src.storage_and_layout();
+        let dv = cuda(&ds)?.as_cuda_slice::<f32>()?.slice(range(dl, n)?);
+        let sv = cuda(&ss)?.as_cuda_slice::<f32>()?.slice(range(sl, n)?);
+        let n64 = n as u64;
+        let mut b = func.builder();
+        b.arg(&dv).arg(&sv).arg(&n64).arg(&tau);
+        // SAFETY: dst is n floats written in place, src n floats read.
+        unsafe { b.launch(config(n)) }.map_err(launch_error)?;
+        Ok(())
+    }
+}
+
+#[cfg(not(feature = "cuda"))]
+mod imp {
+    use super::AdamStep;
+    use candle_core::{bail, Result, Tensor};
+
+    pub(super) fn sum_squares(_: &[&Tensor]) -> Result<Tensor> {
+        bail!("fused CUDA kernels: built without the `cuda` feature")
+    }
+
+    pub(super) fn adam(
+        _: &Tensor,
+        _: &Tensor,
+        _: &Tensor,
+        _: &Tensor,
+        _: Option<&Tensor>,
+        _: AdamStep,
+    ) -> Result<()> {
+        bail!("fused CUDA kernels: built without the `cuda` feature")
+    }
+
+    pub(super) fn lerp(_: &Tensor, _: &Tensor, _: f32) -> Result<()> {
+        bail!("fused CUDA kernels: built without the `cuda` feature")
+    }
+}
+
+/// Σ g² over every tensor of `grads`, as an f64 scalar on their device.
+pub(crate) fn sum_squares(grads: &[&Tensor]) -> Result<Tensor> {
+    imp::sum_squares(grads)
+}
+
+/// One Adam step on `p` with moments `m`, `v` and gradient `g`, all updated
+/// in place; the gradient is first scaled to the global norm `√normsq` clipped
+/// at `step.max_norm` when `normsq` is given.
+pub(crate) fn adam(
+    p: &Tensor,
+    m: &Tensor,
+    v: &Tensor,
+    g: &Tensor,
+    normsq: Option<&Tensor>,
+    step: AdamStep,
+) -> Result<()> {
+    imp::adam(p, m, v, g, normsq, step)
+}
+
+/// `dst ← (1 − τ) dst + τ src`, in place.
+pub(crate) fn lerp(dst: &Tensor, src: &Tensor, tau: f32) -> Result<()> {
+    imp::lerp(dst, src, tau)
+}
