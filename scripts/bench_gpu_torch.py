@@ -40,7 +40,10 @@ parser.add_argument("--seconds", type=float, default=4.0)
 parser.add_argument("--out", default=None)
 parser.add_argument("--case", action="append", default=None)
 parser.add_argument("--small", action="store_true", help="shapes / 8, for a CPU smoke run")
+parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
 args = parser.parse_args()
+if args.threads:
+    torch.set_num_threads(args.threads)
 dev = torch.device(args.device)
 cuda = dev.type == "cuda"
 torch.manual_seed(0)

@@ -26,10 +26,10 @@ tm = torch.get("matmul-4096", {})
 device = next((r.get("device") for r in torch_rows if r.get("device")), "?")
 print(f"GPU: {device}; torch {next((r.get('torch') for r in torch_rows if r.get('torch')), '?')}\n")
 if peak:
-    line = f"Matmul f32 4096^3: candle {peak:.1f} TFLOP/s"
+    line = f"Matmul f32 4096^3: candle {peak:.3g} TFLOP/s"
     for form in ("fp32", "tf32"):
         if form in tm:
-            line += f"; PyTorch {form} {tm[form]['tflops']:.1f} TFLOP/s"
+            line += f"; PyTorch {form} {tm[form]['tflops']:.3g} TFLOP/s"
     print(line + "\n")
 
 forms = ["eager-host", "eager-device", "graph"]

@@ -137,6 +137,9 @@ pub struct Dqn {
     pub replay_rng: SimRng,
     device: Device,
     batch: Batch,
+    /// When set, `update` times its phases into it (see
+    /// [`Phases`](crate::gpu::Phases)); off in training.
+    pub profile: Option<crate::gpu::Phases>,
     /// Reused host buffers of the packed batch upload.
     action_scratch: Vec<f32>,
     upload_scratch: Vec<f32>,
@@ -197,6 +200,7 @@ impl Dqn {
             replay_rng: SimRng::seed(seed.wrapping_add(2)),
             device: device.clone(),
             batch: Batch::default(),
+            profile: None,
             action_scratch: Vec::new(),
             upload_scratch: Vec::new(),
         })
@@ -237,8 +241,14 @@ impl Dqn {
     /// One gradient update on a sampled batch. `beta` is PER's importance exponent.
     pub fn update(&mut self, beta: f64) -> Result<UpdateStats, TrainError> {
         let b = self.config.batch_size;
+        if let Some(p) = &mut self.profile {
+            p.start()?;
+        }
         self.replay
             .sample_into(b, beta, &mut self.replay_rng, &mut self.batch)?;
+        if let Some(p) = &mut self.profile {
+            p.mark("sample (host)")?;
+        }
         let dev = &self.device;
         let d = self.online.obs_dim();
         let batch = &self.batch;
@@ -264,6 +274,9 @@ impl Dqn {
         let [obs, next_obs, actions, rewards, discounts, weights]: [Tensor; 6] =
             parts.try_into().expect("six parts");
         let actions = actions.to_dtype(DType::U32)?;
+        if let Some(p) = &mut self.profile {
+            p.mark("upload")?;
+        }
 
         // The target y = R + d · Q⁻(s', a*), computed without gradients.
         let next_q = self.target.q_values_frozen(&next_obs)?;
@@ -289,19 +302,32 @@ impl Dqn {
             loss = (loss + (per_sample * &weights)?.mean_all()?)?;
             first_q.get_or_insert((q_taken.detach(), error.detach()));
         }
+        if let Some(p) = &mut self.profile {
+            p.mark("forward + loss")?;
+        }
         let grads = loss.backward()?;
+        if let Some(p) = &mut self.profile {
+            p.mark("backward")?;
+        }
         let grad_norm = self.optimizer.step(&grads, self.config.max_grad_norm)?;
+        if let Some(p) = &mut self.profile {
+            p.mark("optimizer")?;
+        }
 
         let (q_taken, td_error) = first_q.expect("a network has at least one head");
         if let Replay::Prioritized(_) = self.replay {
             self.replay
                 .update_priorities(&self.batch.indices, &td_error.to_vec1::<f32>()?)?;
         }
-        Ok(UpdateStats {
+        let stats = UpdateStats {
             loss: loss.to_scalar::<f32>()?,
             q_mean: q_taken.mean_all()?.to_scalar::<f32>()?,
             grad_norm,
-        })
+        };
+        if let Some(p) = &mut self.profile {
+            p.mark("stats, priorities (readback)")?;
+        }
+        Ok(stats)
     }
 
     /// Moves the target network toward the online one (copy when τ = 1).

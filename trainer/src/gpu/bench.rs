@@ -78,6 +78,9 @@ pub struct BenchRow {
     pub tflops: f64,
     /// Updates per second in the end-to-end case (0 elsewhere).
     pub updates_per_s: f64,
+    /// Mean µs per update of each phase, from a separate synchronized run
+    /// (DQN cases only).
+    pub phases_us: Vec<(String, f64)>,
 }
 
 fn sync(device: &Device) -> Result<(), TrainError> {
@@ -122,6 +125,7 @@ fn row(case: &str, shape: String, unit: &str, (n, secs): (u64, f64), flop: f64) 
         flop_per_iteration: flop,
         tflops: rate * flop / 1e12,
         updates_per_s: 0.0,
+        phases_us: Vec::new(),
     }
 }
 
@@ -214,16 +218,32 @@ fn bench_dqn(
         }
         Ok(())
     })?;
+    // The same update once more with phase timers (synchronized), for the
+    // split of its time.
+    agent.profile = Some(crate::gpu::Phases::new(device));
+    for _ in 0..200 {
+        agent.update(1.0)?;
+    }
+    let phases = agent
+        .profile
+        .take()
+        .map(|p| p.per_update_us())
+        .unwrap_or_default();
     // Online forward + backward (2× the forward's products: input and weight
     // gradients) + target forward: 4 forwards' worth of 2·B·Σ in·out.
     let flop = 4.0 * 2.0 * batch as f64 * dense_macs(&[4, hidden, hidden, 2]);
-    Ok(row(
+    let mut r = row(
         case,
         format!("4-{hidden}-{hidden}-2, batch {batch}, Huber, clip 10, Adam, target net"),
         "updates/s",
         timed,
         flop,
-    ))
+    );
+    r.phases_us = phases
+        .into_iter()
+        .map(|(n, us)| (n.to_string(), us))
+        .collect();
+    Ok(r)
 }
 
 fn bench_td3(o: &BenchOptions, device: &Device) -> Result<BenchRow, TrainError> {
@@ -474,6 +494,19 @@ pub fn to_markdown(device: &str, rows: &[BenchRow]) -> String {
             r.case, r.shape, rate, r.unit, r.tflops
         ));
     }
+    for r in rows.iter().filter(|r| !r.phases_us.is_empty()) {
+        let total: f64 = r.phases_us.iter().map(|(_, us)| us).sum();
+        out.push_str(&format!(
+            "\n{}: where an update's time goes (synchronized at each boundary; {total:.0} µs per update in all)\n\n| phase | µs per update | share |\n|---|---:|---:|\n",
+            r.case
+        ));
+        for (name, us) in &r.phases_us {
+            out.push_str(&format!(
+                "| {name} | {us:.1} | {:.0}% |\n",
+                100.0 * us / total
+            ));
+        }
+    }
     out
 }
 
@@ -502,6 +535,14 @@ mod tests {
         assert!(e2e.updates_per_s > 0.0, "{e2e:?}");
         let table = to_markdown("Cpu", &rows);
         assert!(table.contains("td3-400x300-b256"), "{table}");
+        let dqn = rows.iter().find(|r| r.case == "dqn-256x256-b256").unwrap();
+        let phases: Vec<&str> = dqn.phases_us.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(phases.len(), 6, "{phases:?}");
+        assert!(
+            phases.contains(&"optimizer") && phases.contains(&"upload"),
+            "{phases:?}"
+        );
+        assert!(table.contains("where an update's time goes"), "{table}");
         assert!(run(&Device::Cpu, &["nope".into()], &options, |_| {}).is_err());
     }
 }
