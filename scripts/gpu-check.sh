@@ -73,6 +73,14 @@ for step in $steps; do
     timeout 200 "$bin" gpu bench --device "$device" --seconds "$seconds" $flags --out "$out/bench" > "$out/bench.log" 2>&1
     rc=$?
     tail -n 12 "$out/bench.log"
+    # What the fused optimizer kernels and the event-tracking switch buy: the
+    # small-network cases again with each turned back to candle's default.
+    for variant in "REFLEX_CUDA_FUSED=0 unfused" "REFLEX_CUDA_EVENTS=1 events"; do
+      set -- $variant
+      env "$1" timeout 100 "$bin" gpu bench --device "$device" --seconds "$seconds" $flags \
+        --case dqn-256x256-b256 --case td3-400x300-b256 --out "$out/bench-$2" > "$out/bench-$2.log" 2>&1 \
+        && { echo "== with $1"; sed -n 3,6p "$out/bench-$2/bench.md"; }
+    done
     timeout 200 "$py" scripts/bench_gpu_torch.py --device "$device" --seconds "$seconds" $flags --out "$out/torch.jsonl" > "$out/torch.log" 2>&1
     trc=$?
     tail -n 20 "$out/torch.log" | cut -c1-220
