@@ -1,4 +1,4 @@
-//! With the `cuda` feature, compiles trainer/cuda/*.cu to PTX with nvcc (the
+//! With the `cuda` feature, compiles trainer/cuda/{optim,dense}.cu to PTX with nvcc (the
 //! same nvcc and CUDA_COMPUTE_CAP that candle's kernels build with; see
 //! scripts/build-cuda.sh). Without it, does nothing.
 
@@ -7,6 +7,7 @@ use std::process::Command;
 
 fn main() {
     println!("cargo:rerun-if-changed=cuda/optim.cu");
+    println!("cargo:rerun-if-changed=cuda/dense.cu");
     println!("cargo:rerun-if-env-changed=CUDA_COMPUTE_CAP");
     if std::env::var_os("CARGO_FEATURE_CUDA").is_none() {
         return;
@@ -15,20 +16,17 @@ fn main() {
     let cap = std::env::var("CUDA_COMPUTE_CAP").unwrap_or_else(|_| "90".into());
     let cap = cap.trim().replace('.', "");
     let nvcc = std::env::var("NVCC").unwrap_or_else(|_| "nvcc".into());
-    let ptx = out.join("optim.ptx");
-    let status = Command::new(&nvcc)
-        .args([
-            "--ptx",
-            "-O3",
-            "-std=c++17",
-            &format!("-arch=sm_{cap}"),
-            "-o",
-        ])
-        .arg(&ptx)
-        .arg("cuda/optim.cu")
-        .status()
-        .unwrap_or_else(|e| {
-            panic!("running {nvcc} (the `cuda` feature needs nvcc; see scripts/build-cuda.sh): {e}")
-        });
-    assert!(status.success(), "{nvcc} failed on cuda/optim.cu");
+    for name in ["optim", "dense"] {
+        let ptx = out.join(format!("{name}.ptx"));
+        let source = format!("cuda/{name}.cu");
+        let status = Command::new(&nvcc)
+            .args(["--ptx", "-O3", "-std=c++17", &format!("-arch=sm_{cap}"), "-o"])
+            .arg(&ptx)
+            .arg(&source)
+            .status()
+            .unwrap_or_else(|e| {
+                panic!("running {nvcc} (the `cuda` feature needs nvcc; see scripts/build-cuda.sh): {e}")
+            });
+        assert!(status.success(), "{nvcc} failed on {source}");
+    }
 }

@@ -31,7 +31,7 @@ extern "C" __global__ void reflex_sumsq(const float* __restrict__ x,
 
 // One Adam step on one parameter tensor, in place:
 //   s = clip scale from the global squared norm *normsq (1 when normsq is null,
-//       max_norm <= 0, or the norm is within max_norm);
+//       max_norm < 0, or the norm is within max_norm);
 //   m <- b1 m + (1 - b1)(s g);  v <- b2 v + (1 - b2)(s g)^2;
 //   p <- p - step_size * m / (sqrt(v / c2) + eps).
 // norm_out (may be null): thread 0 of block 0 writes sqrt(*normsq) there, so
@@ -42,7 +42,7 @@ extern "C" __global__ void reflex_adam(float* __restrict__ p, float* __restrict_
                                        double max_norm, float beta1, float beta2,
                                        float step_size, float correction2, float eps) {
   float s = 1.0f;
-  if (normsq != nullptr && max_norm > 0.0) {
+  if (normsq != nullptr && max_norm >= 0.0) {
     const double norm = sqrt(*normsq);
     if (norm > max_norm) s = (float)(max_norm / (norm + 1e-6));
   }

@@ -342,7 +342,8 @@ impl Adam {
         for (i, g) in grads.iter().enumerate() {
             let Some(g) = g else { continue };
             any = true;
-            if !(available(g)
+            let on_gpu = g.device().is_cuda() && g.dtype() == candle_core::DType::F32;
+            if !(on_gpu
                 && available(self.vars[i].as_tensor())
                 && available(&self.first_moment[i])
                 && available(&self.second_moment[i]))
@@ -362,7 +363,13 @@ impl Adam {
         max_grad_norm: Option<f64>,
     ) -> Result<f64> {
         use crate::gpu::kernels;
-        let present: Vec<&Tensor> = grads.iter().flatten().copied().collect();
+        // Gradients are contiguous in practice (candle accumulates each one
+        // with an add); a strided one is copied once here.
+        let grads: Vec<Option<Tensor>> = grads
+            .iter()
+            .map(|g| g.map(Tensor::contiguous).transpose())
+            .collect::<Result<_>>()?;
+        let present: Vec<&Tensor> = grads.iter().flatten().collect();
         let normsq = kernels::sum_squares(&present)?;
         self.steps += 1;
         let t = self.steps as i32;
@@ -372,7 +379,7 @@ impl Adam {
             step_size: (self.lr / (1.0 - self.beta1.powi(t))) as f32,
             correction2: (1.0 - self.beta2.powi(t)) as f32,
             eps: self.eps as f32,
-            max_norm: max_grad_norm.unwrap_or(0.0),
+            max_norm: max_grad_norm.unwrap_or(-1.0),
         };
         for (i, grad) in grads.iter().enumerate() {
             let Some(grad) = grad else { continue };

@@ -38,7 +38,7 @@ pub(crate) struct AdamStep {
     pub step_size: f32,
     pub correction2: f32,
     pub eps: f32,
-    /// Clip the gradient to this global norm (≤ 0: no clipping).
+    /// Clip the gradient to this global norm (negative: no clipping).
     pub max_norm: f64,
 }
 
@@ -166,6 +166,102 @@ mod imp {
         Ok(())
     }
 
+    const DENSE_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/dense.ptx"));
+    const DENSE: &str = "reflex_dense";
+
+    fn storage_view<'a>(
+        s: &'a CudaStorage,
+        l: &Layout,
+        n: usize,
+    ) -> Result<candle_core::cuda_backend::cudarc::driver::CudaView<'a, f32>> {
+        Ok(s.as_cuda_slice::<f32>()?.slice(range(l, n)?))
+    }
+
+    pub(crate) fn bias_act(
+        ys: &CudaStorage,
+        yl: &Layout,
+        bs: &CudaStorage,
+        bl: &Layout,
+        act: i32,
+    ) -> Result<(CudaStorage, candle_core::Shape)> {
+        let (rows, cols) = yl.shape().dims2()?;
+        if bl.shape().dims1()? != cols {
+            bail!("bias-act: bias {:?} for output {:?}", bl.dims(), yl.dims());
+        }
+        let dev = ys.device.clone();
+        let (y, b) = (
+            storage_view(ys, yl, rows * cols)?,
+            storage_view(bs, bl, cols)?,
+        );
+        // SAFETY: every element is written by the kernel below before use.
+        let out = unsafe { dev.alloc::<f32>(rows * cols)? };
+        let func = dev.get_or_load_custom_func("reflex_bias_act", DENSE, DENSE_PTX)?;
+        let (r64, c64) = (rows as u64, cols as u64);
+        let mut builder = func.builder();
+        builder
+            .arg(&y)
+            .arg(&b)
+            .arg(&out)
+            .arg(&r64)
+            .arg(&c64)
+            .arg(&act);
+        // SAFETY: y is rows × cols floats, b cols floats, out rows × cols floats.
+        unsafe { builder.launch(config(rows * cols)) }.map_err(launch_error)?;
+        Ok((
+            CudaStorage::wrap_cuda_slice(out, dev),
+            candle_core::Shape::from((rows, cols)),
+        ))
+    }
+
+    pub(crate) fn preact_grad(
+        gs: &CudaStorage,
+        gl: &Layout,
+        rs: &CudaStorage,
+        rl: &Layout,
+        act: i32,
+    ) -> Result<(CudaStorage, candle_core::Shape)> {
+        let (rows, cols) = gl.shape().dims2()?;
+        if rl.dims() != gl.dims() {
+            bail!(
+                "dense-act-grad: gradient {:?} for output {:?}",
+                gl.dims(),
+                rl.dims()
+            );
+        }
+        let dev = gs.device.clone();
+        let (g, res) = (
+            storage_view(gs, gl, rows * cols)?,
+            storage_view(rs, rl, rows * cols)?,
+        );
+        // The sum row must start at zero (tiles add into it).
+        let out = dev.alloc_zeros::<f32>((rows + 1) * cols)?;
+        let func = dev.get_or_load_custom_func("reflex_preact_grad", DENSE, DENSE_PTX)?;
+        let (r64, c64) = (rows as u64, cols as u64);
+        let mut builder = func.builder();
+        builder
+            .arg(&g)
+            .arg(&res)
+            .arg(&out)
+            .arg(&r64)
+            .arg(&c64)
+            .arg(&act);
+        let cfg = LaunchConfig {
+            grid_dim: (
+                cols.div_ceil(32) as u32,
+                rows.div_ceil(256).max(1) as u32,
+                1,
+            ),
+            block_dim: (32, 8, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: g and res are rows × cols floats, out (rows + 1) × cols.
+        unsafe { builder.launch(cfg) }.map_err(launch_error)?;
+        Ok((
+            CudaStorage::wrap_cuda_slice(out, dev),
+            candle_core::Shape::from((rows + 1, cols)),
+        ))
+    }
+
     pub(super) fn lerp(dst: &Tensor, src: &Tensor, tau: f32) -> Result<()> {
         let n = dst.elem_count();
         if src.elem_count() != n {
@@ -229,6 +325,15 @@ pub(crate) fn adam(
 ) -> Result<()> {
     imp::adam(p, m, v, g, normsq, step)
 }
+
+/// Whether a dense layer's epilogue runs as the fused kernels of
+/// trainer/cuda/dense.cu on `device` (CUDA, a `cuda` build, not turned off).
+pub(crate) fn dense_epilogue(device: &candle_core::Device) -> bool {
+    device.is_cuda() && cfg!(feature = "cuda") && enabled()
+}
+
+#[cfg(feature = "cuda")]
+pub(crate) use imp::{bias_act as bias_act_cuda, preact_grad as preact_grad_cuda};
 
 /// `dst ← (1 − τ) dst + τ src`, in place.
 pub(crate) fn lerp(dst: &Tensor, src: &Tensor, tau: f32) -> Result<()> {

@@ -156,6 +156,88 @@ impl CustomOp3 for DenseAct {
     }
 }
 
+/// `act(y + b)` for `y` `[batch, out]` (the product x Wᵀ, computed as a candle
+/// matmul) and `b` `[out]`: a dense layer's epilogue as one op, where the
+/// product cannot be fused with it (CUDA: cuBLAS computes it). Its backward
+/// pass is [`PreactGrad`], one op for `g ⊙ act'(out)` and the bias gradient,
+/// instead of the activation's mask ops and the broadcast add's reduction.
+/// The CPU form exists to test the op; CPU layers use [`dense`].
+pub(crate) fn bias_act(y: &Tensor, b: &Tensor, act: Act) -> Result<Tensor> {
+    y.apply_op2(b, BiasAct(act))
+}
+
+struct BiasAct(Act);
+
+impl Act {
+    /// The code trainer/cuda/dense.cu uses.
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    fn code(self) -> i32 {
+        match self {
+            Act::Identity => 0,
+            Act::Relu => 1,
+            Act::Tanh => 2,
+        }
+    }
+}
+
+impl CustomOp2 for BiasAct {
+    fn name(&self) -> &'static str {
+        "bias-act"
+    }
+
+    fn cpu_fwd(
+        &self,
+        ys: &CpuStorage,
+        yl: &Layout,
+        bs: &CpuStorage,
+        bl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (rows, cols) = yl.shape().dims2()?;
+        let (y, b) = (slice(ys, yl)?, slice(bs, bl)?);
+        if b.len() != cols {
+            candle_core::bail!("bias-act: bias {:?} for output {:?}", bl.dims(), yl.dims());
+        }
+        let mut out = Vec::with_capacity(rows * cols);
+        for row in y.chunks_exact(cols.max(1)).take(rows) {
+            out.extend(row.iter().zip(b).map(|(&v, &bias)| {
+                let v = v + bias;
+                match self.0 {
+                    Act::Identity => v,
+                    Act::Relu => v.max(0.0),
+                    Act::Tanh => tanh(v),
+                }
+            }));
+        }
+        Ok((CpuStorage::F32(out), Shape::from((rows, cols))))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        ys: &candle_core::CudaStorage,
+        yl: &Layout,
+        bs: &candle_core::CudaStorage,
+        bl: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        crate::gpu::kernels::bias_act_cuda(ys, yl, bs, bl, self.0.code())
+    }
+
+    fn bwd(
+        &self,
+        y: &Tensor,
+        b: &Tensor,
+        out: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let grad = grad.contiguous()?;
+        let both = grad.apply_op2_no_bwd(out, &PreactGrad(self.0))?;
+        let rows = grad.dim(0)?;
+        let dy = y.track_op().then(|| both.narrow(0, 0, rows)).transpose()?;
+        let db = b.track_op().then(|| both.get(rows)).transpose()?;
+        Ok((dy, db))
+    }
+}
+
 /// (g, y) → rows of `g ⊙ act'(y)` `[batch, out]` with their column sum as one
 /// more row `[batch + 1, out]`.
 struct PreactGrad(Act);
@@ -163,6 +245,17 @@ struct PreactGrad(Act);
 impl CustomOp2 for PreactGrad {
     fn name(&self) -> &'static str {
         "dense-act-grad"
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        gs: &candle_core::CudaStorage,
+        gl: &Layout,
+        ys: &candle_core::CudaStorage,
+        yl: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        crate::gpu::kernels::preact_grad_cuda(gs, gl, ys, yl, self.0.code())
     }
 
     fn cpu_fwd(
@@ -291,6 +384,39 @@ mod tests {
                 close(f, p, 1e-4, &format!("{act:?} {name}"));
             }
         }
+    }
+
+    /// The CUDA layers' epilogue op (checked here through its CPU form: the
+    /// op's backward wiring and the gradient pass are the same on both).
+    #[test]
+    fn the_bias_activation_op_matches_primitives() {
+        let mut rng = SimRng::seed(9);
+        for act in [Act::Identity, Act::Relu, Act::Tanh] {
+            let x = Var::from_tensor(&random((9, 5), &mut rng)).unwrap();
+            let w = Var::from_tensor(&random((7, 5), &mut rng)).unwrap();
+            let b = Var::from_tensor(&random((1, 7), &mut rng).squeeze(0).unwrap()).unwrap();
+            let weights = random((9, 7), &mut rng);
+            let loss = |y: &Tensor| (y * &weights).unwrap().sum_all().unwrap();
+            let product = x.as_tensor().matmul(&w.as_tensor().t().unwrap()).unwrap();
+            let epilogue = bias_act(&product, b.as_tensor(), act).unwrap();
+            let plain = primitive(x.as_tensor(), w.as_tensor(), b.as_tensor(), act);
+            close(&epilogue, &plain, 1e-5, "y");
+            let (ge, gp) = (
+                loss(&epilogue).backward().unwrap(),
+                loss(&plain).backward().unwrap(),
+            );
+            for (name, var) in [("dx", &x), ("dW", &w), ("db", &b)] {
+                let (e, p) = (ge.get(var).unwrap(), gp.get(var).unwrap());
+                close(e, p, 1e-4, &format!("{act:?} {name}"));
+            }
+        }
+        // A detached bias gets no gradient; the product's still flows.
+        let x = Var::from_tensor(&random((3, 2), &mut rng)).unwrap();
+        let b = random((1, 2), &mut rng).squeeze(0).unwrap();
+        let y = bias_act(&x.as_tensor().affine(2.0, 0.0).unwrap(), &b, Act::Relu).unwrap();
+        let grads = y.sum_all().unwrap().backward().unwrap();
+        assert!(grads.get(&b).is_none());
+        assert!(grads.get(x.as_tensor()).is_some());
     }
 
     /// Detached weights get no gradient, and the input's still flows.
