@@ -34,13 +34,12 @@ extern "C" __global__ void reflex_sumsq(const float* __restrict__ x,
 //       max_norm < 0, or the norm is within max_norm);
 //   m <- b1 m + (1 - b1)(s g);  v <- b2 v + (1 - b2)(s g)^2;
 //   p <- p - step_size * m / (sqrt(v / c2) + eps).
-// norm_out (may be null): thread 0 of block 0 writes sqrt(*normsq) there, so
-// the caller can read the norm later without another kernel.
-extern "C" __global__ void reflex_adam(float* __restrict__ p, float* __restrict__ m,
-                                       float* __restrict__ v, const float* __restrict__ g,
-                                       unsigned long long n, const double* __restrict__ normsq,
-                                       double max_norm, float beta1, float beta2,
-                                       float step_size, float correction2, float eps) {
+__device__ __forceinline__ void adam_body(float* __restrict__ p, float* __restrict__ m,
+                                          float* __restrict__ v, const float* __restrict__ g,
+                                          unsigned long long n,
+                                          const double* __restrict__ normsq, double max_norm,
+                                          float beta1, float beta2, float step_size,
+                                          float correction2, float eps) {
   float s = 1.0f;
   if (normsq != nullptr && max_norm >= 0.0) {
     const double norm = sqrt(*normsq);
@@ -56,6 +55,26 @@ extern "C" __global__ void reflex_adam(float* __restrict__ p, float* __restrict_
     v[i] = vi;
     p[i] -= step_size * mi / (sqrtf(vi * inv_c2) + eps);
   }
+}
+
+extern "C" __global__ void reflex_adam(float* __restrict__ p, float* __restrict__ m,
+                                       float* __restrict__ v, const float* __restrict__ g,
+                                       unsigned long long n, const double* __restrict__ normsq,
+                                       double max_norm, float beta1, float beta2,
+                                       float step_size, float correction2, float eps) {
+  adam_body(p, m, v, g, n, normsq, max_norm, beta1, beta2, step_size, correction2, eps);
+}
+
+// The same step with step_size and correction2 read from device memory
+// (hyper[0], hyper[1]), for a CUDA graph: a graph replays its kernels'
+// arguments as captured, and these two change every step.
+extern "C" __global__ void reflex_adam_graph(float* __restrict__ p, float* __restrict__ m,
+                                             float* __restrict__ v, const float* __restrict__ g,
+                                             unsigned long long n,
+                                             const double* __restrict__ normsq, double max_norm,
+                                             float beta1, float beta2,
+                                             const float* __restrict__ hyper, float eps) {
+  adam_body(p, m, v, g, n, normsq, max_norm, beta1, beta2, hyper[0], hyper[1], eps);
 }
 
 // Polyak averaging in place: d <- (1 - tau) d + tau s.

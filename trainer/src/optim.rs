@@ -362,6 +362,48 @@ impl Adam {
         grads: &[Option<&Tensor>],
         max_grad_norm: Option<f64>,
     ) -> Result<f64> {
+        let hyper = self.next_hyper();
+        let normsq = self.fused_cuda_pass(grads, max_grad_norm, hyper, None)?;
+        Ok(normsq.to_scalar::<f64>()?.sqrt())
+    }
+
+    /// Advances the step count and returns this step's (step size, second
+    /// bias correction).
+    pub(crate) fn next_hyper(&mut self) -> [f32; 2] {
+        self.steps += 1;
+        let t = self.steps as i32;
+        [
+            (self.lr / (1.0 - self.beta1.powi(t))) as f32,
+            (1.0 - self.beta2.powi(t)) as f32,
+        ]
+    }
+
+    /// The fused step for a CUDA graph: the step size and bias correction come
+    /// from `hyper` (f32 `[2]` on the device, refreshed before each replay by
+    /// the caller with [`next_hyper`](Self::next_hyper)); nothing is read back.
+    /// Returns the squared norm as an f64 device scalar. The step count is
+    /// not advanced here. Fails unless every tensor takes the fused kernels.
+    pub(crate) fn step_in_graph(
+        &mut self,
+        grads: &GradStore,
+        max_grad_norm: Option<f64>,
+        hyper: &Tensor,
+    ) -> Result<Tensor> {
+        let grads: Vec<Option<&Tensor>> = self.vars.iter().map(|v| grads.get(v)).collect();
+        if !self.fused_cuda(&grads) {
+            candle_core::bail!("a CUDA graph step needs the fused CUDA optimizer kernels");
+        }
+        self.fused_cuda_pass(&grads, max_grad_norm, [0.0, 1.0], Some(hyper))
+    }
+
+    /// Norm and per-parameter fused Adam launches.
+    fn fused_cuda_pass(
+        &mut self,
+        grads: &[Option<&Tensor>],
+        max_grad_norm: Option<f64>,
+        [step_size, correction2]: [f32; 2],
+        hyper: Option<&Tensor>,
+    ) -> Result<Tensor> {
         use crate::gpu::kernels;
         // Gradients are contiguous in practice (candle accumulates each one
         // with an add); a strided one is copied once here.
@@ -371,13 +413,11 @@ impl Adam {
             .collect::<Result<_>>()?;
         let present: Vec<&Tensor> = grads.iter().flatten().collect();
         let normsq = kernels::sum_squares(&present)?;
-        self.steps += 1;
-        let t = self.steps as i32;
         let step = kernels::AdamStep {
             beta1: self.beta1 as f32,
             beta2: self.beta2 as f32,
-            step_size: (self.lr / (1.0 - self.beta1.powi(t))) as f32,
-            correction2: (1.0 - self.beta2.powi(t)) as f32,
+            step_size,
+            correction2,
             eps: self.eps as f32,
             max_norm: max_grad_norm.unwrap_or(-1.0),
         };
@@ -389,10 +429,11 @@ impl Adam {
                 &self.second_moment[i],
                 grad,
                 max_grad_norm.map(|_| &normsq),
+                hyper,
                 step,
             )?;
         }
-        Ok(normsq.to_scalar::<f64>()?.sqrt())
+        Ok(normsq)
     }
 
     /// The moments, named after their parameters' `names` (same order as the

@@ -19,7 +19,7 @@
 //! Truncation (a time limit) is not termination: the replay keeps d = γ^m for a
 //! truncated episode's last steps, so the target bootstraps through it.
 
-use candle_core::{DType, Device, Shape, Tensor, D};
+use candle_core::{DType, Device, Shape, Tensor, Var, D};
 use reflex_msgs::{Action, PolicySpec};
 use reflex_sim::SimRng;
 use serde::{Deserialize, Serialize};
@@ -140,6 +140,14 @@ pub struct Dqn {
     /// When set, `update` times its phases into it (see
     /// [`Phases`](crate::gpu::Phases)); off in training.
     pub profile: Option<crate::gpu::Phases>,
+    /// Run updates as a captured CUDA graph (see [`crate::gpu::graph`];
+    /// experimental). Starts as `REFLEX_CUDA_GRAPH=1` says; has an effect on
+    /// CUDA devices with the fused kernels only.
+    pub cuda_graph: bool,
+    /// The captured update, once one has been made.
+    graph: Option<GraphedUpdate>,
+    /// Eager updates run so far to warm up for the capture.
+    graph_warmup: u32,
     /// Reused host buffers of the packed batch upload.
     action_scratch: Vec<f32>,
     upload_scratch: Vec<f32>,
@@ -201,6 +209,9 @@ impl Dqn {
             device: device.clone(),
             batch: Batch::default(),
             profile: None,
+            cuda_graph: crate::gpu::graph::requested(),
+            graph: None,
+            graph_warmup: 0,
             action_scratch: Vec::new(),
             upload_scratch: Vec::new(),
         })
@@ -249,17 +260,26 @@ impl Dqn {
         if let Some(p) = &mut self.profile {
             p.mark("sample (host)")?;
         }
-        let dev = &self.device;
-        let d = self.online.obs_dim();
+        let shapes = self.pack_batch()?;
+        if self.graphed() {
+            return self.update_graphed(&shapes);
+        }
+        self.update_eager(&shapes)
+    }
+
+    /// The sampled batch as one host buffer (`upload_scratch`): observations,
+    /// next observations, action indices as f32 (exact below 2^24), rewards,
+    /// discounts, weights. Returns the parts' shapes.
+    fn pack_batch(&mut self) -> Result<Vec<Shape>, TrainError> {
+        let (b, d) = (self.config.batch_size, self.online.obs_dim());
         let batch = &self.batch;
         let BatchActions::Discrete(actions) = &batch.actions else {
             return Err(TrainError::Config("DQN needs discrete actions".into()));
         };
-        // Action indices travel as f32 (exact below 2^24) in the one upload.
         self.action_scratch.clear();
         self.action_scratch
             .extend(actions.iter().map(|&a| a as f32));
-        let parts = super::upload_packed(
+        Ok(super::pack(
             &[
                 (&batch.obs, Shape::from((b, d))),
                 (&batch.next_obs, Shape::from((b, d))),
@@ -269,39 +289,21 @@ impl Dqn {
                 (&batch.weights, Shape::from(b)),
             ],
             &mut self.upload_scratch,
-            dev,
+        ))
+    }
+
+    /// The update op by op, from the packed batch.
+    fn update_eager(&mut self, shapes: &[Shape]) -> Result<UpdateStats, TrainError> {
+        let all = Tensor::from_slice(
+            &self.upload_scratch,
+            self.upload_scratch.len(),
+            &self.device,
         )?;
-        let [obs, next_obs, actions, rewards, discounts, weights]: [Tensor; 6] =
-            parts.try_into().expect("six parts");
-        let actions = actions.to_dtype(DType::U32)?;
+        let parts = super::unpack(&all, shapes)?;
         if let Some(p) = &mut self.profile {
             p.mark("upload")?;
         }
-
-        // The target y = R + d · Q⁻(s', a*), computed without gradients.
-        let next_q = self.target.q_values_frozen(&next_obs)?;
-        let online_next_q = if self.config.double {
-            Some(self.online.q_values_frozen(&next_obs)?)
-        } else {
-            None
-        };
-        let next_value = bootstrap_value(&next_q, online_next_q.as_ref())?;
-        let y = (rewards + (discounts * next_value)?)?.detach();
-
-        // Every head regresses Q(s, a) onto the same target.
-        let mut loss = Tensor::zeros((), DType::F32, dev)?;
-        let mut first_q = None;
-        for q in self.online.forward_heads(&obs)? {
-            let q_taken = q.gather(&actions, D::Minus1)?.squeeze(D::Minus1)?;
-            let error = (&q_taken - &y)?;
-            let per_sample = if self.config.huber {
-                huber(&error)?
-            } else {
-                (error.sqr()? * 0.5)?
-            };
-            loss = (loss + (per_sample * &weights)?.mean_all()?)?;
-            first_q.get_or_insert((q_taken.detach(), error.detach()));
-        }
+        let (loss, q_taken, td_error) = td_loss(&self.online, &self.target, &self.config, &parts)?;
         if let Some(p) = &mut self.profile {
             p.mark("forward + loss")?;
         }
@@ -313,8 +315,6 @@ impl Dqn {
         if let Some(p) = &mut self.profile {
             p.mark("optimizer")?;
         }
-
-        let (q_taken, td_error) = first_q.expect("a network has at least one head");
         if let Replay::Prioritized(_) = self.replay {
             self.replay
                 .update_priorities(&self.batch.indices, &td_error.to_vec1::<f32>()?)?;
@@ -330,6 +330,81 @@ impl Dqn {
         Ok(stats)
     }
 
+    /// Whether updates run as a captured CUDA graph: asked for
+    /// ([`cuda_graph`](Self::cuda_graph)), on a CUDA device with the fused
+    /// kernels, and not while phases are being timed.
+    fn graphed(&self) -> bool {
+        self.cuda_graph
+            && self.profile.is_none()
+            && crate::gpu::kernels::dense_epilogue(&self.device)
+    }
+
+    /// The update as one replay of a CUDA graph (see [`crate::gpu::graph`]):
+    /// after a few eager warm-up updates, the device work of one update is
+    /// captured once; each update then copies its batch into the captured
+    /// input buffer, refreshes Adam's step size, replays, and reads the stats
+    /// (and PER's TD errors) back in one copy.
+    fn update_graphed(&mut self, shapes: &[Shape]) -> Result<UpdateStats, TrainError> {
+        use crate::gpu::graph::Graph;
+        const WARMUP: u32 = 3;
+        let dev = self.device.clone();
+        if self.graph.is_none() && self.graph_warmup < WARMUP {
+            self.graph_warmup += 1;
+            return Graph::with_upload_cache(&dev, || self.update_eager(shapes));
+        }
+        let n = self.upload_scratch.len();
+        if self.graph.is_none() {
+            let input = Var::from_tensor(&Tensor::zeros(n, DType::F32, &dev)?)?;
+            let hyper = Var::from_tensor(&Tensor::new(&[0f32, 1.0], &dev)?)?;
+            let per = matches!(self.replay, Replay::Prioritized(_));
+            let (online, target, config) = (&self.online, &self.target, &self.config);
+            let optimizer = &mut self.optimizer;
+            let graph = Graph::capture(&dev, || {
+                let parts = super::unpack(input.as_tensor(), shapes)?;
+                let (loss, q_taken, td_error) = td_loss(online, target, config, &parts)
+                    .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+                let grads = loss.backward()?;
+                let normsq =
+                    optimizer.step_in_graph(&grads, config.max_grad_norm, hyper.as_tensor())?;
+                let mut pieces = vec![
+                    loss.reshape(1)?,
+                    q_taken.mean_all()?.reshape(1)?,
+                    normsq.to_dtype(DType::F32)?.reshape(1)?,
+                ];
+                if per {
+                    pieces.push(td_error.flatten_all()?);
+                }
+                Ok(vec![Tensor::cat(&pieces, 0)?])
+            })?;
+            self.graph = Some(GraphedUpdate {
+                graph,
+                input,
+                hyper,
+            });
+        }
+        let g = self.graph.as_ref().expect("captured above");
+        if g.input.elem_count() != n {
+            return Err(TrainError::Config(
+                "CUDA graph update: the batch changed size after capture".into(),
+            ));
+        }
+        g.input
+            .set(&Tensor::from_slice(&self.upload_scratch, n, &dev)?)?;
+        let hyper = self.optimizer.next_hyper();
+        g.hyper.set(&Tensor::new(&hyper, &dev)?)?;
+        g.graph.launch()?;
+        let out = g.graph.outputs()[0].to_vec1::<f32>()?;
+        if let Replay::Prioritized(_) = self.replay {
+            self.replay
+                .update_priorities(&self.batch.indices, &out[3..])?;
+        }
+        Ok(UpdateStats {
+            loss: out[0],
+            q_mean: out[1],
+            grad_norm: f64::from(out[2]).sqrt(),
+        })
+    }
+
     /// Moves the target network toward the online one (copy when τ = 1).
     pub fn update_target(&self) -> Result<(), TrainError> {
         if self.config.tau >= 1.0 {
@@ -339,6 +414,16 @@ impl Dqn {
         }
         Ok(())
     }
+}
+
+/// A captured update and the device buffers it reads (see [`crate::gpu::graph`]).
+#[derive(Debug)]
+struct GraphedUpdate {
+    graph: crate::gpu::graph::Graph,
+    /// The packed batch, copied in before each replay.
+    input: Var,
+    /// Adam's step size and second bias correction for the replay.
+    hyper: Var,
 }
 
 impl Agent for Dqn {
@@ -423,6 +508,45 @@ impl Agent for Dqn {
 
 /// Q⁻(s', a*) per row: with `online_next_q` (Double DQN) a* is the online
 /// network's argmax, evaluated by the target network; without it, the target's max.
+/// DQN's loss on a batch (`parts` as [`Dqn::update`] packs them): the target
+/// y = R + d · Q⁻(s', a*) without gradients, every head regressed onto it
+/// with PER weights. Returns (loss, Q(s, a) of the first head, its TD error),
+/// the last two detached.
+fn td_loss(
+    online: &QNetwork,
+    target: &QNetwork,
+    config: &DqnConfig,
+    parts: &[Tensor],
+) -> Result<(Tensor, Tensor, Tensor), TrainError> {
+    let [obs, next_obs, actions, rewards, discounts, weights] = parts else {
+        return Err(TrainError::Config("DQN batch: six parts expected".into()));
+    };
+    let actions = actions.to_dtype(DType::U32)?;
+    let next_q = target.q_values_frozen(next_obs)?;
+    let online_next_q = if config.double {
+        Some(online.q_values_frozen(next_obs)?)
+    } else {
+        None
+    };
+    let next_value = bootstrap_value(&next_q, online_next_q.as_ref())?;
+    let y = (rewards + (discounts * next_value)?)?.detach();
+    let mut loss = Tensor::zeros((), DType::F32, obs.device())?;
+    let mut first_q = None;
+    for q in online.forward_heads(obs)? {
+        let q_taken = q.gather(&actions, D::Minus1)?.squeeze(D::Minus1)?;
+        let error = (&q_taken - &y)?;
+        let per_sample = if config.huber {
+            huber(&error)?
+        } else {
+            (error.sqr()? * 0.5)?
+        };
+        loss = (loss + (per_sample * weights)?.mean_all()?)?;
+        first_q.get_or_insert((q_taken.detach(), error.detach()));
+    }
+    let (q_taken, td_error) = first_q.expect("a network has at least one head");
+    Ok((loss, q_taken, td_error))
+}
+
 pub fn bootstrap_value(
     next_q: &Tensor,
     online_next_q: Option<&Tensor>,

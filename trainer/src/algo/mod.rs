@@ -190,18 +190,38 @@ pub(crate) fn upload_packed(
     scratch: &mut Vec<f32>,
     device: &Device,
 ) -> candle_core::Result<Vec<candle_core::Tensor>> {
+    let shapes = pack(parts, scratch);
+    let all = candle_core::Tensor::from_slice(scratch, scratch.len(), device)?;
+    unpack(&all, &shapes)
+}
+
+/// The host half of [`upload_packed`]: concatenates `parts` into `scratch`
+/// and returns their shapes.
+pub(crate) fn pack(
+    parts: &[(&[f32], candle_core::Shape)],
+    scratch: &mut Vec<f32>,
+) -> Vec<candle_core::Shape> {
     scratch.clear();
     for (data, shape) in parts {
         debug_assert_eq!(data.len(), shape.elem_count());
         scratch.extend_from_slice(data);
     }
-    let all = candle_core::Tensor::from_slice(scratch, scratch.len(), device)?;
+    parts.iter().map(|(_, shape)| shape.clone()).collect()
+}
+
+/// The device half of [`upload_packed`]: consecutive views of the 1-D `all`,
+/// one per shape.
+pub(crate) fn unpack(
+    all: &candle_core::Tensor,
+    shapes: &[candle_core::Shape],
+) -> candle_core::Result<Vec<candle_core::Tensor>> {
     let mut start = 0;
-    parts
+    shapes
         .iter()
-        .map(|(data, shape)| {
-            let part = all.narrow(0, start, data.len())?.reshape(shape)?;
-            start += data.len();
+        .map(|shape| {
+            let n = shape.elem_count();
+            let part = all.narrow(0, start, n)?.reshape(shape)?;
+            start += n;
             Ok(part)
         })
         .collect()

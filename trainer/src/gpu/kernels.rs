@@ -119,6 +119,7 @@ mod imp {
         v: &Tensor,
         g: &Tensor,
         normsq: Option<&Tensor>,
+        hyper: Option<&Tensor>,
         s: AdamStep,
     ) -> Result<()> {
         let n = p.elem_count();
@@ -128,7 +129,12 @@ mod imp {
             }
         }
         let dev = cuda_device(p)?;
-        let func = dev.get_or_load_custom_func("reflex_adam", MODULE, PTX)?;
+        let kernel = if hyper.is_some() {
+            "reflex_adam_graph"
+        } else {
+            "reflex_adam"
+        };
+        let func = dev.get_or_load_custom_func(kernel, MODULE, PTX)?;
         let (ps, pl) = p.storage_and_layout();
         let (ms, ml) = m.storage_and_layout();
         let (vs, vl) = v.storage_and_layout();
@@ -146,6 +152,15 @@ mod imp {
             ),
             None => None,
         };
+        let hyper_guard = hyper.map(|t| t.storage_and_layout());
+        let hyper_view = match &hyper_guard {
+            Some((storage, layout)) => Some(
+                cuda(storage)?
+                    .as_cuda_slice::<f32>()?
+                    .slice(range(layout, 2)?),
+            ),
+            None => None,
+        };
         let (n64, null) = (n as u64, 0u64);
         let mut b = func.builder();
         b.arg(&pv).arg(&mv).arg(&vv).arg(&gv).arg(&n64);
@@ -153,12 +168,12 @@ mod imp {
             Some(view) => b.arg(view),
             None => b.arg(&null),
         };
-        b.arg(&s.max_norm)
-            .arg(&s.beta1)
-            .arg(&s.beta2)
-            .arg(&s.step_size)
-            .arg(&s.correction2)
-            .arg(&s.eps);
+        b.arg(&s.max_norm).arg(&s.beta1).arg(&s.beta2);
+        match &hyper_view {
+            Some(view) => b.arg(view),
+            None => b.arg(&s.step_size).arg(&s.correction2),
+        };
+        b.arg(&s.eps);
         // SAFETY: p, m and v are n floats written in place, g n floats read,
         // the norm one double read; all distinct tensors alive for the launch
         // on their device's one stream.
@@ -297,6 +312,7 @@ mod imp {
         _: &Tensor,
         _: &Tensor,
         _: Option<&Tensor>,
+        _: Option<&Tensor>,
         _: AdamStep,
     ) -> Result<()> {
         bail!("fused CUDA kernels: built without the `cuda` feature")
@@ -314,16 +330,19 @@ pub(crate) fn sum_squares(grads: &[&Tensor]) -> Result<Tensor> {
 
 /// One Adam step on `p` with moments `m`, `v` and gradient `g`, all updated
 /// in place; the gradient is first scaled to the global norm `√normsq` clipped
-/// at `step.max_norm` when `normsq` is given.
+/// at `step.max_norm` when `normsq` is given. With `hyper` (an f32 `[2]` on the
+/// device) the step size and second bias correction are read from it instead
+/// of `step` (for a CUDA graph, which replays arguments as captured).
 pub(crate) fn adam(
     p: &Tensor,
     m: &Tensor,
     v: &Tensor,
     g: &Tensor,
     normsq: Option<&Tensor>,
+    hyper: Option<&Tensor>,
     step: AdamStep,
 ) -> Result<()> {
-    imp::adam(p, m, v, g, normsq, step)
+    imp::adam(p, m, v, g, normsq, hyper, step)
 }
 
 /// Whether a dense layer's epilogue runs as the fused kernels of

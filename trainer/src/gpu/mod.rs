@@ -74,3 +74,4 @@ impl Phases {
             .collect()
     }
 }
+pub mod graph;

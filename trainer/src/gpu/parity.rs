@@ -712,6 +712,67 @@ fn check_learner(
     Ok(())
 }
 
+/// On CUDA: DQN updates replayed from a captured CUDA graph against the same
+/// updates run op by op, from the same weights and batches. The first replays
+/// (after the eager warm-up) must report the same loss and mean Q.
+fn check_graph(device: &Device, checks: &mut Vec<Check>) -> Result<(), TrainError> {
+    use crate::algo::dqn::{Dqn, DqnConfig};
+    let config = DqnConfig {
+        learning_starts: 0,
+        prioritized: true,
+        ..DqnConfig::default()
+    };
+    let mut eager = Dqn::new(config.clone(), 4, 2, 0, device)?;
+    let mut graphed = Dqn::new(config, 4, 2, 0, device)?;
+    eager.cuda_graph = false;
+    graphed.cuda_graph = true;
+    let mut env = reflex_sim::make("cartpole")?;
+    let mut rng = SimRng::seed(11);
+    let mut obs = env.reset(Some(1)).to_vec();
+    for _ in 0..2_000 {
+        let action = rng.below(2) as u32;
+        let result = env.step(&reflex_msgs::Action::Discrete(action))?;
+        let next = env.obs().to_vec();
+        let step = EnvStep {
+            obs: &obs,
+            action: ActionRef::Discrete(action),
+            reward: result.reward as f32,
+            next_obs: &next,
+            terminated: result.terminated,
+            truncated: result.truncated,
+        };
+        eager.observe(&step)?;
+        graphed.observe(&step)?;
+        obs = if result.done() {
+            env.reset(None).to_vec()
+        } else {
+            next
+        };
+    }
+    for k in 1..=6 {
+        let (e, g) = (eager.update(0.4)?, graphed.update(0.4)?);
+        if k >= 4 {
+            let what = format!("dqn-cuda-graph replay{}", k - 3);
+            checks.push(scalar_check(
+                format!("{what} loss"),
+                f64::from(g.loss),
+                f64::from(e.loss),
+            ));
+            checks.push(scalar_check(
+                format!("{what} q-mean"),
+                f64::from(g.q_mean),
+                f64::from(e.q_mean),
+            ));
+            checks.push(scalar_check(
+                format!("{what} grad-norm"),
+                g.grad_norm,
+                e.grad_norm,
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Every check against `device`; `progress` is told each case's name as it starts.
 pub fn run(device: &Device, mut progress: impl FnMut(&str)) -> Result<Report, TrainError> {
     let mut checks = Vec::new();
@@ -722,6 +783,10 @@ pub fn run(device: &Device, mut progress: impl FnMut(&str)) -> Result<Report, Tr
     for learner in LEARNERS {
         progress(learner.0);
         check_learner(*learner, device, &mut checks)?;
+    }
+    if crate::gpu::kernels::dense_epilogue(device) {
+        progress("dqn-cuda-graph");
+        check_graph(device, &mut checks)?;
     }
     Ok(Report {
         device: format!("{device:?}"),

@@ -1,0 +1,112 @@
+//! CUDA graph capture of an update's device work (experimental: opt-in with
+//! `REFLEX_CUDA_GRAPH=1`, DQN only, and not yet run on a GPU).
+//!
+//! Eagerly, each candle op is a kernel launch that costs the host several
+//! microseconds, and a small network's update is a few hundred of them. A
+//! graph records that sequence once and replays it with one launch. What a
+//! replay needs, and the learner provides:
+//!
+//! - fixed buffers: the batch is copied into the same device buffer before
+//!   every replay; parameters and Adam moments are updated in place by the
+//!   fused kernels; the step size and bias correction live in a device
+//!   buffer refreshed per step (a graph replays kernel arguments as captured);
+//! - no host traffic inside: no value is read back during the capture, and
+//!   candle's small constant uploads are served from its capture cache, which
+//!   warm-up updates fill;
+//! - outputs at fixed addresses: tensors allocated inside the capture and
+//!   still held after it (the stats) belong to the graph; it is instantiated
+//!   to free them itself before each relaunch, and they are read between
+//!   replays.
+
+use candle_core::{Device, Result, Tensor};
+
+/// A captured update: replay it with [`launch`](Self::launch), then read
+/// [`outputs`](Self::outputs).
+pub struct Graph {
+    #[cfg(feature = "cuda")]
+    graph: candle_core::cuda_backend::cudarc::driver::CudaGraph,
+    // Declared after the graph so that it is dropped first.
+    outputs: Vec<Tensor>,
+}
+
+impl std::fmt::Debug for Graph {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Graph({} outputs)", self.outputs.len())
+    }
+}
+
+/// Whether `REFLEX_CUDA_GRAPH=1` asks for captured updates.
+pub fn requested() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("REFLEX_CUDA_GRAPH").is_ok_and(|v| v == "1"))
+}
+
+impl Graph {
+    /// Records what `body` launches on `device`'s stream (nothing runs) and
+    /// instantiates it. `body` must only launch work: no reads to the host,
+    /// no uploads beyond candle's cached constants.
+    pub fn capture(device: &Device, body: impl FnOnce() -> Result<Vec<Tensor>>) -> Result<Self> {
+        #[cfg(feature = "cuda")]
+        {
+            use candle_core::cuda_backend::cudarc::driver::sys;
+            let Device::Cuda(cuda) = device else {
+                candle_core::bail!("CUDA graphs need a CUDA device");
+            };
+            let stream = cuda.cuda_stream();
+            let _cache = cuda.enable_cuda_graph_htod_cache();
+            let fail = |e: candle_core::cuda_backend::cudarc::driver::DriverError| {
+                candle_core::Error::Msg(format!("CUDA graph capture: {e}"))
+            };
+            stream
+                .begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_RELAXED)
+                .map_err(fail)?;
+            let outputs = body();
+            // End the capture whatever the body did, so the stream is usable.
+            let graph = stream.end_capture(
+                sys::CUgraphInstantiate_flags::CUDA_GRAPH_INSTANTIATE_FLAG_AUTO_FREE_ON_LAUNCH,
+            );
+            let outputs = outputs?;
+            let graph = graph.map_err(fail)?.ok_or_else(|| {
+                candle_core::Error::Msg("CUDA graph capture recorded nothing".into())
+            })?;
+            graph.upload().map_err(fail)?;
+            Ok(Self { graph, outputs })
+        }
+        #[cfg(not(feature = "cuda"))]
+        {
+            let _ = (device, body);
+            candle_core::bail!("CUDA graphs need a build with the `cuda` feature")
+        }
+    }
+
+    /// Replays the captured work on the stream it was captured from.
+    pub fn launch(&self) -> Result<()> {
+        #[cfg(feature = "cuda")]
+        {
+            self.graph
+                .launch()
+                .map_err(|e| candle_core::Error::Msg(format!("CUDA graph launch: {e}")))
+        }
+        #[cfg(not(feature = "cuda"))]
+        {
+            candle_core::bail!("CUDA graphs need a build with the `cuda` feature")
+        }
+    }
+
+    /// The tensors the capture returned; they hold the last replay's values.
+    pub fn outputs(&self) -> &[Tensor] {
+        &self.outputs
+    }
+
+    /// Runs `f` with candle's capture cache of small constant uploads on, so
+    /// that warm-up updates fill it before a capture.
+    pub fn with_upload_cache<R>(device: &Device, f: impl FnOnce() -> R) -> R {
+        #[cfg(feature = "cuda")]
+        if let Device::Cuda(cuda) = device {
+            let _cache = cuda.enable_cuda_graph_htod_cache();
+            return f();
+        }
+        let _ = device;
+        f()
+    }
+}
