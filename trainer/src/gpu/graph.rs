@@ -110,3 +110,16 @@ impl Graph {
         f()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn capture_refuses_a_cpu_device_with_a_clear_error() {
+        let err = Graph::capture(&Device::Cpu, || Ok(Vec::new())).unwrap_err();
+        assert!(err.to_string().contains("CUDA"), "{err}");
+        // The upload cache wrapper is a plain call on CPU.
+        assert_eq!(Graph::with_upload_cache(&Device::Cpu, || 7), 7);
+    }
+}
