@@ -136,7 +136,7 @@ fn dense_macs(widths: &[usize]) -> f64 {
 
 /// Stores `steps` transitions of `env_name` under uniformly random actions
 /// through `observe` (episodes reset as they end).
-fn fill_random(
+pub(crate) fn fill_random(
     env_name: &str,
     steps: u64,
     seed: u64,

@@ -298,34 +298,17 @@ mod imp {
 }
 
 #[cfg(not(feature = "cuda"))]
-mod imp {
-    use super::AdamStep;
-    use candle_core::{bail, Result, Tensor};
-
-    pub(super) fn sum_squares(_: &[&Tensor]) -> Result<Tensor> {
-        bail!("fused CUDA kernels: built without the `cuda` feature")
-    }
-
-    pub(super) fn adam(
-        _: &Tensor,
-        _: &Tensor,
-        _: &Tensor,
-        _: &Tensor,
-        _: Option<&Tensor>,
-        _: Option<&Tensor>,
-        _: AdamStep,
-    ) -> Result<()> {
-        bail!("fused CUDA kernels: built without the `cuda` feature")
-    }
-
-    pub(super) fn lerp(_: &Tensor, _: &Tensor, _: f32) -> Result<()> {
-        bail!("fused CUDA kernels: built without the `cuda` feature")
-    }
-}
+const NOT_BUILT: &str = "fused CUDA kernels: built without the `cuda` feature";
 
 /// Σ g² over every tensor of `grads`, as an f64 scalar on their device.
 pub(crate) fn sum_squares(grads: &[&Tensor]) -> Result<Tensor> {
-    imp::sum_squares(grads)
+    #[cfg(feature = "cuda")]
+    return imp::sum_squares(grads);
+    #[cfg(not(feature = "cuda"))]
+    {
+        let _ = grads;
+        candle_core::bail!("{NOT_BUILT}")
+    }
 }
 
 /// One Adam step on `p` with moments `m`, `v` and gradient `g`, all updated
@@ -342,7 +325,13 @@ pub(crate) fn adam(
     hyper: Option<&Tensor>,
     step: AdamStep,
 ) -> Result<()> {
-    imp::adam(p, m, v, g, normsq, hyper, step)
+    #[cfg(feature = "cuda")]
+    return imp::adam(p, m, v, g, normsq, hyper, step);
+    #[cfg(not(feature = "cuda"))]
+    {
+        let _ = (p, m, v, g, normsq, hyper, step);
+        candle_core::bail!("{NOT_BUILT}")
+    }
 }
 
 /// Whether a dense layer's epilogue runs as the fused kernels of
@@ -356,5 +345,11 @@ pub(crate) use imp::{bias_act as bias_act_cuda, preact_grad as preact_grad_cuda}
 
 /// `dst ← (1 − τ) dst + τ src`, in place.
 pub(crate) fn lerp(dst: &Tensor, src: &Tensor, tau: f32) -> Result<()> {
-    imp::lerp(dst, src, tau)
+    #[cfg(feature = "cuda")]
+    return imp::lerp(dst, src, tau);
+    #[cfg(not(feature = "cuda"))]
+    {
+        let _ = (dst, src, tau);
+        candle_core::bail!("{NOT_BUILT}")
+    }
 }

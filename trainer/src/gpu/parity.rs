@@ -185,6 +185,19 @@ fn scalar_check(name: String, subject: f64, reference: f64) -> Check {
     }
 }
 
+/// Loss, mean Q and gradient norm of one update against the reference's.
+fn stats_checks(what: &str, s: &algo::UpdateStats, r: &algo::UpdateStats) -> [Check; 3] {
+    [
+        scalar_check(format!("{what} loss"), f64::from(s.loss), f64::from(r.loss)),
+        scalar_check(
+            format!("{what} q-mean"),
+            f64::from(s.q_mean),
+            f64::from(r.q_mean),
+        ),
+        scalar_check(format!("{what} grad-norm"), s.grad_norm, r.grad_norm),
+    ]
+}
+
 /// Host data drawn from a seeded generator, uniform in [lo, hi).
 fn uniform(rng: &mut SimRng, n: usize, lo: f32, hi: f32) -> Vec<f32> {
     (0..n)
@@ -675,21 +688,7 @@ fn check_learner(
     };
     let r = first(&mut reference)?;
     let s = subject(device, || first(&mut tested))?;
-    checks.push(scalar_check(
-        format!("{case} loss"),
-        f64::from(s.loss),
-        f64::from(r.loss),
-    ));
-    checks.push(scalar_check(
-        format!("{case} q-mean"),
-        f64::from(s.q_mean),
-        f64::from(r.q_mean),
-    ));
-    checks.push(scalar_check(
-        format!("{case} grad-norm"),
-        s.grad_norm,
-        r.grad_norm,
-    ));
+    checks.extend(stats_checks(case, &s, &r));
     // Ten more updates on the device: they must run and stay finite.
     let mut finite = true;
     for k in 2..=11 {
@@ -726,47 +725,17 @@ fn check_graph(device: &Device, checks: &mut Vec<Check>) -> Result<(), TrainErro
     let mut graphed = Dqn::new(config, 4, 2, 0, device)?;
     eager.cuda_graph = false;
     graphed.cuda_graph = true;
-    let mut env = reflex_sim::make("cartpole")?;
-    let mut rng = SimRng::seed(11);
-    let mut obs = env.reset(Some(1)).to_vec();
-    for _ in 0..2_000 {
-        let action = rng.below(2) as u32;
-        let result = env.step(&reflex_msgs::Action::Discrete(action))?;
-        let next = env.obs().to_vec();
-        let step = EnvStep {
-            obs: &obs,
-            action: ActionRef::Discrete(action),
-            reward: result.reward as f32,
-            next_obs: &next,
-            terminated: result.terminated,
-            truncated: result.truncated,
-        };
-        eager.observe(&step)?;
-        graphed.observe(&step)?;
-        obs = if result.done() {
-            env.reset(None).to_vec()
-        } else {
-            next
-        };
-    }
+    super::bench::fill_random("cartpole", 2_000, 11, |step| {
+        eager.observe(step)?;
+        graphed.observe(step)
+    })?;
     for k in 1..=6 {
         let (e, g) = (eager.update(0.4)?, graphed.update(0.4)?);
         if k >= 4 {
-            let what = format!("dqn-cuda-graph replay{}", k - 3);
-            checks.push(scalar_check(
-                format!("{what} loss"),
-                f64::from(g.loss),
-                f64::from(e.loss),
-            ));
-            checks.push(scalar_check(
-                format!("{what} q-mean"),
-                f64::from(g.q_mean),
-                f64::from(e.q_mean),
-            ));
-            checks.push(scalar_check(
-                format!("{what} grad-norm"),
-                g.grad_norm,
-                e.grad_norm,
+            checks.extend(stats_checks(
+                &format!("dqn-cuda-graph replay{}", k - 3),
+                &g,
+                &e,
             ));
         }
     }
