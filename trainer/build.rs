@@ -9,6 +9,7 @@ fn main() {
     println!("cargo:rerun-if-changed=cuda/optim.cu");
     println!("cargo:rerun-if-changed=cuda/dense.cu");
     println!("cargo:rerun-if-env-changed=CUDA_COMPUTE_CAP");
+    println!("cargo:rerun-if-env-changed=NVCC");
     if std::env::var_os("CARGO_FEATURE_CUDA").is_none() {
         return;
     }

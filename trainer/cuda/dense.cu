@@ -25,7 +25,8 @@ extern "C" __global__ void reflex_bias_act(const float* __restrict__ y,
 // output), row `rows` their column sums (the bias gradient). The sum row must
 // be zero on entry. Blocks are 32 columns × 8 row lanes over a tile of
 // 256 rows; each thread sums its rows, the 8 lanes are reduced in shared
-// memory in a fixed order, and each tile adds its column sums atomically.
+// memory in a fixed order, and each tile adds its column sums atomically, so
+// with more than 256 rows the sums' last bits depend on the tiles' order.
 extern "C" __global__ void reflex_preact_grad(const float* __restrict__ g,
                                               const float* __restrict__ res,
                                               float* __restrict__ out,

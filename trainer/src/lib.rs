@@ -130,14 +130,17 @@ pub fn device(spec: &str) -> Result<candle_core::Device, DeviceError> {
     #[cfg(feature = "cuda")]
     if let candle_core::Device::Cuda(cuda) = &device {
         if std::env::var_os("REFLEX_CUDA_EVENTS").is_none() {
-            // candle gives each device its own stream, which puts cudarc in
-            // multi-stream mode: every kernel launch then records and waits on
-            // a CUDA event per buffer it touches, to order uses across streams.
-            // The trainer issues all work on that one stream, where launch
-            // order already orders it, so the tracking is pure per-launch cost.
-            // SAFETY: nothing here uses a second stream; tensors are created,
-            // used and freed on the device's own stream only.
-            // (REFLEX_CUDA_EVENTS=1 keeps it, to compare.)
+            // With event tracking on (cudarc's default), every device buffer
+            // is created with two CUDA events (and destroys them when freed),
+            // for ordering its uses across streams. Every candle op allocates
+            // its output, so that is four driver calls per op that order
+            // nothing here: candle runs the device on one stream, and the
+            // trainer issues all device work from one thread, so launch order
+            // already orders every use.
+            // SAFETY: no second stream is created, and device work comes from
+            // the thread that trains (cudarc's per-thread stream), so no buffer
+            // is used on another stream. (REFLEX_CUDA_EVENTS=1 keeps the
+            // tracking, to compare.)
             unsafe { cuda.disable_event_tracking() };
         }
     }

@@ -327,6 +327,16 @@ fn threads_from(threads: usize) {
 
 fn main() {
     reflex_trainer::keep_freed_memory();
+    // The trainer library's warnings (e.g. a CUDA graph that could not be
+    // captured) on stderr; RUST_LOG replaces the filter (other crates' logs
+    // stay off unless it names them).
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("off,reflex_trainer=warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run {

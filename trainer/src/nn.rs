@@ -123,7 +123,10 @@ impl Dense {
         if fused::available(x) && x.rank() == 2 {
             return fused::dense(x, &w, &b, act);
         }
-        if crate::gpu::kernels::dense_epilogue(x.device()) && x.rank() == 2 {
+        if crate::gpu::kernels::dense_epilogue(x.device())
+            && x.rank() == 2
+            && x.dtype() == DType::F32
+        {
             return fused::bias_act(&x.matmul(&w.t()?)?, &b, act);
         }
         act.apply(x.broadcast_matmul(&w.t()?)?.broadcast_add(&b)?)

@@ -249,6 +249,9 @@ pub struct Adam {
     /// Use the in-place CPU passes where they apply (off only to test them
     /// against the tensor form).
     in_place: bool,
+    /// Bumped whenever the moments are replaced (a checkpoint load), so that
+    /// a captured CUDA graph, which writes them by address, is made anew.
+    generation: u64,
 }
 
 impl Adam {
@@ -265,6 +268,7 @@ impl Adam {
             beta2: 0.999,
             eps: 1e-8,
             in_place: true,
+            generation: 0,
         })
     }
 
@@ -365,6 +369,11 @@ impl Adam {
         let hyper = self.next_hyper();
         let normsq = self.fused_cuda_pass(grads, max_grad_norm, hyper, None)?;
         Ok(normsq.to_scalar::<f64>()?.sqrt())
+    }
+
+    /// Changes whenever the moment tensors are replaced.
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation
     }
 
     /// Advances the step count and returns this step's (step size, second
@@ -474,6 +483,7 @@ impl Adam {
             }
         }
         self.steps = steps;
+        self.generation += 1;
         Ok(())
     }
 }

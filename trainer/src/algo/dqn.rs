@@ -144,10 +144,8 @@ pub struct Dqn {
     /// experimental). Starts as `REFLEX_CUDA_GRAPH=1` says; has an effect on
     /// CUDA devices with the fused kernels only.
     pub cuda_graph: bool,
-    /// The captured update, once one has been made.
+    /// The graphed update's buffers and graph, once made.
     graph: Option<GraphedUpdate>,
-    /// Eager updates run so far to warm up for the capture.
-    graph_warmup: u32,
     /// Reused host buffers of the packed batch upload.
     action_scratch: Vec<f32>,
     upload_scratch: Vec<f32>,
@@ -211,7 +209,6 @@ impl Dqn {
             profile: None,
             cuda_graph: crate::gpu::graph::requested(),
             graph: None,
-            graph_warmup: 0,
             action_scratch: Vec::new(),
             upload_scratch: Vec::new(),
         })
@@ -340,60 +337,69 @@ impl Dqn {
     }
 
     /// The update as one replay of a CUDA graph (see [`crate::gpu::graph`]):
-    /// after a few eager warm-up updates, the device work of one update is
-    /// captured once; each update then copies its batch into the captured
-    /// input buffer, refreshes Adam's step size, replays, and reads the stats
-    /// (and PER's TD errors) back in one copy.
+    /// the batch is copied into a fixed device buffer and Adam's step size
+    /// into another; the first few updates run the graph's body eagerly (which
+    /// also fills candle's cache of small uploads the capture needs), the next
+    /// one captures it, and every update replays it and reads [loss, mean Q,
+    /// norm², TD errors] back in one copy. A capture that fails turns the
+    /// graph off (with a warning) and the update runs eagerly.
     fn update_graphed(&mut self, shapes: &[Shape]) -> Result<UpdateStats, TrainError> {
         use crate::gpu::graph::Graph;
         const WARMUP: u32 = 3;
         let dev = self.device.clone();
-        if self.graph.is_none() && self.graph_warmup < WARMUP {
-            self.graph_warmup += 1;
-            return Graph::with_upload_cache(&dev, || self.update_eager(shapes));
-        }
         let n = self.upload_scratch.len();
-        if self.graph.is_none() {
-            let input = Var::from_tensor(&Tensor::zeros(n, DType::F32, &dev)?)?;
-            let hyper = Var::from_tensor(&Tensor::new(&[0f32, 1.0], &dev)?)?;
-            let per = matches!(self.replay, Replay::Prioritized(_));
-            let (online, target, config) = (&self.online, &self.target, &self.config);
-            let optimizer = &mut self.optimizer;
-            let graph = Graph::capture(&dev, || {
-                let parts = super::unpack(input.as_tensor(), shapes)?;
-                let (loss, q_taken, td_error) = td_loss(online, target, config, &parts)
-                    .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
-                let grads = loss.backward()?;
-                let normsq =
-                    optimizer.step_in_graph(&grads, config.max_grad_norm, hyper.as_tensor())?;
-                let mut pieces = vec![
-                    loss.reshape(1)?,
-                    q_taken.mean_all()?.reshape(1)?,
-                    normsq.to_dtype(DType::F32)?.reshape(1)?,
-                ];
-                if per {
-                    pieces.push(td_error.flatten_all()?);
-                }
-                Ok(vec![Tensor::cat(&pieces, 0)?])
-            })?;
+        // New buffers (and a new capture) for a new batch size or optimizer
+        // state (a checkpoint load replaces the moments the graph writes).
+        let fresh = self.graph.as_ref().is_none_or(|g| {
+            g.input.elem_count() != n || g.generation != self.optimizer.generation()
+        });
+        if fresh {
             self.graph = Some(GraphedUpdate {
-                graph,
-                input,
-                hyper,
+                graph: None,
+                input: Var::from_tensor(&Tensor::zeros(n, DType::F32, &dev)?)?,
+                hyper: Var::from_tensor(&Tensor::new(&[0f32, 1.0], &dev)?)?,
+                generation: self.optimizer.generation(),
+                warmup: 0,
             });
         }
-        let g = self.graph.as_ref().expect("captured above");
-        if g.input.elem_count() != n {
-            return Err(TrainError::Config(
-                "CUDA graph update: the batch changed size after capture".into(),
-            ));
-        }
+        let per = matches!(self.replay, Replay::Prioritized(_));
+        let (online, target, config) = (&self.online, &self.target, &self.config);
+        let optimizer = &mut self.optimizer;
+        let g = self.graph.as_mut().expect("made above");
         g.input
             .set(&Tensor::from_slice(&self.upload_scratch, n, &dev)?)?;
-        let hyper = self.optimizer.next_hyper();
-        g.hyper.set(&Tensor::new(&hyper, &dev)?)?;
-        g.graph.launch()?;
-        let out = g.graph.outputs()[0].to_vec1::<f32>()?;
+        g.hyper.set(&Tensor::new(&optimizer.next_hyper(), &dev)?)?;
+        let (input, hyper) = (g.input.as_tensor().detach(), g.hyper.as_tensor().detach());
+        let mut body = || {
+            graph_body(
+                online, target, config, optimizer, &input, &hyper, shapes, per,
+            )
+        };
+        let out = if g.graph.is_none() && g.warmup < WARMUP {
+            g.warmup += 1;
+            Graph::with_upload_cache(&dev, &mut body)?[0].to_vec1::<f32>()?
+        } else {
+            if g.graph.is_none() {
+                match Graph::capture(&dev, &mut body) {
+                    Ok(graph) => g.graph = Some(graph),
+                    Err(e) => {
+                        tracing::warn!("CUDA graph capture failed, updating eagerly: {e}");
+                        self.cuda_graph = false;
+                        let out = body()?[0].to_vec1::<f32>()?;
+                        self.graph = None;
+                        return self.finish_graphed(&out);
+                    }
+                }
+            }
+            let graph = g.graph.as_ref().expect("captured above");
+            graph.launch()?;
+            graph.outputs()[0].to_vec1::<f32>()?
+        };
+        self.finish_graphed(&out)
+    }
+
+    /// Stats (and PER priorities) from a graphed update's read-back.
+    fn finish_graphed(&mut self, out: &[f32]) -> Result<UpdateStats, TrainError> {
         if let Replay::Prioritized(_) = self.replay {
             self.replay
                 .update_priorities(&self.batch.indices, &out[3..])?;
@@ -416,14 +422,19 @@ impl Dqn {
     }
 }
 
-/// A captured update and the device buffers it reads (see [`crate::gpu::graph`]).
+/// A graphed update's device buffers and, once captured, its graph (see
+/// [`crate::gpu::graph`]).
 #[derive(Debug)]
 struct GraphedUpdate {
-    graph: crate::gpu::graph::Graph,
-    /// The packed batch, copied in before each replay.
+    graph: Option<crate::gpu::graph::Graph>,
+    /// The packed batch, copied in before each update.
     input: Var,
-    /// Adam's step size and second bias correction for the replay.
+    /// Adam's step size and second bias correction for the update.
     hyper: Var,
+    /// The optimizer state the buffers were made for.
+    generation: u64,
+    /// Updates run eagerly so far.
+    warmup: u32,
 }
 
 impl Agent for Dqn {
@@ -508,6 +519,37 @@ impl Agent for Dqn {
 
 /// Q⁻(s', a*) per row: with `online_next_q` (Double DQN) a* is the online
 /// network's argmax, evaluated by the target network; without it, the target's max.
+/// One graphed update's device work (run eagerly to warm up, then
+/// captured): DQN's loss on the batch in `input`, backward, the fused Adam
+/// step with its step size from `hyper`. Returns one tensor: [loss, mean Q,
+/// norm², TD errors when `per`].
+#[allow(clippy::too_many_arguments)]
+fn graph_body(
+    online: &QNetwork,
+    target: &QNetwork,
+    config: &DqnConfig,
+    optimizer: &mut Adam,
+    input: &Tensor,
+    hyper: &Tensor,
+    shapes: &[Shape],
+    per: bool,
+) -> candle_core::Result<Vec<Tensor>> {
+    let parts = super::unpack(input, shapes)?;
+    let (loss, q_taken, td_error) = td_loss(online, target, config, &parts)
+        .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+    let grads = loss.backward()?;
+    let normsq = optimizer.step_in_graph(&grads, config.max_grad_norm, hyper)?;
+    let mut pieces = vec![
+        loss.detach().reshape(1)?,
+        q_taken.mean_all()?.reshape(1)?,
+        normsq.to_dtype(DType::F32)?.reshape(1)?,
+    ];
+    if per {
+        pieces.push(td_error.flatten_all()?);
+    }
+    Ok(vec![Tensor::cat(&pieces, 0)?])
+}
+
 /// DQN's loss on a batch (`parts` as [`Dqn::update`] packs them): the target
 /// y = R + d · Q⁻(s', a*) without gradients, every head regressed onto it
 /// with PER weights. Returns (loss, Q(s, a) of the first head, its TD error),

@@ -25,7 +25,11 @@ use candle_core::{Device, Result, Tensor};
 pub struct Graph {
     #[cfg(feature = "cuda")]
     graph: candle_core::cuda_backend::cudarc::driver::CudaGraph,
-    // Declared after the graph so that it is dropped first.
+    /// The stream it replays on (for errors cudarc could only record).
+    #[cfg(feature = "cuda")]
+    stream: std::sync::Arc<candle_core::cuda_backend::cudarc::driver::CudaStream>,
+    // Declared after the graph, so dropped after it: memory a graph allocated
+    // may be freed once its executable is gone.
     outputs: Vec<Tensor>,
 }
 
@@ -53,6 +57,11 @@ impl Graph {
                 candle_core::bail!("CUDA graphs need a CUDA device");
             };
             let stream = cuda.cuda_stream();
+            if !stream.context().has_async_alloc() {
+                // Without stream-ordered allocation cudarc frees with a
+                // synchronization, which a capture cannot contain.
+                candle_core::bail!("CUDA graphs need a device with memory pools");
+            }
             let _cache = cuda.enable_cuda_graph_htod_cache();
             let fail = |e: candle_core::cuda_backend::cudarc::driver::DriverError| {
                 candle_core::Error::Msg(format!("CUDA graph capture: {e}"))
@@ -65,12 +74,19 @@ impl Graph {
             let graph = stream.end_capture(
                 sys::CUgraphInstantiate_flags::CUDA_GRAPH_INSTANTIATE_FLAG_AUTO_FREE_ON_LAUNCH,
             );
+            // Errors of calls made while capturing that cudarc could only
+            // record (frees in drops) surface here.
+            stream.context().check_err().map_err(fail)?;
             let outputs = outputs?;
             let graph = graph.map_err(fail)?.ok_or_else(|| {
                 candle_core::Error::Msg("CUDA graph capture recorded nothing".into())
             })?;
             graph.upload().map_err(fail)?;
-            Ok(Self { graph, outputs })
+            Ok(Self {
+                graph,
+                stream,
+                outputs,
+            })
         }
         #[cfg(not(feature = "cuda"))]
         {
@@ -83,9 +99,11 @@ impl Graph {
     pub fn launch(&self) -> Result<()> {
         #[cfg(feature = "cuda")]
         {
-            self.graph
-                .launch()
-                .map_err(|e| candle_core::Error::Msg(format!("CUDA graph launch: {e}")))
+            let fail = |e: candle_core::cuda_backend::cudarc::driver::DriverError| {
+                candle_core::Error::Msg(format!("CUDA graph launch: {e}"))
+            };
+            self.graph.launch().map_err(fail)?;
+            self.stream.context().check_err().map_err(fail)
         }
         #[cfg(not(feature = "cuda"))]
         {

@@ -244,12 +244,19 @@ mod imp {
             );
         }
         let dev = gs.device.clone();
+        // The sum row must start at zero (tiles add into it).
+        let out = dev.alloc_zeros::<f32>((rows + 1) * cols)?;
+        if cols == 0 {
+            // Nothing to launch (a zero-width grid would be a launch error).
+            return Ok((
+                CudaStorage::wrap_cuda_slice(out, dev),
+                candle_core::Shape::from((rows + 1, cols)),
+            ));
+        }
         let (g, res) = (
             storage_view(gs, gl, rows * cols)?,
             storage_view(rs, rl, rows * cols)?,
         );
-        // The sum row must start at zero (tiles add into it).
-        let out = dev.alloc_zeros::<f32>((rows + 1) * cols)?;
         let func = dev.get_or_load_custom_func("reflex_preact_grad", DENSE, DENSE_PTX)?;
         let (r64, c64) = (rows as u64, cols as u64);
         let mut builder = func.builder();
