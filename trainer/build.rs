@@ -1,4 +1,4 @@
-//! With the `cuda` feature, compiles trainer/cuda/{optim,dense}.cu to PTX with nvcc (the
+//! With the `cuda` feature, compiles trainer/cuda/{optim,dense,lstm}.cu to PTX with nvcc (the
 //! same nvcc and CUDA_COMPUTE_CAP that candle's kernels build with; see
 //! scripts/build-cuda.sh). Without it, does nothing.
 
@@ -8,6 +8,7 @@ use std::process::Command;
 fn main() {
     println!("cargo:rerun-if-changed=cuda/optim.cu");
     println!("cargo:rerun-if-changed=cuda/dense.cu");
+    println!("cargo:rerun-if-changed=cuda/lstm.cu");
     println!("cargo:rerun-if-env-changed=CUDA_COMPUTE_CAP");
     println!("cargo:rerun-if-env-changed=NVCC");
     if std::env::var_os("CARGO_FEATURE_CUDA").is_none() {
@@ -17,7 +18,7 @@ fn main() {
     let cap = std::env::var("CUDA_COMPUTE_CAP").unwrap_or_else(|_| "90".into());
     let cap = cap.trim().replace('.', "");
     let nvcc = std::env::var("NVCC").unwrap_or_else(|_| "nvcc".into());
-    for name in ["optim", "dense"] {
+    for name in ["optim", "dense", "lstm"] {
         let ptx = out.join(format!("{name}.ptx"));
         let source = format!("cuda/{name}.cu");
         let status = Command::new(&nvcc)

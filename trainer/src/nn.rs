@@ -123,9 +123,7 @@ impl Dense {
         if fused::available(x) && x.rank() == 2 {
             return fused::dense(x, &w, &b, act);
         }
-        if crate::gpu::kernels::dense_epilogue(x.device())
-            && x.rank() == 2
-            && x.dtype() == DType::F32
+        if crate::gpu::kernels::cuda_kernels(x.device()) && x.rank() == 2 && x.dtype() == DType::F32
         {
             return fused::bias_act(&x.matmul(&w.t()?)?, &b, act);
         }

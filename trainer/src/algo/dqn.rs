@@ -331,9 +331,7 @@ impl Dqn {
     /// ([`cuda_graph`](Self::cuda_graph)), on a CUDA device with the fused
     /// kernels, and not while phases are being timed.
     fn graphed(&self) -> bool {
-        self.cuda_graph
-            && self.profile.is_none()
-            && crate::gpu::kernels::dense_epilogue(&self.device)
+        self.cuda_graph && self.profile.is_none() && crate::gpu::kernels::cuda_kernels(&self.device)
     }
 
     /// The update as one replay of a CUDA graph (see [`crate::gpu::graph`]):

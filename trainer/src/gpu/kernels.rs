@@ -284,6 +284,92 @@ mod imp {
         ))
     }
 
+    const LSTM_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/lstm.ptx"));
+    const LSTM: &str = "reflex_lstm";
+
+    /// Launches `kernel` over batch × H threads with the given inputs (each
+    /// `[batch, k·H]`, contiguous) and a fresh `[batch, out_width·H]` output.
+    fn lstm_launch(
+        kernel: &str,
+        inputs: &[(&CudaStorage, &Layout, usize)],
+        batch: usize,
+        hd: usize,
+        out_width: usize,
+    ) -> Result<(CudaStorage, candle_core::Shape)> {
+        let dev = inputs[0].0.device.clone();
+        let views = inputs
+            .iter()
+            .map(|(s, l, width)| storage_view(s, l, batch * width * hd))
+            .collect::<Result<Vec<_>>>()?;
+        // SAFETY: every element is written by the kernel below.
+        let out = unsafe { dev.alloc::<f32>(batch * out_width * hd)? };
+        let func = dev.get_or_load_custom_func(kernel, LSTM, LSTM_PTX)?;
+        let (b64, h64) = (batch as u64, hd as u64);
+        let mut builder = func.builder();
+        for view in &views {
+            builder.arg(view);
+        }
+        builder.arg(&out).arg(&b64).arg(&h64);
+        // SAFETY: the inputs hold batch × width × H floats each, out
+        // batch × out_width × H; the kernel indexes within those.
+        unsafe { builder.launch(config(batch * hd)) }.map_err(launch_error)?;
+        Ok((
+            CudaStorage::wrap_cuda_slice(out, dev),
+            candle_core::Shape::from((batch, out_width * hd)),
+        ))
+    }
+
+    pub(crate) fn lstm_cell(
+        gs: &CudaStorage,
+        gl: &Layout,
+        ss: &CudaStorage,
+        sl: &Layout,
+        hd: usize,
+    ) -> Result<(CudaStorage, candle_core::Shape)> {
+        let (batch, width) = sl.shape().dims2()?;
+        if width != 2 * hd || gl.shape().dims2()? != (batch, 4 * hd) {
+            bail!(
+                "lstm cell: gates {:?} and state {:?} for H = {hd}",
+                gl.dims(),
+                sl.dims()
+            );
+        }
+        lstm_launch(
+            "reflex_lstm_cell",
+            &[(gs, gl, 4), (ss, sl, 2)],
+            batch,
+            hd,
+            2,
+        )
+    }
+
+    pub(crate) fn lstm_cell_backward(
+        gs: &CudaStorage,
+        gl: &Layout,
+        ss: &CudaStorage,
+        sl: &Layout,
+        ds: &CudaStorage,
+        dl: &Layout,
+        hd: usize,
+    ) -> Result<(CudaStorage, candle_core::Shape)> {
+        let (batch, width) = sl.shape().dims2()?;
+        if width != 2 * hd || gl.shape().dims2()? != (batch, 4 * hd) || dl.dims() != sl.dims() {
+            bail!(
+                "lstm cell backward: gates {:?}, state {:?}, gradient {:?} for H = {hd}",
+                gl.dims(),
+                sl.dims(),
+                dl.dims()
+            );
+        }
+        lstm_launch(
+            "reflex_lstm_cell_backward",
+            &[(gs, gl, 4), (ss, sl, 2), (ds, dl, 2)],
+            batch,
+            hd,
+            6,
+        )
+    }
+
     pub(super) fn lerp(dst: &Tensor, src: &Tensor, tau: f32) -> Result<()> {
         let n = dst.elem_count();
         if src.elem_count() != n {
@@ -341,14 +427,17 @@ pub(crate) fn adam(
     }
 }
 
-/// Whether a dense layer's epilogue runs as the fused kernels of
-/// trainer/cuda/dense.cu on `device` (CUDA, a `cuda` build, not turned off).
-pub(crate) fn dense_epilogue(device: &candle_core::Device) -> bool {
+/// Whether the layers' fused CUDA kernels (trainer/cuda/dense.cu, lstm.cu)
+/// run on `device`: CUDA, a `cuda` build, not turned off.
+pub(crate) fn cuda_kernels(device: &candle_core::Device) -> bool {
     device.is_cuda() && cfg!(feature = "cuda") && enabled()
 }
 
 #[cfg(feature = "cuda")]
-pub(crate) use imp::{bias_act as bias_act_cuda, preact_grad as preact_grad_cuda};
+pub(crate) use imp::{
+    bias_act as bias_act_cuda, lstm_cell as lstm_cell_cuda,
+    lstm_cell_backward as lstm_cell_backward_cuda, preact_grad as preact_grad_cuda,
+};
 
 /// `dst ← (1 − τ) dst + τ src`, in place.
 pub(crate) fn lerp(dst: &Tensor, src: &Tensor, tau: f32) -> Result<()> {

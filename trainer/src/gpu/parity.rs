@@ -753,7 +753,7 @@ pub fn run(device: &Device, mut progress: impl FnMut(&str)) -> Result<Report, Tr
         progress(learner.0);
         check_learner(*learner, device, &mut checks)?;
     }
-    if crate::gpu::kernels::dense_epilogue(device) {
+    if crate::gpu::kernels::cuda_kernels(device) {
         progress("dqn-cuda-graph");
         check_graph(device, &mut checks)?;
     }

@@ -14,9 +14,9 @@
 //! ```
 //!
 //! Over a window the state is one packed `[batch, 2H]` tensor ([h | c]); on
-//! the CPU a fused op computes the cell and its gradient.
+//! the CPU and on CUDA a fused op computes the cell and its gradient.
 
-use candle_core::{Device, Result, Tensor, Var};
+use candle_core::{DType, Device, Result, Tensor, Var};
 use reflex_sim::SimRng;
 
 use super::{fresh, Actor, Critic, NafNetwork, NetConfig, Params, QNetwork};
@@ -46,8 +46,10 @@ fn sigmoid(x: &Tensor) -> Result<Tensor> {
 /// (gates `[batch, 4H]` = x W_ihᵀ + h W_hhᵀ + b, s) → s'. Its backward is one
 /// op too. Per step this replaces a dozen small candle ops (and their
 /// backward nodes) with two, which is most of a sequence update's overhead at
-/// robot-sized batches. Other devices use the same math in candle primitives
-/// ([`Lstm::cell`]); a unit test holds the two to each other.
+/// robot-sized batches. On CUDA the same op runs as trainer/cuda/lstm.cu's
+/// kernels; without them the same math runs in candle primitives
+/// ([`Lstm::cell`]); a unit test and the device parity check hold them to each
+/// other.
 struct FusedCell {
     hidden: usize,
 }
@@ -118,6 +120,17 @@ impl candle_core::CustomOp2 for FusedCell {
         ))
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &candle_core::Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &candle_core::Layout,
+    ) -> Result<(candle_core::CudaStorage, candle_core::Shape)> {
+        crate::gpu::kernels::lstm_cell_cuda(s1, l1, s2, l2, self.hidden)
+    }
+
     fn bwd(
         &self,
         gates: &Tensor,
@@ -147,6 +160,19 @@ struct FusedCellBackward {
 impl candle_core::CustomOp3 for FusedCellBackward {
     fn name(&self) -> &'static str {
         "lstm-cell-backward"
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &candle_core::Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &candle_core::Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &candle_core::Layout,
+    ) -> Result<(candle_core::CudaStorage, candle_core::Shape)> {
+        crate::gpu::kernels::lstm_cell_backward_cuda(s1, l1, s2, l2, s3, l3, self.hidden)
     }
 
     fn cpu_fwd(
@@ -268,7 +294,8 @@ impl Lstm {
         alive: Option<&Tensor>,
         no_grad: usize,
     ) -> Result<Tensor> {
-        let fused = super::fused::cpu_kernels(xs.device());
+        let fused = super::fused::cpu_kernels(xs.device())
+            || crate::gpu::kernels::cuda_kernels(xs.device()) && xs.dtype() == DType::F32;
         self.unroll_with(xs, h0, c0, alive, no_grad, fused)
     }
 
