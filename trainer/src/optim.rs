@@ -268,7 +268,7 @@ impl Adam {
             beta2: 0.999,
             eps: 1e-8,
             in_place: true,
-            generation: 0,
+            generation: Self::new_generation(),
         })
     }
 
@@ -334,6 +334,7 @@ impl Adam {
             var.set(&(var.as_tensor() - update)?.detach())?;
             self.first_moment[i] = m.detach();
             self.second_moment[i] = v.detach();
+            self.generation = Self::new_generation();
         }
         Ok(norm)
     }
@@ -371,9 +372,16 @@ impl Adam {
         Ok(normsq.to_scalar::<f64>()?.sqrt())
     }
 
-    /// Changes whenever the moment tensors are replaced.
+    /// Changes whenever the moment tensors are replaced; unique across
+    /// optimizers.
     pub(crate) fn generation(&self) -> u64 {
         self.generation
+    }
+
+    /// A generation no optimizer has had.
+    fn new_generation() -> u64 {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Advances the step count and returns this step's (step size, second
@@ -483,7 +491,7 @@ impl Adam {
             }
         }
         self.steps = steps;
-        self.generation += 1;
+        self.generation = Self::new_generation();
         Ok(())
     }
 }

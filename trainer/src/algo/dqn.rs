@@ -396,6 +396,11 @@ impl Dqn {
         self.finish_graphed(&out)
     }
 
+    /// Whether updates now replay a captured CUDA graph.
+    pub fn graph_captured(&self) -> bool {
+        self.graph.as_ref().is_some_and(|g| g.graph.is_some())
+    }
+
     /// Stats (and PER priorities) from a graphed update's read-back.
     fn finish_graphed(&mut self, out: &[f32]) -> Result<UpdateStats, TrainError> {
         if let Replay::Prioritized(_) = self.replay {
@@ -515,8 +520,6 @@ impl Agent for Dqn {
     }
 }
 
-/// Q⁻(s', a*) per row: with `online_next_q` (Double DQN) a* is the online
-/// network's argmax, evaluated by the target network; without it, the target's max.
 /// One graphed update's device work (run eagerly to warm up, then
 /// captured): DQN's loss on the batch in `input`, backward, the fused Adam
 /// step with its step size from `hyper`. Returns one tensor: [loss, mean Q,
@@ -587,6 +590,8 @@ fn td_loss(
     Ok((loss, q_taken, td_error))
 }
 
+/// Q⁻(s', a*) per row: with `online_next_q` (Double DQN) a* is the online
+/// network's argmax, evaluated by the target network; without it, the target's max.
 pub fn bootstrap_value(
     next_q: &Tensor,
     online_next_q: Option<&Tensor>,

@@ -76,17 +76,35 @@ impl Graph {
             );
             // Errors of calls made while capturing that cudarc could only
             // record (frees in drops) surface here.
-            stream.context().check_err().map_err(fail)?;
-            let outputs = outputs?;
-            let graph = graph.map_err(fail)?.ok_or_else(|| {
-                candle_core::Error::Msg("CUDA graph capture recorded nothing".into())
-            })?;
-            graph.upload().map_err(fail)?;
-            Ok(Self {
-                graph,
-                stream,
-                outputs,
-            })
+            let recorded = stream.context().check_err();
+            match (outputs, graph, recorded) {
+                (Ok(outputs), Ok(Some(graph)), Ok(())) => {
+                    graph.upload().map_err(fail)?;
+                    Ok(Self {
+                        graph,
+                        stream,
+                        outputs,
+                    })
+                }
+                (outputs, graph, recorded) => {
+                    let reason = match (&outputs, &graph, &recorded) {
+                        (Err(e), _, _) => e.to_string(),
+                        (_, Err(e), _) | (_, _, Err(e)) => e.to_string(),
+                        _ => "nothing was recorded".to_string(),
+                    };
+                    // The outputs' memory belongs to a capture that did not
+                    // become a running graph: leak them (a few bytes) rather
+                    // than free addresses that were never allocated.
+                    if let Ok(outputs) = outputs {
+                        std::mem::forget(outputs);
+                    }
+                    drop(graph);
+                    // Clear what the drops may have recorded, so that it is
+                    // not reported against later work.
+                    let _ = stream.context().check_err();
+                    candle_core::bail!("CUDA graph capture: {reason}")
+                }
+            }
         }
         #[cfg(not(feature = "cuda"))]
         {

@@ -4,9 +4,11 @@
 //!
 //! The device under test may be CPU itself: the subject side then runs inside
 //! [`portable`], which turns this crate's CPU kernels off, so it takes the
-//! path of candle primitives that CUDA takes. That is how CI, which has no GPU,
-//! checks the code the GPU will run; `reflex-train gpu parity --device cuda`
-//! checks the GPU itself.
+//! path of candle primitives (what CUDA runs with `REFLEX_CUDA_FUSED=0`, and
+//! any device without kernels of ours). That is how CI, which has no GPU,
+//! checks that path and the learners' device code; `reflex-train gpu parity
+//! --device cuda` checks the GPU and the CUDA kernels (and the CUDA-graph
+//! update) against the CPU.
 //!
 //! Error measure: for each compared tensor, max |subject − reference| over
 //! max |reference| (the absolute difference when the reference is all zeros).
@@ -739,6 +741,38 @@ fn check_graph(device: &Device, checks: &mut Vec<Check>) -> Result<(), TrainErro
             ));
         }
     }
+    // The replays really were replays (a failed capture falls back to eager
+    // updates with a warning, which the comparisons above would not notice).
+    let captured = graphed.graph_captured();
+    checks.push(Check {
+        name: "dqn-cuda-graph captured".into(),
+        values: 1,
+        max_abs: if captured { 0.0 } else { f64::INFINITY },
+        scale: 0.0,
+        error: if captured { 0.0 } else { f64::INFINITY },
+    });
+    // And what the replays wrote: parameters and Adam moments.
+    for ((name, g), (_, e)) in graphed
+        .online
+        .named_vars()
+        .iter()
+        .zip(eager.online.named_vars())
+    {
+        checks.push(compare(
+            format!("dqn-cuda-graph param {name}"),
+            g.as_tensor(),
+            e.as_tensor(),
+        )?);
+    }
+    let names = graphed.online.names();
+    for ((name, g), (_, e)) in graphed
+        .optimizer
+        .state(&names)
+        .iter()
+        .zip(eager.optimizer.state(&names))
+    {
+        checks.push(compare(format!("dqn-cuda-graph {name}"), g, &e)?);
+    }
     Ok(())
 }
 
@@ -769,8 +803,10 @@ pub fn run(device: &Device, mut progress: impl FnMut(&str)) -> Result<Report, Tr
 mod tests {
     use super::*;
 
-    /// The path CUDA takes (candle primitives) agrees with this crate's CPU
-    /// kernels for every network kind, the optimizer and every learner.
+    /// candle's primitives (the path of devices without this crate's kernels,
+    /// and of CUDA with `REFLEX_CUDA_FUSED=0`) agree with this crate's CPU
+    /// kernels for every network kind, the optimizer and every learner. (The
+    /// CUDA kernels themselves are checked by `gpu parity --device cuda`.)
     #[test]
     fn candle_primitives_match_the_cpu_kernels_everywhere() {
         let report = run(&Device::Cpu, |_| {}).unwrap();

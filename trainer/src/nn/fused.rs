@@ -314,8 +314,9 @@ pub fn cpu_kernels(device: &candle_core::Device) -> bool {
 
 /// Runs `f` with this crate's CPU kernels off on the calling thread, so every
 /// forward pass, backward pass and optimizer step takes the path of candle
-/// primitives that other devices (CUDA) take. The device parity check uses it
-/// to test that path without a GPU.
+/// primitives (that of devices without kernels of ours, and of CUDA with
+/// `REFLEX_CUDA_FUSED=0`). The device parity check uses it to test that path
+/// without a GPU.
 pub fn portable<R>(f: impl FnOnce() -> R) -> R {
     struct Restore(bool);
     impl Drop for Restore {

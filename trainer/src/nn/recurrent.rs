@@ -314,7 +314,7 @@ impl Lstm {
         hs.reshape((batch * steps, hidden))
     }
 
-    /// [`unroll`](Self::unroll) with the fused CPU cell on or off.
+    /// [`unroll`](Self::unroll) with the fused cell (CPU or CUDA kernels) on or off.
     fn unroll_with(
         &self,
         xs: &Tensor,
