@@ -20,13 +20,22 @@
 # summary.md says PASS/FAIL per step; the script exits non-zero if any failed.
 #
 # Environment: OUT, BENCH_SECONDS (per case, default 4), STEPS (what to run,
-# default "parity bench cartpole"); for a smoke run of this script on a CPU:
-# DEVICE=cpu, REFLEX_TRAIN=target/release/reflex-train, BENCH_FLAGS=--small.
+# default "parity bench cartpole"), BUDGET (seconds for the whole script,
+# default 540: the device tool's calls stop at 600; each step's own limit is cut
+# to what is left, and a step with under 20 s left is skipped, so what ran
+# still comes back); for a smoke run of this script on a CPU: DEVICE=cpu,
+# REFLEX_TRAIN=target/release/reflex-train, BENCH_FLAGS=--small.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${OUT:-runs/gpu-check}
 seconds=${BENCH_SECONDS:-4}
 steps=${STEPS:-parity bench cartpole}
+budget=${BUDGET:-540}
+# The limit for a step that wants $1 seconds: what is left of the budget.
+limit() {
+  local left=$(( budget - SECONDS - 5 ))
+  (( left < $1 )) && echo "$left" || echo "$1"
+}
 mkdir -p "$out"
 device=${DEVICE:-cuda}
 flags=${BENCH_FLAGS:-}
@@ -59,10 +68,14 @@ result() { # NAME STATUS DETAIL
 }
 
 for step in $steps; do
+  if (( budget - SECONDS < 20 )); then
+    result "$step" FAIL "(skipped: the $budget s budget is spent)"
+    continue
+  fi
   case $step in
   parity)
     start=$SECONDS
-    timeout 150 "$bin" gpu parity --device "$device" --out "$out/parity" > "$out/parity.log" 2>&1
+    timeout "$(limit 150)" "$bin" gpu parity --device "$device" --out "$out/parity" > "$out/parity.log" 2>&1
     rc=$?
     tail -n 40 "$out/parity.log"
     [ $rc = 0 ] && result parity PASS "($((SECONDS - start)) s; $out/parity/parity.md)" \
@@ -70,7 +83,7 @@ for step in $steps; do
     ;;
   bench)
     start=$SECONDS
-    timeout 200 "$bin" gpu bench --device "$device" --seconds "$seconds" $flags --out "$out/bench" > "$out/bench.log" 2>&1
+    timeout "$(limit 200)" "$bin" gpu bench --device "$device" --seconds "$seconds" $flags --out "$out/bench" > "$out/bench.log" 2>&1
     rc=$?
     tail -n 12 "$out/bench.log"
     # What the fused optimizer kernels and the event-tracking switch buy: the
@@ -78,13 +91,14 @@ for step in $steps; do
     # And the experimental CUDA-graph DQN update (REFLEX_CUDA_GRAPH=1).
     for variant in "REFLEX_CUDA_FUSED=0 unfused" "REFLEX_CUDA_EVENTS=1 events" "REFLEX_CUDA_GRAPH=1 graph"; do
       set -- $variant
-      env "$1" timeout 100 "$bin" gpu bench --device "$device" --seconds 2 $flags \
+      (( budget - SECONDS < 60 )) && { echo "== with $1: skipped (budget)"; continue; }
+      env "$1" timeout "$(limit 100)" "$bin" gpu bench --device "$device" --seconds 2 $flags \
         --case dqn-256x256-b256 --case td3-400x300-b256 --case dqn-256x256-b4096 --case e2e-cartpole-64envs \
         --out "$out/bench-$2" > "$out/bench-$2.log" 2>&1 \
         && { echo "== with $1"; sed -n 3,8p "$out/bench-$2/bench.md"; } \
         || { echo "== with $1: failed"; tail -n 5 "$out/bench-$2.log"; }
     done
-    timeout 200 "$py" scripts/bench_gpu_torch.py --device "$device" --seconds "$seconds" $flags --out "$out/torch.jsonl" > "$out/torch.log" 2>&1
+    timeout "$(limit 200)" "$py" scripts/bench_gpu_torch.py --device "$device" --seconds "$seconds" $flags --out "$out/torch.jsonl" > "$out/torch.log" 2>&1
     trc=$?
     tail -n 20 "$out/torch.log" | cut -c1-220
     if [ $rc = 0 ] && [ -f "$out/torch.jsonl" ]; then
@@ -97,7 +111,7 @@ for step in $steps; do
   cartpole)
     start=$SECONDS
     rm -rf "$out/cartpole"
-    timeout 300 "$bin" run --env cartpole --device "$device" --seed 0 --out "$out/cartpole" --quiet > "$out/cartpole.log" 2>&1
+    timeout "$(limit 300)" "$bin" run --env cartpole --device "$device" --seed 0 --out "$out/cartpole" --quiet > "$out/cartpole.log" 2>&1
     rc=$?
     tail -n 5 "$out/cartpole.log"
     mean=$("$py" -c "import json,sys; print(json.load(open(sys.argv[1]))['mean_return'])" "$out/cartpole/eval.json" 2>/dev/null || echo none)
