@@ -7,6 +7,19 @@
 
 __device__ __forceinline__ float sig(float x) { return 0.5f * tanhf(0.5f * x) + 0.5f; }
 
+// One unit's activated gates and its cell state, for row r, unit j.
+struct Unit {
+  float i, o, f, cand, c;
+};
+
+__device__ __forceinline__ Unit unit(const float* __restrict__ gates,
+                                     const float* __restrict__ state, unsigned long long r,
+                                     unsigned long long j, unsigned long long hd) {
+  const float* g = gates + r * 4 * hd;
+  return Unit{sig(g[j]), sig(g[hd + j]), sig(g[2 * hd + j]), tanhf(g[3 * hd + j]),
+              state[r * 2 * hd + hd + j]};
+}
+
 // out [batch, 2H] = [h' | c'] from gates [batch, 4H] and state [batch, 2H].
 extern "C" __global__ void reflex_lstm_cell(const float* __restrict__ gates,
                                             const float* __restrict__ state,
@@ -16,13 +29,10 @@ extern "C" __global__ void reflex_lstm_cell(const float* __restrict__ gates,
   for (unsigned long long k = blockIdx.x * (unsigned long long)blockDim.x + threadIdx.x; k < n;
        k += (unsigned long long)blockDim.x * gridDim.x) {
     const unsigned long long r = k / hd, j = k % hd;
-    const float* g = gates + r * 4 * hd;
-    const float i = sig(g[j]), o = sig(g[hd + j]), f = sig(g[2 * hd + j]);
-    const float cand = tanhf(g[3 * hd + j]);
-    const float c = state[r * 2 * hd + hd + j];
-    const float c_next = f * c + i * cand;
+    const Unit u = unit(gates, state, r, j, hd);
+    const float c_next = u.f * u.c + u.i * u.cand;
     out[r * 2 * hd + hd + j] = c_next;
-    out[r * 2 * hd + j] = o * tanhf(c_next);
+    out[r * 2 * hd + j] = u.o * tanhf(c_next);
   }
 }
 
@@ -39,10 +49,8 @@ extern "C" __global__ void reflex_lstm_cell_backward(const float* __restrict__ g
   for (unsigned long long k = blockIdx.x * (unsigned long long)blockDim.x + threadIdx.x; k < n;
        k += (unsigned long long)blockDim.x * gridDim.x) {
     const unsigned long long r = k / hd, j = k % hd;
-    const float* g = gates + r * 4 * hd;
-    const float i = sig(g[j]), o = sig(g[hd + j]), f = sig(g[2 * hd + j]);
-    const float cand = tanhf(g[3 * hd + j]);
-    const float c = state[r * 2 * hd + hd + j];
+    const Unit u = unit(gates, state, r, j, hd);
+    const float i = u.i, o = u.o, f = u.f, cand = u.cand, c = u.c;
     const float tc = tanhf(f * c + i * cand);
     const float dh = grad[r * 2 * hd + j];
     const float dc = grad[r * 2 * hd + hd + j] + dh * o * (1.0f - tc * tc);

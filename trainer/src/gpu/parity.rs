@@ -217,6 +217,20 @@ struct Model {
     forward: Forward,
 }
 
+impl Model {
+    /// `net` with `forward` as its forward pass.
+    fn of<N: Params + Clone + 'static>(
+        net: N,
+        forward: impl Fn(&N, &[Tensor]) -> candle_core::Result<Vec<Tensor>> + 'static,
+    ) -> candle_core::Result<Self> {
+        let n = net.clone();
+        Ok(Self {
+            params: Box::new(net),
+            forward: Box::new(move |x| forward(&n, x)),
+        })
+    }
+}
+
 /// A network kind: its name, the input shapes, and how to build it on a device.
 struct Kind {
     name: &'static str,
@@ -254,11 +268,7 @@ fn kinds() -> Vec<Kind> {
             inputs: vec![vec![64, 4]],
             build: |dev, rng| {
                 let net = QNetwork::new(&mlp(&[256, 256]), 4, 2, 1, rng, dev)?;
-                let n = net.clone();
-                Ok(Model {
-                    params: Box::new(net),
-                    forward: Box::new(move |x| n.forward_heads(&x[0])),
-                })
+                Model::of(net, |n, x| n.forward_heads(&x[0]))
             },
         },
         Kind {
@@ -272,11 +282,7 @@ fn kinds() -> Vec<Kind> {
                     ..mlp(&[64, 64])
                 };
                 let net = QNetwork::new(&config, 6, 3, 2, rng, dev)?;
-                let n = net.clone();
-                Ok(Model {
-                    params: Box::new(net),
-                    forward: Box::new(move |x| n.forward_heads(&x[0])),
-                })
+                Model::of(net, |n, x| n.forward_heads(&x[0]))
             },
         },
         Kind {
@@ -284,11 +290,7 @@ fn kinds() -> Vec<Kind> {
             inputs: vec![vec![64, 3]],
             build: |dev, rng| {
                 let net = Actor::new(&mlp(&[400, 300]), 3, 1, rng, dev)?;
-                let n = net.clone();
-                Ok(Model {
-                    params: Box::new(net),
-                    forward: Box::new(move |x| Ok(vec![n.forward(&x[0])?])),
-                })
+                Model::of(net, |n, x| Ok(vec![n.forward(&x[0])?]))
             },
         },
         Kind {
@@ -296,11 +298,7 @@ fn kinds() -> Vec<Kind> {
             inputs: vec![vec![64, 3], vec![64, 1]],
             build: |dev, rng| {
                 let net = Critic::new(&mlp(&[400, 300]), 3, 1, rng, dev)?;
-                let n = net.clone();
-                Ok(Model {
-                    params: Box::new(net),
-                    forward: Box::new(move |x| Ok(vec![n.forward(&x[0], &x[1])?])),
-                })
+                Model::of(net, |n, x| Ok(vec![n.forward(&x[0], &x[1])?]))
             },
         },
         Kind {
@@ -308,14 +306,10 @@ fn kinds() -> Vec<Kind> {
             inputs: vec![vec![32, 5], vec![32, 3]],
             build: |dev, rng| {
                 let net = NafNetwork::new(&mlp(&[64, 64]), 5, 3, rng, dev)?;
-                let n = net.clone();
-                Ok(Model {
-                    params: Box::new(net),
-                    forward: Box::new(move |x| {
-                        let out = n.forward(&x[0])?;
-                        let q = n.q(&out, &x[1])?;
-                        Ok(vec![out.value, out.mu, out.l, q])
-                    }),
+                Model::of(net, |n, x| {
+                    let out = n.forward(&x[0])?;
+                    let q = n.q(&out, &x[1])?;
+                    Ok(vec![out.value, out.mu, out.l, q])
                 })
             },
         },
@@ -328,14 +322,10 @@ fn kinds() -> Vec<Kind> {
                     ..mlp(&[32])
                 };
                 let net = RecurrentQNetwork::new(&config, 2, 2, 32, rng, dev)?;
-                let n = net.clone();
-                Ok(Model {
-                    params: Box::new(net),
-                    forward: Box::new(move |x| {
-                        let q = n.unroll(&x[0], &x[1], &x[2], Some(&x[3]), BURN_IN)?;
-                        let (_, h, c) = n.step(&x[0].narrow(1, 0, 1)?.squeeze(1)?, &x[1], &x[2])?;
-                        Ok(vec![q, h, c])
-                    }),
+                Model::of(net, |n, x| {
+                    let q = n.unroll(&x[0], &x[1], &x[2], Some(&x[3]), BURN_IN)?;
+                    let (_, h, c) = n.step(&x[0].narrow(1, 0, 1)?.squeeze(1)?, &x[1], &x[2])?;
+                    Ok(vec![q, h, c])
                 })
             },
         },
@@ -344,13 +334,9 @@ fn kinds() -> Vec<Kind> {
             inputs: window_inputs(8, 12, 3 + 1, 32),
             build: |dev, rng| {
                 let net = Recurrent::<Actor>::new(&mlp(&[32]), 3, 1, 32, rng, dev)?;
-                let n = net.clone();
-                Ok(Model {
-                    params: Box::new(net),
-                    forward: Box::new(move |x| {
-                        let h = n.states(&x[0], &x[1], &x[2], Some(&x[3]), BURN_IN)?;
-                        Ok(vec![n.head.forward(&h)?])
-                    }),
+                Model::of(net, |n, x| {
+                    let h = n.states(&x[0], &x[1], &x[2], Some(&x[3]), BURN_IN)?;
+                    Ok(vec![n.head.forward(&h)?])
                 })
             },
         },
@@ -363,13 +349,9 @@ fn kinds() -> Vec<Kind> {
             },
             build: |dev, rng| {
                 let net = Recurrent::<Critic>::new(&mlp(&[32]), 3, 1, 32, rng, dev)?;
-                let n = net.clone();
-                Ok(Model {
-                    params: Box::new(net),
-                    forward: Box::new(move |x| {
-                        let h = n.states(&x[0], &x[1], &x[2], Some(&x[3]), BURN_IN)?;
-                        Ok(vec![n.head.forward(&h, &x[4])?])
-                    }),
+                Model::of(net, |n, x| {
+                    let h = n.states(&x[0], &x[1], &x[2], Some(&x[3]), BURN_IN)?;
+                    Ok(vec![n.head.forward(&h, &x[4])?])
                 })
             },
         },
@@ -378,14 +360,10 @@ fn kinds() -> Vec<Kind> {
             inputs: window_inputs(8, 12, 3 + 2, 32),
             build: |dev, rng| {
                 let net = Recurrent::<NafNetwork>::new(&mlp(&[32]), 3, 2, 32, rng, dev)?;
-                let n = net.clone();
-                Ok(Model {
-                    params: Box::new(net),
-                    forward: Box::new(move |x| {
-                        let h = n.states(&x[0], &x[1], &x[2], Some(&x[3]), BURN_IN)?;
-                        let out = n.head.forward(&h)?;
-                        Ok(vec![out.value, out.mu, out.l])
-                    }),
+                Model::of(net, |n, x| {
+                    let h = n.states(&x[0], &x[1], &x[2], Some(&x[3]), BURN_IN)?;
+                    let out = n.head.forward(&h)?;
+                    Ok(vec![out.value, out.mu, out.l])
                 })
             },
         },
