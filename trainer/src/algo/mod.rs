@@ -413,13 +413,9 @@ pub fn train(
         let action = agent.explore(&obs, step, total_steps)?;
         let result = env.step(&action)?;
         next_obs.copy_from_slice(env.obs());
-        let action_ref = match &action {
-            Action::Discrete(a) => ActionRef::Discrete(*a),
-            Action::Continuous(values) => ActionRef::Continuous(values),
-        };
         agent.observe(&EnvStep {
             obs: &obs,
-            action: action_ref,
+            action: ActionRef::from(&action),
             reward: result.reward as f32,
             next_obs: &next_obs,
             terminated: result.terminated,

@@ -147,24 +147,12 @@ pub(crate) fn fill_random(
     let mut obs = env.reset(Some(seed)).to_vec();
     let space = env.action_space().clone();
     for _ in 0..steps {
-        let action = match &space {
-            ActionSpace::Discrete { n } => Action::Discrete(rng.below(u64::from(*n)) as u32),
-            ActionSpace::Box(b) => Action::Continuous(
-                b.low
-                    .iter()
-                    .zip(&b.high)
-                    .map(|(lo, hi)| lo + (hi - lo) * rng.next_f64() as f32)
-                    .collect(),
-            ),
-        };
+        let action = reflex_sim::random_action(&space, &mut rng);
         let result = env.step(&action)?;
         let next = env.obs().to_vec();
         observe(&EnvStep {
             obs: &obs,
-            action: match &action {
-                Action::Discrete(a) => ActionRef::Discrete(*a),
-                Action::Continuous(v) => ActionRef::Continuous(v),
-            },
+            action: ActionRef::from(&action),
             reward: result.reward as f32,
             next_obs: &next,
             terminated: result.terminated,

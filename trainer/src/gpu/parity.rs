@@ -618,18 +618,7 @@ fn check_learner(
     }
     let space = env.action_space().clone();
     for step in 1..=fill {
-        let action = match &space {
-            reflex_msgs::ActionSpace::Discrete { n } => {
-                reflex_msgs::Action::Discrete(rng.below(u64::from(*n)) as u32)
-            }
-            reflex_msgs::ActionSpace::Box(b) => reflex_msgs::Action::Continuous(
-                b.low
-                    .iter()
-                    .zip(&b.high)
-                    .map(|(lo, hi)| lo + (hi - lo) * rng.next_f64() as f32)
-                    .collect(),
-            ),
-        };
+        let action = reflex_sim::random_action(&space, &mut rng);
         // Both learners act (recurrent ones carry their state through it),
         // then both store the same random action's step.
         for agent in [&mut reference, &mut tested] {
@@ -638,13 +627,9 @@ fn check_learner(
         }
         let result = env.step(&action)?;
         let next = env.obs().to_vec();
-        let action_ref = match &action {
-            reflex_msgs::Action::Discrete(a) => ActionRef::Discrete(*a),
-            reflex_msgs::Action::Continuous(v) => ActionRef::Continuous(v),
-        };
         let transition = EnvStep {
             obs: &obs,
-            action: action_ref,
+            action: ActionRef::from(&action),
             reward: result.reward as f32,
             next_obs: &next,
             terminated: result.terminated,
