@@ -22,6 +22,7 @@
 
 pub(crate) mod fused;
 mod recurrent;
+pub mod stack;
 
 pub use fused::{cpu_kernels, portable};
 pub use recurrent::{ActingHead, Lstm, Recurrent, RecurrentHead, RecurrentQNetwork};
@@ -120,7 +121,8 @@ impl Dense {
                 self.bias.as_tensor().clone(),
             )
         };
-        if fused::available(x) && x.rank() == 2 {
+        // Rank 3: a population's stacked layer (see `stack`).
+        if fused::available(x) && (x.rank() == 2 || (x.rank() == 3 && w.rank() == 3)) {
             return fused::dense(x, &w, &b, act);
         }
         if crate::gpu::kernels::cuda_kernels(x.device()) && x.rank() == 2 && x.dtype() == DType::F32
@@ -219,12 +221,21 @@ fn fresh(v: &Var) -> Result<Var> {
     Var::from_tensor(&v.as_tensor().detach().copy()?)
 }
 
+/// Makes a network's new parameter from its old one, in
+/// [`named_vars`](Params::named_vars) order (see [`QNetwork::map_vars`]).
+pub type VarMap<'a> = dyn FnMut(&Var) -> Result<Var> + 'a;
+
 impl Dense {
     /// A copy with its own parameters.
     fn duplicate(&self) -> Result<Self> {
+        self.map_vars(&mut fresh)
+    }
+
+    /// The same layer on the parameters `f` makes (weight, then bias).
+    fn map_vars(&self, f: &mut VarMap<'_>) -> Result<Self> {
         Ok(Self {
-            weight: fresh(&self.weight)?,
-            bias: fresh(&self.bias)?,
+            weight: f(&self.weight)?,
+            bias: f(&self.bias)?,
         })
     }
 }
@@ -338,12 +349,18 @@ impl Trunk {
     }
 
     fn duplicate(&self) -> Result<Self> {
+        self.map_vars(&mut fresh)
+    }
+
+    /// The same layers on the parameters `f` makes, in
+    /// [`push_vars`](Self::push_vars) order.
+    fn map_vars(&self, f: &mut VarMap<'_>) -> Result<Self> {
         let mut copy = self.clone();
         for (dense, norm) in &mut copy.layers {
-            *dense = dense.duplicate()?;
+            *dense = dense.map_vars(f)?;
             if let Some(norm) = norm {
-                norm.gain = fresh(&norm.gain)?;
-                norm.offset = fresh(&norm.offset)?;
+                norm.gain = f(&norm.gain)?;
+                norm.offset = f(&norm.offset)?;
             }
         }
         Ok(copy)
@@ -527,14 +544,21 @@ impl QNetwork {
 
     /// A detached copy with its own parameters (a target network).
     pub fn duplicate(&self) -> Result<QNetwork> {
+        self.map_vars(&mut fresh)
+    }
+
+    /// The same network on the parameters `f` makes from these, called in
+    /// [`named_vars`](Self::named_vars) order. The new parameters may have
+    /// other shapes: a population's stacked ones (see [`crate::nn::stack`]).
+    pub fn map_vars(&self, f: &mut VarMap<'_>) -> Result<QNetwork> {
         let mut copy = self.clone();
-        copy.trunk = self.trunk.duplicate()?;
+        copy.trunk = self.trunk.map_vars(f)?;
         for head in &mut copy.heads {
             *head = match head {
-                Head::Plain(q) => Head::Plain(q.duplicate()?),
+                Head::Plain(q) => Head::Plain(q.map_vars(f)?),
                 Head::Dueling { value, advantage } => Head::Dueling {
-                    value: value.duplicate()?,
-                    advantage: advantage.duplicate()?,
+                    value: value.map_vars(f)?,
+                    advantage: advantage.map_vars(f)?,
                 },
             };
         }

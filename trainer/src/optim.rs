@@ -65,6 +65,28 @@ fn sum_sq(t: &Tensor) -> Result<f64> {
     Ok(f64::from(t.sqr()?.sum_all()?.to_scalar::<f32>()?))
 }
 
+/// Σ t² of each of `members` equal slices along the first dimension.
+fn sum_sq_members(t: &Tensor, members: usize) -> Result<Vec<f64>> {
+    if in_place(t) {
+        let (storage, layout) = t.storage_and_layout();
+        if let Storage::Cpu(cpu) = &*storage {
+            let x = cpu_slice(cpu, layout)?;
+            let chunk = x.len() / members;
+            return Ok(x
+                .chunks(chunk)
+                .map(|c| {
+                    wide(
+                        #[inline(always)]
+                        || sum_sq_slice(c),
+                    )
+                })
+                .collect());
+        }
+    }
+    let sums = t.sqr()?.reshape((members, ()))?.sum(1)?.to_vec1::<f32>()?;
+    Ok(sums.into_iter().map(f64::from).collect())
+}
+
 /// Σ x² in f64 over four interleaved partial sums: one running sum is a chain
 /// of dependent adds that no vector unit can shorten; four independent ones
 /// vectorize. (The order differs from a single running sum only in the last
@@ -104,10 +126,12 @@ fn wide<R>(f: impl FnOnce() -> R) -> R {
     f()
 }
 
-/// m ← β m + (1 − β) s g  (or with (s g)² for the second moment).
+/// m ← β m + (1 − β) s g  (or with (s g)² for the second moment), with the
+/// clip scale s of each member's equal slice of the tensor (one slice for a
+/// single learner).
 struct Moment {
     beta: f32,
-    scale: f32,
+    scales: Vec<f32>,
     squared: bool,
 }
 
@@ -124,23 +148,29 @@ impl InplaceOp2 for Moment {
         l2: &Layout,
     ) -> Result<()> {
         let (m, g) = dst_src(s1, l1, s2, l2, "adam: moment and gradient")?;
-        let (b, rest, s) = (self.beta, 1.0 - self.beta, self.scale);
+        let (b, rest) = (self.beta, 1.0 - self.beta);
         let squared = self.squared;
-        wide(
-            #[inline(always)]
-            || {
-                if squared {
-                    for (m, &g) in m.iter_mut().zip(g) {
-                        let g = s * g;
-                        *m = b * *m + rest * (g * g);
+        let chunk = m.len() / self.scales.len().max(1);
+        if chunk * self.scales.len() != m.len() {
+            candle_core::bail!("adam: {} values in {} members", m.len(), self.scales.len());
+        }
+        for ((m, g), &s) in m.chunks_mut(chunk).zip(g.chunks(chunk)).zip(&self.scales) {
+            wide(
+                #[inline(always)]
+                || {
+                    if squared {
+                        for (m, &g) in m.iter_mut().zip(g) {
+                            let g = s * g;
+                            *m = b * *m + rest * (g * g);
+                        }
+                    } else {
+                        for (m, &g) in m.iter_mut().zip(g) {
+                            *m = b * *m + rest * (s * g);
+                        }
                     }
-                } else {
-                    for (m, &g) in m.iter_mut().zip(g) {
-                        *m = b * *m + rest * (s * g);
-                    }
-                }
-            },
-        );
+                },
+            );
+        }
         Ok(())
     }
 }
@@ -252,6 +282,9 @@ pub struct Adam {
     /// Bumped whenever the moments are replaced (a checkpoint load), so that
     /// a captured CUDA graph, which writes them by address, is made anew.
     generation: u64,
+    /// Learners whose parameters are stacked along each parameter's first
+    /// dimension (see [`crate::nn::stack`]); each gets its own clip.
+    members: usize,
 }
 
 impl Adam {
@@ -269,7 +302,31 @@ impl Adam {
             eps: 1e-8,
             in_place: true,
             generation: Self::new_generation(),
+            members: 1,
         })
+    }
+
+    /// Adam for a population of `members` learners stacked along the first
+    /// dimension of every parameter ([`crate::nn::stack`]): the same update
+    /// as `members` separate optimizers, clipping included: each member's
+    /// gradient norm is its own.
+    pub fn population(vars: Vec<Var>, lr: f64, members: usize) -> Result<Self> {
+        for v in &vars {
+            if members == 0 || v.dims().first() != Some(&members) {
+                candle_core::bail!(
+                    "a population of {members}: parameter of shape {:?} is not stacked",
+                    v.dims()
+                );
+            }
+        }
+        let mut adam = Self::new(vars, lr)?;
+        adam.members = members;
+        Ok(adam)
+    }
+
+    /// Number of stacked learners (1 for a single one).
+    pub fn members(&self) -> usize {
+        self.members
     }
 
     /// Updates taken so far.
@@ -278,21 +335,109 @@ impl Adam {
     }
 
     /// One update from `grads`, first scaled so their global L2 norm is at most
-    /// `max_grad_norm` (if given). Returns the norm before clipping.
+    /// `max_grad_norm` (if given). Returns the norm before clipping (member
+    /// 0's in a population; [`step_members`](Self::step_members) gives all).
     pub fn step(&mut self, grads: &GradStore, max_grad_norm: Option<f64>) -> Result<f64> {
+        Ok(self.step_members(grads, max_grad_norm)?[0])
+    }
+
+    /// [`step`](Self::step) for every member of a population: each member's
+    /// gradients are clipped by their own global norm. Returns the norms
+    /// before clipping, one per member.
+    pub fn step_members(
+        &mut self,
+        grads: &GradStore,
+        max_grad_norm: Option<f64>,
+    ) -> Result<Vec<f64>> {
+        if self.members > 1 && !self.population_in_place() {
+            let norms = self.step_members_on_device(grads, max_grad_norm, None)?;
+            return Ok(norms.to_vec1::<f32>()?.into_iter().map(f64::from).collect());
+        }
         let grads: Vec<Option<&Tensor>> = self.vars.iter().map(|v| grads.get(v)).collect();
         if self.in_place && self.fused_cuda(&grads) {
-            return self.step_fused_cuda(&grads, max_grad_norm);
+            return Ok(vec![self.step_fused_cuda(&grads, max_grad_norm)?]);
         }
-        let mut norm_sq = 0.0f64;
+        let (norms, scales) = self.member_norms(&grads, max_grad_norm)?;
+        self.apply(&grads, &scales)?;
+        Ok(norms)
+    }
+
+    /// Whether a population's step takes the in-place CPU passes (else
+    /// [`step_members_on_device`](Self::step_members_on_device)).
+    fn population_in_place(&self) -> bool {
+        self.in_place
+            && self
+                .vars
+                .first()
+                .is_some_and(|v| crate::nn::fused::cpu_kernels(v.device()))
+    }
+
+    /// A population's step with each member's norm and clip computed on the
+    /// device, nothing read back: the norms come back as an f32 device
+    /// tensor `[P]` for the caller to read with its other results. On CUDA
+    /// the step itself is the fused kernels', unclipped, on the clipped
+    /// gradients. With `hyper` (a CUDA graph's step size and bias
+    /// correction buffer, see [`step_in_graph`](Self::step_in_graph)) the
+    /// fused kernels read them from there and the step count is left to the
+    /// caller's [`next_hyper`](Self::next_hyper).
+    pub(crate) fn step_members_on_device(
+        &mut self,
+        grads: &GradStore,
+        max_grad_norm: Option<f64>,
+        hyper: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        let grads: Vec<Option<&Tensor>> = self.vars.iter().map(|v| grads.get(v)).collect();
+        let p = self.members;
+        let mut normsq: Option<Tensor> = None;
         for g in grads.iter().flatten() {
-            norm_sq += sum_sq(g)?;
+            let part = g.sqr()?.reshape((p, ()))?.sum(1)?;
+            normsq = Some(match normsq {
+                None => part,
+                Some(total) => (total + part)?,
+            });
         }
-        let norm = norm_sq.sqrt();
-        let scale = match max_grad_norm {
-            Some(max) if norm > max => max / (norm + 1e-6),
-            _ => 1.0,
+        let Some(normsq) = normsq else {
+            candle_core::bail!("adam: no parameter has a gradient");
         };
+        let norms = normsq.sqrt()?;
+        let scaled: Vec<Option<Tensor>> = match max_grad_norm {
+            None => grads.iter().map(|g| g.cloned()).collect(),
+            Some(max) => {
+                // max / (norm + 1e-6) where the norm exceeds max, else 1.
+                let clipped = ((&norms + 1e-6)?.recip()? * max)?;
+                let scale = norms.gt(max)?.where_cond(&clipped, &clipped.ones_like()?)?;
+                grads
+                    .iter()
+                    .map(|g| {
+                        g.map(|g| {
+                            let mut dims = vec![1; g.rank()];
+                            dims[0] = p;
+                            g.broadcast_mul(&scale.reshape(dims)?)
+                        })
+                        .transpose()
+                    })
+                    .collect::<Result<_>>()?
+            }
+        };
+        let refs: Vec<Option<&Tensor>> = scaled.iter().map(Option::as_ref).collect();
+        let fused = self.in_place && self.fused_cuda(&refs);
+        if let Some(hyper) = hyper {
+            if !fused {
+                candle_core::bail!("a CUDA graph step needs the fused CUDA optimizer kernels");
+            }
+            self.fused_cuda_pass(&refs, None, [0.0, 1.0], Some(hyper))?;
+        } else if fused {
+            let hyper = self.next_hyper();
+            self.fused_cuda_pass(&refs, None, hyper, None)?;
+        } else {
+            self.apply(&refs, &[1.0])?;
+        }
+        Ok(norms)
+    }
+
+    /// Adam's update from `grads`, member k's slice scaled by `scales[k]`
+    /// (one scale for a single learner).
+    fn apply(&mut self, grads: &[Option<&Tensor>], scales: &[f64]) -> Result<()> {
         self.steps += 1;
         let t = self.steps as i32;
         let correction1 = 1.0 - self.beta1.powi(t);
@@ -308,7 +453,7 @@ impl Adam {
                 for (moment, beta, squared) in [(m, self.beta1, false), (v, self.beta2, true)] {
                     let op = Moment {
                         beta: beta as f32,
-                        scale: scale as f32,
+                        scales: scales.iter().map(|&s| s as f32).collect(),
                         squared,
                     };
                     moment.inplace_op2(&grad, &op)?;
@@ -321,11 +466,7 @@ impl Adam {
                 var.as_tensor().inplace_op3(m, v, &op)?;
                 continue;
             }
-            let grad = if scale == 1.0 {
-                (*grad).clone()
-            } else {
-                (*grad * scale)?
-            };
+            let grad = self.scale_members(grad, scales)?;
             let m = ((&self.first_moment[i] * self.beta1)? + (&grad * (1.0 - self.beta1))?)?;
             let v = ((&self.second_moment[i] * self.beta2)? + (grad.sqr()? * (1.0 - self.beta2))?)?;
             // θ ← θ − lr/(1−β1ᵗ) · m / (√(v/(1−β2ᵗ)) + ε)
@@ -336,7 +477,49 @@ impl Adam {
             self.second_moment[i] = v.detach();
             self.generation = Self::new_generation();
         }
-        Ok(norm)
+        Ok(())
+    }
+
+    /// Each member's global gradient norm, and the factor that clips it to
+    /// `max_grad_norm` (1 when within it).
+    fn member_norms(
+        &self,
+        grads: &[Option<&Tensor>],
+        max_grad_norm: Option<f64>,
+    ) -> Result<(Vec<f64>, Vec<f64>)> {
+        let mut norm_sq = vec![0.0f64; self.members];
+        for g in grads.iter().flatten() {
+            if self.members == 1 {
+                norm_sq[0] += sum_sq(g)?;
+            } else {
+                for (total, part) in norm_sq.iter_mut().zip(sum_sq_members(g, self.members)?) {
+                    *total += part;
+                }
+            }
+        }
+        let norms: Vec<f64> = norm_sq.iter().map(|n| n.sqrt()).collect();
+        let scales = norms
+            .iter()
+            .map(|&norm| match max_grad_norm {
+                Some(max) if norm > max => max / (norm + 1e-6),
+                _ => 1.0,
+            })
+            .collect();
+        Ok((norms, scales))
+    }
+
+    /// `grad` with member k's slice times `scales[k]`.
+    fn scale_members(&self, grad: &Tensor, scales: &[f64]) -> Result<Tensor> {
+        if scales.iter().all(|&s| s == 1.0) {
+            return Ok(grad.clone());
+        }
+        if let [scale] = scales {
+            return grad * *scale;
+        }
+        let mut dims = vec![1; grad.rank()];
+        dims[0] = scales.len();
+        let column: Vec<f32> = scales.iter().map(|&s| s as f32).collect();
+        grad.broadcast_mul(&Tensor::from_vec(column, dims, grad.device())?)
     }
 
     /// Whether every parameter with a gradient, its moments and the gradient
@@ -407,6 +590,9 @@ impl Adam {
         hyper: &Tensor,
     ) -> Result<Tensor> {
         let grads: Vec<Option<&Tensor>> = self.vars.iter().map(|v| grads.get(v)).collect();
+        if self.members != 1 {
+            candle_core::bail!("a CUDA graph step clips one learner, not a population");
+        }
         if !self.fused_cuda(&grads) {
             candle_core::bail!("a CUDA graph step needs the fused CUDA optimizer kernels");
         }
@@ -511,10 +697,14 @@ mod tests {
     }
 
     fn loss(vars: &[Var], step: usize) -> Tensor {
+        loss_on(vars[0].as_tensor(), vars[1].as_tensor(), step)
+    }
+
+    fn loss_on(a: &Tensor, b: &Tensor, step: usize) -> Tensor {
         // A loss whose gradients change sign and size from step to step.
         let k = step as f64 * 0.7;
-        let a = (vars[0].as_tensor().sqr().unwrap() * (1.0 + k.sin())).unwrap();
-        let b = (vars[1].as_tensor() * (3.0 * k.cos())).unwrap();
+        let a = (a.sqr().unwrap() * (1.0 + k.sin())).unwrap();
+        let b = (b * (3.0 * k.cos())).unwrap();
         (a.sum_all().unwrap() + b.sum_all().unwrap()).unwrap()
     }
 
@@ -562,6 +752,87 @@ mod tests {
                 params(0.3)[0].as_tensor().to_vec2::<f32>().unwrap()
             );
         }
+    }
+
+    /// A population's optimizer gives each member what its own optimizer
+    /// gives it, with clipping that bites on one member and not another, in
+    /// both the in-place and the tensor form.
+    #[test]
+    fn population_adam_matches_separate_optimizers() {
+        // Member k's loss is scaled by 10^k, so only the larger ones clip.
+        let member_loss = |vars: &[Var], step: usize, k: usize| {
+            (loss(vars, step) * 10f64.powi(k as i32)).unwrap()
+        };
+        for in_place in [true, false] {
+            let singles: Vec<Vec<Var>> = (0..3).map(|k| params(0.3 + k as f32)).collect();
+            let stacked: Vec<Var> = (0..2)
+                .map(|i| {
+                    let parts: Vec<Tensor> = singles
+                        .iter()
+                        .map(|vars| vars[i].as_tensor().detach().copy().unwrap())
+                        .collect();
+                    Var::from_tensor(&Tensor::stack(&parts, 0).unwrap()).unwrap()
+                })
+                .collect();
+            let mut each: Vec<Adam> = singles
+                .iter()
+                .map(|vars| Adam::new(vars.clone(), 1e-2).unwrap())
+                .collect();
+            let mut all = Adam::population(stacked.clone(), 1e-2, 3).unwrap();
+            all.in_place = in_place;
+            for step in 0..10 {
+                let mut total = Tensor::zeros((), candle_core::DType::F32, &Device::Cpu).unwrap();
+                let mut expected = Vec::new();
+                for (k, (vars, adam)) in singles.iter().zip(&mut each).enumerate() {
+                    let lk = (loss_on(
+                        &stacked[0].as_tensor().get(k).unwrap(),
+                        &stacked[1].as_tensor().get(k).unwrap(),
+                        step,
+                    ) * 10f64.powi(k as i32))
+                    .unwrap();
+                    total = (total + lk).unwrap();
+                    expected.push(
+                        adam.step(&member_loss(vars, step, k).backward().unwrap(), Some(50.0))
+                            .unwrap(),
+                    );
+                }
+                let norms = all
+                    .step_members(&total.backward().unwrap(), Some(50.0))
+                    .unwrap();
+                for (n, e) in norms.iter().zip(&expected) {
+                    assert!((n - e).abs() <= 1e-5 * (1.0 + e), "norm {n} vs {e}");
+                }
+                if step == 0 {
+                    assert!(expected[0] < 50.0 && expected[2] > 50.0, "{expected:?}");
+                }
+            }
+            for (k, vars) in singles.iter().enumerate() {
+                for (i, v) in vars.iter().enumerate() {
+                    let mine = stacked[i]
+                        .as_tensor()
+                        .get(k)
+                        .unwrap()
+                        .flatten_all()
+                        .unwrap();
+                    let theirs = v.as_tensor().flatten_all().unwrap();
+                    for (x, y) in mine
+                        .to_vec1::<f32>()
+                        .unwrap()
+                        .iter()
+                        .zip(theirs.to_vec1::<f32>().unwrap())
+                    {
+                        assert!(
+                            (x - y).abs() <= 1e-5 * (1.0 + y.abs()),
+                            "member {k}: {x} vs {y}"
+                        );
+                    }
+                }
+            }
+        }
+        assert!(
+            Adam::population(params(0.0), 1e-2, 3).is_err(),
+            "unstacked shapes"
+        );
     }
 
     #[test]

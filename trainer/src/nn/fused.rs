@@ -73,10 +73,30 @@ impl CustomOp3 for DenseAct {
         bs: &CpuStorage,
         bl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (rows, inputs) = xl.shape().dims2()?;
-        let (outputs, w_inputs) = wl.shape().dims2()?;
-        let bias_len = bl.shape().dims1()?;
-        if w_inputs != inputs || bias_len != outputs {
+        // One layer `[rows, in]`, or a population's stacked layers (see
+        // crate::nn::stack): x `[P, rows, in]`, W `[P, out, in]`, b `[P, 1, out]`.
+        let (members, rows, inputs, x_member) = match *xl.dims() {
+            [r, i] => (1, r, i, 0),
+            [p, r, i] => (p, r, i, xl.stride()[0]),
+            _ => candle_core::bail!(
+                "fused dense: x {:?} is not [rows, in] or [P, rows, in]",
+                xl.dims()
+            ),
+        };
+        let (w_members, outputs, w_inputs, w_member) = match *wl.dims() {
+            [o, i] => (1, o, i, 0),
+            [p, o, i] => (p, o, i, wl.stride()[0]),
+            _ => candle_core::bail!(
+                "fused dense: W {:?} is not [out, in] or [P, out, in]",
+                wl.dims()
+            ),
+        };
+        let bias_fits = match *bl.dims() {
+            [o] => members == 1 && o == outputs,
+            [p, 1, o] => p == members && o == outputs && xl.dims().len() == 3,
+            _ => false,
+        };
+        if w_inputs != inputs || w_members != members || !bias_fits {
             candle_core::bail!(
                 "fused dense: x {:?}, W {:?}, b {:?} do not fit",
                 xl.dims(),
@@ -85,47 +105,56 @@ impl CustomOp3 for DenseAct {
             );
         }
         let bias = slice(bs, bl)?;
-        let mut out = Vec::with_capacity(rows * outputs);
-        for _ in 0..rows {
-            out.extend_from_slice(bias);
+        let mut out = Vec::with_capacity(members * rows * outputs);
+        for member_bias in bias.chunks_exact(outputs.max(1)).take(members) {
+            for _ in 0..rows {
+                out.extend_from_slice(member_bias);
+            }
         }
-        if rows > 0 && inputs > 0 {
+        if rows > 0 && inputs > 0 && outputs > 0 {
             let (x, w) = (xs.as_slice::<f32>()?, ws.as_slice::<f32>()?);
-            let (xst, wst) = (xl.stride(), wl.stride());
-            // Bounds of the strided reads, so the unsafe call below stays inside.
-            let last = |start: usize, st: &[usize], d0: usize, d1: usize| {
-                start + (d0 - 1) * st[0] + (d1 - 1) * st[1]
+            let rank = xl.dims().len();
+            let (xst, wst) = (
+                &xl.stride()[rank - 2..],
+                &wl.stride()[wl.dims().len() - 2..],
+            );
+            // Bounds of the strided reads, so the unsafe calls below stay inside.
+            let last = |start: usize, member: usize, st: &[usize], d0: usize, d1: usize| {
+                start + (members - 1) * member + (d0 - 1) * st[0] + (d1 - 1) * st[1]
             };
-            if last(xl.start_offset(), xst, rows, inputs) >= x.len()
-                || last(wl.start_offset(), wst, outputs, inputs) >= w.len()
+            if last(xl.start_offset(), x_member, xst, rows, inputs) >= x.len()
+                || last(wl.start_offset(), w_member, wst, outputs, inputs) >= w.len()
             {
                 candle_core::bail!("fused dense: layout outside its storage");
             }
-            // SAFETY: dst is rows × outputs, row-major; lhs x is rows × inputs
-            // and rhs Wᵀ is inputs × outputs, both read through their strides
-            // inside the bounds just checked.
-            unsafe {
-                gemm::gemm(
-                    rows,
-                    outputs,
-                    inputs,
-                    out.as_mut_ptr(),
-                    1,
-                    outputs as isize,
-                    true,
-                    x.as_ptr().add(xl.start_offset()),
-                    xst[1] as isize,
-                    xst[0] as isize,
-                    w.as_ptr().add(wl.start_offset()),
-                    wst[0] as isize,
-                    wst[1] as isize,
-                    1.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
-                    parallelism(),
-                );
+            for k in 0..members {
+                // SAFETY: dst is member k's rows × outputs block of `out`,
+                // row-major; lhs x is rows × inputs and rhs Wᵀ is inputs ×
+                // outputs, member k's, read through their strides inside the
+                // bounds just checked.
+                unsafe {
+                    gemm::gemm(
+                        rows,
+                        outputs,
+                        inputs,
+                        out.as_mut_ptr().add(k * rows * outputs),
+                        1,
+                        outputs as isize,
+                        true,
+                        x.as_ptr().add(xl.start_offset() + k * x_member),
+                        xst[1] as isize,
+                        xst[0] as isize,
+                        w.as_ptr().add(wl.start_offset() + k * w_member),
+                        wst[0] as isize,
+                        wst[1] as isize,
+                        1.0,
+                        1.0,
+                        false,
+                        false,
+                        false,
+                        parallelism(),
+                    );
+                }
             }
         }
         match self.0 {
@@ -133,7 +162,12 @@ impl CustomOp3 for DenseAct {
             Act::Relu => out.iter_mut().for_each(|v| *v = v.max(0.0)),
             Act::Tanh => out.iter_mut().for_each(|v| *v = tanh(*v)),
         }
-        Ok((CpuStorage::F32(out), Shape::from((rows, outputs))))
+        let shape = if xl.dims().len() == 3 {
+            Shape::from((members, rows, outputs))
+        } else {
+            Shape::from((rows, outputs))
+        };
+        Ok((CpuStorage::F32(out), shape))
     }
 
     fn bwd(
@@ -145,8 +179,19 @@ impl CustomOp3 for DenseAct {
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let grad = grad.contiguous()?;
-        // [g ⊙ act'(y) | Σ_rows of it] in one pass.
+        // [g ⊙ act'(y) | Σ_rows of it] in one pass (per member when stacked).
         let both = grad.apply_op2_no_bwd(y, &PreactGrad(self.0))?;
+        if grad.rank() == 3 {
+            let rows = grad.dim(1)?;
+            let g = both.narrow(1, 0, rows)?;
+            let db = b.track_op().then(|| both.narrow(1, rows, 1)).transpose()?;
+            let dw = w
+                .track_op()
+                .then(|| g.transpose(1, 2)?.matmul(x))
+                .transpose()?;
+            let dx = x.track_op().then(|| g.matmul(w)).transpose()?;
+            return Ok((dx, dw, db));
+        }
         let rows = grad.dim(0)?;
         let g = both.narrow(0, 0, rows)?;
         let db = b.track_op().then(|| both.get(rows)).transpose()?;
@@ -265,17 +310,46 @@ impl CustomOp2 for PreactGrad {
         ys: &CpuStorage,
         yl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (rows, cols) = gl.shape().dims2()?;
+        // `[rows, cols]`, or a population's `[P, rows, cols]`: each member
+        // gets its own sum row.
+        let (members, rows, cols) = match *gl.dims() {
+            [r, c] => (1, r, c),
+            [p, r, c] => (p, r, c),
+            _ => candle_core::bail!(
+                "fused dense: gradient {:?} of rank {}",
+                gl.dims(),
+                gl.dims().len()
+            ),
+        };
         let (g, y) = (slice(gs, gl)?, slice(ys, yl)?);
         if y.len() != g.len() {
             candle_core::bail!("fused dense: gradient and output differ in size");
         }
-        let mut out = vec![0f32; (rows + 1) * cols];
-        let (body, sum) = out.split_at_mut(rows * cols);
+        let mut out = vec![0f32; members * (rows + 1) * cols];
+        for ((g, y), out) in g
+            .chunks_exact((rows * cols).max(1))
+            .zip(y.chunks_exact((rows * cols).max(1)))
+            .zip(out.chunks_exact_mut(((rows + 1) * cols).max(1)))
+        {
+            preact_rows(self.0, g, y, out, rows, cols);
+        }
+        let shape = if members > 1 || gl.dims().len() == 3 {
+            Shape::from((members, rows + 1, cols))
+        } else {
+            Shape::from((rows + 1, cols))
+        };
+        Ok((CpuStorage::F32(out), shape))
+    }
+}
+
+/// One block of [`PreactGrad`]: rows of `g ⊙ act'(y)`, then their sum.
+fn preact_rows(act: Act, g: &[f32], y: &[f32], out: &mut [f32], rows: usize, cols: usize) {
+    let (body, sum) = out.split_at_mut(rows * cols);
+    {
         for r in 0..rows {
             let (gr, yr) = (&g[r * cols..][..cols], &y[r * cols..][..cols]);
             let dst = &mut body[r * cols..][..cols];
-            match self.0 {
+            match act {
                 Act::Identity => dst.copy_from_slice(gr),
                 Act::Relu => {
                     for ((d, &gv), &yv) in dst.iter_mut().zip(gr).zip(yr) {
@@ -292,7 +366,6 @@ impl CustomOp2 for PreactGrad {
                 *s += d;
             }
         }
-        Ok((CpuStorage::F32(out), Shape::from((rows + 1, cols))))
     }
 }
 
