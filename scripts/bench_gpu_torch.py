@@ -31,7 +31,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-CASES = ["matmul-4096", "dqn-256x256-b256", "dqn-256x256-b4096", "td3-400x300-b256",
+CASES = ["matmul-4096", "dqn-256x256-b256", "dqn-256x256-b4096", "dqn-256x256-b256-pop16",
+         "td3-400x300-b256",
          "lstm512-b64-t80-burn40", "e2e-cartpole-64envs"]
 
 parser = argparse.ArgumentParser()
@@ -188,6 +189,78 @@ def bench_dqn(case, batch):
             replay()
             b.after()
         report(case, "graph", clocked(step, 20, 20, args.seconds))
+
+
+# ---------------------------------------------------------------- DQN population
+class PopDqnBench:
+    """P DQN learners with stacked parameters ([P, in, out] weights, batched
+    matmuls), each with its own replay rows, its own gradient-norm clip, and
+    one Adam over the stacked tensors: reflex's `dqn-256x256-b256-pop16`."""
+
+    def __init__(self, members, hidden, batch, capacity=20_000):
+        widths = [4, hidden, hidden, 2]
+        self.params = []
+        for a, b in zip(widths[:-1], widths[1:]):
+            bound = 1 / math.sqrt(a)
+            w = torch.empty(members, a, b, device=dev).uniform_(-bound, bound)
+            bias = torch.empty(members, 1, b, device=dev).uniform_(-bound, bound)
+            self.params += [w.requires_grad_(), bias.requires_grad_()]
+        self.target = [p.detach().clone() for p in self.params]
+        self.opt = torch.optim.Adam(self.params, lr=1e-4, capturable=cuda)
+        self.members, self.batch, self.capacity = members, batch, capacity
+        self.replay = [torch.from_numpy(np.stack(x)).to(dev)
+                       for x in zip(*[random_cartpole(capacity) for _ in range(members)])]
+        self.rows = torch.arange(members, device=dev).unsqueeze(1)
+        self.updates = 0
+
+    @staticmethod
+    def forward(params, x):
+        for i in range(0, len(params), 2):
+            x = torch.baddbmm(params[i + 1], x, params[i])
+            if i + 2 < len(params):
+                x = x.relu()
+        return x
+
+    def step_inner(self):
+        idx = torch.randint(0, self.capacity, (self.members, self.batch), device=dev)
+        obs, act, rew, nxt, disc = [x[self.rows, idx] for x in self.replay]
+        with torch.no_grad():
+            y = rew + disc * self.forward(self.target, nxt).max(2).values
+        q = self.forward(self.params, obs).gather(2, act.unsqueeze(2)).squeeze(2)
+        loss = F.smooth_l1_loss(q, y, reduction="none").mean(1).sum()
+        self.opt.zero_grad(set_to_none=False)
+        loss.backward()
+        grads = [p.grad for p in self.params]
+        norms = torch.stack([g.pow(2).sum((1, 2)) for g in grads]).sum(0).sqrt()
+        scale = (10.0 / (norms + 1e-6)).clamp(max=1.0).view(-1, 1, 1)
+        torch._foreach_mul_(grads, [scale] * len(grads))
+        self.opt.step()
+
+    def step(self):
+        self.step_inner()
+        self.after()
+
+    def after(self):
+        self.updates += 1
+        if self.updates % 100 == 0:
+            with torch.no_grad():
+                torch._foreach_copy_(self.target, self.params)
+
+
+def bench_population(case):
+    members, hidden, batch = (4, 32, 32) if args.small else (16, 256, 256)
+    b = PopDqnBench(members, hidden, batch)
+    unit = "member updates/s"
+    n, secs = clocked(b.step, 10, 10, args.seconds)
+    report(case, "eager-device", (n * members, secs), unit)
+    if cuda:
+        replay = graphed(b.step_inner)
+
+        def step():
+            replay()
+            b.after()
+        n, secs = clocked(step, 10, 10, args.seconds)
+        report(case, "graph", (n * members, secs), unit)
 
 
 # ---------------------------------------------------------------- TD3
@@ -442,6 +515,7 @@ def bench_e2e():
 table = {"matmul-4096": bench_matmul,
          "dqn-256x256-b256": lambda: bench_dqn("dqn-256x256-b256", 256),
          "dqn-256x256-b4096": lambda: bench_dqn("dqn-256x256-b4096", 4096),
+         "dqn-256x256-b256-pop16": lambda: bench_population("dqn-256x256-b256-pop16"),
          "td3-400x300-b256": bench_td3,
          "lstm512-b64-t80-burn40": bench_lstm,
          "e2e-cartpole-64envs": bench_e2e}

@@ -19,7 +19,7 @@
 //! Truncation (a time limit) is not termination: the replay keeps d = γ^m for a
 //! truncated episode's last steps, so the target bootstraps through it.
 
-use candle_core::{DType, Device, Shape, Tensor, Var, D};
+use candle_core::{DType, Device, Shape, Tensor, D};
 use reflex_msgs::{Action, PolicySpec};
 use reflex_sim::SimRng;
 use serde::{Deserialize, Serialize};
@@ -145,7 +145,7 @@ pub struct Dqn {
     /// CUDA devices with the fused kernels only.
     pub cuda_graph: bool,
     /// The graphed update's buffers and graph, once made.
-    graph: Option<GraphedUpdate>,
+    graph: Option<crate::gpu::graph::GraphedUpdate>,
     /// Reused host buffers of the packed batch upload.
     action_scratch: Vec<f32>,
     upload_scratch: Vec<f32>,
@@ -264,6 +264,35 @@ impl Dqn {
         self.update_eager(&shapes)
     }
 
+    /// Samples a batch and packs it into one host buffer, the host half of
+    /// an update (for a [population](super::population), which uploads its
+    /// members' batches together). Returns the parts' shapes and the buffer.
+    pub(crate) fn sample_packed(&mut self, beta: f64) -> Result<(Vec<Shape>, &[f32]), TrainError> {
+        self.replay.sample_into(
+            self.config.batch_size,
+            beta,
+            &mut self.replay_rng,
+            &mut self.batch,
+        )?;
+        let shapes = self.pack_batch()?;
+        Ok((shapes, &self.upload_scratch))
+    }
+
+    /// The buffer [`sample_packed`](Self::sample_packed) filled.
+    pub(crate) fn packed(&self) -> &[f32] {
+        &self.upload_scratch
+    }
+
+    /// New priorities for the last sampled batch from its TD errors (with
+    /// prioritized replay; nothing otherwise).
+    pub(crate) fn set_priorities(&mut self, td_error: &[f32]) -> Result<(), TrainError> {
+        if let Replay::Prioritized(_) = self.replay {
+            self.replay
+                .update_priorities(&self.batch.indices, td_error)?;
+        }
+        Ok(())
+    }
+
     /// The sampled batch as one host buffer (`upload_scratch`): observations,
     /// next observations, action indices as f32 (exact below 2^24), rewards,
     /// discounts, weights. Returns the parts' shapes.
@@ -313,8 +342,7 @@ impl Dqn {
             p.mark("optimizer")?;
         }
         if let Replay::Prioritized(_) = self.replay {
-            self.replay
-                .update_priorities(&self.batch.indices, &td_error.to_vec1::<f32>()?)?;
+            self.set_priorities(&td_error.to_vec1::<f32>()?)?;
         }
         let stats = UpdateStats {
             loss: loss.to_scalar::<f32>()?,
@@ -342,71 +370,41 @@ impl Dqn {
     /// norm², TD errors] back in one copy. A capture that fails turns the
     /// graph off (with a warning) and the update runs eagerly.
     fn update_graphed(&mut self, shapes: &[Shape]) -> Result<UpdateStats, TrainError> {
-        use crate::gpu::graph::Graph;
-        const WARMUP: u32 = 3;
+        use crate::gpu::graph::{GraphedUpdate, Ran};
         let dev = self.device.clone();
         let n = self.upload_scratch.len();
-        // New buffers (and a new capture) for a new batch size or optimizer
-        // state (a checkpoint load replaces the moments the graph writes).
-        let fresh = self.graph.as_ref().is_none_or(|g| {
-            g.input.elem_count() != n || g.generation != self.optimizer.generation()
-        });
-        if fresh {
-            self.graph = Some(GraphedUpdate {
-                graph: None,
-                input: Var::from_tensor(&Tensor::zeros(n, DType::F32, &dev)?)?,
-                hyper: Var::from_tensor(&Tensor::new(&[0f32, 1.0], &dev)?)?,
-                generation: self.optimizer.generation(),
-                warmup: 0,
-            });
+        let generation = self.optimizer.generation();
+        if !self.graph.as_ref().is_some_and(|g| g.fits(n, generation)) {
+            self.graph = Some(GraphedUpdate::new(n, generation, &dev)?);
         }
         let per = matches!(self.replay, Replay::Prioritized(_));
         let (online, target, config) = (&self.online, &self.target, &self.config);
         let optimizer = &mut self.optimizer;
+        let hyper = optimizer.next_hyper();
         let g = self.graph.as_mut().expect("made above");
-        g.input
-            .set(&Tensor::from_slice(&self.upload_scratch, n, &dev)?)?;
-        g.hyper.set(&Tensor::new(&optimizer.next_hyper(), &dev)?)?;
-        let (input, hyper) = (g.input.as_tensor().detach(), g.hyper.as_tensor().detach());
-        let mut body = || {
-            graph_body(
-                online, target, config, optimizer, &input, &hyper, shapes, per,
-            )
-        };
-        let out = if g.graph.is_none() && g.warmup < WARMUP {
-            g.warmup += 1;
-            Graph::with_upload_cache(&dev, &mut body)?[0].to_vec1::<f32>()?
-        } else {
-            if g.graph.is_none() {
-                match Graph::capture(&dev, &mut body) {
-                    Ok(graph) => g.graph = Some(graph),
-                    Err(e) => {
-                        tracing::warn!("CUDA graph capture failed, updating eagerly: {e}");
-                        self.cuda_graph = false;
-                        let out = body()?[0].to_vec1::<f32>()?;
-                        self.graph = None;
-                        return self.finish_graphed(&out);
-                    }
-                }
+        let ran = g.run(&dev, &self.upload_scratch, hyper, |input, hyper| {
+            graph_body(online, target, config, optimizer, input, hyper, shapes, per)
+        })?;
+        let out = match ran {
+            Ran::Values(out) => out,
+            Ran::CaptureFailed(e, out) => {
+                tracing::warn!("CUDA graph capture failed, updating eagerly: {e}");
+                self.cuda_graph = false;
+                self.graph = None;
+                out
             }
-            let graph = g.graph.as_ref().expect("captured above");
-            graph.launch()?;
-            graph.outputs()[0].to_vec1::<f32>()?
         };
         self.finish_graphed(&out)
     }
 
     /// Whether updates now replay a captured CUDA graph.
     pub fn graph_captured(&self) -> bool {
-        self.graph.as_ref().is_some_and(|g| g.graph.is_some())
+        self.graph.as_ref().is_some_and(|g| g.captured())
     }
 
     /// Stats (and PER priorities) from a graphed update's read-back.
     fn finish_graphed(&mut self, out: &[f32]) -> Result<UpdateStats, TrainError> {
-        if let Replay::Prioritized(_) = self.replay {
-            self.replay
-                .update_priorities(&self.batch.indices, &out[3..])?;
-        }
+        self.set_priorities(&out[3..])?;
         Ok(UpdateStats {
             loss: out[0],
             q_mean: out[1],
@@ -423,21 +421,6 @@ impl Dqn {
         }
         Ok(())
     }
-}
-
-/// A graphed update's device buffers and, once captured, its graph (see
-/// [`crate::gpu::graph`]).
-#[derive(Debug)]
-struct GraphedUpdate {
-    graph: Option<crate::gpu::graph::Graph>,
-    /// The packed batch, copied in before each update.
-    input: Var,
-    /// Adam's step size and second bias correction for the update.
-    hyper: Var,
-    /// The optimizer state the buffers were made for.
-    generation: u64,
-    /// Updates run eagerly so far.
-    warmup: u32,
 }
 
 impl Agent for Dqn {
@@ -554,8 +537,10 @@ fn graph_body(
 /// DQN's loss on a batch (`parts` as [`Dqn::update`] packs them): the target
 /// y = R + d · Q⁻(s', a*) without gradients, every head regressed onto it
 /// with PER weights. Returns (loss, Q(s, a) of the first head, its TD error),
-/// the last two detached.
-fn td_loss(
+/// the last two detached. For a population's batch (every part with a
+/// leading member dimension, networks [stacked](crate::nn::stack)) the loss
+/// is one per member, `[P]`.
+pub(crate) fn td_loss(
     online: &QNetwork,
     target: &QNetwork,
     config: &DqnConfig,
@@ -573,7 +558,7 @@ fn td_loss(
     };
     let next_value = bootstrap_value(&next_q, online_next_q.as_ref())?;
     let y = (rewards + (discounts * next_value)?)?.detach();
-    let mut loss = Tensor::zeros((), DType::F32, obs.device())?;
+    let mut loss: Option<Tensor> = None;
     let mut first_q = None;
     for q in online.forward_heads(obs)? {
         let q_taken = q.gather(&actions, D::Minus1)?.squeeze(D::Minus1)?;
@@ -583,10 +568,17 @@ fn td_loss(
         } else {
             (error.sqr()? * 0.5)?
         };
-        loss = (loss + (per_sample * weights)?.mean_all()?)?;
+        // The mean over the batch rows: one value, or one per member of a
+        // population (batch `[P, B]`).
+        let head_loss = (per_sample * weights)?.mean(D::Minus1)?;
+        loss = Some(match loss {
+            None => head_loss,
+            Some(total) => (total + head_loss)?,
+        });
         first_q.get_or_insert((q_taken.detach(), error.detach()));
     }
     let (q_taken, td_error) = first_q.expect("a network has at least one head");
+    let loss = loss.expect("a network has at least one head");
     Ok((loss, q_taken, td_error))
 }
 

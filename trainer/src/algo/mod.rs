@@ -10,6 +10,8 @@
 //!   (`recurrent = true`): an LSTM in front of every network, trained on
 //!   sequence replay; [`recurrent`] is what they share;
 //! - [`naf`]: normalized advantage functions for continuous actions;
+//! - [`population`]: P DQN learners (seeds) trained in lockstep on stacked
+//!   networks, one batched update for all;
 //! - [`continuous`]: what the continuous ones share (action scaling,
 //!   Gaussian/Ornstein–Uhlenbeck noise, observation normalization).
 
@@ -18,6 +20,7 @@ pub mod ddpg;
 pub mod dqn;
 pub mod drqn;
 pub mod naf;
+pub mod population;
 pub mod recurrent;
 pub mod recurrent_ddpg;
 pub mod recurrent_naf;
@@ -319,15 +322,15 @@ pub fn build(
 /// `learning_starts`, with PER's β annealed linearly from `per_beta0` to 1 over
 /// the run. Returns the last update's stats.
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn update_round(
+pub(crate) fn update_round<T>(
     step: u64,
     total: u64,
     learning_starts: u64,
     train_freq: u64,
     gradient_steps: u64,
     per_beta0: f64,
-    mut update: impl FnMut(f64) -> Result<UpdateStats, TrainError>,
-) -> Result<Option<UpdateStats>, TrainError> {
+    mut update: impl FnMut(f64) -> Result<T, TrainError>,
+) -> Result<Option<T>, TrainError> {
     let mut last = None;
     if step > learning_starts && step.is_multiple_of(train_freq) {
         let beta = per_beta0 + (1.0 - per_beta0) * (step as f64 / total.max(1) as f64);

@@ -22,6 +22,7 @@ use serde::Serialize;
 use crate::algo::ddpg::{Ddpg, DdpgConfig};
 use crate::algo::dqn::{Dqn, DqnConfig};
 use crate::algo::drqn::{Drqn, DrqnConfig};
+use crate::algo::population::DqnPopulation;
 use crate::algo::Agent;
 use crate::nn::NetConfig;
 use crate::replay::{ActionRef, EnvStep};
@@ -33,6 +34,7 @@ pub const CASES: &[&str] = &[
     "matmul-4096",
     "dqn-256x256-b256",
     "dqn-256x256-b4096",
+    "dqn-256x256-b256-pop16",
     "td3-400x300-b256",
     "lstm512-b64-t80-burn40",
     "e2e-cartpole-64envs",
@@ -232,6 +234,39 @@ fn bench_dqn(
         .map(|(n, us)| (n.to_string(), us))
         .collect();
     Ok(r)
+}
+
+/// The DQN b256 update for a population of 16 learners (seeds 0–15) on
+/// stacked networks ([`crate::algo::population`]): one batched update
+/// updates all 16, each on its own replay. The rate counts member updates,
+/// so it compares with the single learner's updates/s directly.
+fn bench_population(o: &BenchOptions, device: &Device) -> Result<BenchRow, TrainError> {
+    let (hidden, batch, members) = if o.small { (32, 32, 4) } else { (256, 256, 16) };
+    let seeds: Vec<u64> = (0..members as u64).collect();
+    let mut population = DqnPopulation::new(dqn_config(hidden, batch), 4, 2, &seeds, device)?;
+    for (k, member) in population.members.iter_mut().enumerate() {
+        fill_random("cartpole", 20_000, 1 + k as u64, |s| member.observe(s))?;
+    }
+    let mut k = 0u64;
+    let (n, secs) = clocked(device, 10, 10, o.seconds, || {
+        population.update(1.0)?;
+        k += 1;
+        if k.is_multiple_of(100) {
+            population.update_target()?;
+        }
+        Ok(())
+    })?;
+    let flop = 4.0 * 2.0 * batch as f64 * dense_macs(&[4, hidden, hidden, 2]);
+    Ok(row(
+        "dqn-256x256-b256-pop16",
+        format!(
+            "{members} learners × (4-{hidden}-{hidden}-2, batch {batch}), stacked; {:.1} population updates/s",
+            n as f64 / secs
+        ),
+        "member updates/s",
+        (n * members as u64, secs),
+        flop,
+    ))
 }
 
 fn bench_td3(o: &BenchOptions, device: &Device) -> Result<BenchRow, TrainError> {
@@ -452,6 +487,7 @@ pub fn run(
             "matmul-4096" => bench_matmul(options, device)?,
             "dqn-256x256-b256" => bench_dqn(case, 256, options, device)?,
             "dqn-256x256-b4096" => bench_dqn(case, 4096, options, device)?,
+            "dqn-256x256-b256-pop16" => bench_population(options, device)?,
             "td3-400x300-b256" => bench_td3(options, device)?,
             "lstm512-b64-t80-burn40" => bench_lstm(options, device)?,
             "e2e-cartpole-64envs" => bench_e2e(options, device)?,

@@ -147,6 +147,99 @@ impl Graph {
     }
 }
 
+/// An update run as a CUDA graph: the device buffers it reads (the packed
+/// batch, Adam's step size and bias correction) and, once captured, the
+/// graph. The first [`WARMUP`](Self::WARMUP) updates run the body eagerly on
+/// those buffers (which also fills candle's cache of small uploads the
+/// capture needs), the next one captures it, and every later one replays it.
+#[derive(Debug)]
+pub struct GraphedUpdate {
+    graph: Option<Graph>,
+    /// The packed batch, copied in before each update.
+    input: candle_core::Var,
+    /// Adam's step size and second bias correction for the update.
+    hyper: candle_core::Var,
+    /// The optimizer state the buffers were made for.
+    generation: u64,
+    /// Updates run eagerly so far.
+    warmup: u32,
+}
+
+/// What [`GraphedUpdate::run`] did.
+pub enum Ran {
+    /// The body ran (eagerly, or as a replay); its first output's values.
+    Values(Vec<f32>),
+    /// The capture failed (the reason); the body then ran eagerly and these
+    /// are its values. The caller should update eagerly from now on.
+    CaptureFailed(String, Vec<f32>),
+}
+
+impl GraphedUpdate {
+    /// Eager updates before the capture.
+    pub const WARMUP: u32 = 3;
+
+    /// Buffers for a packed batch of `n` values, for the optimizer state
+    /// `generation` (see `Adam::generation`).
+    pub fn new(n: usize, generation: u64, device: &Device) -> Result<Self> {
+        use candle_core::{DType, Var};
+        Ok(Self {
+            graph: None,
+            input: Var::from_tensor(&Tensor::zeros(n, DType::F32, device)?)?,
+            hyper: Var::from_tensor(&Tensor::new(&[0f32, 1.0], device)?)?,
+            generation,
+            warmup: 0,
+        })
+    }
+
+    /// Whether these buffers serve a batch of `n` values and the optimizer
+    /// state `generation` (a checkpoint load replaces the moments a graph
+    /// writes by address, so a new state needs a new capture).
+    pub fn fits(&self, n: usize, generation: u64) -> bool {
+        self.input.elem_count() == n && self.generation == generation
+    }
+
+    /// Whether a graph has been captured.
+    pub fn captured(&self) -> bool {
+        self.graph.is_some()
+    }
+
+    /// One update: copies `batch` and `hyper` into the buffers, then runs
+    /// `body(input, hyper)` eagerly (warm-up), captures it, or replays it.
+    pub fn run(
+        &mut self,
+        device: &Device,
+        batch: &[f32],
+        hyper: [f32; 2],
+        mut body: impl FnMut(&Tensor, &Tensor) -> Result<Vec<Tensor>>,
+    ) -> Result<Ran> {
+        let n = batch.len();
+        self.input.set(&Tensor::from_slice(batch, n, device)?)?;
+        self.hyper.set(&Tensor::new(&hyper, device)?)?;
+        let (input, hyper) = (
+            self.input.as_tensor().detach(),
+            self.hyper.as_tensor().detach(),
+        );
+        let mut eager = || body(&input, &hyper);
+        if self.graph.is_none() && self.warmup < Self::WARMUP {
+            self.warmup += 1;
+            let out = Graph::with_upload_cache(device, &mut eager)?;
+            return Ok(Ran::Values(out[0].to_vec1::<f32>()?));
+        }
+        if self.graph.is_none() {
+            match Graph::capture(device, &mut eager) {
+                Ok(graph) => self.graph = Some(graph),
+                Err(e) => {
+                    let out = eager()?[0].to_vec1::<f32>()?;
+                    return Ok(Ran::CaptureFailed(e.to_string(), out));
+                }
+            }
+        }
+        let graph = self.graph.as_ref().expect("captured above");
+        graph.launch()?;
+        Ok(Ran::Values(graph.outputs()[0].to_vec1::<f32>()?))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -739,6 +739,134 @@ fn check_graph(device: &Device, checks: &mut Vec<Check>) -> Result<(), TrainErro
     Ok(())
 }
 
+/// A population of three DQN learners (twin, dueling, PER, a clip that
+/// bites) on stacked networks on `device`, against the three single
+/// learners on the CPU kernels: each member's update stats over three
+/// updates, then its weights and Adam moments.
+fn check_population(device: &Device, checks: &mut Vec<Check>) -> Result<(), TrainError> {
+    use crate::algo::dqn::{Dqn, DqnConfig};
+    use crate::algo::population::DqnPopulation;
+    let config = DqnConfig {
+        learning_starts: 0,
+        prioritized: true,
+        twin: true,
+        max_grad_norm: Some(0.5),
+        ..DqnConfig::default()
+    };
+    let seeds = [0u64, 1, 2];
+    let mut population = subject(device, || {
+        DqnPopulation::new(config.clone(), 4, 2, &seeds, device)
+    })?;
+    let mut singles = seeds
+        .iter()
+        .map(|&s| Dqn::new(config.clone(), 4, 2, s, &Device::Cpu))
+        .collect::<Result<Vec<_>, _>>()?;
+    for (k, single) in singles.iter_mut().enumerate() {
+        let member = &mut population.members[k];
+        super::bench::fill_random("cartpole", 1_000, 11 + k as u64, |step| {
+            single.observe(step)?;
+            member.observe(step)
+        })?;
+    }
+    for round in 1..=3 {
+        let stats = subject(device, || population.update(0.4))?;
+        for (k, single) in singles.iter_mut().enumerate() {
+            let reference = single.update(0.4)?;
+            checks.extend(stats_checks(
+                &format!("dqn-population member{k} update{round}"),
+                &stats[k],
+                &reference,
+            ));
+        }
+    }
+    population.sync_members()?;
+    for (k, single) in singles.iter().enumerate() {
+        let member = &population.members[k];
+        for ((name, m), (_, r)) in member
+            .online
+            .named_vars()
+            .iter()
+            .zip(single.online.named_vars())
+        {
+            checks.push(compare(
+                format!("dqn-population member{k} param {name}"),
+                m.as_tensor(),
+                r.as_tensor(),
+            )?);
+        }
+        let names = single.online.names();
+        for ((name, m), (_, r)) in member
+            .optimizer
+            .state(&names)
+            .iter()
+            .zip(single.optimizer.state(&names))
+        {
+            checks.push(compare(format!("dqn-population member{k} {name}"), m, &r)?);
+        }
+    }
+    Ok(())
+}
+
+/// The population's update as a replayed CUDA graph against the same
+/// population updating eagerly: every member's stats over three replays
+/// (after the warm-up), the captured flag, and the parameters the replays
+/// wrote.
+fn check_population_graph(device: &Device, checks: &mut Vec<Check>) -> Result<(), TrainError> {
+    use crate::algo::dqn::DqnConfig;
+    use crate::algo::population::DqnPopulation;
+    let config = DqnConfig {
+        learning_starts: 0,
+        prioritized: true,
+        ..DqnConfig::default()
+    };
+    let seeds = [0u64, 1, 2, 3];
+    let mut eager = DqnPopulation::new(config.clone(), 4, 2, &seeds, device)?;
+    let mut graphed = DqnPopulation::new(config, 4, 2, &seeds, device)?;
+    eager.cuda_graph = false;
+    graphed.cuda_graph = true;
+    for k in 0..seeds.len() {
+        let (e, g) = (&mut eager.members[k], &mut graphed.members[k]);
+        super::bench::fill_random("cartpole", 1_000, 11 + k as u64, |step| {
+            e.observe(step)?;
+            g.observe(step)
+        })?;
+    }
+    for k in 1..=6 {
+        let (e, g) = (eager.update(0.4)?, graphed.update(0.4)?);
+        if k >= 4 {
+            for (member, (g, e)) in g.iter().zip(&e).enumerate() {
+                checks.extend(stats_checks(
+                    &format!("dqn-population-graph member{member} replay{}", k - 3),
+                    g,
+                    e,
+                ));
+            }
+        }
+    }
+    let captured = graphed.graph_captured();
+    checks.push(Check {
+        name: "dqn-population-graph captured".into(),
+        values: 1,
+        max_abs: if captured { 0.0 } else { f64::INFINITY },
+        scale: 0.0,
+        error: if captured { 0.0 } else { f64::INFINITY },
+    });
+    for ((name, g), (_, e)) in graphed
+        .online()
+        .net
+        .named_vars()
+        .iter()
+        .zip(eager.online().net.named_vars())
+    {
+        checks.push(compare(
+            format!("dqn-population-graph param {name}"),
+            g.as_tensor(),
+            e.as_tensor(),
+        )?);
+    }
+    Ok(())
+}
+
 /// Every check against `device`; `progress` is told each case's name as it starts.
 pub fn run(device: &Device, mut progress: impl FnMut(&str)) -> Result<Report, TrainError> {
     let mut checks = Vec::new();
@@ -750,9 +878,13 @@ pub fn run(device: &Device, mut progress: impl FnMut(&str)) -> Result<Report, Tr
         progress(learner.0);
         check_learner(*learner, device, &mut checks)?;
     }
+    progress("dqn-population");
+    check_population(device, &mut checks)?;
     if crate::gpu::kernels::cuda_kernels(device) {
         progress("dqn-cuda-graph");
         check_graph(device, &mut checks)?;
+        progress("dqn-population-graph");
+        check_population_graph(device, &mut checks)?;
     }
     Ok(Report {
         device: format!("{device:?}"),
@@ -775,6 +907,12 @@ mod tests {
         let report = run(&Device::Cpu, |_| {}).unwrap();
         assert!(report.checks.len() > 100, "{} checks", report.checks.len());
         assert!(report.passed(), "{}", report.to_markdown());
+        let population = report
+            .checks
+            .iter()
+            .filter(|c| c.name.starts_with("dqn-population"))
+            .count();
+        assert!(population > 3 * 9, "{population} population checks");
         // Each kind compared its gradients (not only outputs).
         for kind in kinds() {
             assert!(
