@@ -23,6 +23,7 @@ use reflex_trainer::TrainError;
 use serde::{Deserialize, Serialize};
 
 mod fleet;
+mod population;
 
 #[derive(Parser)]
 #[command(
@@ -77,6 +78,10 @@ enum Command {
         /// Compute device: cpu, cuda or cuda:N (needs a build with the `cuda` feature).
         #[arg(long, default_value = "cpu")]
         device: String,
+        /// Train this many seeds at once (seed, seed + 1, …) as one
+        /// population on stacked networks, each into OUT/member-K (dqn only).
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
+        population: u16,
     },
     /// Continue a run from its newest checkpoint (after a crash or kill).
     Resume {
@@ -351,6 +356,7 @@ fn main() {
             quiet,
             threads,
             device,
+            population: members,
         } => {
             let mut explicit = toml::Table::new();
             if recurrent {
@@ -373,7 +379,17 @@ fn main() {
                 .map_err(anyhow::Error::from)
                 .and_then(|device| {
                     let config = resolve(config.as_deref(), &sets, &explicit)?;
-                    run(&config, &out, quiet, false, &device)
+                    if members > 1 {
+                        population::run_population(
+                            &config,
+                            &out,
+                            quiet,
+                            usize::from(members),
+                            &device,
+                        )
+                    } else {
+                        run(&config, &out, quiet, false, &device)
+                    }
                 })
         }
         Command::Resume {
@@ -502,6 +518,9 @@ struct RunObserver {
     checkpoint_interval: u64,
     bar: ProgressBar,
     quiet: bool,
+    /// A population member's name for its log lines (the population draws
+    /// the progress bar).
+    label: Option<String>,
     started: Instant,
     eval_env: Box<dyn Env>,
     eval_episodes: u32,
@@ -572,6 +591,9 @@ impl Observer for RunObserver {
     fn episode(&mut self, progress: &Progress, episode_return: f64, _length: u32) {
         self.row(progress, Some(episode_return), None);
         self.recent_returns.push(episode_return);
+        if self.label.is_some() {
+            return;
+        }
         let window = &self.recent_returns[self.recent_returns.len().saturating_sub(10)..];
         let mean = window.iter().sum::<f64>() / window.len() as f64;
         let loss = progress
@@ -604,7 +626,14 @@ impl Observer for RunObserver {
         if self.best.is_none_or(|(_, best)| mean >= best) {
             self.save_best(progress.step, mean, agent)?;
         }
-        let line = format!("step {:>8}: greedy eval return {mean:.1}", progress.step);
+        let who = self
+            .label
+            .as_deref()
+            .map_or(String::new(), |l| format!("{l} "));
+        let line = format!(
+            "{who}step {:>8}: greedy eval return {mean:.1}",
+            progress.step
+        );
         if self.quiet {
             eprintln!("{line}");
         } else {
@@ -667,50 +696,8 @@ fn run(
         )?;
     }
 
-    let bar = if quiet {
-        ProgressBar::hidden()
-    } else {
-        let bar = ProgressBar::new(config.steps);
-        bar.set_position(agent.steps_done());
-        bar.set_style(
-            ProgressStyle::with_template(
-                "{elapsed_precise} [{bar:30}] {pos}/{len} steps {per_sec} {msg}",
-            )?
-            .progress_chars("=> "),
-        );
-        bar
-    };
-    // Evaluation episodes use seeds far from the training ones.
-    let eval_seed = config.seed.wrapping_mul(1_000).wrapping_add(1_000_000);
-    let metrics_path = out.join("metrics.csv");
-    let metrics_file = fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&metrics_path)
-        .with_context(|| format!("opening {}", metrics_path.display()))?;
-    let header = metrics_file.metadata()?.len() == 0;
-    let mut observer = RunObserver {
-        metrics: csv::WriterBuilder::new()
-            .has_headers(header)
-            .from_writer(metrics_file),
-        run_dir: out.to_path_buf(),
-        eval_interval: config.eval_interval,
-        checkpoint_interval: config.checkpoint_interval,
-        bar: bar.clone(),
-        quiet,
-        started: Instant::now(),
-        eval_env: make(&config.env)?,
-        eval_episodes: config.eval_interval_episodes,
-        eval_seed,
-        recent_returns: Vec::new(),
-        spec: spec_for(&config.algo, &config.env, env.as_ref()),
-        // A resumed run keeps competing against the best it had.
-        best: fs::read(out.join(BEST_DIR).join("selected.json"))
-            .ok()
-            .and_then(|bytes| serde_json::from_slice::<BestSelected>(&bytes).ok())
-            .filter(|_| resume && out.join(BEST_DIR).join(POLICY_FILE).exists())
-            .map(|b| (b.step, b.periodic_mean)),
-    };
+    let bar = steps_bar(quiet, config.steps, agent.steps_done())?;
+    let mut observer = run_observer(config, out, quiet, resume, env.as_ref(), bar.clone(), None)?;
     if quiet {
         eprintln!(
             "training {} on {} for {} steps (seed {})",
@@ -726,31 +713,105 @@ fn run(
         periodic,
         &mut observer,
     )?;
-    let saved = checkpoint::save(out, agent.as_mut())?;
-    let exported = export_beside_checkpoint(&saved, agent.as_ref(), &observer.spec)?;
+    bar.finish_and_clear();
+    finish_run(config, out, agent.as_mut(), observer, env.as_mut())?;
+    Ok(())
+}
+
+/// The env-step progress bar of a run (hidden when `quiet`).
+fn steps_bar(quiet: bool, steps: u64, done: u64) -> anyhow::Result<ProgressBar> {
+    if quiet {
+        return Ok(ProgressBar::hidden());
+    }
+    let bar = ProgressBar::new(steps);
+    bar.set_position(done);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{elapsed_precise} [{bar:30}] {pos}/{len} steps {per_sec} {msg}",
+        )?
+        .progress_chars("=> "),
+    );
+    Ok(bar)
+}
+
+/// The observer of a run writing into `out`: metrics.csv (appended to when
+/// resuming), periodic evaluations and checkpoints, the best policy so far.
+/// `label` names a population's member in its log lines; a member leaves the
+/// progress bar to the population.
+fn run_observer(
+    config: &RunConfig,
+    out: &Path,
+    quiet: bool,
+    resume: bool,
+    env: &dyn Env,
+    bar: ProgressBar,
+    label: Option<String>,
+) -> anyhow::Result<RunObserver> {
+    // Evaluation episodes use seeds far from the training ones.
+    let eval_seed = config.seed.wrapping_mul(1_000).wrapping_add(1_000_000);
+    let metrics_path = out.join("metrics.csv");
+    let metrics_file = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&metrics_path)
+        .with_context(|| format!("opening {}", metrics_path.display()))?;
+    let header = metrics_file.metadata()?.len() == 0;
+    Ok(RunObserver {
+        metrics: csv::WriterBuilder::new()
+            .has_headers(header)
+            .from_writer(metrics_file),
+        run_dir: out.to_path_buf(),
+        eval_interval: config.eval_interval,
+        checkpoint_interval: config.checkpoint_interval,
+        bar,
+        quiet,
+        label,
+        started: Instant::now(),
+        eval_env: make(&config.env)?,
+        eval_episodes: config.eval_interval_episodes,
+        eval_seed,
+        recent_returns: Vec::new(),
+        spec: spec_for(&config.algo, &config.env, env),
+        // A resumed run keeps competing against the best it had.
+        best: fs::read(out.join(BEST_DIR).join("selected.json"))
+            .ok()
+            .and_then(|bytes| serde_json::from_slice::<BestSelected>(&bytes).ok())
+            .filter(|_| resume && out.join(BEST_DIR).join(POLICY_FILE).exists())
+            .map(|b| (b.step, b.periodic_mean)),
+    })
+}
+
+/// The end of a run: the last checkpoint and its policy (copied to
+/// `out/policy.onnx`), the learning curve, the final greedy evaluation
+/// (`eval.json`, also printed as one line) and the best periodic policy's.
+/// Returns the final evaluation's mean return.
+fn finish_run(
+    config: &RunConfig,
+    out: &Path,
+    agent: &mut dyn Agent,
+    mut observer: RunObserver,
+    env: &mut dyn Env,
+) -> anyhow::Result<f64> {
+    let saved = checkpoint::save(out, agent)?;
+    let exported = export_beside_checkpoint(&saved, agent, &observer.spec)?;
     fs::copy(&exported, out.join(POLICY_FILE))
         .with_context(|| format!("copying {} into {}", exported.display(), out.display()))?;
     // Every row must be on disk before the curve reads the file back.
     observer.metrics.flush()?;
     let title = format!("{} · {} · seed {}", config.env, config.algo, config.seed);
+    let metrics_path = out.join("metrics.csv");
     if let Err(e) = reflex_trainer::plot::draw_curve(&metrics_path, &out.join("curve.png"), &title)
     {
         eprintln!("warning: curve.png not drawn: {e}");
     }
-    bar.finish_and_clear();
-
-    let stats = evaluate(
-        agent.as_ref(),
-        env.as_mut(),
-        config.eval_episodes,
-        eval_seed,
-    )?;
+    let eval_seed = observer.eval_seed;
+    let stats = evaluate(agent, env, config.eval_episodes, eval_seed)?;
     let report = EvalReport::new(config, stats, config.eval_episodes);
     let json = serde_json::to_string_pretty(&report)?;
     write_atomic(&out.join("eval.json"), json.as_bytes())?;
     println!("{}", serde_json::to_string(&report)?);
     if let Some((step, periodic_mean)) = observer.best {
-        evaluate_best(out, config, env.as_mut(), eval_seed, step, periodic_mean)?;
+        evaluate_best(out, config, env, eval_seed, step, periodic_mean)?;
     }
     eprintln!(
         "{} steps in {:.1}s; run folder {}; checkpoint {}; policy {}",
@@ -760,7 +821,7 @@ fn run(
         saved.display(),
         out.join(POLICY_FILE).display()
     );
-    Ok(())
+    Ok(stats.0)
 }
 
 /// A run folder and checkpoint from a path that is either (a run folder means its

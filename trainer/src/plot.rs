@@ -17,8 +17,8 @@ fn plot_error(e: impl std::fmt::Display) -> TrainError {
     TrainError::Plot(e.to_string())
 }
 
-/// Reads `metrics.csv` and draws `png` (900 × 500) titled `title`.
-pub fn draw_curve(metrics_csv: &Path, png: &Path, title: &str) -> Result<(), TrainError> {
+/// Registers the bundled font once.
+fn register_font() {
     static FONT: Once = Once::new();
     FONT.call_once(|| {
         // Registering can only fail for unparsable font bytes, which the crate ships.
@@ -28,9 +28,15 @@ pub fn draw_curve(metrics_csv: &Path, png: &Path, title: &str) -> Result<(), Tra
             dejavu::sans::regular(),
         );
     });
+}
+
+/// A `metrics.csv`'s episode returns and periodic evaluations, by env step.
+type Points = Vec<(u64, f64)>;
+
+fn read_metrics(metrics_csv: &Path) -> Result<(Points, Points), TrainError> {
     let mut reader = csv::Reader::from_path(metrics_csv).map_err(plot_error)?;
-    let mut episodes: Vec<(u64, f64)> = Vec::new();
-    let mut evals: Vec<(u64, f64)> = Vec::new();
+    let mut episodes: Points = Vec::new();
+    let mut evals: Points = Vec::new();
     for record in reader.records() {
         let record = record.map_err(plot_error)?;
         let field = |i: usize| record.get(i).and_then(|v| v.parse::<f64>().ok());
@@ -44,7 +50,12 @@ pub fn draw_curve(metrics_csv: &Path, png: &Path, title: &str) -> Result<(), Tra
             evals.push((step, r));
         }
     }
-    let average: Vec<(u64, f64)> = episodes
+    Ok((episodes, evals))
+}
+
+/// The mean of the last [`WINDOW`] episode returns at each episode's end.
+fn moving_average(episodes: &[(u64, f64)]) -> Points {
+    episodes
         .iter()
         .enumerate()
         .map(|(i, &(step, _))| {
@@ -54,7 +65,14 @@ pub fn draw_curve(metrics_csv: &Path, png: &Path, title: &str) -> Result<(), Tra
                 window.iter().map(|(_, r)| r).sum::<f64>() / window.len() as f64,
             )
         })
-        .collect();
+        .collect()
+}
+
+/// Reads `metrics.csv` and draws `png` (900 × 500) titled `title`.
+pub fn draw_curve(metrics_csv: &Path, png: &Path, title: &str) -> Result<(), TrainError> {
+    register_font();
+    let (episodes, evals) = read_metrics(metrics_csv)?;
+    let average = moving_average(&episodes);
     let all = episodes.iter().chain(&evals);
     let max_step = all.clone().map(|(s, _)| *s).max().unwrap_or(1).max(1);
     let (lo, hi) = all.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), (_, r)| {
@@ -97,6 +115,80 @@ pub fn draw_curve(metrics_csv: &Path, png: &Path, title: &str) -> Result<(), Tra
     chart
         .draw_series(evals.iter().map(|&p| Circle::new(p, 3, RED.filled())))
         .map_err(plot_error)?;
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::LowerRight)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .draw()
+        .map_err(plot_error)?;
+    root.present().map_err(plot_error)?;
+    Ok(())
+}
+
+/// A population's runs in one picture (`png`, 900 × 500): each member's
+/// moving average of episode returns (thin, labelled by `curves`' names) and
+/// the members' mean of it (thick black), against env steps.
+pub fn draw_population(
+    curves: &[(String, std::path::PathBuf)],
+    png: &Path,
+    title: &str,
+) -> Result<(), TrainError> {
+    register_font();
+    let mut averages = Vec::with_capacity(curves.len());
+    for (name, path) in curves {
+        let (episodes, _) = read_metrics(path)?;
+        averages.push((name, moving_average(&episodes)));
+    }
+    let points = averages.iter().flat_map(|(_, a)| a.iter());
+    let max_step = points.clone().map(|(s, _)| *s).max().unwrap_or(1).max(1);
+    let (lo, hi) = points.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), (_, r)| {
+        (lo.min(*r), hi.max(*r))
+    });
+    let (lo, hi) = if lo.is_finite() { (lo, hi) } else { (0.0, 1.0) };
+    let pad = ((hi - lo) * 0.05).max(1.0);
+    // The members' mean on a grid of steps, each member at its latest value
+    // (members that have not finished an episode yet are left out).
+    let grid: Points = (1..=200u64)
+        .filter_map(|i| {
+            let step = max_step * i / 200;
+            let known: Vec<f64> = averages
+                .iter()
+                .filter_map(|(_, a)| a.iter().take_while(|(s, _)| *s <= step).last())
+                .map(|(_, r)| *r)
+                .collect();
+            (!known.is_empty()).then(|| (step, known.iter().sum::<f64>() / known.len() as f64))
+        })
+        .collect();
+
+    let root = BitMapBackend::new(png, (900, 500)).into_drawing_area();
+    root.fill(&WHITE).map_err(plot_error)?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 22))
+        .margin(15)
+        .x_label_area_size(40)
+        .y_label_area_size(60)
+        .build_cartesian_2d(0u64..max_step, (lo - pad)..(hi + pad))
+        .map_err(plot_error)?;
+    chart
+        .configure_mesh()
+        .x_desc("env steps")
+        .y_desc(format!("return, mean of last {WINDOW} episodes"))
+        .draw()
+        .map_err(plot_error)?;
+    for (i, (name, average)) in averages.iter().enumerate() {
+        let color = Palette99::pick(i).mix(0.8);
+        chart
+            .draw_series(LineSeries::new(average.iter().copied(), color))
+            .map_err(plot_error)?
+            .label(name.as_str())
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
+    }
+    chart
+        .draw_series(LineSeries::new(grid, BLACK.stroke_width(3)))
+        .map_err(plot_error)?
+        .label("members' mean")
+        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLACK.stroke_width(3)));
     chart
         .configure_series_labels()
         .position(SeriesLabelPosition::LowerRight)

@@ -131,6 +131,93 @@ fn run_writes_its_folder_and_eval_reads_it_back() {
     std::fs::remove_dir_all(&out).ok();
 }
 
+/// `run --population 2`: a run folder per seed, each a whole run (its own
+/// config, metrics, evaluations and policy, which `eval` reads back), and
+/// the population's summary and picture.
+#[test]
+fn a_population_run_writes_a_run_folder_per_seed() {
+    let out = out_dir("population");
+    let output = train_cmd()
+        .args([
+            "run",
+            "--population",
+            "2",
+            "--steps",
+            "2500",
+            "--seed",
+            "3",
+            "--quiet",
+            "--out",
+        ])
+        .arg(&out)
+        .args(SMALL)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(stderr.contains("population of 2"), "{stderr}");
+    let summary = read_json(&out.join("population.json"));
+    let members = summary["members"].as_array().unwrap();
+    assert_eq!(members.len(), 2, "{summary}");
+    for (k, member) in members.iter().enumerate() {
+        let seed = 3 + k as u64;
+        assert_eq!(member["seed"].as_u64(), Some(seed), "{summary}");
+        let dir = out.join(format!("member-{k}"));
+        let config = std::fs::read_to_string(dir.join("config.toml")).unwrap();
+        assert!(config.contains(&format!("seed = {seed}")), "{config}");
+        let eval = read_json(&dir.join("eval.json"));
+        assert_eq!(eval["seed"].as_u64(), Some(seed));
+        assert_eq!(eval["mean_return"], member["final_mean_return"]);
+        let metrics = std::fs::read_to_string(dir.join("metrics.csv")).unwrap();
+        let evals = metrics
+            .lines()
+            .skip(1)
+            .filter(|l| l.split(',').nth(2).is_some_and(|v| !v.is_empty()))
+            .count();
+        assert_eq!(evals, 2, "evaluations at 1000 and 2000:\n{metrics}");
+        assert!(dir
+            .join("checkpoints/step-0000002500/weights.safetensors")
+            .exists());
+        // The exported policy is the member's: the runtime's evaluation on
+        // the final evaluation's episodes (seed 1,000,000 + 1000 · seed)
+        // gives its return.
+        let seed_arg = (1_000_000 + 1000 * seed).to_string();
+        let again = eval_json(
+            &["--episodes", "20", "--seed", &seed_arg, "--policy"],
+            &dir.join("policy.onnx"),
+        );
+        assert_eq!(again["mean_return"], eval["mean_return"], "member {k}");
+    }
+    let best = summary["best_member"].as_u64().unwrap() as usize;
+    let best_return = members[best]["final_mean_return"].as_f64().unwrap();
+    assert!(members
+        .iter()
+        .all(|m| m["final_mean_return"].as_f64().unwrap() <= best_return));
+    assert!(out.join("curve.png").exists());
+
+    // Only DQN has a population form.
+    let output = train_cmd()
+        .args([
+            "run",
+            "--population",
+            "2",
+            "--env",
+            "pendulum",
+            "--algo",
+            "td3",
+        ])
+        .args(["--steps", "10", "--quiet", "--out"])
+        .arg(out.join("td3"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !output.status.success() && stderr.contains("--population trains DQN"),
+        "{stderr}"
+    );
+    std::fs::remove_dir_all(&out).ok();
+}
+
 #[test]
 fn a_killed_run_resumes_from_its_last_checkpoint() {
     let out = out_dir("resume");

@@ -1,0 +1,246 @@
+//! `reflex-train run --population P`: P seeds of one DQN configuration
+//! trained at once on stacked networks ([`reflex_trainer::algo::population`]).
+//!
+//! Each member writes a complete run folder, `OUT/member-K/`, with its own
+//! seed (the run's seed + K) in its config.toml: metrics.csv, checkpoints,
+//! best/, policy.onnx, eval.json and curve.png, exactly what `run` writes
+//! for that seed, so `eval`, `export` and `resume` work on a member as on
+//! any run (a resumed member trains on alone). `OUT/population.json` ranks
+//! the members by their final evaluation and `OUT/curve.png` draws them
+//! together.
+
+use std::cell::RefCell;
+
+use reflex_msgs::ActionSpace;
+use reflex_trainer::algo::population::{train_population, DqnPopulation};
+
+use super::*;
+
+/// One member's line in `population.json`.
+#[derive(Serialize)]
+struct MemberSummary {
+    member: usize,
+    seed: u64,
+    run: PathBuf,
+    final_mean_return: f64,
+}
+
+/// `population.json`.
+#[derive(Serialize)]
+struct PopulationSummary<'a> {
+    env: &'a str,
+    algo: &'a str,
+    steps: u64,
+    members: Vec<MemberSummary>,
+    /// The member with the best final evaluation.
+    best_member: usize,
+    /// Median of the members' final evaluations.
+    median_final_return: f64,
+    /// Wall-clock seconds of training and evaluation.
+    seconds: f64,
+}
+
+/// A member's observer that also draws the population's progress bar: the
+/// members' recent returns, least, mean and most.
+struct Member<'a> {
+    inner: &'a mut RunObserver,
+    index: usize,
+    board: &'a RefCell<Vec<Option<f64>>>,
+    bar: ProgressBar,
+}
+
+impl Observer for Member<'_> {
+    fn episode(&mut self, progress: &Progress, episode_return: f64, length: u32) {
+        self.inner.episode(progress, episode_return, length);
+        let recent = &self.inner.recent_returns;
+        let window = &recent[recent.len().saturating_sub(10)..];
+        let mut board = self.board.borrow_mut();
+        board[self.index] = Some(window.iter().sum::<f64>() / window.len() as f64);
+        let known: Vec<f64> = board.iter().flatten().copied().collect();
+        let mean = known.iter().sum::<f64>() / known.len() as f64;
+        let (lo, hi) = known
+            .iter()
+            .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &r| {
+                (lo.min(r), hi.max(r))
+            });
+        self.bar.set_position(progress.step);
+        self.bar.set_message(format!(
+            "members' return(10): min {lo:.1} mean {mean:.1} max {hi:.1}  explore {:.3}",
+            progress.exploration
+        ));
+    }
+
+    fn trained(&mut self, progress: &Progress) {
+        self.inner.trained(progress);
+    }
+
+    fn periodic(&mut self, progress: &Progress, agent: &mut dyn Agent) -> Result<(), TrainError> {
+        self.inner.periodic(progress, agent)
+    }
+}
+
+/// Trains `members` seeds of `config` (DQN) together into `out/member-K`.
+pub(crate) fn run_population(
+    config: &RunConfig,
+    out: &Path,
+    quiet: bool,
+    members: usize,
+    device: &Device,
+) -> anyhow::Result<()> {
+    if config.algo != "dqn" {
+        bail!(
+            "--population trains DQN learners; `{}` has no population form yet (use --algo dqn)",
+            config.algo
+        );
+    }
+    if members < 2 {
+        bail!("--population needs at least 2 members, got {members}");
+    }
+    let started = Instant::now();
+    let mut envs = (0..members)
+        .map(|_| make(&config.env))
+        .collect::<Result<Vec<_>, _>>()?;
+    let obs_dim = envs[0].observation_space().dim();
+    let ActionSpace::Discrete { n } = envs[0].action_space() else {
+        bail!(
+            "dqn needs discrete actions; {} has continuous ones",
+            config.env
+        );
+    };
+    let n_actions = *n as usize;
+    let seeds: Vec<u64> = (0..members as u64)
+        .map(|k| config.seed.wrapping_add(k))
+        .collect();
+    let configs: Vec<RunConfig> = seeds
+        .iter()
+        .map(|&seed| RunConfig {
+            seed,
+            ..config.clone()
+        })
+        .collect();
+    let dirs: Vec<PathBuf> = (0..members)
+        .map(|k| out.join(format!("member-{k}")))
+        .collect();
+    for (dir, member_config) in dirs.iter().zip(&configs) {
+        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        write_atomic(
+            &dir.join("config.toml"),
+            toml::to_string(member_config)?.as_bytes(),
+        )?;
+    }
+    let bar = steps_bar(quiet, config.steps, 0)?;
+    let mut observers = configs
+        .iter()
+        .zip(&dirs)
+        .enumerate()
+        .map(|(k, (c, dir))| {
+            let label = format!("member-{k} (seed {})", c.seed);
+            run_observer(
+                c,
+                dir,
+                quiet,
+                false,
+                envs[0].as_ref(),
+                bar.clone(),
+                Some(label),
+            )
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let mut population =
+        DqnPopulation::new(config.dqn.clone(), obs_dim, n_actions, &seeds, device)?;
+    if quiet {
+        eprintln!(
+            "training a population of {members} dqn learners on {} for {} steps (seeds {}..={})",
+            config.env,
+            config.steps,
+            seeds[0],
+            seeds[members - 1]
+        );
+    }
+    let board = RefCell::new(vec![None; members]);
+    {
+        let mut wrapped: Vec<Member<'_>> = observers
+            .iter_mut()
+            .enumerate()
+            .map(|(index, inner)| Member {
+                inner,
+                index,
+                board: &board,
+                bar: bar.clone(),
+            })
+            .collect();
+        let mut refs: Vec<&mut dyn Observer> =
+            wrapped.iter_mut().map(|m| m as &mut dyn Observer).collect();
+        let periodic = gcd(config.eval_interval, config.checkpoint_interval);
+        train_population(
+            &mut population,
+            &mut envs,
+            config.steps,
+            &seeds,
+            periodic,
+            &mut refs,
+        )?;
+    }
+    bar.finish_and_clear();
+    let mut summaries = Vec::with_capacity(members);
+    for (k, (observer, env)) in observers.into_iter().zip(&mut envs).enumerate() {
+        let mean = finish_run(
+            &configs[k],
+            &dirs[k],
+            &mut population.members[k],
+            observer,
+            env.as_mut(),
+        )?;
+        summaries.push(MemberSummary {
+            member: k,
+            seed: seeds[k],
+            run: dirs[k].clone(),
+            final_mean_return: mean,
+        });
+    }
+    let mut finals: Vec<f64> = summaries.iter().map(|m| m.final_mean_return).collect();
+    finals.sort_by(f64::total_cmp);
+    let median = if members % 2 == 1 {
+        finals[members / 2]
+    } else {
+        0.5 * (finals[members / 2 - 1] + finals[members / 2])
+    };
+    let best_member = summaries
+        .iter()
+        .max_by(|a, b| a.final_mean_return.total_cmp(&b.final_mean_return))
+        .map_or(0, |m| m.member);
+    let summary = PopulationSummary {
+        env: &config.env,
+        algo: &config.algo,
+        steps: config.steps,
+        members: summaries,
+        best_member,
+        median_final_return: median,
+        seconds: started.elapsed().as_secs_f64(),
+    };
+    write_atomic(
+        &out.join("population.json"),
+        serde_json::to_string_pretty(&summary)?.as_bytes(),
+    )?;
+    let curves: Vec<(String, PathBuf)> = dirs
+        .iter()
+        .zip(&seeds)
+        .map(|(dir, seed)| (format!("seed {seed}"), dir.join("metrics.csv")))
+        .collect();
+    let title = format!(
+        "{} · dqn · population of {members} (seeds {}..={})",
+        config.env,
+        seeds[0],
+        seeds[members - 1]
+    );
+    if let Err(e) = reflex_trainer::plot::draw_population(&curves, &out.join("curve.png"), &title) {
+        eprintln!("warning: curve.png not drawn: {e}");
+    }
+    eprintln!(
+        "population of {members}: final greedy returns median {median:.1}, best member-{best_member} ({:.1}); {:.1}s; {}",
+        summary.members[best_member].final_mean_return,
+        summary.seconds,
+        out.join("population.json").display()
+    );
+    Ok(())
+}
