@@ -6,6 +6,7 @@
 use std::path::Path;
 use std::sync::Once;
 
+use plotters::coord::types::{RangedCoordf64, RangedCoordu64};
 use plotters::prelude::*;
 
 use crate::TrainError;
@@ -73,14 +74,65 @@ pub fn draw_curve(metrics_csv: &Path, png: &Path, title: &str) -> Result<(), Tra
     register_font();
     let (episodes, evals) = read_metrics(metrics_csv)?;
     let average = moving_average(&episodes);
-    let all = episodes.iter().chain(&evals);
-    let max_step = all.clone().map(|(s, _)| *s).max().unwrap_or(1).max(1);
-    let (lo, hi) = all.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), (_, r)| {
-        (lo.min(*r), hi.max(*r))
-    });
-    let (lo, hi) = if lo.is_finite() { (lo, hi) } else { (0.0, 1.0) };
-    let pad = ((hi - lo) * 0.05).max(1.0);
+    let extent = Extent::of(episodes.iter().chain(&evals));
+    draw_chart(png, title, extent, "return", |chart| {
+        let light = RGBColor(150, 170, 220);
+        chart
+            .draw_series(LineSeries::new(episodes.iter().copied(), &light))
+            .map_err(plot_error)?
+            .label("episode return")
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], light));
+        chart
+            .draw_series(LineSeries::new(average, BLUE.stroke_width(2)))
+            .map_err(plot_error)?
+            .label(format!("mean of last {WINDOW} episodes"))
+            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLUE.stroke_width(2)));
+        chart
+            .draw_series(LineSeries::new(evals.iter().copied(), RED.stroke_width(2)))
+            .map_err(plot_error)?
+            .label("greedy evaluation")
+            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], RED.stroke_width(2)));
+        chart
+            .draw_series(evals.iter().map(|&p| Circle::new(p, 3, RED.filled())))
+            .map_err(plot_error)?;
+        Ok(())
+    })
+}
 
+/// The x and y ranges a chart needs to show some points.
+struct Extent {
+    max_step: u64,
+    lo: f64,
+    hi: f64,
+}
+
+impl Extent {
+    fn of<'a>(points: impl Iterator<Item = &'a (u64, f64)>) -> Self {
+        let (mut max_step, mut lo, mut hi) = (1, f64::INFINITY, f64::NEG_INFINITY);
+        for &(step, r) in points {
+            max_step = max_step.max(step);
+            (lo, hi) = (lo.min(r), hi.max(r));
+        }
+        let (lo, hi) = if lo.is_finite() { (lo, hi) } else { (0.0, 1.0) };
+        Self { max_step, lo, hi }
+    }
+}
+
+/// The chart type every picture here draws on: env steps against return.
+type Chart<'a, 'b> =
+    ChartContext<'a, BitMapBackend<'b>, Cartesian2d<RangedCoordu64, RangedCoordf64>>;
+
+/// A 900 × 500 chart of `extent` (5% margin on y) with axes, titled
+/// `title`; `series` draws on it, then the legend goes in the lower right.
+fn draw_chart(
+    png: &Path,
+    title: &str,
+    extent: Extent,
+    y_desc: &str,
+    series: impl FnOnce(&mut Chart<'_, '_>) -> Result<(), TrainError>,
+) -> Result<(), TrainError> {
+    let Extent { max_step, lo, hi } = extent;
+    let pad = ((hi - lo) * 0.05).max(1.0);
     let root = BitMapBackend::new(png, (900, 500)).into_drawing_area();
     root.fill(&WHITE).map_err(plot_error)?;
     let mut chart = ChartBuilder::on(&root)
@@ -93,28 +145,10 @@ pub fn draw_curve(metrics_csv: &Path, png: &Path, title: &str) -> Result<(), Tra
     chart
         .configure_mesh()
         .x_desc("env steps")
-        .y_desc("return")
+        .y_desc(y_desc)
         .draw()
         .map_err(plot_error)?;
-    let light = RGBColor(150, 170, 220);
-    chart
-        .draw_series(LineSeries::new(episodes.iter().copied(), &light))
-        .map_err(plot_error)?
-        .label("episode return")
-        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], light));
-    chart
-        .draw_series(LineSeries::new(average, BLUE.stroke_width(2)))
-        .map_err(plot_error)?
-        .label(format!("mean of last {WINDOW} episodes"))
-        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLUE.stroke_width(2)));
-    chart
-        .draw_series(LineSeries::new(evals.iter().copied(), RED.stroke_width(2)))
-        .map_err(plot_error)?
-        .label("greedy evaluation")
-        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], RED.stroke_width(2)));
-    chart
-        .draw_series(evals.iter().map(|&p| Circle::new(p, 3, RED.filled())))
-        .map_err(plot_error)?;
+    series(&mut chart)?;
     chart
         .configure_series_labels()
         .position(SeriesLabelPosition::LowerRight)
@@ -140,13 +174,8 @@ pub fn draw_population(
         let (episodes, _) = read_metrics(path)?;
         averages.push((name, moving_average(&episodes)));
     }
-    let points = averages.iter().flat_map(|(_, a)| a.iter());
-    let max_step = points.clone().map(|(s, _)| *s).max().unwrap_or(1).max(1);
-    let (lo, hi) = points.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), (_, r)| {
-        (lo.min(*r), hi.max(*r))
-    });
-    let (lo, hi) = if lo.is_finite() { (lo, hi) } else { (0.0, 1.0) };
-    let pad = ((hi - lo) * 0.05).max(1.0);
+    let extent = Extent::of(averages.iter().flat_map(|(_, a)| a.iter()));
+    let max_step = extent.max_step;
     // The members' mean on a grid of steps, each member at its latest value
     // (members that have not finished an episode yet are left out).
     let grid: Points = (1..=200u64)
@@ -161,41 +190,21 @@ pub fn draw_population(
         })
         .collect();
 
-    let root = BitMapBackend::new(png, (900, 500)).into_drawing_area();
-    root.fill(&WHITE).map_err(plot_error)?;
-    let mut chart = ChartBuilder::on(&root)
-        .caption(title, ("sans-serif", 22))
-        .margin(15)
-        .x_label_area_size(40)
-        .y_label_area_size(60)
-        .build_cartesian_2d(0u64..max_step, (lo - pad)..(hi + pad))
-        .map_err(plot_error)?;
-    chart
-        .configure_mesh()
-        .x_desc("env steps")
-        .y_desc(format!("return, mean of last {WINDOW} episodes"))
-        .draw()
-        .map_err(plot_error)?;
-    for (i, (name, average)) in averages.iter().enumerate() {
-        let color = Palette99::pick(i).mix(0.8);
+    let y_desc = format!("return, mean of last {WINDOW} episodes");
+    draw_chart(png, title, extent, &y_desc, |chart| {
+        for (i, (name, average)) in averages.iter().enumerate() {
+            let color = Palette99::pick(i).mix(0.8);
+            chart
+                .draw_series(LineSeries::new(average.iter().copied(), color))
+                .map_err(plot_error)?
+                .label(name.as_str())
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
+        }
         chart
-            .draw_series(LineSeries::new(average.iter().copied(), color))
+            .draw_series(LineSeries::new(grid, BLACK.stroke_width(3)))
             .map_err(plot_error)?
-            .label(name.as_str())
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
-    }
-    chart
-        .draw_series(LineSeries::new(grid, BLACK.stroke_width(3)))
-        .map_err(plot_error)?
-        .label("members' mean")
-        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLACK.stroke_width(3)));
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::LowerRight)
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .draw()
-        .map_err(plot_error)?;
-    root.present().map_err(plot_error)?;
-    Ok(())
+            .label("members' mean")
+            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLACK.stroke_width(3)));
+        Ok(())
+    })
 }

@@ -26,6 +26,15 @@ const SMALL: [&str; 6] = [
     "eval_interval=1000",
 ];
 
+/// The periodic-evaluation rows of a metrics.csv.
+fn eval_rows(metrics: &str) -> usize {
+    metrics
+        .lines()
+        .skip(1)
+        .filter(|l| l.split(',').nth(2).is_some_and(|v| !v.is_empty()))
+        .count()
+}
+
 fn read_json(path: &Path) -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
@@ -84,12 +93,11 @@ fn run_writes_its_folder_and_eval_reads_it_back() {
         lines.next().unwrap(),
         "step,episode_return,eval_return,loss,q_mean,exploration,steps_per_s"
     );
-    let evals = metrics
-        .lines()
-        .skip(1)
-        .filter(|l| l.split(',').nth(2).is_some_and(|v| !v.is_empty()))
-        .count();
-    assert_eq!(evals, 2, "evaluations at 1000 and 2000:\n{metrics}");
+    assert_eq!(
+        eval_rows(&metrics),
+        2,
+        "evaluations at 1000 and 2000:\n{metrics}"
+    );
     assert!(out
         .join("checkpoints/step-0000002500/weights.safetensors")
         .exists());
@@ -169,12 +177,11 @@ fn a_population_run_writes_a_run_folder_per_seed() {
         assert_eq!(eval["seed"].as_u64(), Some(seed));
         assert_eq!(eval["mean_return"], member["final_mean_return"]);
         let metrics = std::fs::read_to_string(dir.join("metrics.csv")).unwrap();
-        let evals = metrics
-            .lines()
-            .skip(1)
-            .filter(|l| l.split(',').nth(2).is_some_and(|v| !v.is_empty()))
-            .count();
-        assert_eq!(evals, 2, "evaluations at 1000 and 2000:\n{metrics}");
+        assert_eq!(
+            eval_rows(&metrics),
+            2,
+            "evaluations at 1000 and 2000:\n{metrics}"
+        );
         assert!(dir
             .join("checkpoints/step-0000002500/weights.safetensors")
             .exists());

@@ -115,6 +115,79 @@ impl Default for DqnConfig {
     }
 }
 
+/// What DQN's update schedule ([`scheduled`]) drives: a single learner, or
+/// a [population](super::population) in lockstep.
+pub(crate) trait Scheduled {
+    /// What one update reports.
+    type Stats;
+    /// The hyperparameters.
+    fn config(&self) -> &DqnConfig;
+    /// Sets the optimizer's learning rate.
+    fn set_learning_rate(&mut self, lr: f64);
+    /// Whether replay holds anything to sample.
+    fn has_data(&self) -> bool;
+    /// One gradient update with PER exponent `beta`.
+    fn update_once(&mut self, beta: f64) -> Result<Self::Stats, TrainError>;
+    /// Moves the target network(s).
+    fn move_target(&self) -> Result<(), TrainError>;
+}
+
+/// DQN's schedule after env step `step` of `total`: the learning rate for
+/// the step, a round of `gradient_steps` updates every `train_freq` steps
+/// once past `learning_starts`, and the target every
+/// `target_update_interval` steps. Returns the round's last stats.
+pub(crate) fn scheduled<L: Scheduled>(
+    learner: &mut L,
+    step: u64,
+    total: u64,
+) -> Result<Option<L::Stats>, TrainError> {
+    let c = learner.config();
+    let lr = super::learning_rate_at(c.learning_rate, c.learning_rate_end, step, total);
+    let (starts, freq, steps, beta0) = (
+        c.learning_starts,
+        c.train_freq,
+        c.gradient_steps,
+        c.per_beta0,
+    );
+    let interval = c.target_update_interval;
+    learner.set_learning_rate(lr);
+    let last = if learner.has_data() {
+        super::update_round(step, total, starts, freq, steps, beta0, |beta| {
+            learner.update_once(beta)
+        })?
+    } else {
+        None
+    };
+    if step.is_multiple_of(interval) {
+        learner.move_target()?;
+    }
+    Ok(last)
+}
+
+impl Scheduled for Dqn {
+    type Stats = UpdateStats;
+
+    fn config(&self) -> &DqnConfig {
+        &self.config
+    }
+
+    fn set_learning_rate(&mut self, lr: f64) {
+        self.optimizer.lr = lr;
+    }
+
+    fn has_data(&self) -> bool {
+        !self.replay.is_empty()
+    }
+
+    fn update_once(&mut self, beta: f64) -> Result<UpdateStats, TrainError> {
+        self.update(beta)
+    }
+
+    fn move_target(&self) -> Result<(), TrainError> {
+        self.update_target()
+    }
+}
+
 /// The learner's state: networks, optimizer, replay and generators.
 pub struct Dqn {
     /// Hyperparameters.
@@ -248,16 +321,13 @@ impl Dqn {
 
     /// One gradient update on a sampled batch. `beta` is PER's importance exponent.
     pub fn update(&mut self, beta: f64) -> Result<UpdateStats, TrainError> {
-        let b = self.config.batch_size;
         if let Some(p) = &mut self.profile {
             p.start()?;
         }
-        self.replay
-            .sample_into(b, beta, &mut self.replay_rng, &mut self.batch)?;
+        let shapes = self.sample_packed(beta)?.0;
         if let Some(p) = &mut self.profile {
-            p.mark("sample (host)")?;
+            p.mark("sample, pack (host)")?;
         }
-        let shapes = self.pack_batch()?;
         if self.graphed() {
             return self.update_graphed(&shapes);
         }
@@ -462,26 +532,7 @@ impl Agent for Dqn {
     /// A round of `gradient_steps` updates every `train_freq` steps after
     /// `learning_starts`; the target moves every `target_update_interval` steps.
     fn train_after(&mut self, step: u64, total: u64) -> Result<Option<UpdateStats>, TrainError> {
-        let c = &self.config;
-        self.optimizer.lr =
-            super::learning_rate_at(c.learning_rate, c.learning_rate_end, step, total);
-        let last = if self.replay.is_empty() {
-            None
-        } else {
-            let (starts, freq, steps, beta0) = (
-                c.learning_starts,
-                c.train_freq,
-                c.gradient_steps,
-                c.per_beta0,
-            );
-            super::update_round(step, total, starts, freq, steps, beta0, |beta| {
-                self.update(beta)
-            })?
-        };
-        if step.is_multiple_of(self.config.target_update_interval) {
-            self.update_target()?;
-        }
-        Ok(last)
+        scheduled(self, step, total)
     }
 
     super::online_target_slots!();

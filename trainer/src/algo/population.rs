@@ -21,7 +21,7 @@ use candle_core::{Device, Shape, Tensor, D};
 use reflex_msgs::Action;
 use reflex_sim::Env;
 
-use super::dqn::{td_loss, Dqn, DqnConfig};
+use super::dqn::{scheduled, td_loss, Dqn, DqnConfig, Scheduled};
 use super::{Observer, Progress, UpdateStats};
 use crate::nn::stack::Stacked;
 use crate::nn::Params;
@@ -98,6 +98,11 @@ impl DqnPopulation {
     /// The stacked online network.
     pub fn online(&self) -> &Stacked {
         &self.online
+    }
+
+    /// The stacked optimizer.
+    pub fn optimizer(&self) -> &Adam {
+        &self.optimizer
     }
 
     /// Env steps each member has taken.
@@ -320,26 +325,7 @@ impl DqnPopulation {
         step: u64,
         total: u64,
     ) -> Result<Option<Vec<UpdateStats>>, TrainError> {
-        let c = &self.config;
-        self.optimizer.lr =
-            super::learning_rate_at(c.learning_rate, c.learning_rate_end, step, total);
-        let last = if self.members[0].replay.is_empty() {
-            None
-        } else {
-            let (starts, freq, steps, beta0) = (
-                c.learning_starts,
-                c.train_freq,
-                c.gradient_steps,
-                c.per_beta0,
-            );
-            super::update_round(step, total, starts, freq, steps, beta0, |beta| {
-                self.update(beta)
-            })?
-        };
-        if step.is_multiple_of(self.config.target_update_interval) {
-            self.update_target()?;
-        }
-        Ok(last)
+        scheduled(self, step, total)
     }
 
     /// Writes the population's networks and optimizer state into each
@@ -394,6 +380,30 @@ fn device_body(
         pieces.push(td_error.flatten_all()?);
     }
     Ok(Tensor::cat(&pieces, 0)?)
+}
+
+impl Scheduled for DqnPopulation {
+    type Stats = Vec<UpdateStats>;
+
+    fn config(&self) -> &DqnConfig {
+        &self.config
+    }
+
+    fn set_learning_rate(&mut self, lr: f64) {
+        self.optimizer.lr = lr;
+    }
+
+    fn has_data(&self) -> bool {
+        !self.members[0].replay.is_empty()
+    }
+
+    fn update_once(&mut self, beta: f64) -> Result<Vec<UpdateStats>, TrainError> {
+        self.update(beta)
+    }
+
+    fn move_target(&self) -> Result<(), TrainError> {
+        self.update_target()
+    }
 }
 
 /// [`super::train`] for a population: member `k` acts in `envs[k]`, its

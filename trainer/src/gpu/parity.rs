@@ -706,35 +706,48 @@ fn check_graph(device: &Device, checks: &mut Vec<Check>) -> Result<(), TrainErro
     }
     // The replays really were replays (a failed capture falls back to eager
     // updates with a warning, which the comparisons above would not notice).
-    let captured = graphed.graph_captured();
-    checks.push(Check {
-        name: "dqn-cuda-graph captured".into(),
-        values: 1,
-        max_abs: if captured { 0.0 } else { f64::INFINITY },
-        scale: 0.0,
-        error: if captured { 0.0 } else { f64::INFINITY },
-    });
+    checks.push(flag_check(
+        "dqn-cuda-graph captured",
+        graphed.graph_captured(),
+    ));
     // And what the replays wrote: parameters and Adam moments.
-    for ((name, g), (_, e)) in graphed
-        .online
-        .named_vars()
-        .iter()
-        .zip(eager.online.named_vars())
-    {
+    weight_checks(
+        "dqn-cuda-graph",
+        (&graphed.online, &graphed.optimizer),
+        (&eager.online, &eager.optimizer),
+        checks,
+    )
+}
+
+/// A check that passes when `ok`.
+fn flag_check(name: &str, ok: bool) -> Check {
+    let error = if ok { 0.0 } else { f64::INFINITY };
+    Check {
+        name: name.into(),
+        values: 1,
+        max_abs: error,
+        scale: 0.0,
+        error,
+    }
+}
+
+/// A network's parameters and its Adam moments against the reference's.
+fn weight_checks(
+    what: &str,
+    (net, adam): (&dyn Params, &crate::optim::Adam),
+    (reference, reference_adam): (&dyn Params, &crate::optim::Adam),
+    checks: &mut Vec<Check>,
+) -> Result<(), TrainError> {
+    for ((name, m), (_, r)) in net.named_vars().iter().zip(reference.named_vars()) {
         checks.push(compare(
-            format!("dqn-cuda-graph param {name}"),
-            g.as_tensor(),
-            e.as_tensor(),
+            format!("{what} param {name}"),
+            m.as_tensor(),
+            r.as_tensor(),
         )?);
     }
-    let names = graphed.online.names();
-    for ((name, g), (_, e)) in graphed
-        .optimizer
-        .state(&names)
-        .iter()
-        .zip(eager.optimizer.state(&names))
-    {
-        checks.push(compare(format!("dqn-cuda-graph {name}"), g, &e)?);
+    let names = reference.names();
+    for ((name, m), (_, r)) in adam.state(&names).iter().zip(reference_adam.state(&names)) {
+        checks.push(compare(format!("{what} {name}"), m, &r)?);
     }
     Ok(())
 }
@@ -782,27 +795,12 @@ fn check_population(device: &Device, checks: &mut Vec<Check>) -> Result<(), Trai
     population.sync_members()?;
     for (k, single) in singles.iter().enumerate() {
         let member = &population.members[k];
-        for ((name, m), (_, r)) in member
-            .online
-            .named_vars()
-            .iter()
-            .zip(single.online.named_vars())
-        {
-            checks.push(compare(
-                format!("dqn-population member{k} param {name}"),
-                m.as_tensor(),
-                r.as_tensor(),
-            )?);
-        }
-        let names = single.online.names();
-        for ((name, m), (_, r)) in member
-            .optimizer
-            .state(&names)
-            .iter()
-            .zip(single.optimizer.state(&names))
-        {
-            checks.push(compare(format!("dqn-population member{k} {name}"), m, &r)?);
-        }
+        weight_checks(
+            &format!("dqn-population member{k}"),
+            (&member.online, &member.optimizer),
+            (&single.online, &single.optimizer),
+            checks,
+        )?;
     }
     Ok(())
 }
@@ -843,27 +841,16 @@ fn check_population_graph(device: &Device, checks: &mut Vec<Check>) -> Result<()
             }
         }
     }
-    let captured = graphed.graph_captured();
-    checks.push(Check {
-        name: "dqn-population-graph captured".into(),
-        values: 1,
-        max_abs: if captured { 0.0 } else { f64::INFINITY },
-        scale: 0.0,
-        error: if captured { 0.0 } else { f64::INFINITY },
-    });
-    for ((name, g), (_, e)) in graphed
-        .online()
-        .net
-        .named_vars()
-        .iter()
-        .zip(eager.online().net.named_vars())
-    {
-        checks.push(compare(
-            format!("dqn-population-graph param {name}"),
-            g.as_tensor(),
-            e.as_tensor(),
-        )?);
-    }
+    checks.push(flag_check(
+        "dqn-population-graph captured",
+        graphed.graph_captured(),
+    ));
+    weight_checks(
+        "dqn-population-graph",
+        (&graphed.online().net, graphed.optimizer()),
+        (&eager.online().net, eager.optimizer()),
+        checks,
+    )?;
     Ok(())
 }
 

@@ -108,8 +108,20 @@ impl Stacked {
 mod tests {
     use super::*;
     use crate::nn::NetConfig;
-    use candle_core::{Device, D};
+    use candle_core::Device;
     use reflex_sim::SimRng;
+
+    /// max |t|.
+    fn max_abs(t: &Tensor) -> f32 {
+        t.abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    }
 
     fn net(config: &NetConfig, heads: usize, seed: u64) -> QNetwork {
         let mut rng = SimRng::seed(seed);
@@ -169,18 +181,7 @@ mod tests {
                 for (k, member) in members.iter().enumerate() {
                     let xk = x.get(k).unwrap();
                     let alone = member.q_values(&xk).unwrap();
-                    let diff = (q.get(k).unwrap() - &alone)
-                        .unwrap()
-                        .abs()
-                        .unwrap()
-                        .max_keepdim(D::Minus1)
-                        .unwrap()
-                        .flatten_all()
-                        .unwrap()
-                        .max(0)
-                        .unwrap()
-                        .to_scalar::<f32>()
-                        .unwrap();
+                    let diff = max_abs(&(q.get(k).unwrap() - &alone).unwrap());
                     assert!(
                         diff < 1e-5,
                         "config {c}, heads {heads}, member {k}: Q off by {diff}"
@@ -193,21 +194,7 @@ mod tests {
                     for (i, (sv, mv)) in stacked.net.vars().iter().zip(member.vars()).enumerate() {
                         let g = stacked.member_slice(grads.get(sv).unwrap(), i, k).unwrap();
                         let e = own.get(&mv).unwrap();
-                        let scale = e
-                            .abs()
-                            .unwrap()
-                            .max_all()
-                            .unwrap()
-                            .to_scalar::<f32>()
-                            .unwrap();
-                        let off = (g - e)
-                            .unwrap()
-                            .abs()
-                            .unwrap()
-                            .max_all()
-                            .unwrap()
-                            .to_scalar::<f32>()
-                            .unwrap();
+                        let (scale, off) = (max_abs(e), max_abs(&(g - e).unwrap()));
                         assert!(
                             off <= 1e-5 * (1.0 + scale),
                             "config {c}, heads {heads}, member {k}, parameter {i}: gradient off by {off}"
