@@ -83,7 +83,8 @@ enum Command {
         #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
         population: u16,
     },
-    /// Continue a run from its newest checkpoint (after a crash or kill).
+    /// Continue a run from its newest checkpoint (after a crash or kill); a
+    /// population's folder resumes all its members together.
     Resume {
         /// The run folder given to `run --out`.
         run: PathBuf,
@@ -401,7 +402,13 @@ fn main() {
             threads_from(threads);
             reflex_trainer::device(&device)
                 .map_err(anyhow::Error::from)
-                .and_then(|device| run(&read_config(&dir)?, &dir, quiet, true, &device))
+                .and_then(|device| {
+                    if population::is_population(&dir) {
+                        population::resume_population(&dir, quiet, &device)
+                    } else {
+                        run(&read_config(&dir)?, &dir, quiet, true, &device)
+                    }
+                })
         }
         Command::Eval {
             checkpoint,

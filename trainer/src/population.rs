@@ -87,15 +87,122 @@ pub(crate) fn run_population(
     members: usize,
     device: &Device,
 ) -> anyhow::Result<()> {
+    if members < 2 {
+        bail!("--population needs at least 2 members, got {members}");
+    }
+    let configs: Vec<RunConfig> = (0..members as u64)
+        .map(|k| RunConfig {
+            seed: config.seed.wrapping_add(k),
+            ..config.clone()
+        })
+        .collect();
+    let dirs = member_dirs(out, members);
+    check_dqn(config)?;
+    for (dir, member_config) in dirs.iter().zip(&configs) {
+        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        write_atomic(
+            &dir.join("config.toml"),
+            toml::to_string(member_config)?.as_bytes(),
+        )?;
+    }
+    train_members(&configs, &dirs, out, quiet, false, device)
+}
+
+/// `OUT/member-0`, `OUT/member-1`, …
+fn member_dirs(out: &Path, members: usize) -> Vec<PathBuf> {
+    (0..members)
+        .map(|k| out.join(format!("member-{k}")))
+        .collect()
+}
+
+fn check_dqn(config: &RunConfig) -> anyhow::Result<()> {
     if config.algo != "dqn" {
         bail!(
             "--population trains DQN learners; `{}` has no population form yet (use --algo dqn)",
             config.algo
         );
     }
-    if members < 2 {
-        bail!("--population needs at least 2 members, got {members}");
+    Ok(())
+}
+
+/// Whether `dir` holds a population run (`member-0/config.toml`, no
+/// config.toml of its own).
+pub(crate) fn is_population(dir: &Path) -> bool {
+    !dir.join("config.toml").exists() && dir.join("member-0").join("config.toml").exists()
+}
+
+/// `reflex-train resume OUT` for a population: every member loads the
+/// newest checkpoint step that all of them have, and they train on together
+/// to the configured steps.
+pub(crate) fn resume_population(out: &Path, quiet: bool, device: &Device) -> anyhow::Result<()> {
+    let members = (0..)
+        .take_while(|k| out.join(format!("member-{k}")).join("config.toml").exists())
+        .count();
+    let dirs = member_dirs(out, members);
+    let configs = dirs
+        .iter()
+        .map(|dir| read_config(dir))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    for (k, c) in configs.iter().enumerate() {
+        let same = RunConfig {
+            seed: configs[0].seed,
+            ..c.clone()
+        };
+        if same != configs[0] {
+            bail!(
+                "{}: member-{k}'s config differs from member-0's in more than the seed",
+                out.display()
+            );
+        }
     }
+    check_dqn(&configs[0])?;
+    train_members(&configs, &dirs, out, quiet, true, device)
+}
+
+/// The newest checkpoint step every member has (members checkpoint
+/// together, but a crash can stop the population part-way through saving),
+/// as each member's checkpoint folder.
+fn common_checkpoints(dirs: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
+    let lists = dirs
+        .iter()
+        .map(|dir| checkpoint::list(dir))
+        .collect::<Result<Vec<_>, _>>()?;
+    let name = |p: &PathBuf| p.file_name().map(|n| n.to_os_string());
+    let newest = lists[0]
+        .iter()
+        .rev()
+        .filter_map(name)
+        .find(|n| {
+            lists
+                .iter()
+                .all(|l| l.iter().any(|p| name(p).as_ref() == Some(n)))
+        })
+        .with_context(|| {
+            format!(
+                "{}: no checkpoint step that every member has to resume from",
+                dirs[0].parent().unwrap_or(Path::new(".")).display()
+            )
+        })?;
+    Ok(dirs
+        .iter()
+        .map(|dir| dir.join("checkpoints").join(&newest))
+        .collect())
+}
+
+/// Trains the members `configs` (one per seed; otherwise equal) together,
+/// each into its folder in `dirs`, then ends each member's run and writes
+/// the population's summary and curve into `out`; `resume` continues from
+/// the members' checkpoints.
+fn train_members(
+    configs: &[RunConfig],
+    dirs: &[PathBuf],
+    out: &Path,
+    quiet: bool,
+    resume: bool,
+    device: &Device,
+) -> anyhow::Result<()> {
+    let config = &configs[0];
+    let members = configs.len();
     let started = Instant::now();
     let mut envs = (0..members)
         .map(|_| make(&config.env))
@@ -108,30 +215,25 @@ pub(crate) fn run_population(
         );
     };
     let n_actions = *n as usize;
-    let seeds: Vec<u64> = (0..members as u64)
-        .map(|k| config.seed.wrapping_add(k))
-        .collect();
-    let configs: Vec<RunConfig> = seeds
-        .iter()
-        .map(|&seed| RunConfig {
-            seed,
-            ..config.clone()
-        })
-        .collect();
-    let dirs: Vec<PathBuf> = (0..members)
-        .map(|k| out.join(format!("member-{k}")))
-        .collect();
-    for (dir, member_config) in dirs.iter().zip(&configs) {
-        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        write_atomic(
-            &dir.join("config.toml"),
-            toml::to_string(member_config)?.as_bytes(),
-        )?;
+    let seeds: Vec<u64> = configs.iter().map(|c| c.seed).collect();
+    let mut population =
+        DqnPopulation::new(config.dqn.clone(), obs_dim, n_actions, &seeds, device)?;
+    if resume {
+        let checkpoints = common_checkpoints(dirs)?;
+        for (member, path) in population.members.iter_mut().zip(&checkpoints) {
+            checkpoint::load(path, member, device)?;
+        }
+        population.restack()?;
+        eprintln!(
+            "resuming a population of {members} in {} from step {}",
+            out.display(),
+            population.steps_done()
+        );
     }
-    let bar = steps_bar(quiet, config.steps, 0)?;
+    let bar = steps_bar(quiet, config.steps, population.steps_done())?;
     let mut observers = configs
         .iter()
-        .zip(&dirs)
+        .zip(dirs)
         .enumerate()
         .map(|(k, (c, dir))| {
             let label = format!("member-{k} (seed {})", c.seed);
@@ -139,15 +241,13 @@ pub(crate) fn run_population(
                 c,
                 dir,
                 quiet,
-                false,
+                resume,
                 envs[0].as_ref(),
                 bar.clone(),
                 Some(label),
             )
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let mut population =
-        DqnPopulation::new(config.dqn.clone(), obs_dim, n_actions, &seeds, device)?;
     if quiet {
         eprintln!(
             "training a population of {members} dqn learners on {} for {} steps (seeds {}..={})",

@@ -225,6 +225,62 @@ fn a_population_run_writes_a_run_folder_per_seed() {
     std::fs::remove_dir_all(&out).ok();
 }
 
+/// A population whose members did not all save their last checkpoint (a
+/// crash while saving) resumes from the newest step they all have, and
+/// finishes every member's run.
+#[test]
+fn a_population_resumes_from_the_newest_step_all_members_saved() {
+    let out = out_dir("population-resume");
+    let run = |args: &[&str]| {
+        let output = train_cmd().args(args).output().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr).to_string();
+        assert!(output.status.success(), "{stderr}");
+        stderr
+    };
+    let dir = out.to_str().unwrap();
+    let mut args = vec![
+        "run",
+        "--population",
+        "2",
+        "--steps",
+        "3000",
+        "--quiet",
+        "--out",
+        dir,
+    ];
+    args.extend(SMALL);
+    run(&args);
+    // As if the run died while member-1 saved step 3000, before the end.
+    let member1 = out.join("member-1");
+    std::fs::remove_dir_all(member1.join("checkpoints/step-0000003000")).unwrap();
+    for k in 0..2 {
+        std::fs::remove_file(out.join(format!("member-{k}/eval.json"))).unwrap();
+    }
+    std::fs::remove_file(out.join("population.json")).unwrap();
+    let stderr = run(&["resume", dir, "--quiet"]);
+    assert!(
+        stderr.contains("resuming a population of 2") && stderr.contains("from step 2000"),
+        "{stderr}"
+    );
+    for k in 0..2 {
+        let member = out.join(format!("member-{k}"));
+        assert_eq!(read_json(&member.join("eval.json"))["steps"], 3000);
+        assert!(member.join("checkpoints/step-0000003000").exists());
+    }
+    assert_eq!(
+        read_json(&out.join("population.json"))["members"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+    // A member is a run folder of its own, too: it resumes alone (it is
+    // finished, so that is its final evaluation again).
+    let alone = run(&["resume", member1.to_str().unwrap(), "--quiet"]);
+    assert!(alone.contains("resuming"), "{alone}");
+    std::fs::remove_dir_all(&out).ok();
+}
+
 #[test]
 fn a_killed_run_resumes_from_its_last_checkpoint() {
     let out = out_dir("resume");

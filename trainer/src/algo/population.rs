@@ -357,6 +357,48 @@ impl DqnPopulation {
     }
 }
 
+impl DqnPopulation {
+    /// Rebuilds the stacked networks and optimizer from the members' own
+    /// (the inverse of [`sync_members`](Self::sync_members)): for a
+    /// population resumed from its members' checkpoints, each loaded into
+    /// its member with `checkpoint::load`. The members must agree on their
+    /// optimizer's step count.
+    pub fn restack(&mut self) -> Result<(), TrainError> {
+        let steps = self.members[0].optimizer.steps();
+        if let Some(k) = self
+            .members
+            .iter()
+            .position(|m| m.optimizer.steps() != steps)
+        {
+            return Err(TrainError::Config(format!(
+                "population members disagree: member 0 has taken {steps} updates, member {k} {}",
+                self.members[k].optimizer.steps()
+            )));
+        }
+        let onlines: Vec<_> = self.members.iter().map(|m| m.online.clone()).collect();
+        let targets: Vec<_> = self.members.iter().map(|m| m.target.clone()).collect();
+        self.online = Stacked::new(&onlines)?;
+        self.target = Stacked::new(&targets)?;
+        let names = self.online.net.names();
+        let each: Vec<Vec<(String, Tensor)>> = self
+            .members
+            .iter()
+            .map(|m| m.optimizer.state(&names))
+            .collect();
+        let mut moments = HashMap::new();
+        for (j, (key, _)) in each[0].iter().enumerate() {
+            // state() lists each parameter's two moments in parameter order.
+            let parts: Vec<Tensor> = each.iter().map(|state| state[j].1.clone()).collect();
+            moments.insert(key.clone(), self.online.stack_parts(j / 2, &parts)?);
+        }
+        let lr = self.optimizer.lr;
+        self.optimizer = Adam::population(self.online.net.vars(), lr, self.len())?;
+        self.optimizer.load_state(&names, &moments, steps)?;
+        self.graph = None;
+        Ok(())
+    }
+}
+
 /// A population update's device work on the packed batch `input`: the
 /// loss of every member, backward, Adam with each member's clip computed on
 /// the device (`hyper`: a CUDA graph's step-size buffer). Returns one
@@ -689,6 +731,49 @@ mod tests {
         }
         // The members differ from each other (their seeds do).
         assert_ne!(recorded[0].0, recorded[1].0);
+    }
+
+    /// Members checkpointed, loaded into a fresh population and restacked
+    /// continue exactly as the original population does.
+    #[test]
+    fn a_population_restacked_from_member_checkpoints_continues_exactly() {
+        let config = DqnConfig {
+            learning_starts: 0,
+            ..config()
+        };
+        let seeds = [5u64, 6];
+        let dev = Device::Cpu;
+        let mut original = DqnPopulation::new(config.clone(), 4, 2, &seeds, &dev).unwrap();
+        for (k, member) in original.members.iter_mut().enumerate() {
+            crate::gpu::bench::fill_random("cartpole", 300, 40 + k as u64, |s| member.observe(s))
+                .unwrap();
+            member.steps_done = 300;
+        }
+        for _ in 0..4 {
+            original.update(0.5).unwrap();
+        }
+        original.sync_members().unwrap();
+        let root = std::env::temp_dir().join(format!("reflex-restack-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let mut resumed = DqnPopulation::new(config, 4, 2, &seeds, &dev).unwrap();
+        for k in 0..seeds.len() {
+            let dir = root.join(format!("member-{k}"));
+            let saved = crate::checkpoint::save(&dir, &mut original.members[k]).unwrap();
+            crate::checkpoint::load(&saved, &mut resumed.members[k], &dev).unwrap();
+        }
+        resumed.restack().unwrap();
+        assert_eq!(resumed.updates(), 4);
+        assert_eq!(resumed.steps_done(), 300);
+        for round in 0..3 {
+            let (a, b) = (original.update(0.5).unwrap(), resumed.update(0.5).unwrap());
+            assert_eq!(a, b, "update {round} after the resume");
+        }
+        std::fs::remove_dir_all(&root).ok();
+        // Members that disagree are refused.
+        resumed.members[1].optimizer =
+            crate::optim::Adam::new(resumed.members[1].online.vars(), 1e-3).unwrap();
+        let err = resumed.restack().unwrap_err().to_string();
+        assert!(err.contains("disagree"), "{err}");
     }
 
     #[test]

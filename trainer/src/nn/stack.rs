@@ -85,6 +85,17 @@ impl Stacked {
         })
     }
 
+    /// The members' tensors `parts` (one per member, in the member shape of
+    /// parameter `index`: the parameter itself, or an Adam moment of it)
+    /// stacked as that parameter is.
+    pub fn stack_parts(&self, index: usize, parts: &[Tensor]) -> Result<Tensor> {
+        if parts.len() != self.members {
+            candle_core::bail!("{} parts for {} members", parts.len(), self.members);
+        }
+        let dims = stacked_dims(self.members, self.shapes[index].dims())?;
+        Tensor::stack(parts, 0)?.reshape(dims)
+    }
+
     /// Member `p`'s slice of a stacked tensor `t` (a parameter, a gradient, an
     /// Adam moment) that belongs to parameter `index`, in the member's shape.
     pub fn member_slice(&self, t: &Tensor, index: usize, p: usize) -> Result<Tensor> {
