@@ -834,6 +834,14 @@ fn finish_run(
 /// A run folder and checkpoint from a path that is either (a run folder means its
 /// newest checkpoint; a checkpoint lives in run/checkpoints/).
 fn run_and_checkpoint(checkpoint_path: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
+    if population::is_population(checkpoint_path) {
+        bail!(
+            "{} is a population's folder: name one member's run, e.g. {} \
+             (population.json ranks them)",
+            checkpoint_path.display(),
+            checkpoint_path.join("member-0").display()
+        );
+    }
     Ok(if checkpoint_path.join("config.toml").exists() {
         let latest = checkpoint::latest(checkpoint_path)?
             .with_context(|| format!("{} has no checkpoint", checkpoint_path.display()))?;
@@ -842,7 +850,13 @@ fn run_and_checkpoint(checkpoint_path: &Path) -> anyhow::Result<(PathBuf, PathBu
         let run_dir = checkpoint_path
             .parent()
             .and_then(Path::parent)
-            .with_context(|| format!("{} is not inside a run folder", checkpoint_path.display()))?;
+            .filter(|run| run.join("config.toml").exists())
+            .with_context(|| {
+                format!(
+                    "{} is neither a run folder (it has no config.toml) nor a checkpoint inside one",
+                    checkpoint_path.display()
+                )
+            })?;
         (run_dir.to_path_buf(), checkpoint_path.to_path_buf())
     })
 }

@@ -202,6 +202,18 @@ fn a_population_run_writes_a_run_folder_per_seed() {
         .all(|m| m["final_mean_return"].as_f64().unwrap() <= best_return));
     assert!(out.join("curve.png").exists());
 
+    // The population's own folder is not a run: eval says which to name.
+    let output = train_cmd()
+        .args(["eval", "--episodes", "1", "--checkpoint"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !output.status.success() && stderr.contains("population's folder"),
+        "{stderr}"
+    );
+
     // Only DQN has a population form.
     let output = train_cmd()
         .args([
