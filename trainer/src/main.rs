@@ -696,7 +696,7 @@ fn run(
             agent.steps_done()
         );
     } else {
-        fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+        start_fresh(out)?;
         write_atomic(
             &out.join("config.toml"),
             toml::to_string(config)?.as_bytes(),
@@ -723,6 +723,40 @@ fn run(
     bar.finish_and_clear();
     finish_run(config, out, agent.as_mut(), observer, env.as_mut())?;
     Ok(())
+}
+
+/// Makes `out` the folder of a new run. A folder that already holds a run
+/// (config.toml, metrics.csv, checkpoints, or a population's members) is
+/// moved aside to `OUT.previous`, replacing an older one there: a new run
+/// never appends to an old run's metrics or resumes from its checkpoints,
+/// and the old run is kept, one generation deep.
+fn start_fresh(out: &Path) -> anyhow::Result<()> {
+    let holds_run = ["config.toml", "metrics.csv", "checkpoints", "member-0"]
+        .iter()
+        .any(|name| out.join(name).exists());
+    if holds_run {
+        let Some(name) = out.file_name() else {
+            bail!(
+                "{} already holds a run; give --out a folder of its own",
+                out.display()
+            );
+        };
+        let mut previous_name = name.to_os_string();
+        previous_name.push(".previous");
+        let previous = out.with_file_name(previous_name);
+        if previous.exists() {
+            fs::remove_dir_all(&previous)
+                .with_context(|| format!("removing {}", previous.display()))?;
+        }
+        fs::rename(out, &previous)
+            .with_context(|| format!("moving {} aside to {}", out.display(), previous.display()))?;
+        eprintln!(
+            "{} held a run: moved it to {}",
+            out.display(),
+            previous.display()
+        );
+    }
+    fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))
 }
 
 /// The env-step progress bar of a run (hidden when `quiet`).

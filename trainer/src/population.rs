@@ -98,6 +98,7 @@ pub(crate) fn run_population(
         .collect();
     let dirs = member_dirs(out, members);
     check_dqn(config)?;
+    start_fresh(out)?;
     for (dir, member_config) in dirs.iter().zip(&configs) {
         fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         write_atomic(

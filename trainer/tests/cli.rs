@@ -139,6 +139,41 @@ fn run_writes_its_folder_and_eval_reads_it_back() {
     std::fs::remove_dir_all(&out).ok();
 }
 
+/// A second run into a folder that holds one starts fresh: its metrics are
+/// its own, and the first run is kept beside it as `OUT.previous`.
+#[test]
+fn a_new_run_moves_an_old_one_aside_instead_of_mixing_with_it() {
+    let out = out_dir("again");
+    let run = |seed: &str| {
+        let status = train_cmd()
+            .args(["run", "--steps", "1500", "--seed", seed, "--quiet", "--out"])
+            .arg(&out)
+            .args(SMALL)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success());
+    };
+    run("1");
+    let first = std::fs::read_to_string(out.join("metrics.csv")).unwrap();
+    run("2");
+    let second = std::fs::read_to_string(out.join("metrics.csv")).unwrap();
+    assert_eq!(second.matches("step,episode_return").count(), 1);
+    assert_ne!(first, second);
+    assert_eq!(read_json(&out.join("eval.json"))["seed"], 2);
+    let mut previous = out.clone().into_os_string();
+    previous.push(".previous");
+    let previous = PathBuf::from(previous);
+    assert_eq!(
+        std::fs::read_to_string(previous.join("metrics.csv")).unwrap(),
+        first
+    );
+    assert_eq!(read_json(&previous.join("eval.json"))["seed"], 1);
+    std::fs::remove_dir_all(&out).ok();
+    std::fs::remove_dir_all(&previous).ok();
+}
+
 /// `run --population 2`: a run folder per seed, each a whole run (its own
 /// config, metrics, evaluations and policy, which `eval` reads back), and
 /// the population's summary and picture.
