@@ -323,6 +323,9 @@ fn train_members(
         &out.join("population.json"),
         serde_json::to_string_pretty(&summary)?.as_bytes(),
     )?;
+    // After the members' eval.json lines, the population's record is the
+    // last line of stdout, as a single run's eval record is.
+    println!("{}", serde_json::to_string(&summary)?);
     let curves: Vec<(String, PathBuf)> = dirs
         .iter()
         .zip(&seeds)

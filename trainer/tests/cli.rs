@@ -200,6 +200,12 @@ fn a_population_run_writes_a_run_folder_per_seed() {
     assert!(output.status.success(), "{stderr}");
     assert!(stderr.contains("population of 2"), "{stderr}");
     let summary = read_json(&out.join("population.json"));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let last: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    assert_eq!(
+        last, summary,
+        "the last line of stdout is population.json's record"
+    );
     let members = summary["members"].as_array().unwrap();
     assert_eq!(members.len(), 2, "{summary}");
     for (k, member) in members.iter().enumerate() {
