@@ -17,6 +17,11 @@
 #      scripts/gpu_report.py into table.md;
 #   3. cartpole: `reflex-train run --env cartpole --device cuda` (the preset, 50k
 #      steps); passes when the final greedy evaluation's mean is >= 475.
+#   4. population (not in the default STEPS; a second call, STEPS=population):
+#      `reflex-train run --population 8 --device cuda` on the same preset (seeds
+#      0-7); passes when it completes with its best member's final greedy mean
+#      >= 475 (on the CPU 4 of these 8 seeds end at 500; DQN's final policy varies
+#      by seed), and reports how many members did and the wall time for all 8.
 # summary.md says PASS/FAIL per step; the script exits non-zero if any failed.
 #
 # Environment: OUT, BENCH_SECONDS (per case, default 4), STEPS (what to run,
@@ -120,6 +125,21 @@ for step in $steps; do
       result cartpole PASS "(final greedy mean $mean over the preset's 50k steps, $((SECONDS - start)) s)"
     else
       result cartpole FAIL "(rc $rc, final greedy mean $mean; $out/cartpole.log)"
+    fi
+    ;;
+  population)
+    start=$SECONDS
+    timeout "$(limit 450)" "$bin" run --env cartpole --device "$device" --seed 0 --population 8 \
+      --out "$out/population" --quiet > "$out/population.log" 2>&1
+    rc=$?
+    tail -n 3 "$out/population.log"
+    finals=$("$py" -c "import json,sys; m=[x['final_mean_return'] for x in json.load(open(sys.argv[1]))['members']]; print(max(m), sum(r >= 475 for r in m), ' '.join(f'{r:g}' for r in m))" \
+      "$out/population/population.json" 2>/dev/null || echo none)
+    best=${finals%% *}
+    if [ $rc = 0 ] && "$py" -c "import sys; sys.exit(0 if float(sys.argv[1]) >= 475 else 1)" "$best" 2>/dev/null; then
+      result population PASS "(8 seeds; best, members >= 475, each: $finals; $((SECONDS - start)) s for all 8)"
+    else
+      result population FAIL "(rc $rc; best, members >= 475, each: $finals; $out/population.log)"
     fi
     ;;
   *) echo "gpu-check: unknown step $step" >&2; failed=1 ;;

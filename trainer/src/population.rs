@@ -23,6 +23,9 @@ struct MemberSummary {
     seed: u64,
     run: PathBuf,
     final_mean_return: f64,
+    /// The final evaluation of the member's best periodic policy
+    /// (`best/eval.json`), when it has one.
+    best_policy_mean_return: Option<f64>,
 }
 
 /// `population.json`.
@@ -292,11 +295,16 @@ fn train_members(
             observer,
             env.as_mut(),
         )?;
+        let best = fs::read(dirs[k].join(BEST_DIR).join("eval.json"))
+            .ok()
+            .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok())
+            .and_then(|v| v["mean_return"].as_f64());
         summaries.push(MemberSummary {
             member: k,
             seed: seeds[k],
             run: dirs[k].clone(),
             final_mean_return: mean,
+            best_policy_mean_return: best,
         });
     }
     let mut finals: Vec<f64> = summaries.iter().map(|m| m.final_mean_return).collect();

@@ -217,6 +217,8 @@ fn a_population_run_writes_a_run_folder_per_seed() {
         let eval = read_json(&dir.join("eval.json"));
         assert_eq!(eval["seed"].as_u64(), Some(seed));
         assert_eq!(eval["mean_return"], member["final_mean_return"]);
+        let best = read_json(&dir.join("best/eval.json"));
+        assert_eq!(best["mean_return"], member["best_policy_mean_return"]);
         let metrics = std::fs::read_to_string(dir.join("metrics.csv")).unwrap();
         assert_eq!(
             eval_rows(&metrics),

@@ -7,8 +7,10 @@
 //! Member `k` is exactly the DQN learner its seed makes: its own env,
 //! replay, n-step accumulator, exploration and replay generators, its own
 //! gradient-norm clip, and the same schedule of updates and target copies.
-//! Only the arithmetic is shared, in batched form, so a member's numbers
-//! match its single run up to float rounding (the tests hold them to that).
+//! Only the arithmetic is shared, in batched form. On the CPU kernels a
+//! member's arithmetic is its single run's (one gemm per member inside the
+//! batched layer, its own norm), so its run is the same run; elsewhere it
+//! matches up to float rounding (the tests hold both).
 //!
 //! What it buys: on a GPU a small network's update costs its kernel
 //! launches, whatever the batch, so P members cost about what one does
@@ -453,7 +455,8 @@ impl Scheduled for DqnPopulation {
 /// whose `periodic` gets the member (synced first, see
 /// [`DqnPopulation::sync_members`]) every `periodic_every` steps. Trains
 /// until every member has taken `total_steps` env steps; a member's run is
-/// the one `train` gives its seed, up to float rounding.
+/// the one `train` gives its seed (exactly on the CPU kernels; up to float
+/// rounding elsewhere).
 pub fn train_population(
     population: &mut DqnPopulation,
     envs: &mut [Box<dyn Env>],
