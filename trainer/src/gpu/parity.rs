@@ -666,26 +666,29 @@ fn check_learner(
             finite &= stats.loss.is_finite() && stats.grad_norm.is_finite();
         }
     }
-    checks.push(Check {
-        name: format!("{case} finite-after-10-updates"),
-        values: 1,
-        max_abs: if finite { 0.0 } else { f64::INFINITY },
-        scale: 0.0,
-        error: if finite { 0.0 } else { f64::INFINITY },
-    });
+    checks.push(flag_check(
+        &format!("{case} finite-after-10-updates"),
+        finite,
+    ));
     Ok(())
+}
+
+/// The DQN config of the graph checks: the preset's networks, PER on (so
+/// the TD errors come back through the graph too), updates from the start.
+fn graph_config() -> crate::algo::dqn::DqnConfig {
+    crate::algo::dqn::DqnConfig {
+        learning_starts: 0,
+        prioritized: true,
+        ..Default::default()
+    }
 }
 
 /// On CUDA: DQN updates replayed from a captured CUDA graph against the same
 /// updates run op by op, from the same weights and batches. The first replays
 /// (after the eager warm-up) must report the same loss and mean Q.
 fn check_graph(device: &Device, checks: &mut Vec<Check>) -> Result<(), TrainError> {
-    use crate::algo::dqn::{Dqn, DqnConfig};
-    let config = DqnConfig {
-        learning_starts: 0,
-        prioritized: true,
-        ..DqnConfig::default()
-    };
+    use crate::algo::dqn::Dqn;
+    let config = graph_config();
     let mut eager = Dqn::new(config.clone(), 4, 2, 0, device)?;
     let mut graphed = Dqn::new(config, 4, 2, 0, device)?;
     eager.cuda_graph = false;
@@ -810,13 +813,8 @@ fn check_population(device: &Device, checks: &mut Vec<Check>) -> Result<(), Trai
 /// (after the warm-up), the captured flag, and the parameters the replays
 /// wrote.
 fn check_population_graph(device: &Device, checks: &mut Vec<Check>) -> Result<(), TrainError> {
-    use crate::algo::dqn::DqnConfig;
     use crate::algo::population::DqnPopulation;
-    let config = DqnConfig {
-        learning_starts: 0,
-        prioritized: true,
-        ..DqnConfig::default()
-    };
+    let config = graph_config();
     let seeds = [0u64, 1, 2, 3];
     let mut eager = DqnPopulation::new(config.clone(), 4, 2, &seeds, device)?;
     let mut graphed = DqnPopulation::new(config, 4, 2, &seeds, device)?;
