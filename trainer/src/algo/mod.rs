@@ -31,7 +31,7 @@ use reflex_sim::{Env, SimRng};
 
 use crate::nn::Params;
 use crate::optim::Adam;
-use crate::replay::{ActionRef, EnvStep, Replay};
+use crate::replay::{EnvStep, Replay};
 use crate::run::RunConfig;
 use crate::TrainError;
 
@@ -416,14 +416,7 @@ pub fn train(
         let action = agent.explore(&obs, step, total_steps)?;
         let result = env.step(&action)?;
         next_obs.copy_from_slice(env.obs());
-        agent.observe(&EnvStep {
-            obs: &obs,
-            action: ActionRef::from(&action),
-            reward: result.reward as f32,
-            next_obs: &next_obs,
-            terminated: result.terminated,
-            truncated: result.truncated,
-        })?;
+        agent.observe(&EnvStep::new(&obs, &action, &result, &next_obs))?;
         episode_return += result.reward;
         length += 1;
         let progress = |last_update| Progress {

@@ -28,7 +28,7 @@ use super::{Observer, Progress, UpdateStats};
 use crate::nn::stack::Stacked;
 use crate::nn::Params;
 use crate::optim::Adam;
-use crate::replay::{ActionRef, EnvStep};
+use crate::replay::EnvStep;
 use crate::TrainError;
 
 /// P DQN learners with stacked networks (see the module docs).
@@ -494,14 +494,7 @@ pub fn train_population(
             let result = env.step(&actions[k])?;
             next_obs.copy_from_slice(env.obs());
             let row = &mut obs[k * d..(k + 1) * d];
-            population.members[k].observe(&EnvStep {
-                obs: row,
-                action: ActionRef::from(&actions[k]),
-                reward: result.reward as f32,
-                next_obs: &next_obs,
-                terminated: result.terminated,
-                truncated: result.truncated,
-            })?;
+            population.members[k].observe(&EnvStep::new(row, &actions[k], &result, &next_obs))?;
             let (episode_return, length) = &mut returns[k];
             *episode_return += result.reward;
             *length += 1;
@@ -546,6 +539,7 @@ pub fn train_population(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::replay::ActionRef;
     use crate::nn::NetConfig;
     use reflex_sim::SimRng;
 

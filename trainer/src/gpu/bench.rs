@@ -25,7 +25,7 @@ use crate::algo::drqn::{Drqn, DrqnConfig};
 use crate::algo::population::DqnPopulation;
 use crate::algo::Agent;
 use crate::nn::NetConfig;
-use crate::replay::{ActionRef, EnvStep};
+use crate::replay::EnvStep;
 use crate::schedule::Schedule;
 use crate::TrainError;
 
@@ -152,14 +152,7 @@ pub(crate) fn fill_random(
         let action = reflex_sim::random_action(&space, &mut rng);
         let result = env.step(&action)?;
         let next = env.obs().to_vec();
-        observe(&EnvStep {
-            obs: &obs,
-            action: ActionRef::from(&action),
-            reward: result.reward as f32,
-            next_obs: &next,
-            terminated: result.terminated,
-            truncated: result.truncated,
-        })?;
+        observe(&EnvStep::new(&obs, &action, &result, &next))?;
         obs = if result.done() {
             env.reset(None).to_vec()
         } else {
@@ -425,17 +418,7 @@ fn bench_e2e(o: &BenchOptions, device: &Device) -> Result<BenchRow, TrainError> 
             let next = vec_env
                 .final_obs(i)
                 .map_or_else(|| vec_env.obs()[row.clone()].to_vec(), <[f32]>::to_vec);
-            let Action::Discrete(a) = actions[i] else {
-                unreachable!()
-            };
-            agent.observe(&EnvStep {
-                obs: &obs[row],
-                action: ActionRef::Discrete(a),
-                reward: step.reward as f32,
-                next_obs: &next,
-                terminated: step.terminated,
-                truncated: step.truncated,
-            })?;
+            agent.observe(&EnvStep::new(&obs[row], &actions[i], step, &next))?;
         }
         obs.copy_from_slice(vec_env.obs());
         env_steps += envs as u64;

@@ -25,7 +25,7 @@ use crate::nn::{
     RecurrentQNetwork,
 };
 use crate::optim::Adam;
-use crate::replay::{ActionRef, EnvStep};
+use crate::replay::EnvStep;
 use crate::TrainError;
 
 /// The largest error a check may have (the 1e-4).
@@ -627,14 +627,7 @@ fn check_learner(
         }
         let result = env.step(&action)?;
         let next = env.obs().to_vec();
-        let transition = EnvStep {
-            obs: &obs,
-            action: ActionRef::from(&action),
-            reward: result.reward as f32,
-            next_obs: &next,
-            terminated: result.terminated,
-            truncated: result.truncated,
-        };
+        let transition = EnvStep::new(&obs, &action, &result, &next);
         reference.observe(&transition)?;
         tested.observe(&transition)?;
         if result.done() {

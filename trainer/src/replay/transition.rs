@@ -116,6 +116,24 @@ pub struct EnvStep<'a> {
 }
 
 impl<'a> EnvStep<'a> {
+    /// The step that took `action` in `obs`, as the env reported it in
+    /// `result`, ending in `next_obs`.
+    pub fn new(
+        obs: &'a [f32],
+        action: &'a reflex_msgs::Action,
+        result: &reflex_sim::Step,
+        next_obs: &'a [f32],
+    ) -> Self {
+        Self {
+            obs,
+            action: ActionRef::from(action),
+            reward: result.reward as f32,
+            next_obs,
+            terminated: result.terminated,
+            truncated: result.truncated,
+        }
+    }
+
     /// The one-step transition: discount `gamma`, or 0 when terminated.
     /// Truncation does not change it (a time limit is not a terminal state).
     pub fn one_step(&self, gamma: f32) -> Transition<'a> {
