@@ -539,8 +539,8 @@ pub fn train_population(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::replay::ActionRef;
     use crate::nn::NetConfig;
+    use crate::replay::ActionRef;
     use reflex_sim::SimRng;
 
     fn config() -> DqnConfig {
