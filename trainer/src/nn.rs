@@ -217,7 +217,8 @@ pub fn polyak(dst: &dyn Params, src: &dyn Params, tau: f64) -> Result<()> {
     Ok(())
 }
 
-fn fresh(v: &Var) -> Result<Var> {
+/// A detached copy of `v` as a parameter of its own.
+pub(crate) fn fresh(v: &Var) -> Result<Var> {
     Var::from_tensor(&v.as_tensor().detach().copy()?)
 }
 
@@ -649,9 +650,15 @@ impl Actor {
 
     /// A copy with its own parameters (a target network).
     pub fn duplicate(&self) -> Result<Self> {
+        self.map_vars(&mut fresh)
+    }
+
+    /// The same actor on the parameters `f` makes from these, in
+    /// [`named_vars`](Params::named_vars) order (see [`QNetwork::map_vars`]).
+    pub fn map_vars(&self, f: &mut VarMap<'_>) -> Result<Self> {
         Ok(Self {
-            trunk: self.trunk.duplicate()?,
-            mu: self.mu.duplicate()?,
+            trunk: self.trunk.map_vars(f)?,
+            mu: self.mu.map_vars(f)?,
             ..self.clone()
         })
     }
@@ -709,9 +716,15 @@ impl Critic {
 
     /// A copy with its own parameters (a target network).
     pub fn duplicate(&self) -> Result<Self> {
+        self.map_vars(&mut fresh)
+    }
+
+    /// The same critic on the parameters `f` makes from these, in
+    /// [`named_vars`](Params::named_vars) order (see [`QNetwork::map_vars`]).
+    pub fn map_vars(&self, f: &mut VarMap<'_>) -> Result<Self> {
         Ok(Self {
-            trunk: self.trunk.duplicate()?,
-            q: self.q.duplicate()?,
+            trunk: self.trunk.map_vars(f)?,
+            q: self.q.map_vars(f)?,
         })
     }
 }

@@ -18,16 +18,17 @@
 //! (`target_noise`, `target_noise_clip`); the targets move only when the actor
 //! does. Actions are in normalized units inside (see [`super::continuous`]).
 
-use candle_core::{DType, Device, Tensor, Var};
+use candle_core::{DType, Device, Tensor, Var, D};
 use reflex_msgs::{Action, BoxSpace, PolicySpec};
 use reflex_sim::SimRng;
 use serde::{Deserialize, Serialize};
 
 use super::continuous::{
-    clipped_normal, core_config, forward_to_core, Core, CoreConfig, NoiseConfig,
+    clipped_normal, core_config, forward_to_core, ContinuousBatch, Core, CoreConfig, NoiseConfig,
 };
 use super::{Agent, UpdateStats};
-use crate::nn::{polyak, Activation, Actor, Critic, NetConfig, Params};
+use crate::nn::stack::Stackable;
+use crate::nn::{polyak, Activation, Actor, Critic, NetConfig, Params, VarMap};
 use crate::optim::Adam;
 use crate::TrainError;
 
@@ -176,13 +177,24 @@ impl<C> Critics<C> {
     }
 }
 
+impl<C: Stackable> Stackable for Critics<C> {
+    fn map_vars(&self, f: &mut VarMap<'_>) -> candle_core::Result<Self> {
+        Ok(Self(
+            self.0
+                .iter()
+                .map(|critic| critic.map_vars(f))
+                .collect::<candle_core::Result<_>>()?,
+        ))
+    }
+}
+
 impl Critics {
     fn duplicate(&self) -> candle_core::Result<Self> {
         self.duplicate_with(Critic::duplicate)
     }
 
     /// min_k Q_k(s, a) `[batch]`.
-    fn min_q(&self, obs: &Tensor, action: &Tensor) -> candle_core::Result<Tensor> {
+    pub(crate) fn min_q(&self, obs: &Tensor, action: &Tensor) -> candle_core::Result<Tensor> {
         let mut q = self.0[0].forward(obs, action)?;
         for critic in &self.0[1..] {
             q = q.minimum(&critic.forward(obs, action)?)?;
@@ -256,51 +268,37 @@ impl Ddpg {
     pub fn update(&mut self, beta: f64) -> Result<UpdateStats, TrainError> {
         let batch = self.core.sample(beta)?;
         let c = &self.config;
-
-        // The target, without gradients.
-        let mut next_action = self.actor_target.forward(&batch.next_obs)?;
-        if c.target_noise > 0.0 {
-            let (rows, cols) = next_action.dims2()?;
-            let smoothing = clipped_normal(
+        let smoothing = if c.target_noise > 0.0 {
+            let (rows, cols) = batch.actions.dims2()?;
+            Some(clipped_normal(
                 rows,
                 cols,
                 c.target_noise,
                 c.target_noise_clip,
                 &mut self.core.replay_rng,
                 &self.core.device,
-            )?;
-            next_action = (next_action + smoothing)?.clamp(-1f32, 1f32)?;
-        }
-        let next_q = self.critic_targets.min_q(&batch.next_obs, &next_action)?;
-        let y = (&batch.rewards + (&batch.discounts * next_q)?)?.detach();
-
-        // Every critic regresses onto y.
-        let mut loss = Tensor::zeros((), DType::F32, &self.core.device)?;
-        let mut first = None;
-        for critic in &self.critics.0 {
-            let q = critic.forward(&batch.obs, &batch.actions)?;
-            let error = (&q - &y)?;
-            loss = (loss + (error.sqr()? * &batch.weights)?.mean_all()?)?;
-            first.get_or_insert((q.detach(), error.detach()));
-        }
+            )?)
+        } else {
+            None
+        };
+        let (loss, q, td_error) = critic_loss(
+            &self.critics,
+            &self.critic_targets,
+            &self.actor_target,
+            &batch,
+            smoothing.as_ref(),
+        )?;
         let grads = loss.backward()?;
         let grad_norm = self.critic_optimizer.step(&grads, c.max_grad_norm)?;
 
         // The actor climbs Q₁(s, μ(s)); the targets follow.
         if self.critic_optimizer.steps().is_multiple_of(c.policy_delay) {
-            let mu = self.actor.forward(&batch.obs)?;
-            // The critic is frozen here: only ∂Q/∂a is needed, not its own gradients.
-            let actor_loss = self.critics.0[0]
-                .forward_frozen(&batch.obs, &mu)?
-                .mean_all()?
-                .neg()?;
-            let grads = actor_loss.backward()?;
+            let grads = actor_loss(&self.actor, &self.critics, &batch.obs)?.backward()?;
             self.actor_optimizer.step(&grads, c.max_grad_norm)?;
             polyak(&self.actor_target, &self.actor, c.tau)?;
             polyak(&self.critic_targets, &self.critics, c.tau)?;
         }
 
-        let (q, td_error) = first.expect("at least one critic");
         self.core.update_priorities(&td_error)?;
         Ok(UpdateStats {
             loss: loss.to_scalar::<f32>()?,
@@ -308,6 +306,56 @@ impl Ddpg {
             grad_norm,
         })
     }
+}
+
+/// The critics' regression onto the (TD3: smoothed, clipped double-Q)
+/// target for `batch`: a learner's (`[batch, …]` tensors) or a population's
+/// (`[P, batch, …]`, stacked networks), each member's mean over its own
+/// rows. `smoothing` is TD3's clipped target noise, shaped as the actions.
+/// Returns the loss (a scalar, or `[P]`), the first critic's Q and its TD
+/// error (detached, shaped as the rewards).
+pub(crate) fn critic_loss(
+    critics: &Critics,
+    critic_targets: &Critics,
+    actor_target: &Actor,
+    batch: &ContinuousBatch,
+    smoothing: Option<&Tensor>,
+) -> candle_core::Result<(Tensor, Tensor, Tensor)> {
+    // The target, without gradients.
+    let mut next_action = actor_target.forward(&batch.next_obs)?;
+    if let Some(smoothing) = smoothing {
+        next_action = (next_action + smoothing)?.clamp(-1f32, 1f32)?;
+    }
+    let next_q = critic_targets.min_q(&batch.next_obs, &next_action)?;
+    let y = (&batch.rewards + (&batch.discounts * next_q)?)?.detach();
+
+    // Every critic regresses onto y.
+    let members = &y.dims()[..y.rank() - 1];
+    let mut loss = Tensor::zeros(members, DType::F32, y.device())?;
+    let mut first = None;
+    for critic in &critics.0 {
+        let q = critic.forward(&batch.obs, &batch.actions)?;
+        let error = (&q - &y)?;
+        loss = (loss + (error.sqr()? * &batch.weights)?.mean(D::Minus1)?)?;
+        first.get_or_insert((q.detach(), error.detach()));
+    }
+    let (q, td_error) = first.expect("at least one critic");
+    Ok((loss, q, td_error))
+}
+
+/// The actor's loss −Q₁(s, μ(s)) averaged over `obs`'s rows (per member for
+/// a population's `[P, batch, obs_dim]`), with the critic frozen: only
+/// ∂Q/∂a flows back, into the actor.
+pub(crate) fn actor_loss(
+    actor: &Actor,
+    critics: &Critics,
+    obs: &Tensor,
+) -> candle_core::Result<Tensor> {
+    let mu = actor.forward(obs)?;
+    critics.0[0]
+        .forward_frozen(obs, &mu)?
+        .mean(D::Minus1)?
+        .neg()
 }
 
 impl Agent for Ddpg {

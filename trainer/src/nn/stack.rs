@@ -1,4 +1,4 @@
-//! A population: P Q-networks of one shape held as one network whose
+//! A population: P networks of one shape held as one network whose
 //! parameters carry a leading member dimension, so P learners take one
 //! forward pass, one backward pass and one optimizer step together: each
 //! matrix product becomes one batched product over the members, each
@@ -10,17 +10,47 @@
 //! LayerNorm vector `[n]` becomes `[P, 1, n]` (so it broadcasts over a
 //! member's batch rows). Inputs are `[P, batch, features]`. Member `p` is
 //! slice `p` of every parameter, and nothing mixes members: the product,
-//! the bias, the activations and the dueling mean all act within a slice.
+//! the bias, the activations, the dueling mean and a critic's concatenation
+//! of observation and action all act within a slice.
+//!
+//! Any network whose layers are the MLP layers of [`super`] stacks: Q-networks
+//! (DQN), actors and critics (DDPG, TD3).
 
 use candle_core::{Result, Shape, Tensor, Var};
 
-use super::QNetwork;
+use super::{Actor, Critic, Params, QNetwork, VarMap};
 
-/// P Q-networks as one (see the module docs).
+/// A network a population can stack: its parameters, and the same network
+/// on other parameters (of other shapes: the stacked ones).
+pub trait Stackable: Params + Clone {
+    /// The same network on the parameters `f` makes from these, called in
+    /// [`named_vars`](Params::named_vars) order.
+    fn map_vars(&self, f: &mut VarMap<'_>) -> Result<Self>;
+}
+
+impl Stackable for QNetwork {
+    fn map_vars(&self, f: &mut VarMap<'_>) -> Result<Self> {
+        QNetwork::map_vars(self, f)
+    }
+}
+
+impl Stackable for Actor {
+    fn map_vars(&self, f: &mut VarMap<'_>) -> Result<Self> {
+        Actor::map_vars(self, f)
+    }
+}
+
+impl Stackable for Critic {
+    fn map_vars(&self, f: &mut VarMap<'_>) -> Result<Self> {
+        Critic::map_vars(self, f)
+    }
+}
+
+/// P networks as one (see the module docs).
 #[derive(Debug, Clone)]
-pub struct Stacked {
-    /// The stacked network: feed it `[P, batch, obs_dim]`.
-    pub net: QNetwork,
+pub struct Stacked<N = QNetwork> {
+    /// The stacked network: feed it `[P, batch, features]`.
+    pub net: N,
     members: usize,
     /// A member's parameter shapes, in [`Params::named_vars`] order.
     shapes: Vec<Shape>,
@@ -38,10 +68,10 @@ fn stacked_dims(members: usize, dims: &[usize]) -> Result<Vec<usize>> {
     }
 }
 
-impl Stacked {
+impl<N: Stackable> Stacked<N> {
     /// The networks `members` (same config, any weights) as one stacked
     /// network on their device.
-    pub fn new(members: &[QNetwork]) -> Result<Self> {
+    pub fn new(members: &[N]) -> Result<Self> {
         let Some(first) = members.first() else {
             candle_core::bail!("a population needs at least one member");
         };
@@ -80,7 +110,7 @@ impl Stacked {
     /// A fresh stacked network with its own parameters (a target network).
     pub fn duplicate(&self) -> Result<Self> {
         Ok(Self {
-            net: self.net.duplicate()?,
+            net: self.net.map_vars(&mut super::fresh)?,
             ..self.clone()
         })
     }
@@ -104,7 +134,7 @@ impl Stacked {
 
     /// Writes member `p`'s parameters into `into`, a network of the member
     /// shape (for its evaluation, checkpoint and export).
-    pub fn write_member(&self, p: usize, into: &QNetwork) -> Result<()> {
+    pub fn write_member(&self, p: usize, into: &N) -> Result<()> {
         if p >= self.members {
             candle_core::bail!("member {p} of a population of {}", self.members);
         }
