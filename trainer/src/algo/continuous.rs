@@ -265,6 +265,21 @@ impl ContinuousBatch {
         upload: &mut Vec<f32>,
         device: &Device,
     ) -> Result<Self, TrainError> {
+        let shapes = Self::pack(batch, scaling, norm, scratch, upload)?;
+        let all = Tensor::from_slice(upload, upload.len(), device)?;
+        Self::from_parts(super::unpack(&all, &shapes)?)
+    }
+
+    /// The host half of [`new`](Self::new): normalizes `batch` and packs it
+    /// into `upload` (observations, actions, rewards, next observations,
+    /// discounts, weights). Returns the parts' shapes.
+    pub(crate) fn pack(
+        batch: &mut Batch,
+        scaling: &ActionScaling,
+        norm: Option<&RunningNorm>,
+        scratch: &mut Vec<f32>,
+        upload: &mut Vec<f32>,
+    ) -> Result<Vec<Shape>, TrainError> {
         let b = batch.len();
         let d = batch.obs_dim();
         let BatchActions::Continuous(actions) = &batch.actions else {
@@ -277,7 +292,7 @@ impl ContinuousBatch {
             norm.apply(&mut batch.obs);
             norm.apply(&mut batch.next_obs);
         }
-        let parts = super::upload_packed(
+        Ok(super::pack(
             &[
                 (&batch.obs, Shape::from((b, d))),
                 (scratch, Shape::from((b, scaling.dim()))),
@@ -287,17 +302,26 @@ impl ContinuousBatch {
                 (&batch.weights, Shape::from(b)),
             ],
             upload,
-            device,
-        )?;
-        let [obs, actions, rewards, next_obs, discounts, weights]: [Tensor; 6] =
-            parts.try_into().expect("six parts");
+        ))
+    }
+
+    /// The batch from the first six tensors of `parts`, in
+    /// [`pack`](Self::pack) order (one learner's, or a population's stacked
+    /// `[P, …]` ones).
+    pub(crate) fn from_parts(parts: Vec<Tensor>) -> Result<Self, TrainError> {
+        let mut parts = parts.into_iter();
+        let mut next = || {
+            parts
+                .next()
+                .ok_or_else(|| TrainError::Config("a continuous batch has six parts".into()))
+        };
         Ok(Self {
-            obs,
-            actions,
-            rewards,
-            next_obs,
-            discounts,
-            weights,
+            obs: next()?,
+            actions: next()?,
+            rewards: next()?,
+            next_obs: next()?,
+            discounts: next()?,
+            weights: next()?,
         })
     }
 }
@@ -360,10 +384,20 @@ pub fn clipped_normal(
     rng: &mut SimRng,
     device: &Device,
 ) -> Result<Tensor, TrainError> {
-    let values: Vec<f32> = (0..rows * cols)
-        .map(|_| (sigma * rng.normal()).clamp(-clip, clip) as f32)
-        .collect();
+    let mut values = Vec::with_capacity(rows * cols);
+    push_clipped_normal(rows * cols, sigma, clip, rng, &mut values);
     Ok(Tensor::from_vec(values, (rows, cols), device)?)
+}
+
+/// [`clipped_normal`]'s `n` draws, on the host, appended to `out`.
+pub(crate) fn push_clipped_normal(
+    n: usize,
+    sigma: f64,
+    clip: f64,
+    rng: &mut SimRng,
+    out: &mut Vec<f32>,
+) {
+    out.extend((0..n).map(|_| (sigma * rng.normal()).clamp(-clip, clip) as f32));
 }
 
 /// Replay and acting settings every continuous algorithm has.
@@ -541,11 +575,59 @@ impl Core {
         )
     }
 
+    /// Samples a batch into one host buffer, [`packed`](Self::packed): the
+    /// host half of [`sample`](Self::sample), for a
+    /// [population](super::population_ac) that uploads its members' batches
+    /// together. With `smoothing` (TD3's σ̃ and clip) a seventh part follows,
+    /// the target smoothing noise shaped as the actions, drawn after the
+    /// sample from the replay generator as [`super::ddpg::Ddpg::update`]
+    /// draws it. Returns the parts' shapes.
+    pub(crate) fn sample_packed(
+        &mut self,
+        beta: f64,
+        smoothing: Option<(f64, f64)>,
+    ) -> Result<Vec<Shape>, TrainError> {
+        self.replay.sample_into(
+            self.config.batch_size,
+            beta,
+            &mut self.replay_rng,
+            &mut self.batch,
+        )?;
+        let mut shapes = ContinuousBatch::pack(
+            &mut self.batch,
+            &self.scaling,
+            self.norm.as_ref(),
+            &mut self.scratch,
+            &mut self.upload,
+        )?;
+        if let Some((sigma, clip)) = smoothing {
+            let actions = shapes[1].clone();
+            let n = actions.elem_count();
+            push_clipped_normal(n, sigma, clip, &mut self.replay_rng, &mut self.upload);
+            shapes.push(actions);
+        }
+        Ok(shapes)
+    }
+
+    /// The buffer [`sample_packed`](Self::sample_packed) filled.
+    pub(crate) fn packed(&self) -> &[f32] {
+        &self.upload
+    }
+
     /// New priorities for the last sampled batch (prioritized replay only).
     pub fn update_priorities(&mut self, td_error: &Tensor) -> Result<(), TrainError> {
         if let Replay::Prioritized(_) = self.replay {
             let td = td_error.to_vec1::<f32>()?;
-            self.replay.update_priorities(&self.batch.indices, &td)?;
+            self.set_priorities(&td)?;
+        }
+        Ok(())
+    }
+
+    /// [`update_priorities`](Self::update_priorities) from host values.
+    pub(crate) fn set_priorities(&mut self, td_error: &[f32]) -> Result<(), TrainError> {
+        if let Replay::Prioritized(_) = self.replay {
+            self.replay
+                .update_priorities(&self.batch.indices, td_error)?;
         }
         Ok(())
     }

@@ -21,6 +21,7 @@ pub mod dqn;
 pub mod drqn;
 pub mod naf;
 pub mod population;
+pub mod population_ac;
 pub mod recurrent;
 pub mod recurrent_ddpg;
 pub mod recurrent_naf;

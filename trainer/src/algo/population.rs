@@ -24,9 +24,8 @@ use reflex_msgs::Action;
 use reflex_sim::Env;
 
 use super::dqn::{scheduled, td_loss, Dqn, DqnConfig, Scheduled};
-use super::{Observer, Progress, UpdateStats};
-use crate::nn::stack::Stacked;
-use crate::nn::Params;
+use super::{Agent, Observer, Progress, UpdateStats};
+use crate::nn::stack::{Stackable, Stacked};
 use crate::optim::Adam;
 use crate::replay::EnvStep;
 use crate::TrainError;
@@ -204,26 +203,12 @@ impl DqnPopulation {
     /// observations, and so on, so each part is one `[P, …]` view). Returns
     /// the parts' shapes.
     fn sample_all(&mut self, beta: f64) -> Result<Vec<Shape>, TrainError> {
-        let p = self.len();
         let mut member_shapes = Vec::new();
         for m in &mut self.members {
             member_shapes = m.sample_packed(beta)?.0;
         }
-        self.upload.clear();
-        let mut shapes = Vec::with_capacity(member_shapes.len());
-        let mut offset = 0;
-        for shape in &member_shapes {
-            let n = shape.elem_count();
-            for m in &self.members {
-                self.upload
-                    .extend_from_slice(&m.packed()[offset..offset + n]);
-            }
-            offset += n;
-            let mut dims = vec![p];
-            dims.extend_from_slice(shape.dims());
-            shapes.push(Shape::from(dims));
-        }
-        Ok(shapes)
+        let buffers: Vec<&[f32]> = self.members.iter().map(|m| m.packed()).collect();
+        Ok(pack_members(&buffers, &member_shapes, &mut self.upload))
     }
 
     /// Each member's stats (and PER priorities) from an update's read-back:
@@ -334,26 +319,10 @@ impl DqnPopulation {
     /// member's own, so a member is a complete DQN learner again: it can be
     /// evaluated, checkpointed (and resumed alone), and exported.
     pub fn sync_members(&mut self) -> Result<(), TrainError> {
-        let names = self.online.net.names();
-        let moments = self.optimizer.state(&names);
-        let steps = self.optimizer.steps();
-        let lr = self.optimizer.lr;
         for (k, m) in self.members.iter_mut().enumerate() {
             self.online.write_member(k, &m.online)?;
             self.target.write_member(k, &m.target)?;
-            let mut mine = HashMap::new();
-            for (key, t) in &moments {
-                // "adam.m.<name>" / "adam.v.<name>": the parameter's index
-                // gives the member's shape.
-                let name = &key["adam.m.".len()..];
-                let index = names
-                    .iter()
-                    .position(|n| n == name)
-                    .expect("state names come from these names");
-                mine.insert(key.clone(), self.online.member_slice(t, index, k)?);
-            }
-            m.optimizer.load_state(&names, &mine, steps)?;
-            m.optimizer.lr = lr;
+            write_member_optimizer(&self.online, &self.optimizer, k, &mut m.optimizer)?;
         }
         Ok(())
     }
@@ -366,39 +335,88 @@ impl DqnPopulation {
     /// its member with `checkpoint::load`. The members must agree on their
     /// optimizer's step count.
     pub fn restack(&mut self) -> Result<(), TrainError> {
-        let steps = self.members[0].optimizer.steps();
-        if let Some(k) = self
-            .members
-            .iter()
-            .position(|m| m.optimizer.steps() != steps)
-        {
-            return Err(TrainError::Config(format!(
-                "population members disagree: member 0 has taken {steps} updates, member {k} {}",
-                self.members[k].optimizer.steps()
-            )));
-        }
         let onlines: Vec<_> = self.members.iter().map(|m| m.online.clone()).collect();
         let targets: Vec<_> = self.members.iter().map(|m| m.target.clone()).collect();
         self.online = Stacked::new(&onlines)?;
         self.target = Stacked::new(&targets)?;
-        let names = self.online.net.names();
-        let each: Vec<Vec<(String, Tensor)>> = self
-            .members
-            .iter()
-            .map(|m| m.optimizer.state(&names))
-            .collect();
-        let mut moments = HashMap::new();
-        for (j, (key, _)) in each[0].iter().enumerate() {
-            // state() lists each parameter's two moments in parameter order.
-            let parts: Vec<Tensor> = each.iter().map(|state| state[j].1.clone()).collect();
-            moments.insert(key.clone(), self.online.stack_parts(j / 2, &parts)?);
-        }
-        let lr = self.optimizer.lr;
-        self.optimizer = Adam::population(self.online.net.vars(), lr, self.len())?;
-        self.optimizer.load_state(&names, &moments, steps)?;
+        let optimizers: Vec<&Adam> = self.members.iter().map(|m| &m.optimizer).collect();
+        self.optimizer = stack_optimizer(&self.online, &optimizers, self.optimizer.lr)?;
         self.graph = None;
         Ok(())
     }
+}
+
+/// Packs the members' sampled batches (`buffers`, each parts of `shapes`
+/// back to back) part-major into `upload`: every member's first part, then
+/// every member's second, and so on, so that each part is one `[P, …]` view
+/// of the upload. Returns the stacked parts' shapes.
+pub(crate) fn pack_members(
+    buffers: &[&[f32]],
+    shapes: &[Shape],
+    upload: &mut Vec<f32>,
+) -> Vec<Shape> {
+    upload.clear();
+    let mut stacked = Vec::with_capacity(shapes.len());
+    let mut offset = 0;
+    for shape in shapes {
+        let n = shape.elem_count();
+        for buffer in buffers {
+            upload.extend_from_slice(&buffer[offset..offset + n]);
+        }
+        offset += n;
+        let mut dims = vec![buffers.len()];
+        dims.extend_from_slice(shape.dims());
+        stacked.push(Shape::from(dims));
+    }
+    stacked
+}
+
+/// Loads member `k`'s part of the population optimizer `optimizer` (over
+/// `stacked`'s parameters) into `into`, the member's own optimizer over its
+/// own network: moments, step count and learning rate.
+pub(crate) fn write_member_optimizer<N: Stackable>(
+    stacked: &Stacked<N>,
+    optimizer: &Adam,
+    k: usize,
+    into: &mut Adam,
+) -> Result<(), TrainError> {
+    let names = stacked.net.names();
+    let mut mine = HashMap::new();
+    // state() lists each parameter's two moments ("adam.m.<name>",
+    // "adam.v.<name>") in parameter order.
+    for (j, (key, t)) in optimizer.state(&names).into_iter().enumerate() {
+        mine.insert(key, stacked.member_slice(&t, j / 2, k)?);
+    }
+    into.load_state(&names, &mine, optimizer.steps())?;
+    into.lr = optimizer.lr;
+    Ok(())
+}
+
+/// A population optimizer over `stacked`'s parameters from its members' own
+/// optimizers (the inverse of [`write_member_optimizer`]), with learning
+/// rate `lr`. The members must agree on their step count.
+pub(crate) fn stack_optimizer<N: Stackable>(
+    stacked: &Stacked<N>,
+    members: &[&Adam],
+    lr: f64,
+) -> Result<Adam, TrainError> {
+    let steps = members[0].steps();
+    if let Some(k) = members.iter().position(|m| m.steps() != steps) {
+        return Err(TrainError::Config(format!(
+            "population members disagree: member 0 has taken {steps} updates, member {k} {}",
+            members[k].steps()
+        )));
+    }
+    let names = stacked.net.names();
+    let each: Vec<Vec<(String, Tensor)>> = members.iter().map(|m| m.state(&names)).collect();
+    let mut moments = HashMap::new();
+    for (j, (key, _)) in each[0].iter().enumerate() {
+        let parts: Vec<Tensor> = each.iter().map(|state| state[j].1.clone()).collect();
+        moments.insert(key.clone(), stacked.stack_parts(j / 2, &parts)?);
+    }
+    let mut optimizer = Adam::population(stacked.net.vars(), lr, members.len())?;
+    optimizer.load_state(&names, &moments, steps)?;
+    Ok(optimizer)
 }
 
 /// A population update's device work on the packed batch `input`: the
@@ -450,15 +468,85 @@ impl Scheduled for DqnPopulation {
     }
 }
 
+/// What [`train_population`] drives: P learners whose members are complete
+/// [`Agent`]s of their own (replay, generators, step count), acting and
+/// learning together.
+pub trait Population {
+    /// Number of members P.
+    fn len(&self) -> usize;
+    /// Whether there are no members (never for a built population).
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Observation length.
+    fn obs_dim(&self) -> usize;
+    /// Member `k`'s own state: replay, step count, exploration, episodes.
+    fn member(&mut self, k: usize) -> &mut dyn Agent;
+    /// Every member's training action at env step `step` of `total`
+    /// (`obs`: P rows of `obs_dim`, member order), as each member's
+    /// [`Agent::explore`] would choose it, greedy parts in one pass.
+    fn explore_all(
+        &mut self,
+        obs: &[f32],
+        step: u64,
+        total: u64,
+    ) -> Result<Vec<Action>, TrainError>;
+    /// The members' training schedule after env step `step`, all at once;
+    /// the round's last stats per member.
+    fn train_after(
+        &mut self,
+        step: u64,
+        total: u64,
+    ) -> Result<Option<Vec<UpdateStats>>, TrainError>;
+    /// Writes the population's networks and optimizer state into each
+    /// member's own, so a member can be evaluated, checkpointed and exported.
+    fn sync_members(&mut self) -> Result<(), TrainError>;
+}
+
+impl Population for DqnPopulation {
+    fn len(&self) -> usize {
+        self.members.len()
+    }
+
+    fn obs_dim(&self) -> usize {
+        self.online.net.obs_dim()
+    }
+
+    fn member(&mut self, k: usize) -> &mut dyn Agent {
+        &mut self.members[k]
+    }
+
+    fn explore_all(
+        &mut self,
+        obs: &[f32],
+        step: u64,
+        total: u64,
+    ) -> Result<Vec<Action>, TrainError> {
+        DqnPopulation::explore_all(self, obs, step, total)
+    }
+
+    fn train_after(
+        &mut self,
+        step: u64,
+        total: u64,
+    ) -> Result<Option<Vec<UpdateStats>>, TrainError> {
+        DqnPopulation::train_after(self, step, total)
+    }
+
+    fn sync_members(&mut self) -> Result<(), TrainError> {
+        DqnPopulation::sync_members(self)
+    }
+}
+
 /// [`super::train`] for a population: member `k` acts in `envs[k]`, its
 /// first episode seeded with `seeds[k]`, and reports to `observers[k]`,
 /// whose `periodic` gets the member (synced first, see
-/// [`DqnPopulation::sync_members`]) every `periodic_every` steps. Trains
+/// [`Population::sync_members`]) every `periodic_every` steps. Trains
 /// until every member has taken `total_steps` env steps; a member's run is
 /// the one `train` gives its seed (exactly on the CPU kernels; up to float
 /// rounding elsewhere).
 pub fn train_population(
-    population: &mut DqnPopulation,
+    population: &mut dyn Population,
     envs: &mut [Box<dyn Env>],
     total_steps: u64,
     seeds: &[u64],
@@ -474,27 +562,29 @@ pub fn train_population(
             observers.len()
         )));
     }
-    let done = population.steps_done();
-    let d = population.online.net.obs_dim();
+    let done = population.member(0).steps_done();
+    let d = population.obs_dim();
     let mut obs = Vec::with_capacity(p * d);
-    for (env, seed) in envs.iter_mut().zip(seeds) {
+    for (k, (env, seed)) in envs.iter_mut().zip(seeds).enumerate() {
         obs.extend_from_slice(env.reset(Some(seed.wrapping_add(done))));
+        population.member(k).episode_start();
     }
     let mut next_obs = vec![0.0; d];
     let mut returns = vec![(0.0f64, 0u32); p];
     let mut last_update: Vec<Option<UpdateStats>> = vec![None; p];
-    while population.steps_done() < total_steps {
-        let step = population.steps_done() + 1;
-        for m in &mut population.members {
-            m.steps_done = step;
+    while population.member(0).steps_done() < total_steps {
+        let step = population.member(0).steps_done() + 1;
+        for k in 0..p {
+            population.member(k).set_steps_done(step);
         }
-        let exploration = population.config.exploration.value(step - 1, total_steps);
+        let exploration = population.member(0).exploration(step - 1, total_steps);
         let actions = population.explore_all(&obs, step, total_steps)?;
         for (k, env) in envs.iter_mut().enumerate() {
             let result = env.step(&actions[k])?;
             next_obs.copy_from_slice(env.obs());
             let row = &mut obs[k * d..(k + 1) * d];
-            population.members[k].observe(&EnvStep::new(row, &actions[k], &result, &next_obs))?;
+            let member = population.member(k);
+            member.observe(&EnvStep::new(row, &actions[k], &result, &next_obs))?;
             let (episode_return, length) = &mut returns[k];
             *episode_return += result.reward;
             *length += 1;
@@ -507,6 +597,7 @@ pub fn train_population(
                 observers[k].episode(&progress, *episode_return, *length);
                 (*episode_return, *length) = (0.0, 0);
                 row.copy_from_slice(env.reset(None));
+                member.episode_start();
             } else {
                 row.copy_from_slice(&next_obs);
             }
@@ -529,7 +620,7 @@ pub fn train_population(
                     exploration,
                     last_update: last_update[k],
                 };
-                observer.periodic(&progress, &mut population.members[k])?;
+                observer.periodic(&progress, population.member(k))?;
             }
         }
     }
@@ -539,7 +630,7 @@ pub fn train_population(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::nn::NetConfig;
+    use crate::nn::{NetConfig, Params};
     use crate::replay::ActionRef;
     use reflex_sim::SimRng;
 

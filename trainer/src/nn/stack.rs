@@ -270,6 +270,6 @@ mod tests {
         let b = net(&NetConfig::default(), 2, 0);
         let err = Stacked::new(&[a, b]).unwrap_err().to_string();
         assert!(err.contains("member 1 differs"), "{err}");
-        assert!(Stacked::new(&[]).is_err());
+        assert!(Stacked::<QNetwork>::new(&[]).is_err());
     }
 }
