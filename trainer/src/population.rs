@@ -1,5 +1,6 @@
-//! `reflex-train run --population P`: P seeds of one DQN configuration
-//! trained at once on stacked networks ([`reflex_trainer::algo::population`]).
+//! `reflex-train run --population P`: P seeds of one DQN, DDPG or TD3
+//! configuration trained at once on stacked networks
+//! ([`reflex_trainer::algo::population`]).
 //!
 //! Each member writes a complete run folder, `OUT/member-K/`, with its own
 //! seed (the run's seed + K) in its config.toml: metrics.csv, checkpoints,
@@ -11,8 +12,7 @@
 
 use std::cell::RefCell;
 
-use reflex_msgs::ActionSpace;
-use reflex_trainer::algo::population::{train_population, DqnPopulation};
+use reflex_trainer::algo::population::{build_population, check_population, train_population};
 
 use super::*;
 
@@ -82,7 +82,8 @@ impl Observer for Member<'_> {
     }
 }
 
-/// Trains `members` seeds of `config` (DQN) together into `out/member-K`.
+/// Trains `members` seeds of `config` (DQN, DDPG or TD3) together into
+/// `out/member-K`.
 pub(crate) fn run_population(
     config: &RunConfig,
     out: &Path,
@@ -100,7 +101,7 @@ pub(crate) fn run_population(
         })
         .collect();
     let dirs = member_dirs(out, members);
-    check_dqn(config)?;
+    check_population(config)?;
     start_fresh(out)?;
     for (dir, member_config) in dirs.iter().zip(&configs) {
         fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -117,16 +118,6 @@ fn member_dirs(out: &Path, members: usize) -> Vec<PathBuf> {
     (0..members)
         .map(|k| out.join(format!("member-{k}")))
         .collect()
-}
-
-fn check_dqn(config: &RunConfig) -> anyhow::Result<()> {
-    if config.algo != "dqn" {
-        bail!(
-            "--population trains DQN learners; `{}` has no population form yet (use --algo dqn)",
-            config.algo
-        );
-    }
-    Ok(())
 }
 
 /// Whether `dir` holds a population run (`member-0/config.toml`, no
@@ -159,7 +150,7 @@ pub(crate) fn resume_population(out: &Path, quiet: bool, device: &Device) -> any
             );
         }
     }
-    check_dqn(&configs[0])?;
+    check_population(&configs[0])?;
     train_members(&configs, &dirs, out, quiet, true, device)
 }
 
@@ -211,21 +202,12 @@ fn train_members(
     let mut envs = (0..members)
         .map(|_| make(&config.env))
         .collect::<Result<Vec<_>, _>>()?;
-    let obs_dim = envs[0].observation_space().dim();
-    let ActionSpace::Discrete { n } = envs[0].action_space() else {
-        bail!(
-            "dqn needs discrete actions; {} has continuous ones",
-            config.env
-        );
-    };
-    let n_actions = *n as usize;
     let seeds: Vec<u64> = configs.iter().map(|c| c.seed).collect();
-    let mut population =
-        DqnPopulation::new(config.dqn.clone(), obs_dim, n_actions, &seeds, device)?;
+    let mut population = build_population(config, envs[0].as_ref(), &seeds, device)?;
     if resume {
         let checkpoints = common_checkpoints(dirs)?;
-        for (member, path) in population.members.iter_mut().zip(&checkpoints) {
-            checkpoint::load(path, member, device)?;
+        for (k, path) in checkpoints.iter().enumerate() {
+            checkpoint::load(path, population.member(k), device)?;
         }
         population.restack()?;
         eprintln!(
@@ -254,7 +236,8 @@ fn train_members(
         .collect::<anyhow::Result<Vec<_>>>()?;
     if quiet {
         eprintln!(
-            "training a population of {members} dqn learners on {} for {} steps (seeds {}..={})",
+            "training a population of {members} {} learners on {} for {} steps (seeds {}..={})",
+            config.algo,
             config.env,
             config.steps,
             seeds[0],
@@ -277,7 +260,7 @@ fn train_members(
             wrapped.iter_mut().map(|m| m as &mut dyn Observer).collect();
         let periodic = gcd(config.eval_interval, config.checkpoint_interval);
         train_population(
-            &mut population,
+            population.as_mut(),
             &mut envs,
             config.steps,
             &seeds,
@@ -291,7 +274,7 @@ fn train_members(
         let mean = finish_run(
             &configs[k],
             &dirs[k],
-            &mut population.members[k],
+            population.member(k),
             observer,
             env.as_mut(),
         )?;
@@ -340,8 +323,9 @@ fn train_members(
         .map(|(dir, seed)| (format!("seed {seed}"), dir.join("metrics.csv")))
         .collect();
     let title = format!(
-        "{} · dqn · population of {members} (seeds {}..={})",
+        "{} · {} · population of {members} (seeds {}..={})",
         config.env,
+        config.algo,
         seeds[0],
         seeds[members - 1]
     );

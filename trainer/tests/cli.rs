@@ -257,27 +257,91 @@ fn a_population_run_writes_a_run_folder_per_seed() {
         "{stderr}"
     );
 
-    // Only DQN has a population form.
-    let output = train_cmd()
-        .args([
-            "run",
-            "--population",
-            "2",
-            "--env",
-            "pendulum",
-            "--algo",
-            "td3",
-        ])
-        .args(["--steps", "10", "--quiet", "--out"])
-        .arg(out.join("td3"))
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    // Recurrent learners and NAF have no population form: a clear error.
+    for algo in [&["--algo", "naf"][..], &["--algo", "td3", "--recurrent"]] {
+        let output = train_cmd()
+            .args(["run", "--population", "2", "--env", "pendulum"])
+            .args(algo)
+            .args(["--steps", "10", "--quiet", "--out"])
+            .arg(out.join("refused"))
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            !output.status.success() && stderr.contains("no population form"),
+            "{algo:?}: {stderr}"
+        );
+        assert!(
+            !out.join("refused").exists(),
+            "nothing written for {algo:?}"
+        );
+    }
+    std::fs::remove_dir_all(&out).ok();
+}
+
+/// `run --algo td3 --population 2`: member K's metrics are the single run
+/// `--seed K` writes, row for row (every episode return, evaluation, loss
+/// and mean Q; only the timing column differs).
+#[test]
+fn a_td3_population_member_is_its_seeds_run() {
+    let out = out_dir("population-td3");
+    let settings = [
+        "--set",
+        "td3.learning_starts=400",
+        "--set",
+        "td3.batch_size=32",
+        "--set",
+        "td3.actor.hidden=[32, 32]",
+        "--set",
+        "td3.critic.hidden=[32, 32]",
+        "--set",
+        "eval_interval=500",
+        "--set",
+        "eval_interval_episodes=1",
+        "--set",
+        "eval_episodes=2",
+    ];
+    let run = |extra: &[&str], dir: &Path| {
+        let output = train_cmd()
+            .args([
+                "run", "--env", "pendulum", "--algo", "td3", "--steps", "1000",
+            ])
+            .arg("--quiet")
+            .args(extra)
+            .args(settings)
+            .arg("--out")
+            .arg(dir)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr).to_string();
+        assert!(output.status.success(), "{stderr}");
+        stderr
+    };
+    let stderr = run(&["--seed", "4", "--population", "2"], &out);
+    assert!(stderr.contains("population of 2 td3 learners"), "{stderr}");
+    let summary = read_json(&out.join("population.json"));
+    assert_eq!(summary["algo"], "td3");
+    let without_timing = |metrics: &Path| -> Vec<String> {
+        std::fs::read_to_string(metrics)
+            .unwrap()
+            .lines()
+            .map(|l| l.rsplit_once(',').unwrap().0.to_string())
+            .collect()
+    };
+    let alone = out.with_extension("alone");
+    run(&["--seed", "5"], &alone);
+    let member = without_timing(&out.join("member-1/metrics.csv"));
     assert!(
-        !output.status.success() && stderr.contains("--population trains DQN"),
-        "{stderr}"
+        member.len() > 5 && eval_rows(&member.join("\n")) == 2,
+        "{member:?}"
+    );
+    assert_eq!(member, without_timing(&alone.join("metrics.csv")));
+    assert_eq!(
+        read_json(&out.join("member-1/eval.json"))["mean_return"],
+        read_json(&alone.join("eval.json"))["mean_return"]
     );
     std::fs::remove_dir_all(&out).ok();
+    std::fs::remove_dir_all(&alone).ok();
 }
 
 /// A population whose members did not all save their last checkpoint (a

@@ -20,7 +20,7 @@
 use std::collections::HashMap;
 
 use candle_core::{Device, Shape, Tensor, D};
-use reflex_msgs::Action;
+use reflex_msgs::{Action, ActionSpace};
 use reflex_sim::Env;
 
 use super::dqn::{scheduled, td_loss, Dqn, DqnConfig, Scheduled};
@@ -28,6 +28,7 @@ use super::{Agent, Observer, Progress, UpdateStats};
 use crate::nn::stack::{Stackable, Stacked};
 use crate::optim::Adam;
 use crate::replay::EnvStep;
+use crate::run::RunConfig;
 use crate::TrainError;
 
 /// P DQN learners with stacked networks (see the module docs).
@@ -501,6 +502,75 @@ pub trait Population {
     /// Writes the population's networks and optimizer state into each
     /// member's own, so a member can be evaluated, checkpointed and exported.
     fn sync_members(&mut self) -> Result<(), TrainError>;
+    /// Rebuilds the population's networks and optimizers from the members'
+    /// own (the inverse of [`sync_members`](Self::sync_members)), after
+    /// each member loaded its checkpoint.
+    fn restack(&mut self) -> Result<(), TrainError>;
+    /// Env steps each member has taken.
+    fn steps_done(&self) -> u64;
+}
+
+/// The algorithms with a population form.
+pub const ALGOS: &[&str] = &["dqn", "ddpg", "td3"];
+
+/// Whether `config`'s algorithm has a population form (a clear error if not).
+pub fn check_population(config: &RunConfig) -> Result<(), TrainError> {
+    if ALGOS.contains(&config.algo.as_str()) && !config.recurrent {
+        return Ok(());
+    }
+    Err(TrainError::Config(format!(
+        "{}{} has no population form yet; --population trains {} (feed-forward)",
+        if config.recurrent { "recurrent " } else { "" },
+        config.algo,
+        ALGOS.join(", ")
+    )))
+}
+
+/// A population for `config`'s algorithm (one of [`ALGOS`], feed-forward)
+/// and `env`'s spaces, member `k` seeded with `seeds[k]`: what
+/// [`super::build`] makes for one seed, P times, stacked.
+pub fn build_population(
+    config: &RunConfig,
+    env: &dyn Env,
+    seeds: &[u64],
+    device: &Device,
+) -> Result<Box<dyn Population>, TrainError> {
+    check_population(config)?;
+    let algo = config.algo.as_str();
+    let obs_dim = env.observation_space().dim();
+    Ok(match (algo, env.action_space()) {
+        ("dqn", ActionSpace::Discrete { n }) => Box::new(DqnPopulation::new(
+            config.dqn.clone(),
+            obs_dim,
+            *n as usize,
+            seeds,
+            device,
+        )?),
+        ("ddpg" | "td3", ActionSpace::Box(bounds)) => {
+            let td3 = algo == "td3";
+            let c = if td3 { &config.td3 } else { &config.ddpg };
+            Box::new(super::population_ac::DdpgPopulation::new(
+                c.clone(),
+                td3,
+                obs_dim,
+                bounds,
+                seeds,
+                device,
+            )?)
+        }
+        (_, ActionSpace::Discrete { .. }) => {
+            return Err(TrainError::Config(format!(
+                "{algo} needs continuous actions; {} has discrete ones",
+                config.env
+            )))
+        }
+        (_, ActionSpace::Box(_)) => {
+            return Err(TrainError::Config(format!(
+                "{algo} needs discrete actions; {} has continuous ones",
+                config.env
+            )))
+        }
+    })
 }
 
 impl Population for DqnPopulation {
@@ -535,6 +605,14 @@ impl Population for DqnPopulation {
 
     fn sync_members(&mut self) -> Result<(), TrainError> {
         DqnPopulation::sync_members(self)
+    }
+
+    fn restack(&mut self) -> Result<(), TrainError> {
+        DqnPopulation::restack(self)
+    }
+
+    fn steps_done(&self) -> u64 {
+        DqnPopulation::steps_done(self)
     }
 }
 

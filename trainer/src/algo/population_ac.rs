@@ -317,6 +317,14 @@ impl Population for DdpgPopulation {
         })
     }
 
+    fn restack(&mut self) -> Result<(), TrainError> {
+        DdpgPopulation::restack(self)
+    }
+
+    fn steps_done(&self) -> u64 {
+        DdpgPopulation::steps_done(self)
+    }
+
     fn sync_members(&mut self) -> Result<(), TrainError> {
         for (k, m) in self.members.iter_mut().enumerate() {
             self.actor.write_member(k, &m.actor)?;
