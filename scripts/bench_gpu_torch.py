@@ -32,7 +32,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 CASES = ["matmul-4096", "dqn-256x256-b256", "dqn-256x256-b4096", "dqn-256x256-b256-pop16",
-         "td3-400x300-b256",
+         "td3-400x300-b256", "td3-400x300-b256-pop16",
          "lstm512-b64-t80-burn40", "e2e-cartpole-64envs"]
 
 parser = argparse.ArgumentParser()
@@ -349,6 +349,109 @@ def bench_td3():
         report(case, "graph", clocked(step, 20, 20, args.seconds))
 
 
+# ---------------------------------------------------------------- TD3 population
+class PopTd3Bench:
+    """P TD3 learners with stacked parameters (an actor and two critics, each
+    [P, in, out] weights and batched matmuls, plus targets), each member on
+    its own replay rows with its own smoothing noise, one Adam per network
+    kind over the stacked tensors: reflex's `td3-400x300-b256-pop16`."""
+
+    def __init__(self, members, h1, h2, batch, capacity=20_000):
+        def stacked(widths):
+            params = []
+            for a, b in zip(widths[:-1], widths[1:]):
+                bound = 1 / math.sqrt(a)
+                w = torch.empty(members, a, b, device=dev).uniform_(-bound, bound)
+                bias = torch.empty(members, 1, b, device=dev).uniform_(-bound, bound)
+                params += [w.requires_grad_(), bias.requires_grad_()]
+            return params
+        self.actor = stacked([3, h1, h2, 1])
+        self.critics = [stacked([4, h1, h2, 1]) for _ in range(2)]
+        self.actor_t = [p.detach().clone() for p in self.actor]
+        self.critics_t = [[p.detach().clone() for p in c] for c in self.critics]
+        self.critic_params = self.critics[0] + self.critics[1]
+        self.params = self.actor + self.critic_params
+        self.targets = self.actor_t + self.critics_t[0] + self.critics_t[1]
+        self.actor_opt = torch.optim.Adam(self.actor, lr=1e-3, capturable=cuda)
+        self.critic_opt = torch.optim.Adam(self.critic_params, lr=1e-3, capturable=cuda)
+        self.members, self.batch, self.capacity = members, batch, capacity
+        obs = rng.uniform(-1, 1, (members, capacity, 3)).astype(np.float32)
+        host = (obs, rng.uniform(-1, 1, (members, capacity, 1)).astype(np.float32),
+                rng.uniform(-16, 0, (members, capacity)).astype(np.float32),
+                (obs + rng.normal(0, 0.05, (members, capacity, 3))).astype(np.float32),
+                np.full((members, capacity), 0.98, np.float32))
+        self.replay = [torch.from_numpy(x).to(dev) for x in host]
+        self.rows = torch.arange(members, device=dev).unsqueeze(1)
+        self.updates = 0
+
+    @staticmethod
+    def forward(params, x):
+        for i in range(0, len(params), 2):
+            x = torch.baddbmm(params[i + 1], x, params[i])
+            if i + 2 < len(params):
+                x = x.relu()
+        return x
+
+    def sample(self):
+        idx = torch.randint(0, self.capacity, (self.members, self.batch), device=dev)
+        return [x[self.rows, idx] for x in self.replay]
+
+    def critic_step(self, obs, act, rew, nxt, disc):
+        with torch.no_grad():
+            noise = (torch.randn_like(act) * 0.2).clamp(-0.5, 0.5)
+            a2 = (self.forward(self.actor_t, nxt).tanh() + noise).clamp(-1, 1)
+            x2 = torch.cat([nxt, a2], 2)
+            q2 = torch.min(self.forward(self.critics_t[0], x2),
+                           self.forward(self.critics_t[1], x2)).squeeze(2)
+            y = rew + disc * q2
+        x = torch.cat([obs, act], 2)
+        loss = sum((self.forward(c, x).squeeze(2) - y).pow(2).mean(1).sum() for c in self.critics)
+        self.critic_opt.zero_grad(set_to_none=False)
+        loss.backward()
+        self.critic_opt.step()
+
+    def actor_step(self, obs):
+        mu = self.forward(self.actor, obs).tanh()
+        loss = -self.forward(self.critics[0], torch.cat([obs, mu], 2)).mean(1).sum()
+        self.actor_opt.zero_grad(set_to_none=False)
+        loss.backward()
+        self.actor_opt.step()
+        with torch.no_grad():
+            torch._foreach_lerp_(self.targets, self.params, 0.005)
+
+    def step(self):
+        batch = self.sample()
+        self.critic_step(*batch)
+        self.updates += 1
+        if self.updates % 2 == 0:
+            self.actor_step(batch[0])
+
+
+def bench_td3_population():
+    members, h1, h2, batch = (4, 50, 38, 32) if args.small else (16, 400, 300, 256)
+    case = "td3-400x300-b256-pop16"
+    b = PopTd3Bench(members, h1, h2, batch)
+    unit = "member updates/s"
+    n, secs = clocked(b.step, 10, 10, args.seconds)
+    report(case, "eager-device", (n * members, secs), unit)
+    if cuda:
+        def critic_only():
+            b.critic_step(*b.sample())
+
+        def both():
+            batch = b.sample()
+            b.critic_step(*batch)
+            b.actor_step(batch[0])
+        g1, g2 = graphed(critic_only), graphed(both)
+        flip = [0]
+
+        def step():
+            flip[0] ^= 1
+            (g1 if flip[0] else g2)()
+        n, secs = clocked(step, 10, 10, args.seconds)
+        report(case, "graph", (n * members, secs), unit)
+
+
 # ---------------------------------------------------------------- DRQN (LSTM)
 class Drqn(nn.Module):
     def __init__(self, inputs, n_actions, hidden):
@@ -517,6 +620,7 @@ table = {"matmul-4096": bench_matmul,
          "dqn-256x256-b4096": lambda: bench_dqn("dqn-256x256-b4096", 4096),
          "dqn-256x256-b256-pop16": lambda: bench_population("dqn-256x256-b256-pop16"),
          "td3-400x300-b256": bench_td3,
+         "td3-400x300-b256-pop16": bench_td3_population,
          "lstm512-b64-t80-burn40": bench_lstm,
          "e2e-cartpole-64envs": bench_e2e}
 for name in args.case or CASES:

@@ -10,8 +10,9 @@
 #
 # Steps, each under its own time limit, each continuing past the others' failures:
 #   1. parity: `reflex-train gpu parity --device cuda`: forward passes, gradients and
-#      Adam steps of every network kind, CPU vs CUDA on the same weights (1e-4), and
-#      every learner's first update (loss, mean Q, gradient norm);
+#      Adam steps of every network kind, CPU vs CUDA on the same weights (1e-4),
+#      every learner's first update (loss, mean Q, gradient norm), and DQN and TD3
+#      populations on CUDA against their members as single learners on the CPU;
 #   2. bench: `reflex-train gpu bench --device cuda` and scripts/bench_gpu_torch.py
 #      (PyTorch eager and CUDA-graphed) on the same shapes, merged by
 #      scripts/gpu_report.py into table.md;

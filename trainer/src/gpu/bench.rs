@@ -23,6 +23,7 @@ use crate::algo::ddpg::{Ddpg, DdpgConfig};
 use crate::algo::dqn::{Dqn, DqnConfig};
 use crate::algo::drqn::{Drqn, DrqnConfig};
 use crate::algo::population::DqnPopulation;
+use crate::algo::population_ac::DdpgPopulation;
 use crate::algo::Agent;
 use crate::nn::NetConfig;
 use crate::replay::EnvStep;
@@ -36,6 +37,7 @@ pub const CASES: &[&str] = &[
     "dqn-256x256-b4096",
     "dqn-256x256-b256-pop16",
     "td3-400x300-b256",
+    "td3-400x300-b256-pop16",
     "lstm512-b64-t80-burn40",
     "e2e-cartpole-64envs",
 ];
@@ -262,7 +264,11 @@ fn bench_population(o: &BenchOptions, device: &Device) -> Result<BenchRow, Train
     ))
 }
 
-fn bench_td3(o: &BenchOptions, device: &Device) -> Result<BenchRow, TrainError> {
+/// The TD3 update of the benchmark: Pendulum (3 → 1), actor and twin
+/// critics `h1`×`h2` ReLU, batch `batch`, TD3's defaults (policy delay 2,
+/// target smoothing, Polyak targets, no clipping), and its matmul FLOPs per
+/// update.
+fn td3_config(o: &BenchOptions) -> (DdpgConfig, String, f64) {
     let (h1, h2, batch) = if o.small {
         (50, 38, 32)
     } else {
@@ -281,11 +287,29 @@ fn bench_td3(o: &BenchOptions, device: &Device) -> Result<BenchRow, TrainError> 
         critic: net,
         ..DdpgConfig::td3()
     };
-    let env = make("pendulum")?;
-    let ActionSpace::Box(bounds) = env.action_space().clone() else {
-        return Err(TrainError::Config("pendulum has a Box action space".into()));
-    };
-    let mut agent = Ddpg::new(config, true, 3, &bounds, 0, device)?;
+    // Per update: two critics forward + backward (3 forwards' worth each),
+    // the target actor and two target critics forward; every second update
+    // the actor forward + backward (3) through critic 1 (forward + input
+    // gradient, 2): 8 C + 1 A + (3 A + 2 C)/2 forwards of 2·B·Σ in·out.
+    let (a, c) = (dense_macs(&[3, h1, h2, 1]), dense_macs(&[4, h1, h2, 1]));
+    let flop = 2.0 * batch as f64 * (9.0 * c + 2.5 * a);
+    let shape =
+        format!("Pendulum 3→1, actor and 2 critics {h1}×{h2}, batch {batch}, policy delay 2");
+    (config, shape, flop)
+}
+
+fn pendulum_bounds() -> Result<reflex_msgs::BoxSpace, TrainError> {
+    match make("pendulum")?.action_space() {
+        ActionSpace::Box(bounds) => Ok(bounds.clone()),
+        ActionSpace::Discrete { .. } => {
+            Err(TrainError::Config("pendulum has a Box action space".into()))
+        }
+    }
+}
+
+fn bench_td3(o: &BenchOptions, device: &Device) -> Result<BenchRow, TrainError> {
+    let (config, shape, flop) = td3_config(o);
+    let mut agent = Ddpg::new(config, true, 3, &pendulum_bounds()?, 0, device)?;
     fill_random("pendulum", 20_000, 1, |s| agent.observe(s))?;
     let mut step = 20_000u64;
     let timed = clocked(device, 20, 20, o.seconds, || {
@@ -293,17 +317,32 @@ fn bench_td3(o: &BenchOptions, device: &Device) -> Result<BenchRow, TrainError> 
         agent.train_after(step, u64::MAX)?;
         Ok(())
     })?;
-    // Per update: two critics forward + backward (3 forwards' worth each),
-    // the target actor and two target critics forward; every second update
-    // the actor forward + backward (3) through critic 1 (forward + input
-    // gradient, 2): 8 C + 1 A + (3 A + 2 C)/2 forwards of 2·B·Σ in·out.
-    let (a, c) = (dense_macs(&[3, h1, h2, 1]), dense_macs(&[4, h1, h2, 1]));
-    let flop = 2.0 * batch as f64 * (9.0 * c + 2.5 * a);
+    Ok(row("td3-400x300-b256", shape, "updates/s", timed, flop))
+}
+
+/// The TD3 update for a population of 16 learners (seeds 0–15) on stacked
+/// actors and critics ([`crate::algo::population_ac`]), each on its own
+/// replay and smoothing noise. The rate counts member updates.
+fn bench_td3_population(o: &BenchOptions, device: &Device) -> Result<BenchRow, TrainError> {
+    let (config, shape, flop) = td3_config(o);
+    let members = if o.small { 4 } else { 16 };
+    let seeds: Vec<u64> = (0..members as u64).collect();
+    let mut population = DdpgPopulation::new(config, true, 3, &pendulum_bounds()?, &seeds, device)?;
+    for (k, member) in population.members.iter_mut().enumerate() {
+        fill_random("pendulum", 20_000, 1 + k as u64, |s| member.observe(s))?;
+    }
+    let (n, secs) = clocked(device, 10, 10, o.seconds, || {
+        population.update(1.0)?;
+        Ok(())
+    })?;
     Ok(row(
-        "td3-400x300-b256",
-        format!("Pendulum 3→1, actor and 2 critics {h1}×{h2}, batch {batch}, policy delay 2"),
-        "updates/s",
-        timed,
+        "td3-400x300-b256-pop16",
+        format!(
+            "{members} learners × ({shape}), stacked; {:.1} population updates/s",
+            n as f64 / secs
+        ),
+        "member updates/s",
+        (n * members as u64, secs),
         flop,
     ))
 }
@@ -472,6 +511,7 @@ pub fn run(
             "dqn-256x256-b4096" => bench_dqn(case, 4096, options, device)?,
             "dqn-256x256-b256-pop16" => bench_population(options, device)?,
             "td3-400x300-b256" => bench_td3(options, device)?,
+            "td3-400x300-b256-pop16" => bench_td3_population(options, device)?,
             "lstm512-b64-t80-burn40" => bench_lstm(options, device)?,
             "e2e-cartpole-64envs" => bench_e2e(options, device)?,
             other => {

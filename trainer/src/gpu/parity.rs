@@ -801,6 +801,96 @@ fn check_population(device: &Device, checks: &mut Vec<Check>) -> Result<(), Trai
     Ok(())
 }
 
+/// A population of three TD3 learners (PER, 2-step returns, a clip that
+/// bites, target smoothing) on stacked actors and critics on `device`,
+/// against the three single learners on the CPU kernels: each member's
+/// update stats over four updates (two of them actor updates), then its
+/// actor, critics, their targets and both Adams' moments.
+fn check_td3_population(device: &Device, checks: &mut Vec<Check>) -> Result<(), TrainError> {
+    use crate::algo::ddpg::{Ddpg, DdpgConfig};
+    use crate::algo::population_ac::DdpgPopulation;
+    let net = crate::nn::NetConfig {
+        hidden: vec![64, 64],
+        final_init_scale: 1.0,
+        ..crate::nn::NetConfig::default()
+    };
+    let config = DdpgConfig {
+        batch_size: 64,
+        learning_starts: 0,
+        prioritized: true,
+        n_step: 2,
+        max_grad_norm: Some(5.0),
+        actor: net.clone(),
+        critic: net,
+        ..DdpgConfig::td3()
+    };
+    let bounds = reflex_msgs::BoxSpace {
+        low: vec![-2.0],
+        high: vec![2.0],
+    };
+    let seeds = [0u64, 1, 2];
+    let mut population = subject(device, || {
+        DdpgPopulation::new(config.clone(), true, 3, &bounds, &seeds, device)
+    })?;
+    let mut singles = seeds
+        .iter()
+        .map(|&s| Ddpg::new(config.clone(), true, 3, &bounds, s, &Device::Cpu))
+        .collect::<Result<Vec<_>, _>>()?;
+    for (k, single) in singles.iter_mut().enumerate() {
+        let member = &mut population.members[k];
+        super::bench::fill_random("pendulum", 1_000, 11 + k as u64, |step| {
+            single.observe(step)?;
+            member.observe(step)
+        })?;
+    }
+    for round in 1..=4 {
+        let stats = subject(device, || population.update(0.4))?;
+        for (k, single) in singles.iter_mut().enumerate() {
+            let reference = single.update(0.4)?;
+            checks.extend(stats_checks(
+                &format!("td3-population member{k} update{round}"),
+                &stats[k],
+                &reference,
+            ));
+        }
+    }
+    crate::algo::population::Population::sync_members(&mut population)?;
+    for (k, single) in singles.iter().enumerate() {
+        let member = &population.members[k];
+        let what = format!("td3-population member{k}");
+        weight_checks(
+            &format!("{what} actor"),
+            (&member.actor, &member.actor_optimizer),
+            (&single.actor, &single.actor_optimizer),
+            checks,
+        )?;
+        weight_checks(
+            &format!("{what} critics"),
+            (&member.critics, &member.critic_optimizer),
+            (&single.critics, &single.critic_optimizer),
+            checks,
+        )?;
+        let targets: [(&str, &dyn Params, &dyn Params); 2] = [
+            ("actor target", &member.actor_target, &single.actor_target),
+            (
+                "critic targets",
+                &member.critic_targets,
+                &single.critic_targets,
+            ),
+        ];
+        for (which, m, r) in targets {
+            for ((name, a), (_, b)) in m.named_vars().iter().zip(r.named_vars()) {
+                checks.push(compare(
+                    format!("{what} {which} {name}"),
+                    a.as_tensor(),
+                    b.as_tensor(),
+                )?);
+            }
+        }
+    }
+    Ok(())
+}
+
 /// The population's update as a replayed CUDA graph against the same
 /// population updating eagerly: every member's stats over three replays
 /// (after the warm-up), the captured flag, and the parameters the replays
@@ -858,6 +948,8 @@ pub fn run(device: &Device, mut progress: impl FnMut(&str)) -> Result<Report, Tr
     }
     progress("dqn-population");
     check_population(device, &mut checks)?;
+    progress("td3-population");
+    check_td3_population(device, &mut checks)?;
     if crate::gpu::kernels::cuda_kernels(device) {
         progress("dqn-cuda-graph");
         check_graph(device, &mut checks)?;
@@ -891,6 +983,18 @@ mod tests {
             .filter(|c| c.name.starts_with("dqn-population"))
             .count();
         assert!(population > 3 * 9, "{population} population checks");
+        let td3 = report
+            .checks
+            .iter()
+            .filter(|c| c.name.starts_with("td3-population"))
+            .count();
+        // 4 updates × 3 members × 3 stats, then per member the actor's 6
+        // parameters and 12 moments, the critics' 12 and 24, the targets' 18.
+        assert_eq!(
+            td3,
+            3 * (4 * 3 + 6 + 12 + 12 + 24 + 18),
+            "{td3} TD3 population checks"
+        );
         // Each kind compared its gradients (not only outputs).
         for kind in kinds() {
             assert!(
