@@ -23,6 +23,11 @@
 #      0-7); passes when it completes with its best member's final greedy mean
 #      >= 475 (on the CPU 4 of these 8 seeds end at 500; DQN's final policy varies
 #      by seed), and reports how many members did and the wall time for all 8.
+#   5. population-td3 (not in the default STEPS either): `reflex-train run --env
+#      pendulum --algo td3 --population 4 --device cuda` (the Pendulum TD3 preset,
+#      20k steps, seeds 0-3); passes when its best member's final greedy mean is
+#      >= -200 (on the CPU all four end between -156 and -122), and reports each
+#      member's and the wall time (402.9 s for all four on one CPU core).
 # summary.md says PASS/FAIL per step; the script exits non-zero if any failed.
 #
 # Environment: OUT, BENCH_SECONDS (per case, default 4), STEPS (what to run,
@@ -141,6 +146,21 @@ for step in $steps; do
       result population PASS "(8 seeds; best, members >= 475, each: $finals; $((SECONDS - start)) s for all 8)"
     else
       result population FAIL "(rc $rc; best, members >= 475, each: $finals; $out/population.log)"
+    fi
+    ;;
+  population-td3)
+    start=$SECONDS
+    timeout "$(limit 400)" "$bin" run --env pendulum --algo td3 --device "$device" --seed 0 --population 4 \
+      --out "$out/population-td3" --quiet > "$out/population-td3.log" 2>&1
+    rc=$?
+    tail -n 3 "$out/population-td3.log"
+    finals=$("$py" -c "import json,sys; m=[x['final_mean_return'] for x in json.load(open(sys.argv[1]))['members']]; print(max(m), ' '.join(f'{r:.1f}' for r in m))" \
+      "$out/population-td3/population.json" 2>/dev/null || echo none)
+    best=${finals%% *}
+    if [ $rc = 0 ] && "$py" -c "import sys; sys.exit(0 if float(sys.argv[1]) >= -200 else 1)" "$best" 2>/dev/null; then
+      result population-td3 PASS "(4 seeds; best, each: $finals; $((SECONDS - start)) s for all 4)"
+    else
+      result population-td3 FAIL "(rc $rc; best, each: $finals; $out/population-td3.log)"
     fi
     ;;
   *) echo "gpu-check: unknown step $step" >&2; failed=1 ;;

@@ -212,32 +212,18 @@ impl DqnPopulation {
         Ok(pack_members(&buffers, &member_shapes, &mut self.upload))
     }
 
-    /// Each member's stats (and PER priorities) from an update's read-back:
-    /// `[loss ×P, mean Q ×P, norm ×P (unless `host_norms`), TD errors ×P·B
-    /// (with PER)]`.
+    /// Each member's stats (and PER priorities) from an update's read-back
+    /// (see [`member_stats`]).
     fn finish(
         &mut self,
         back: &[f32],
         host_norms: Option<Vec<f64>>,
     ) -> Result<Vec<UpdateStats>, TrainError> {
-        let p = self.len();
-        let batch = self.config.batch_size;
-        let td_start = if host_norms.is_some() { 2 * p } else { 3 * p };
-        let mut stats = Vec::with_capacity(p);
-        for (k, m) in self.members.iter_mut().enumerate() {
-            if self.config.prioritized {
-                let start = td_start + k * batch;
-                m.set_priorities(&back[start..start + batch])?;
-            }
-            stats.push(UpdateStats {
-                loss: back[k],
-                q_mean: back[p + k],
-                grad_norm: host_norms
-                    .as_ref()
-                    .map_or_else(|| f64::from(back[2 * p + k]), |n| n[k]),
-            });
-        }
-        Ok(stats)
+        let (batch, per) = (self.config.batch_size, self.config.prioritized);
+        let members = &mut self.members;
+        member_stats(back, members.len(), batch, per, host_norms, |k, td| {
+            members[k].set_priorities(td)
+        })
     }
 
     /// Whether updates run as a captured CUDA graph: asked for
@@ -370,6 +356,36 @@ pub(crate) fn pack_members(
         stacked.push(Shape::from(dims));
     }
     stacked
+}
+
+/// Each member's stats from a population update's read-back `back`:
+/// `[loss ×P, mean Q ×P, norm ×P (unless `host_norms` has them), TD errors
+/// ×P·batch (with PER)]`; with PER, member `k`'s TD errors go to
+/// `priorities(k, errors)`.
+pub(crate) fn member_stats(
+    back: &[f32],
+    p: usize,
+    batch: usize,
+    per: bool,
+    host_norms: Option<Vec<f64>>,
+    mut priorities: impl FnMut(usize, &[f32]) -> Result<(), TrainError>,
+) -> Result<Vec<UpdateStats>, TrainError> {
+    let td_start = if host_norms.is_some() { 2 * p } else { 3 * p };
+    let mut stats = Vec::with_capacity(p);
+    for k in 0..p {
+        if per {
+            let start = td_start + k * batch;
+            priorities(k, &back[start..start + batch])?;
+        }
+        stats.push(UpdateStats {
+            loss: back[k],
+            q_mean: back[p + k],
+            grad_norm: host_norms
+                .as_ref()
+                .map_or_else(|| f64::from(back[2 * p + k]), |n| n[k]),
+        });
+    }
+    Ok(stats)
 }
 
 /// Loads member `k`'s part of the population optimizer `optimizer` (over

@@ -17,7 +17,9 @@ use reflex_msgs::{Action, BoxSpace};
 
 use super::continuous::ContinuousBatch;
 use super::ddpg::{actor_loss, critic_loss, Critics, Ddpg, DdpgConfig};
-use super::population::{pack_members, stack_optimizer, write_member_optimizer, Population};
+use super::population::{
+    member_stats, pack_members, stack_optimizer, write_member_optimizer, Population,
+};
 use super::{Agent, UpdateStats};
 use crate::nn::stack::Stacked;
 use crate::nn::{polyak, Actor, Params};
@@ -216,32 +218,18 @@ impl DdpgPopulation {
         Ok(pack_members(&buffers, &shapes, &mut self.upload))
     }
 
-    /// Each member's stats (and PER priorities) from an update's read-back:
-    /// `[loss ×P, mean Q ×P, norm ×P (unless `host_norms`), TD errors ×P·B
-    /// (with PER)]`.
+    /// Each member's stats (and PER priorities) from an update's read-back
+    /// (see [`member_stats`]).
     fn finish(
         &mut self,
         back: &[f32],
         host_norms: Option<Vec<f64>>,
     ) -> Result<Vec<UpdateStats>, TrainError> {
-        let p = self.members.len();
-        let batch = self.config.batch_size;
-        let td_start = if host_norms.is_some() { 2 * p } else { 3 * p };
-        let mut stats = Vec::with_capacity(p);
-        for (k, m) in self.members.iter_mut().enumerate() {
-            if self.config.prioritized {
-                let start = td_start + k * batch;
-                m.core.set_priorities(&back[start..start + batch])?;
-            }
-            stats.push(UpdateStats {
-                loss: back[k],
-                q_mean: back[p + k],
-                grad_norm: host_norms
-                    .as_ref()
-                    .map_or_else(|| f64::from(back[2 * p + k]), |n| n[k]),
-            });
-        }
-        Ok(stats)
+        let (batch, per) = (self.config.batch_size, self.config.prioritized);
+        let members = &mut self.members;
+        member_stats(back, members.len(), batch, per, host_norms, |k, td| {
+            members[k].core.set_priorities(td)
+        })
     }
 }
 
