@@ -427,23 +427,36 @@ mod tests {
         out
     }
 
-    /// Each member's updates (stats, networks, targets, both Adams, PER
-    /// priorities and generators as the next sample sees them) are its
-    /// single learner's: on the CPU kernels, and on candle's primitives with
-    /// the norms on the device (what CUDA runs).
-    #[test]
-    fn a_population_update_is_each_members_own_update() {
-        update_matches_members(1e-5);
-        crate::nn::portable(|| update_matches_members(1e-4));
+    /// DDPG's switches on [`config`]'s settings: one critic, no delay, no
+    /// smoothing.
+    fn ddpg_config() -> DdpgConfig {
+        DdpgConfig {
+            twin_critics: false,
+            policy_delay: 1,
+            target_noise: 0.0,
+            ..config()
+        }
     }
 
-    fn update_matches_members(tol: f32) {
+    /// Each member's updates (stats, networks, targets, both Adams, PER
+    /// priorities and generators as the next sample sees them) are its
+    /// single learner's, for TD3 and DDPG: on the CPU kernels, and on
+    /// candle's primitives with the norms on the device (what CUDA runs).
+    #[test]
+    fn a_population_update_is_each_members_own_update() {
+        for (td3, config) in [(true, config()), (false, ddpg_config())] {
+            update_matches_members(td3, &config, 1e-5);
+            crate::nn::portable(|| update_matches_members(td3, &config, 1e-4));
+        }
+    }
+
+    fn update_matches_members(td3: bool, config: &DdpgConfig, tol: f32) {
         let seeds = [3u64, 4, 5];
         let dev = Device::Cpu;
-        let mut pop = DdpgPopulation::new(config(), true, 3, &bounds(), &seeds, &dev).unwrap();
+        let mut pop = DdpgPopulation::new(config.clone(), td3, 3, &bounds(), &seeds, &dev).unwrap();
         let mut singles: Vec<Ddpg> = seeds
             .iter()
-            .map(|&s| Ddpg::new(config(), true, 3, &bounds(), s, &dev).unwrap())
+            .map(|&s| Ddpg::new(config.clone(), td3, 3, &bounds(), s, &dev).unwrap())
             .collect();
         for (k, single) in singles.iter_mut().enumerate() {
             let member = &mut pop.members[k];
@@ -462,12 +475,12 @@ mod tests {
         }
         let mut clipped = vec![false; seeds.len()];
         let mut norms = Vec::new();
-        // Five updates: the actor and the targets move on the even ones.
+        // Five updates: TD3's actor and targets move on the even ones.
         for round in 0..5 {
             let stats = pop.update(0.5).unwrap();
             for (k, single) in singles.iter_mut().enumerate() {
                 let alone = single.update(0.5).unwrap();
-                let what = format!("update {round}, member {k}");
+                let what = format!("td3 {td3}, update {round}, member {k}");
                 let rel = |a: f64, b: f64| (a - b).abs() <= f64::from(tol) * (1.0 + b.abs());
                 assert!(rel(stats[k].loss.into(), alone.loss.into()), "{what}: loss");
                 assert!(
@@ -488,15 +501,19 @@ mod tests {
         for (k, single) in singles.iter_mut().enumerate() {
             let member = &mut pop.members[k];
             for (what, a, b) in learner_tensors(member, single) {
-                same(&a, &b, tol, &format!("member {k}: {what}"));
+                same(&a, &b, tol, &format!("td3 {td3}, member {k}: {what}"));
             }
             assert_eq!(member.critic_optimizer.steps(), 5);
-            assert_eq!(member.actor_optimizer.steps(), 2);
+            let actor_updates = if td3 { 2 } else { 5 };
+            assert_eq!(member.actor_optimizer.steps(), actor_updates);
             let a = member.core.sample_packed(0.5, Some((0.2, 0.5))).unwrap();
             let a = (a, member.core.packed().to_vec());
             let b = single.core.sample_packed(0.5, Some((0.2, 0.5))).unwrap();
             let b = (b, single.core.packed().to_vec());
-            assert_eq!(a, b, "member {k}: next sample and smoothing noise");
+            assert_eq!(
+                a, b,
+                "td3 {td3}, member {k}: next sample and smoothing noise"
+            );
         }
     }
 
