@@ -445,14 +445,14 @@ impl Dqn {
         let n = self.upload_scratch.len();
         let generation = self.optimizer.generation();
         if !self.graph.as_ref().is_some_and(|g| g.fits(n, generation)) {
-            self.graph = Some(GraphedUpdate::new(n, generation, &dev)?);
+            self.graph = Some(GraphedUpdate::new(n, 1, generation, &dev)?);
         }
         let per = matches!(self.replay, Replay::Prioritized(_));
         let (online, target, config) = (&self.online, &self.target, &self.config);
         let optimizer = &mut self.optimizer;
         let hyper = optimizer.next_hyper();
         let g = self.graph.as_mut().expect("made above");
-        let ran = g.run(&dev, &self.upload_scratch, hyper, |input, hyper| {
+        let ran = g.run(&dev, &self.upload_scratch, &hyper, |input, hyper| {
             graph_body(online, target, config, optimizer, input, hyper, shapes, per)
         })?;
         let out = match ran {

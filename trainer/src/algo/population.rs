@@ -243,13 +243,13 @@ impl DqnPopulation {
         let n = self.upload.len();
         let generation = self.optimizer.generation();
         if !self.graph.as_ref().is_some_and(|g| g.fits(n, generation)) {
-            self.graph = Some(GraphedUpdate::new(n, generation, &dev)?);
+            self.graph = Some(GraphedUpdate::new(n, 1, generation, &dev)?);
         }
         let (online, target, config) = (&self.online, &self.target, &self.config);
         let optimizer = &mut self.optimizer;
         let hyper = optimizer.next_hyper();
         let g = self.graph.as_mut().expect("made above");
-        let ran = g.run(&dev, &self.upload, hyper, |input, hyper| {
+        let ran = g.run(&dev, &self.upload, &hyper, |input, hyper| {
             Ok(vec![device_body(
                 online,
                 target,

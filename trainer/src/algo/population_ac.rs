@@ -33,15 +33,38 @@ pub struct DdpgPopulation {
     /// runs; [`sync_members`](Population::sync_members) writes the
     /// population's into them.
     pub members: Vec<Ddpg>,
-    actor: Stacked<Actor>,
-    actor_target: Stacked<Actor>,
-    critics: Stacked<Critics>,
-    critic_targets: Stacked<Critics>,
+    nets: Nets,
     actor_optimizer: Adam,
     critic_optimizer: Adam,
     config: DdpgConfig,
     device: Device,
     upload: Vec<f32>,
+    /// Run updates as captured CUDA graphs (experimental, as the DQN
+    /// population's; starts as `REFLEX_CUDA_GRAPH=1` says; CUDA with the
+    /// fused kernels only): one graph for critic-only updates, one for
+    /// updates that also move the actor and the targets.
+    pub cuda_graph: bool,
+    graphs: [Option<crate::gpu::graph::GraphedUpdate>; 2],
+}
+
+/// The population's stacked networks.
+struct Nets {
+    actor: Stacked<Actor>,
+    actor_target: Stacked<Actor>,
+    critics: Stacked<Critics>,
+    critic_targets: Stacked<Critics>,
+}
+
+impl Nets {
+    /// The members' networks, stacked.
+    fn of(members: &[Ddpg]) -> Result<Self, TrainError> {
+        Ok(Self {
+            actor: stack(members, |m| &m.actor)?,
+            actor_target: stack(members, |m| &m.actor_target)?,
+            critics: stack(members, |m| &m.critics)?,
+            critic_targets: stack(members, |m| &m.critic_targets)?,
+        })
+    }
 }
 
 impl DdpgPopulation {
@@ -64,22 +87,26 @@ impl DdpgPopulation {
             .iter()
             .map(|&seed| Ddpg::new(config.clone(), td3, obs_dim, bounds, seed, device))
             .collect::<Result<Vec<_>, _>>()?;
-        let (actor, critics) = (
-            stack(&members, |m| &m.actor)?,
-            stack(&members, |m| &m.critics)?,
-        );
+        let nets = Nets::of(&members)?;
         let p = members.len();
         Ok(Self {
-            actor_target: stack(&members, |m| &m.actor_target)?,
-            critic_targets: stack(&members, |m| &m.critic_targets)?,
-            actor_optimizer: Adam::population(actor.net.vars(), config.actor_learning_rate, p)?,
-            critic_optimizer: Adam::population(critics.net.vars(), config.critic_learning_rate, p)?,
-            actor,
-            critics,
+            actor_optimizer: Adam::population(
+                nets.actor.net.vars(),
+                config.actor_learning_rate,
+                p,
+            )?,
+            critic_optimizer: Adam::population(
+                nets.critics.net.vars(),
+                config.critic_learning_rate,
+                p,
+            )?,
+            nets,
             members,
             config,
             device: device.clone(),
             upload: Vec::new(),
+            cuda_graph: crate::gpu::graph::requested(),
+            graphs: [None, None],
         })
     }
 
@@ -95,7 +122,7 @@ impl DdpgPopulation {
 
     /// The stacked actor.
     pub fn actor(&self) -> &Stacked<Actor> {
-        &self.actor
+        &self.nets.actor
     }
 
     /// Rebuilds the stacked networks and optimizers from the members' own:
@@ -104,18 +131,16 @@ impl DdpgPopulation {
     /// their optimizers' step counts.
     pub fn restack(&mut self) -> Result<(), TrainError> {
         let members = &self.members;
-        self.actor = stack(members, |m| &m.actor)?;
-        self.actor_target = stack(members, |m| &m.actor_target)?;
-        self.critics = stack(members, |m| &m.critics)?;
-        self.critic_targets = stack(members, |m| &m.critic_targets)?;
+        self.nets = Nets::of(members)?;
         let actors: Vec<&Adam> = members.iter().map(|m| &m.actor_optimizer).collect();
         let critics: Vec<&Adam> = members.iter().map(|m| &m.critic_optimizer).collect();
         let (actor_lr, critic_lr) = (
             members[0].actor_optimizer.lr,
             members[0].critic_optimizer.lr,
         );
-        self.actor_optimizer = stack_optimizer(&self.actor, &actors, actor_lr)?;
-        self.critic_optimizer = stack_optimizer(&self.critics, &critics, critic_lr)?;
+        self.actor_optimizer = stack_optimizer(&self.nets.actor, &actors, actor_lr)?;
+        self.critic_optimizer = stack_optimizer(&self.nets.critics, &critics, critic_lr)?;
+        self.graphs = [None, None];
         Ok(())
     }
 
@@ -124,7 +149,7 @@ impl DdpgPopulation {
     /// member's statistics): one forward pass. Returns P rows of the action
     /// dimension.
     pub fn mu_all(&self, obs: &[f32]) -> Result<Vec<f32>, TrainError> {
-        let (p, d) = (self.members.len(), self.actor.net.obs_dim());
+        let (p, d) = (self.members.len(), self.nets.actor.net.obs_dim());
         if obs.len() != p * d {
             return Err(TrainError::Config(format!(
                 "population of {p}: {} observation values, expected {p} × {d}",
@@ -139,6 +164,7 @@ impl DdpgPopulation {
         }
         let x = Tensor::from_vec(x, (p, 1, d), &self.device)?;
         Ok(self
+            .nets
             .actor
             .net
             .forward(&x)?
@@ -153,54 +179,96 @@ impl DdpgPopulation {
     /// stats (and PER's TD errors) come back in one copy.
     pub fn update(&mut self, beta: f64) -> Result<Vec<UpdateStats>, TrainError> {
         let shapes = self.sample_all(beta)?;
-        let c = &self.config;
+        // The critic's step count after this update decides the actor's.
+        let with_actor =
+            (self.critic_optimizer.steps() + 1).is_multiple_of(self.config.policy_delay);
+        if self.graphed() {
+            return self.update_graphed(&shapes, with_actor);
+        }
         let all = Tensor::from_slice(&self.upload, self.upload.len(), &self.device)?;
-        let mut parts = super::unpack(&all, &shapes)?;
-        let smoothing = (parts.len() == 7).then(|| parts.pop()).flatten();
-        let batch = ContinuousBatch::from_parts(parts)?;
-        let (loss, q, td_error) = critic_loss(
-            &self.critics.net,
-            &self.critic_targets.net,
-            &self.actor_target.net,
-            &batch,
-            smoothing.as_ref(),
+        let (back, host_norms) = update_body(
+            &self.nets,
+            (&mut self.critic_optimizer, &mut self.actor_optimizer),
+            &self.config,
+            &all,
+            &shapes,
+            None,
+            with_actor,
         )?;
-        let grads = loss.sum_all()?.backward()?;
-        // On the CPU kernels the norms are host sums already; elsewhere they
-        // stay on the device and come back with the other results.
-        let host = crate::nn::fused::cpu_kernels(&self.device);
-        let (host_norms, device_norms) = if host {
-            let norms = self
-                .critic_optimizer
-                .step_members(&grads, c.max_grad_norm)?;
-            (Some(norms), None)
+        self.finish(&back.to_vec1::<f32>()?, host_norms)
+    }
+
+    /// Whether updates run as captured CUDA graphs: asked for
+    /// ([`cuda_graph`](Self::cuda_graph)) on a CUDA device with the fused
+    /// kernels.
+    fn graphed(&self) -> bool {
+        self.cuda_graph && crate::gpu::kernels::cuda_kernels(&self.device)
+    }
+
+    /// The update as a replayed CUDA graph (see
+    /// [`crate::gpu::graph::GraphedUpdate`]): critic-only updates and
+    /// updates that move the actor too each have their own graph, which
+    /// warms up eagerly, captures, then replays; Adam's step sizes for both
+    /// optimizers go in through the graph's buffer. A failed capture turns
+    /// the graphs off with a warning.
+    fn update_graphed(
+        &mut self,
+        shapes: &[Shape],
+        with_actor: bool,
+    ) -> Result<Vec<UpdateStats>, TrainError> {
+        use crate::gpu::graph::{GraphedUpdate, Ran};
+        let dev = self.device.clone();
+        let n = self.upload.len();
+        let generation =
+            (self.critic_optimizer.generation() << 32) ^ self.actor_optimizer.generation();
+        let slot = usize::from(with_actor);
+        if !self.graphs[slot]
+            .as_ref()
+            .is_some_and(|g| g.fits(n, generation))
+        {
+            self.graphs[slot] = Some(GraphedUpdate::new(n, 2, generation, &dev)?);
+        }
+        let mut hyper = self.critic_optimizer.next_hyper().to_vec();
+        hyper.extend(if with_actor {
+            self.actor_optimizer.next_hyper()
         } else {
-            let norms =
-                self.critic_optimizer
-                    .step_members_on_device(&grads, c.max_grad_norm, None)?;
-            (None, Some(norms))
-        };
-
-        if self.critic_optimizer.steps().is_multiple_of(c.policy_delay) {
-            let loss = actor_loss(&self.actor.net, &self.critics.net, &batch.obs)?;
-            let grads = loss.sum_all()?.backward()?;
-            if host {
-                self.actor_optimizer.step_members(&grads, c.max_grad_norm)?;
-            } else {
-                self.actor_optimizer
-                    .step_members_on_device(&grads, c.max_grad_norm, None)?;
+            [0.0, 1.0]
+        });
+        let (nets, config) = (&self.nets, &self.config);
+        let (critic_optimizer, actor_optimizer) =
+            (&mut self.critic_optimizer, &mut self.actor_optimizer);
+        let g = self.graphs[slot].as_mut().expect("made above");
+        let ran = g.run(&dev, &self.upload, &hyper, |input, hyper| {
+            let (back, _) = update_body(
+                nets,
+                (&mut *critic_optimizer, &mut *actor_optimizer),
+                config,
+                input,
+                shapes,
+                Some(hyper),
+                with_actor,
+            )
+            .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+            Ok(vec![back])
+        })?;
+        let back = match ran {
+            Ran::Values(back) => back,
+            Ran::CaptureFailed(e, back) => {
+                tracing::warn!("CUDA graph capture failed, updating eagerly: {e}");
+                self.cuda_graph = false;
+                self.graphs = [None, None];
+                back
             }
-            polyak(&self.actor_target.net, &self.actor.net, c.tau)?;
-            polyak(&self.critic_targets.net, &self.critics.net, c.tau)?;
-        }
+        };
+        self.finish(&back, None)
+    }
 
-        let mut pieces = vec![loss.detach(), q.mean(D::Minus1)?];
-        pieces.extend(device_norms);
-        if c.prioritized {
-            pieces.push(td_error.flatten_all()?);
-        }
-        let back = Tensor::cat(&pieces, 0)?.to_vec1::<f32>()?;
-        self.finish(&back, host_norms)
+    /// Whether both updates (critic-only, and with the actor) now replay
+    /// captured CUDA graphs.
+    pub fn graph_captured(&self) -> bool {
+        self.graphs
+            .iter()
+            .all(|g| g.as_ref().is_some_and(|g| g.captured()))
     }
 
     /// Every member samples its batch, with TD3's smoothing noise drawn
@@ -233,6 +301,65 @@ impl DdpgPopulation {
     }
 }
 
+/// A population update's work on the packed batch `input` (parts of
+/// `shapes`, TD3's smoothing noise as a seventh): the critics' loss,
+/// backward and Adam step, then with `with_actor` the actor's and the
+/// targets' Polyak step. On the CPU kernels the members' clip norms are host
+/// sums, returned beside the read-back tensor; elsewhere they are computed on
+/// the device, nothing read back, and `hyper` (a CUDA graph's buffer: the
+/// critic's step size and correction, then the actor's) feeds the fused Adam
+/// steps. The tensor to read back is `[loss ×P, mean Q ×P, norm ×P (device
+/// norms only), TD errors ×P·B (with PER)]`.
+fn update_body(
+    nets: &Nets,
+    (critic_optimizer, actor_optimizer): (&mut Adam, &mut Adam),
+    config: &DdpgConfig,
+    input: &Tensor,
+    shapes: &[Shape],
+    hyper: Option<&Tensor>,
+    with_actor: bool,
+) -> Result<(Tensor, Option<Vec<f64>>), TrainError> {
+    let mut parts = super::unpack(input, shapes)?;
+    let smoothing = (parts.len() == 7).then(|| parts.pop()).flatten();
+    let batch = ContinuousBatch::from_parts(parts)?;
+    let (loss, q, td_error) = critic_loss(
+        &nets.critics.net,
+        &nets.critic_targets.net,
+        &nets.actor_target.net,
+        &batch,
+        smoothing.as_ref(),
+    )?;
+    let grads = loss.sum_all()?.backward()?;
+    let max = config.max_grad_norm;
+    let host = hyper.is_none() && crate::nn::fused::cpu_kernels(input.device());
+    let pair = |k: usize| hyper.map(|h| h.narrow(0, 2 * k, 2)).transpose();
+    let (critic_hyper, actor_hyper) = (pair(0)?, pair(1)?);
+    let (host_norms, device_norms) = if host {
+        (Some(critic_optimizer.step_members(&grads, max)?), None)
+    } else {
+        let norms = critic_optimizer.step_members_on_device(&grads, max, critic_hyper.as_ref())?;
+        (None, Some(norms))
+    };
+    if with_actor {
+        let grads = actor_loss(&nets.actor.net, &nets.critics.net, &batch.obs)?
+            .sum_all()?
+            .backward()?;
+        if host {
+            actor_optimizer.step_members(&grads, max)?;
+        } else {
+            actor_optimizer.step_members_on_device(&grads, max, actor_hyper.as_ref())?;
+        }
+        polyak(&nets.actor_target.net, &nets.actor.net, config.tau)?;
+        polyak(&nets.critic_targets.net, &nets.critics.net, config.tau)?;
+    }
+    let mut pieces = vec![loss.detach(), q.mean(D::Minus1)?];
+    pieces.extend(device_norms);
+    if config.prioritized {
+        pieces.push(td_error.flatten_all()?);
+    }
+    Ok((Tensor::cat(&pieces, 0)?, host_norms))
+}
+
 /// The members' networks that `which` picks, stacked.
 fn stack<N: crate::nn::stack::Stackable>(
     members: &[Ddpg],
@@ -248,7 +375,7 @@ impl Population for DdpgPopulation {
     }
 
     fn obs_dim(&self) -> usize {
-        self.actor.net.obs_dim()
+        self.nets.actor.net.obs_dim()
     }
 
     fn member(&mut self, k: usize) -> &mut dyn Agent {
@@ -269,7 +396,7 @@ impl Population for DdpgPopulation {
         } else {
             Vec::new()
         };
-        let act_dim = self.actor.net.act_dim();
+        let act_dim = self.nets.actor.net.act_dim();
         self.members
             .iter_mut()
             .enumerate()
@@ -295,14 +422,14 @@ impl Population for DdpgPopulation {
             return Ok(None);
         }
         let beta = core.beta(step, total);
-        let device = self.device.clone();
-        device.with_context(|| {
-            let mut last = None;
-            for _ in 0..due {
-                last = Some(self.update(beta)?);
-            }
-            Ok(last)
-        })
+        // Unlike a single learner's, these updates do not run inside
+        // candle's CPU thread pool (`Device::with_context`): that needs a
+        // `Send` closure, and the CUDA graphs held here are not.
+        let mut last = None;
+        for _ in 0..due {
+            last = Some(self.update(beta)?);
+        }
+        Ok(last)
     }
 
     fn restack(&mut self) -> Result<(), TrainError> {
@@ -314,19 +441,20 @@ impl Population for DdpgPopulation {
     }
 
     fn sync_members(&mut self) -> Result<(), TrainError> {
+        let nets = &self.nets;
         for (k, m) in self.members.iter_mut().enumerate() {
-            self.actor.write_member(k, &m.actor)?;
-            self.actor_target.write_member(k, &m.actor_target)?;
-            self.critics.write_member(k, &m.critics)?;
-            self.critic_targets.write_member(k, &m.critic_targets)?;
+            nets.actor.write_member(k, &m.actor)?;
+            nets.actor_target.write_member(k, &m.actor_target)?;
+            nets.critics.write_member(k, &m.critics)?;
+            nets.critic_targets.write_member(k, &m.critic_targets)?;
             write_member_optimizer(
-                &self.actor,
+                &nets.actor,
                 &self.actor_optimizer,
                 k,
                 &mut m.actor_optimizer,
             )?;
             write_member_optimizer(
-                &self.critics,
+                &nets.critics,
                 &self.critic_optimizer,
                 k,
                 &mut m.critic_optimizer,

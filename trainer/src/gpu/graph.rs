@@ -1,5 +1,6 @@
 //! CUDA graph capture of an update's device work (experimental: opt-in with
-//! `REFLEX_CUDA_GRAPH=1`, DQN only, and not yet run on a GPU).
+//! `REFLEX_CUDA_GRAPH=1`, for DQN and the DQN and TD3 populations, and not
+//! yet run on a GPU).
 //!
 //! Eagerly, each candle op is a kernel launch that costs the host several
 //! microseconds, and a small network's update is a few hundred of them. A
@@ -157,7 +158,8 @@ pub struct GraphedUpdate {
     graph: Option<Graph>,
     /// The packed batch, copied in before each update.
     input: candle_core::Var,
-    /// Adam's step size and second bias correction for the update.
+    /// Adam's step size and second bias correction for the update (a pair
+    /// per optimizer the body steps).
     hyper: candle_core::Var,
     /// The optimizer state the buffers were made for.
     generation: u64,
@@ -178,14 +180,16 @@ impl GraphedUpdate {
     /// Eager updates before the capture.
     pub const WARMUP: u32 = 3;
 
-    /// Buffers for a packed batch of `n` values, for the optimizer state
-    /// `generation` (see `Adam::generation`).
-    pub fn new(n: usize, generation: u64, device: &Device) -> Result<Self> {
+    /// Buffers for a packed batch of `n` values and `optimizers` pairs of
+    /// Adam hyperparameters, for the optimizer state `generation` (see
+    /// `Adam::generation`; a body that steps two optimizers combines theirs).
+    pub fn new(n: usize, optimizers: usize, generation: u64, device: &Device) -> Result<Self> {
         use candle_core::{DType, Var};
+        let pairs: Vec<f32> = (0..optimizers).flat_map(|_| [0f32, 1.0]).collect();
         Ok(Self {
             graph: None,
             input: Var::from_tensor(&Tensor::zeros(n, DType::F32, device)?)?,
-            hyper: Var::from_tensor(&Tensor::new(&[0f32, 1.0], device)?)?,
+            hyper: Var::from_tensor(&Tensor::new(pairs.as_slice(), device)?)?,
             generation,
             warmup: 0,
         })
@@ -203,18 +207,19 @@ impl GraphedUpdate {
         self.graph.is_some()
     }
 
-    /// One update: copies `batch` and `hyper` into the buffers, then runs
-    /// `body(input, hyper)` eagerly (warm-up), captures it, or replays it.
+    /// One update: copies `batch` and `hyper` (a (step size, correction)
+    /// pair per optimizer) into the buffers, then runs `body(input, hyper)`
+    /// eagerly (warm-up), captures it, or replays it.
     pub fn run(
         &mut self,
         device: &Device,
         batch: &[f32],
-        hyper: [f32; 2],
+        hyper: &[f32],
         mut body: impl FnMut(&Tensor, &Tensor) -> Result<Vec<Tensor>>,
     ) -> Result<Ran> {
         let n = batch.len();
         self.input.set(&Tensor::from_slice(batch, n, device)?)?;
-        self.hyper.set(&Tensor::new(&hyper, device)?)?;
+        self.hyper.set(&Tensor::new(hyper, device)?)?;
         let (input, hyper) = (
             self.input.as_tensor().detach(),
             self.hyper.as_tensor().detach(),

@@ -807,27 +807,9 @@ fn check_population(device: &Device, checks: &mut Vec<Check>) -> Result<(), Trai
 /// update stats over four updates (two of them actor updates), then its
 /// actor, critics, their targets and both Adams' moments.
 fn check_td3_population(device: &Device, checks: &mut Vec<Check>) -> Result<(), TrainError> {
-    use crate::algo::ddpg::{Ddpg, DdpgConfig};
+    use crate::algo::ddpg::Ddpg;
     use crate::algo::population_ac::DdpgPopulation;
-    let net = crate::nn::NetConfig {
-        hidden: vec![64, 64],
-        final_init_scale: 1.0,
-        ..crate::nn::NetConfig::default()
-    };
-    let config = DdpgConfig {
-        batch_size: 64,
-        learning_starts: 0,
-        prioritized: true,
-        n_step: 2,
-        max_grad_norm: Some(5.0),
-        actor: net.clone(),
-        critic: net,
-        ..DdpgConfig::td3()
-    };
-    let bounds = reflex_msgs::BoxSpace {
-        low: vec![-2.0],
-        high: vec![2.0],
-    };
+    let (config, bounds) = td3_population_config();
     let seeds = [0u64, 1, 2];
     let mut population = subject(device, || {
         DdpgPopulation::new(config.clone(), true, 3, &bounds, &seeds, device)
@@ -887,6 +869,88 @@ fn check_td3_population(device: &Device, checks: &mut Vec<Check>) -> Result<(), 
                 )?);
             }
         }
+    }
+    Ok(())
+}
+
+/// The TD3 population parity's settings (64-wide networks, PER, 2-step
+/// returns, a clip) and Pendulum's action bounds.
+fn td3_population_config() -> (crate::algo::ddpg::DdpgConfig, reflex_msgs::BoxSpace) {
+    let net = crate::nn::NetConfig {
+        hidden: vec![64, 64],
+        final_init_scale: 1.0,
+        ..crate::nn::NetConfig::default()
+    };
+    let config = crate::algo::ddpg::DdpgConfig {
+        batch_size: 64,
+        learning_starts: 0,
+        prioritized: true,
+        n_step: 2,
+        max_grad_norm: Some(5.0),
+        actor: net.clone(),
+        critic: net,
+        ..crate::algo::ddpg::DdpgConfig::td3()
+    };
+    let bounds = reflex_msgs::BoxSpace {
+        low: vec![-2.0],
+        high: vec![2.0],
+    };
+    (config, bounds)
+}
+
+/// The TD3 population's updates as replayed CUDA graphs (one for
+/// critic-only updates, one with the actor) against the same population
+/// updating eagerly: every member's stats from the first replays on, the
+/// captured flag, and the actor and critics the replays wrote.
+fn check_td3_population_graph(device: &Device, checks: &mut Vec<Check>) -> Result<(), TrainError> {
+    use crate::algo::population_ac::DdpgPopulation;
+    let (config, bounds) = td3_population_config();
+    let seeds = [0u64, 1, 2, 3];
+    let mut eager = DdpgPopulation::new(config.clone(), true, 3, &bounds, &seeds, device)?;
+    let mut graphed = DdpgPopulation::new(config, true, 3, &bounds, &seeds, device)?;
+    eager.cuda_graph = false;
+    graphed.cuda_graph = true;
+    for k in 0..seeds.len() {
+        let (e, g) = (&mut eager.members[k], &mut graphed.members[k]);
+        super::bench::fill_random("pendulum", 1_000, 11 + k as u64, |step| {
+            e.observe(step)?;
+            g.observe(step)
+        })?;
+    }
+    // Each graph warms up three times and captures on its fourth update:
+    // updates 7 (critic only) and 8 (with the actor) are the first replays.
+    for k in 1..=12 {
+        let (e, g) = (eager.update(0.4)?, graphed.update(0.4)?);
+        if k >= 7 {
+            for (member, (g, e)) in g.iter().zip(&e).enumerate() {
+                checks.extend(stats_checks(
+                    &format!("td3-population-graph member{member} update{k}"),
+                    g,
+                    e,
+                ));
+            }
+        }
+    }
+    checks.push(flag_check(
+        "td3-population-graph captured",
+        graphed.graph_captured(),
+    ));
+    for population in [&mut eager, &mut graphed] {
+        crate::algo::population::Population::sync_members(population)?;
+    }
+    for (k, (g, e)) in graphed.members.iter().zip(&eager.members).enumerate() {
+        weight_checks(
+            &format!("td3-population-graph member{k} actor"),
+            (&g.actor, &g.actor_optimizer),
+            (&e.actor, &e.actor_optimizer),
+            checks,
+        )?;
+        weight_checks(
+            &format!("td3-population-graph member{k} critics"),
+            (&g.critics, &g.critic_optimizer),
+            (&e.critics, &e.critic_optimizer),
+            checks,
+        )?;
     }
     Ok(())
 }
@@ -955,6 +1019,8 @@ pub fn run(device: &Device, mut progress: impl FnMut(&str)) -> Result<Report, Tr
         check_graph(device, &mut checks)?;
         progress("dqn-population-graph");
         check_population_graph(device, &mut checks)?;
+        progress("td3-population-graph");
+        check_td3_population_graph(device, &mut checks)?;
     }
     Ok(Report {
         device: format!("{device:?}"),
