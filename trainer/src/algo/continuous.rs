@@ -687,16 +687,12 @@ macro_rules! forward_to_core {
                 return Ok(None);
             }
             let beta = self.core.beta(step, total);
-            // On CPU this runs the updates inside candle's own thread pool, so a
-            // multi-threaded matmul finds its workers awake.
-            let device = self.core.device.clone();
-            device.with_context(|| {
-                let mut last = None;
-                for _ in 0..due {
-                    last = Some(self.update(beta)?);
-                }
-                Ok(Some(last.expect("at least one update")))
-            })
+            // Each eager update runs inside candle's CPU thread pool itself.
+            let mut last = None;
+            for _ in 0..due {
+                last = Some(self.update(beta)?);
+            }
+            Ok(Some(last.expect("at least one update")))
         }
 
         fn steps_done(&self) -> u64 {

@@ -223,6 +223,12 @@ pub struct Ddpg {
     pub critic_optimizer: Adam,
     /// Replay, noise, generators, normalization, scaling.
     pub core: Core,
+    /// Run updates as captured CUDA graphs (experimental, as [`super::dqn::Dqn`]'s;
+    /// starts as `REFLEX_CUDA_GRAPH=1` says; CUDA with the fused kernels
+    /// only): one graph for critic-only updates, one for updates that also
+    /// move the actor and the targets.
+    pub cuda_graph: bool,
+    graphs: [Option<crate::gpu::graph::GraphedUpdate>; 2],
 }
 
 impl Ddpg {
@@ -260,51 +266,168 @@ impl Ddpg {
             core,
             config,
             td3,
+            cuda_graph: crate::gpu::graph::requested(),
+            graphs: [None, None],
         })
     }
 
     /// One critic update, and every `policy_delay`-th time an actor update and
     /// the target moves. `beta` is PER's importance exponent.
     pub fn update(&mut self, beta: f64) -> Result<UpdateStats, TrainError> {
-        let batch = self.core.sample(beta)?;
+        if self.graphed() {
+            return self.update_graphed(beta);
+        }
+        // On CPU this runs inside candle's own thread pool, so a
+        // multi-threaded matmul finds its workers awake. (The closure
+        // borrows fields, not `self`: the CUDA graphs are not `Send`.)
+        let device = self.core.device.clone();
+        crate::nn::fused::with_context(&device, || {
+            let batch = self.core.sample(beta)?;
+            let c = &self.config;
+            let smoothing = if c.target_noise > 0.0 {
+                let (rows, cols) = batch.actions.dims2()?;
+                Some(clipped_normal(
+                    rows,
+                    cols,
+                    c.target_noise,
+                    c.target_noise_clip,
+                    &mut self.core.replay_rng,
+                    &self.core.device,
+                )?)
+            } else {
+                None
+            };
+            let (loss, q, td_error) = critic_loss(
+                &self.critics,
+                &self.critic_targets,
+                &self.actor_target,
+                &batch,
+                smoothing.as_ref(),
+            )?;
+            let grads = loss.backward()?;
+            let grad_norm = self.critic_optimizer.step(&grads, c.max_grad_norm)?;
+
+            // The actor climbs Q₁(s, μ(s)); the targets follow.
+            if self.critic_optimizer.steps().is_multiple_of(c.policy_delay) {
+                let grads = actor_loss(&self.actor, &self.critics, &batch.obs)?.backward()?;
+                self.actor_optimizer.step(&grads, c.max_grad_norm)?;
+                polyak(&self.actor_target, &self.actor, c.tau)?;
+                polyak(&self.critic_targets, &self.critics, c.tau)?;
+            }
+
+            self.core.update_priorities(&td_error)?;
+            Ok(UpdateStats {
+                loss: loss.to_scalar::<f32>()?,
+                q_mean: q.mean_all()?.to_scalar::<f32>()?,
+                grad_norm,
+            })
+        })
+    }
+}
+
+impl Ddpg {
+    /// Whether updates run as captured CUDA graphs: asked for
+    /// ([`cuda_graph`](Self::cuda_graph)) on a CUDA device with the fused
+    /// kernels.
+    fn graphed(&self) -> bool {
+        self.cuda_graph && crate::gpu::kernels::cuda_kernels(&self.core.device)
+    }
+
+    /// [`update`](Self::update) as a replayed CUDA graph (see
+    /// [`crate::gpu::graph::GraphedUpdate`]): the batch and TD3's smoothing
+    /// noise are sampled on the host and packed into one upload; critic-only
+    /// updates and updates that also move the actor each have their own
+    /// graph (warm-up, capture, replays), fed both optimizers' step sizes
+    /// through its buffer; [loss, mean Q, norm², TD errors] come back in one
+    /// copy. A failed capture turns the graphs off with a warning.
+    fn update_graphed(&mut self, beta: f64) -> Result<UpdateStats, TrainError> {
+        use crate::gpu::graph::{GraphedUpdate, Ran};
         let c = &self.config;
-        let smoothing = if c.target_noise > 0.0 {
-            let (rows, cols) = batch.actions.dims2()?;
-            Some(clipped_normal(
-                rows,
-                cols,
-                c.target_noise,
-                c.target_noise_clip,
-                &mut self.core.replay_rng,
-                &self.core.device,
-            )?)
+        let smoothing = (c.target_noise > 0.0).then_some((c.target_noise, c.target_noise_clip));
+        let shapes = self.core.sample_packed(beta, smoothing)?;
+        let with_actor = (self.critic_optimizer.steps() + 1).is_multiple_of(c.policy_delay);
+        let dev = self.core.device.clone();
+        let n = self.core.packed().len();
+        let generation =
+            (self.critic_optimizer.generation() << 32) ^ self.actor_optimizer.generation();
+        let slot = usize::from(with_actor);
+        if !self.graphs[slot]
+            .as_ref()
+            .is_some_and(|g| g.fits(n, generation))
+        {
+            self.graphs[slot] = Some(GraphedUpdate::new(n, 2, generation, &dev)?);
+        }
+        let mut hyper = self.critic_optimizer.next_hyper().to_vec();
+        hyper.extend(if with_actor {
+            self.actor_optimizer.next_hyper()
         } else {
-            None
-        };
-        let (loss, q, td_error) = critic_loss(
+            [0.0, 1.0]
+        });
+        let per = c.prioritized;
+        let nets = (
+            &self.actor,
+            &self.actor_target,
             &self.critics,
             &self.critic_targets,
-            &self.actor_target,
-            &batch,
-            smoothing.as_ref(),
-        )?;
-        let grads = loss.backward()?;
-        let grad_norm = self.critic_optimizer.step(&grads, c.max_grad_norm)?;
-
-        // The actor climbs Q₁(s, μ(s)); the targets follow.
-        if self.critic_optimizer.steps().is_multiple_of(c.policy_delay) {
-            let grads = actor_loss(&self.actor, &self.critics, &batch.obs)?.backward()?;
-            self.actor_optimizer.step(&grads, c.max_grad_norm)?;
-            polyak(&self.actor_target, &self.actor, c.tau)?;
-            polyak(&self.critic_targets, &self.critics, c.tau)?;
-        }
-
-        self.core.update_priorities(&td_error)?;
+        );
+        let (critic_optimizer, actor_optimizer) =
+            (&mut self.critic_optimizer, &mut self.actor_optimizer);
+        let g = self.graphs[slot].as_mut().expect("made above");
+        let ran = g.run(&dev, self.core.packed(), &hyper, |input, hyper| {
+            let (actor, actor_target, critics, critic_targets) = nets;
+            let mut parts = super::unpack(input, &shapes)?;
+            let smoothing = (parts.len() == 7).then(|| parts.pop()).flatten();
+            let batch = ContinuousBatch::from_parts(parts)
+                .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+            let (loss, q, td_error) = critic_loss(
+                critics,
+                critic_targets,
+                actor_target,
+                &batch,
+                smoothing.as_ref(),
+            )?;
+            let grads = loss.backward()?;
+            let normsq =
+                critic_optimizer.step_in_graph(&grads, c.max_grad_norm, &hyper.narrow(0, 0, 2)?)?;
+            if with_actor {
+                let grads = actor_loss(actor, critics, &batch.obs)?.backward()?;
+                actor_optimizer.step_in_graph(&grads, c.max_grad_norm, &hyper.narrow(0, 2, 2)?)?;
+                polyak(actor_target, actor, c.tau)?;
+                polyak(critic_targets, critics, c.tau)?;
+            }
+            let mut pieces = vec![
+                loss.detach().reshape(1)?,
+                q.mean_all()?.reshape(1)?,
+                normsq.to_dtype(DType::F32)?.reshape(1)?,
+            ];
+            if per {
+                pieces.push(td_error.flatten_all()?);
+            }
+            Ok(vec![Tensor::cat(&pieces, 0)?])
+        })?;
+        let out = match ran {
+            Ran::Values(out) => out,
+            Ran::CaptureFailed(e, out) => {
+                tracing::warn!("CUDA graph capture failed, updating eagerly: {e}");
+                self.cuda_graph = false;
+                self.graphs = [None, None];
+                out
+            }
+        };
+        self.core.set_priorities(&out[3..])?;
         Ok(UpdateStats {
-            loss: loss.to_scalar::<f32>()?,
-            q_mean: q.mean_all()?.to_scalar::<f32>()?,
-            grad_norm,
+            loss: out[0],
+            q_mean: out[1],
+            grad_norm: f64::from(out[2]).sqrt(),
         })
+    }
+
+    /// Whether both updates (critic-only, and with the actor) now replay
+    /// captured CUDA graphs.
+    pub fn graph_captured(&self) -> bool {
+        self.graphs
+            .iter()
+            .all(|g| g.as_ref().is_some_and(|g| g.captured()))
     }
 }
 

@@ -158,26 +158,31 @@ impl Naf {
 
     /// One gradient update on a sampled batch; the target follows by Polyak.
     pub fn update(&mut self, beta: f64) -> Result<UpdateStats, TrainError> {
-        let batch = self.core.sample(beta)?;
-        let next_value = self.target.forward(&batch.next_obs)?.value;
-        let y = (&batch.rewards + (&batch.discounts * next_value)?)?.detach();
-        let out = self.online.forward(&batch.obs)?;
-        let q = self.online.q(&out, &batch.actions)?;
-        let error = (&q - &y)?;
-        let td_loss = (error.sqr()? * &batch.weights)?.mean_all()?;
-        let loss = if self.config.mu_penalty > 0.0 {
-            (&td_loss + (out.mu_pre.sqr()?.mean_all()? * self.config.mu_penalty)?)?
-        } else {
-            td_loss.clone()
-        };
-        let grads = loss.backward()?;
-        let grad_norm = self.optimizer.step(&grads, self.config.max_grad_norm)?;
-        polyak(&self.target, &self.online, self.config.tau)?;
-        self.core.update_priorities(&error.detach())?;
-        Ok(UpdateStats {
-            loss: td_loss.to_scalar::<f32>()?,
-            q_mean: q.mean_all()?.to_scalar::<f32>()?,
-            grad_norm,
+        // On CPU this runs inside candle's own thread pool, so a
+        // multi-threaded matmul finds its workers awake.
+        let device = self.core.device.clone();
+        crate::nn::fused::with_context(&device, || {
+            let batch = self.core.sample(beta)?;
+            let next_value = self.target.forward(&batch.next_obs)?.value;
+            let y = (&batch.rewards + (&batch.discounts * next_value)?)?.detach();
+            let out = self.online.forward(&batch.obs)?;
+            let q = self.online.q(&out, &batch.actions)?;
+            let error = (&q - &y)?;
+            let td_loss = (error.sqr()? * &batch.weights)?.mean_all()?;
+            let loss = if self.config.mu_penalty > 0.0 {
+                (&td_loss + (out.mu_pre.sqr()?.mean_all()? * self.config.mu_penalty)?)?
+            } else {
+                td_loss.clone()
+            };
+            let grads = loss.backward()?;
+            let grad_norm = self.optimizer.step(&grads, self.config.max_grad_norm)?;
+            polyak(&self.target, &self.online, self.config.tau)?;
+            self.core.update_priorities(&error.detach())?;
+            Ok(UpdateStats {
+                loss: td_loss.to_scalar::<f32>()?,
+                q_mean: q.mean_all()?.to_scalar::<f32>()?,
+                grad_norm,
+            })
         })
     }
 

@@ -185,17 +185,25 @@ impl DdpgPopulation {
         if self.graphed() {
             return self.update_graphed(&shapes, with_actor);
         }
-        let all = Tensor::from_slice(&self.upload, self.upload.len(), &self.device)?;
-        let (back, host_norms) = update_body(
-            &self.nets,
-            (&mut self.critic_optimizer, &mut self.actor_optimizer),
-            &self.config,
-            &all,
-            &shapes,
-            None,
-            with_actor,
-        )?;
-        self.finish(&back.to_vec1::<f32>()?, host_norms)
+        // On CPU inside candle's thread pool, as a single learner's update
+        // runs (a multi-threaded matmul splits its work by the pool it runs
+        // in, so this keeps a member's arithmetic its single run's). The
+        // closure borrows fields, not `self`: the CUDA graphs are not `Send`.
+        let device = self.device.clone();
+        let (back, host_norms) = crate::nn::fused::with_context(&device, || {
+            let all = Tensor::from_slice(&self.upload, self.upload.len(), &self.device)?;
+            let (back, host_norms) = update_body(
+                &self.nets,
+                (&mut self.critic_optimizer, &mut self.actor_optimizer),
+                &self.config,
+                &all,
+                &shapes,
+                None,
+                with_actor,
+            )?;
+            Ok::<_, TrainError>((back.to_vec1::<f32>()?, host_norms))
+        })?;
+        self.finish(&back, host_norms)
     }
 
     /// Whether updates run as captured CUDA graphs: asked for
@@ -422,9 +430,6 @@ impl Population for DdpgPopulation {
             return Ok(None);
         }
         let beta = core.beta(step, total);
-        // Unlike a single learner's, these updates do not run inside
-        // candle's CPU thread pool (`Device::with_context`): that needs a
-        // `Send` closure, and the CUDA graphs held here are not.
         let mut last = None;
         for _ in 0..due {
             last = Some(self.update(beta)?);

@@ -508,7 +508,7 @@ macro_rules! forward_to_sequence_core {
             );
             // On CPU the updates run inside candle's own thread pool.
             let device = self.core.device.clone();
-            device.with_context(|| {
+            crate::nn::fused::with_context(&device, || {
                 super::update_round(step, total, starts, freq, steps, beta0, |beta| {
                     self.update(beta)
                 })

@@ -898,6 +898,62 @@ fn td3_population_config() -> (crate::algo::ddpg::DdpgConfig, reflex_msgs::BoxSp
     (config, bounds)
 }
 
+/// A TD3 learner's updates as replayed CUDA graphs (one for critic-only
+/// updates, one with the actor) against the same learner updating eagerly:
+/// stats from the first replays on, the captured flag, and the actor,
+/// critics, their targets and both Adams' moments the replays wrote.
+fn check_td3_graph(device: &Device, checks: &mut Vec<Check>) -> Result<(), TrainError> {
+    use crate::algo::ddpg::Ddpg;
+    let (config, bounds) = td3_population_config();
+    let mut eager = Ddpg::new(config.clone(), true, 3, &bounds, 5, device)?;
+    let mut graphed = Ddpg::new(config, true, 3, &bounds, 5, device)?;
+    eager.cuda_graph = false;
+    graphed.cuda_graph = true;
+    super::bench::fill_random("pendulum", 1_000, 11, |step| {
+        eager.observe(step)?;
+        graphed.observe(step)
+    })?;
+    // Each graph warms up three times and captures on its fourth update:
+    // updates 7 (critic only) and 8 (with the actor) are the first replays.
+    for k in 1..=12 {
+        let (e, g) = (eager.update(0.4)?, graphed.update(0.4)?);
+        if k >= 7 {
+            checks.extend(stats_checks(&format!("td3-graph update{k}"), &g, &e));
+        }
+    }
+    checks.push(flag_check("td3-graph captured", graphed.graph_captured()));
+    weight_checks(
+        "td3-graph actor",
+        (&graphed.actor, &graphed.actor_optimizer),
+        (&eager.actor, &eager.actor_optimizer),
+        checks,
+    )?;
+    weight_checks(
+        "td3-graph critics",
+        (&graphed.critics, &graphed.critic_optimizer),
+        (&eager.critics, &eager.critic_optimizer),
+        checks,
+    )?;
+    let targets: [(&str, &dyn Params, &dyn Params); 2] = [
+        ("actor target", &graphed.actor_target, &eager.actor_target),
+        (
+            "critic targets",
+            &graphed.critic_targets,
+            &eager.critic_targets,
+        ),
+    ];
+    for (which, g, e) in targets {
+        for ((name, a), (_, b)) in g.named_vars().iter().zip(e.named_vars()) {
+            checks.push(compare(
+                format!("td3-graph {which} {name}"),
+                a.as_tensor(),
+                b.as_tensor(),
+            )?);
+        }
+    }
+    Ok(())
+}
+
 /// The TD3 population's updates as replayed CUDA graphs (one for
 /// critic-only updates, one with the actor) against the same population
 /// updating eagerly: every member's stats from the first replays on, the
@@ -1019,6 +1075,8 @@ pub fn run(device: &Device, mut progress: impl FnMut(&str)) -> Result<Report, Tr
         check_graph(device, &mut checks)?;
         progress("dqn-population-graph");
         check_population_graph(device, &mut checks)?;
+        progress("td3-cuda-graph");
+        check_td3_graph(device, &mut checks)?;
         progress("td3-population-graph");
         check_td3_population_graph(device, &mut checks)?;
     }

@@ -401,6 +401,15 @@ pub fn portable<R>(f: impl FnOnce() -> R) -> R {
     f()
 }
 
+/// `device.with_context(f)` (on CPU: `f` inside candle's thread pool, whose
+/// workers stay awake between the many short parallel sections of an
+/// update), carrying [`portable`] into the pool's thread: the switch is per
+/// thread, and the pool runs `f` on one of its own.
+pub fn with_context<R: Send>(device: &candle_core::Device, f: impl FnOnce() -> R + Send) -> R {
+    let off = PORTABLE.get();
+    device.with_context(move || if off { portable(f) } else { f() })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
