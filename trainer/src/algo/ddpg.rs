@@ -228,7 +228,7 @@ pub struct Ddpg {
     /// only): one graph for critic-only updates, one for updates that also
     /// move the actor and the targets.
     pub cuda_graph: bool,
-    graphs: [Option<crate::gpu::graph::GraphedUpdate>; 2],
+    graphs: crate::gpu::graph::ActorCriticGraphs,
 }
 
 impl Ddpg {
@@ -267,7 +267,7 @@ impl Ddpg {
             config,
             td3,
             cuda_graph: crate::gpu::graph::requested(),
-            graphs: [None, None],
+            graphs: Default::default(),
         })
     }
 
@@ -341,28 +341,19 @@ impl Ddpg {
     /// through its buffer; [loss, mean Q, norm², TD errors] come back in one
     /// copy. A failed capture turns the graphs off with a warning.
     fn update_graphed(&mut self, beta: f64) -> Result<UpdateStats, TrainError> {
-        use crate::gpu::graph::{GraphedUpdate, Ran};
         let c = &self.config;
         let smoothing = (c.target_noise > 0.0).then_some((c.target_noise, c.target_noise_clip));
         let shapes = self.core.sample_packed(beta, smoothing)?;
         let with_actor = (self.critic_optimizer.steps() + 1).is_multiple_of(c.policy_delay);
         let dev = self.core.device.clone();
-        let n = self.core.packed().len();
-        let generation =
-            (self.critic_optimizer.generation() << 32) ^ self.actor_optimizer.generation();
-        let slot = usize::from(with_actor);
-        if !self.graphs[slot]
-            .as_ref()
-            .is_some_and(|g| g.fits(n, generation))
-        {
-            self.graphs[slot] = Some(GraphedUpdate::new(n, 2, generation, &dev)?);
-        }
-        let mut hyper = self.critic_optimizer.next_hyper().to_vec();
-        hyper.extend(if with_actor {
-            self.actor_optimizer.next_hyper()
-        } else {
-            [0.0, 1.0]
-        });
+        let (critic_optimizer, actor_optimizer) =
+            (&mut self.critic_optimizer, &mut self.actor_optimizer);
+        let (g, hyper) = self.graphs.prepare(
+            self.core.packed().len(),
+            (&mut *critic_optimizer, &mut *actor_optimizer),
+            with_actor,
+            &dev,
+        )?;
         let per = c.prioritized;
         let nets = (
             &self.actor,
@@ -370,9 +361,6 @@ impl Ddpg {
             &self.critics,
             &self.critic_targets,
         );
-        let (critic_optimizer, actor_optimizer) =
-            (&mut self.critic_optimizer, &mut self.actor_optimizer);
-        let g = self.graphs[slot].as_mut().expect("made above");
         let ran = g.run(&dev, self.core.packed(), &hyper, |input, hyper| {
             let (actor, actor_target, critics, critic_targets) = nets;
             let mut parts = super::unpack(input, &shapes)?;
@@ -405,15 +393,11 @@ impl Ddpg {
             }
             Ok(vec![Tensor::cat(&pieces, 0)?])
         })?;
-        let out = match ran {
-            Ran::Values(out) => out,
-            Ran::CaptureFailed(e, out) => {
-                tracing::warn!("CUDA graph capture failed, updating eagerly: {e}");
-                self.cuda_graph = false;
-                self.graphs = [None, None];
-                out
-            }
-        };
+        let (out, failed) = ran.values();
+        if failed {
+            self.cuda_graph = false;
+            self.graphs.clear();
+        }
         self.core.set_priorities(&out[3..])?;
         Ok(UpdateStats {
             loss: out[0],
@@ -425,9 +409,7 @@ impl Ddpg {
     /// Whether both updates (critic-only, and with the actor) now replay
     /// captured CUDA graphs.
     pub fn graph_captured(&self) -> bool {
-        self.graphs
-            .iter()
-            .all(|g| g.as_ref().is_some_and(|g| g.captured()))
+        self.graphs.captured()
     }
 }
 

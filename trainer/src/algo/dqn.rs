@@ -440,7 +440,7 @@ impl Dqn {
     /// norm², TD errors] back in one copy. A capture that fails turns the
     /// graph off (with a warning) and the update runs eagerly.
     fn update_graphed(&mut self, shapes: &[Shape]) -> Result<UpdateStats, TrainError> {
-        use crate::gpu::graph::{GraphedUpdate, Ran};
+        use crate::gpu::graph::GraphedUpdate;
         let dev = self.device.clone();
         let n = self.upload_scratch.len();
         let generation = self.optimizer.generation();
@@ -455,15 +455,11 @@ impl Dqn {
         let ran = g.run(&dev, &self.upload_scratch, &hyper, |input, hyper| {
             graph_body(online, target, config, optimizer, input, hyper, shapes, per)
         })?;
-        let out = match ran {
-            Ran::Values(out) => out,
-            Ran::CaptureFailed(e, out) => {
-                tracing::warn!("CUDA graph capture failed, updating eagerly: {e}");
-                self.cuda_graph = false;
-                self.graph = None;
-                out
-            }
-        };
+        let (out, failed) = ran.values();
+        if failed {
+            self.cuda_graph = false;
+            self.graph = None;
+        }
         self.finish_graphed(&out)
     }
 

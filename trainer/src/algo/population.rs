@@ -238,7 +238,7 @@ impl DqnPopulation {
     /// eagerly, the next captures it, the rest replay it; a failed capture
     /// turns the graph off with a warning.
     fn update_graphed(&mut self, shapes: &[Shape]) -> Result<Vec<UpdateStats>, TrainError> {
-        use crate::gpu::graph::{GraphedUpdate, Ran};
+        use crate::gpu::graph::GraphedUpdate;
         let dev = self.device.clone();
         let n = self.upload.len();
         let generation = self.optimizer.generation();
@@ -261,15 +261,11 @@ impl DqnPopulation {
             )
             .map_err(|e| candle_core::Error::Msg(e.to_string()))?])
         })?;
-        let back = match ran {
-            Ran::Values(back) => back,
-            Ran::CaptureFailed(e, back) => {
-                tracing::warn!("CUDA graph capture failed, updating eagerly: {e}");
-                self.cuda_graph = false;
-                self.graph = None;
-                back
-            }
-        };
+        let (back, failed) = ran.values();
+        if failed {
+            self.cuda_graph = false;
+            self.graph = None;
+        }
         self.finish(&back, None)
     }
 

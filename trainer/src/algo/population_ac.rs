@@ -44,7 +44,7 @@ pub struct DdpgPopulation {
     /// fused kernels only): one graph for critic-only updates, one for
     /// updates that also move the actor and the targets.
     pub cuda_graph: bool,
-    graphs: [Option<crate::gpu::graph::GraphedUpdate>; 2],
+    graphs: crate::gpu::graph::ActorCriticGraphs,
 }
 
 /// The population's stacked networks.
@@ -106,7 +106,7 @@ impl DdpgPopulation {
             device: device.clone(),
             upload: Vec::new(),
             cuda_graph: crate::gpu::graph::requested(),
-            graphs: [None, None],
+            graphs: Default::default(),
         })
     }
 
@@ -140,7 +140,7 @@ impl DdpgPopulation {
         );
         self.actor_optimizer = stack_optimizer(&self.nets.actor, &actors, actor_lr)?;
         self.critic_optimizer = stack_optimizer(&self.nets.critics, &critics, critic_lr)?;
-        self.graphs = [None, None];
+        self.graphs.clear();
         Ok(())
     }
 
@@ -224,28 +224,16 @@ impl DdpgPopulation {
         shapes: &[Shape],
         with_actor: bool,
     ) -> Result<Vec<UpdateStats>, TrainError> {
-        use crate::gpu::graph::{GraphedUpdate, Ran};
         let dev = self.device.clone();
-        let n = self.upload.len();
-        let generation =
-            (self.critic_optimizer.generation() << 32) ^ self.actor_optimizer.generation();
-        let slot = usize::from(with_actor);
-        if !self.graphs[slot]
-            .as_ref()
-            .is_some_and(|g| g.fits(n, generation))
-        {
-            self.graphs[slot] = Some(GraphedUpdate::new(n, 2, generation, &dev)?);
-        }
-        let mut hyper = self.critic_optimizer.next_hyper().to_vec();
-        hyper.extend(if with_actor {
-            self.actor_optimizer.next_hyper()
-        } else {
-            [0.0, 1.0]
-        });
-        let (nets, config) = (&self.nets, &self.config);
         let (critic_optimizer, actor_optimizer) =
             (&mut self.critic_optimizer, &mut self.actor_optimizer);
-        let g = self.graphs[slot].as_mut().expect("made above");
+        let (g, hyper) = self.graphs.prepare(
+            self.upload.len(),
+            (&mut *critic_optimizer, &mut *actor_optimizer),
+            with_actor,
+            &dev,
+        )?;
+        let (nets, config) = (&self.nets, &self.config);
         let ran = g.run(&dev, &self.upload, &hyper, |input, hyper| {
             let (back, _) = update_body(
                 nets,
@@ -259,24 +247,18 @@ impl DdpgPopulation {
             .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
             Ok(vec![back])
         })?;
-        let back = match ran {
-            Ran::Values(back) => back,
-            Ran::CaptureFailed(e, back) => {
-                tracing::warn!("CUDA graph capture failed, updating eagerly: {e}");
-                self.cuda_graph = false;
-                self.graphs = [None, None];
-                back
-            }
-        };
+        let (back, failed) = ran.values();
+        if failed {
+            self.cuda_graph = false;
+            self.graphs.clear();
+        }
         self.finish(&back, None)
     }
 
     /// Whether both updates (critic-only, and with the actor) now replay
     /// captured CUDA graphs.
     pub fn graph_captured(&self) -> bool {
-        self.graphs
-            .iter()
-            .all(|g| g.as_ref().is_some_and(|g| g.captured()))
+        self.graphs.captured()
     }
 
     /// Every member samples its batch, with TD3's smoothing noise drawn

@@ -176,6 +176,68 @@ pub enum Ran {
     CaptureFailed(String, Vec<f32>),
 }
 
+impl Ran {
+    /// The body's values, and whether the capture failed (logged here as a
+    /// warning; the caller then turns its graphs off).
+    pub fn values(self) -> (Vec<f32>, bool) {
+        match self {
+            Ran::Values(values) => (values, false),
+            Ran::CaptureFailed(e, values) => {
+                tracing::warn!("CUDA graph capture failed, updating eagerly: {e}");
+                (values, true)
+            }
+        }
+    }
+}
+
+/// An actor-critic update's two graphs: one for updates that step only the
+/// critics, one for those that also step the actor and move the targets
+/// (TD3's policy delay alternates them), each fed the critics' and the
+/// actor's Adam step sizes through its buffer.
+#[derive(Debug, Default)]
+pub struct ActorCriticGraphs {
+    graphs: [Option<GraphedUpdate>; 2],
+}
+
+impl ActorCriticGraphs {
+    /// The graph for this update, made (or remade) to fit a batch of `n`
+    /// values and the optimizers' state, and its buffer's hyperparameters:
+    /// the critics' step, then the actor's when `with_actor` (a placeholder
+    /// otherwise, the actor's step count left as it is).
+    pub fn prepare(
+        &mut self,
+        n: usize,
+        (critic, actor): (&mut crate::optim::Adam, &mut crate::optim::Adam),
+        with_actor: bool,
+        device: &Device,
+    ) -> Result<(&mut GraphedUpdate, Vec<f32>)> {
+        let generation = (critic.generation() << 32) ^ actor.generation();
+        let slot = &mut self.graphs[usize::from(with_actor)];
+        if !slot.as_ref().is_some_and(|g| g.fits(n, generation)) {
+            *slot = Some(GraphedUpdate::new(n, 2, generation, device)?);
+        }
+        let mut hyper = critic.next_hyper().to_vec();
+        hyper.extend(if with_actor {
+            actor.next_hyper()
+        } else {
+            [0.0, 1.0]
+        });
+        Ok((slot.as_mut().expect("made above"), hyper))
+    }
+
+    /// Whether both graphs have been captured.
+    pub fn captured(&self) -> bool {
+        self.graphs
+            .iter()
+            .all(|g| g.as_ref().is_some_and(GraphedUpdate::captured))
+    }
+
+    /// Drops both graphs (a new optimizer state, or graphs turned off).
+    pub fn clear(&mut self) {
+        self.graphs = [None, None];
+    }
+}
+
 impl GraphedUpdate {
     /// Eager updates before the capture.
     pub const WARMUP: u32 = 3;
