@@ -324,6 +324,26 @@ class Td3Bench:
             self.actor_step(batch[0])
 
 
+def td3_graphs(b, sample):
+    """A TD3 update step as two CUDA graphs, alternated (the policy delay): a
+    critic-only update, and a critic + actor + targets one; `b` has
+    critic_step and actor_step, `sample` draws a batch on the device."""
+    def critic_only():
+        b.critic_step(*sample())
+
+    def both():
+        batch = sample()
+        b.critic_step(*batch)
+        b.actor_step(batch[0])
+    g1, g2 = graphed(critic_only), graphed(both)
+    flip = [0]
+
+    def step():
+        flip[0] ^= 1
+        (g1 if flip[0] else g2)()
+    return step
+
+
 def bench_td3():
     h1, h2, batch = (50, 38, 32) if args.small else (400, 300, 256)
     case = "td3-400x300-b256"
@@ -331,22 +351,7 @@ def bench_td3():
     report(case, "eager-host", clocked(lambda: b.step(b.sample_host), 20, 20, args.seconds))
     report(case, "eager-device", clocked(lambda: b.step(b.sample_device), 20, 20, args.seconds))
     if cuda:
-        # Two graphs: a critic-only update and a critic + actor + targets one,
-        # alternated (the policy delay).
-        def critic_only():
-            b.critic_step(*b.sample_device())
-
-        def both():
-            batch = b.sample_device()
-            b.critic_step(*batch)
-            b.actor_step(batch[0])
-        g1, g2 = graphed(critic_only), graphed(both)
-        flip = [0]
-
-        def step():
-            flip[0] ^= 1
-            (g1 if flip[0] else g2)()
-        report(case, "graph", clocked(step, 20, 20, args.seconds))
+        report(case, "graph", clocked(td3_graphs(b, b.sample_device), 20, 20, args.seconds))
 
 
 # ---------------------------------------------------------------- TD3 population
@@ -435,20 +440,7 @@ def bench_td3_population():
     n, secs = clocked(b.step, 10, 10, args.seconds)
     report(case, "eager-device", (n * members, secs), unit)
     if cuda:
-        def critic_only():
-            b.critic_step(*b.sample())
-
-        def both():
-            batch = b.sample()
-            b.critic_step(*batch)
-            b.actor_step(batch[0])
-        g1, g2 = graphed(critic_only), graphed(both)
-        flip = [0]
-
-        def step():
-            flip[0] ^= 1
-            (g1 if flip[0] else g2)()
-        n, secs = clocked(step, 10, 10, args.seconds)
+        n, secs = clocked(td3_graphs(b, b.sample), 10, 10, args.seconds)
         report(case, "graph", (n * members, secs), unit)
 
 
