@@ -33,6 +33,7 @@ if peak:
     print(line + "\n")
 
 forms = ["eager-host", "eager-device", "graph"]
+footnotes = []
 print("| case | unit | reflex | PyTorch eager, host replay | PyTorch eager, GPU replay "
       "| PyTorch CUDA graph | reflex / best PyTorch | reflex TFLOP/s (% of candle's matmul peak) |")
 print("|---|---|---:|---:|---:|---:|---:|---:|")
@@ -40,6 +41,14 @@ for case, r in reflex.items():
     if case == "matmul-4096":
         continue
     t = torch.get(case, {})
+    base = case.removesuffix("-pop16")
+    if not t and base != case and base in torch:
+        # No stacked PyTorch form (the LSTM: cuDNN's fused LSTM has no member
+        # dimension): P seeds in PyTorch are P runs of its single learner, so
+        # its member rate is the single learner's rate.
+        t = torch[base]
+        footnotes.append(f"{case}: PyTorch's columns are its single learner's ({base}), "
+                         "the rate of P seeds trained one after another")
     cells = [f"{t[f]['rate']:,.0f}" if f in t else "—" for f in forms]
     best = max((t[f]["rate"] for f in forms if f in t), default=None)
     ratio = f"{r['rate'] / best:.2f}×" if best else "—"
@@ -51,5 +60,7 @@ for case, r in reflex.items():
         cells = [c + (f" ({t[f]['updates_per_s']:,.0f} u/s)" if f in t and "updates_per_s" in t[f] else "")
                  for c, f in zip(cells, forms)]
     print(f"| {case} | {r['unit']} | {rate} | " + " | ".join(cells) + f" | {ratio} | {share} |")
+for f in footnotes:
+    print(f"\n{f}")
 for e in errors:
     print(f"\nPyTorch error: {e}")

@@ -79,7 +79,7 @@ enum Command {
         #[arg(long, default_value = "cpu")]
         device: String,
         /// Train this many seeds at once (seed, seed + 1, …) as one
-        /// population on stacked networks, each into OUT/member-K (dqn, ddpg, td3).
+        /// population on stacked networks, each into OUT/member-K (dqn, drqn, ddpg, td3).
         #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
         population: u16,
     },

@@ -284,31 +284,55 @@ fn a_population_run_writes_a_run_folder_per_seed() {
 /// and mean Q; only the timing column differs).
 #[test]
 fn a_td3_population_member_is_its_seeds_run() {
-    let out = out_dir("population-td3");
-    let settings = [
-        "--set",
-        "td3.learning_starts=400",
-        "--set",
-        "td3.batch_size=32",
-        "--set",
-        "td3.actor.hidden=[32, 32]",
-        "--set",
-        "td3.critic.hidden=[32, 32]",
-        "--set",
+    population_member_is_its_seeds_run(
+        "pendulum",
+        "td3",
+        &[
+            "td3.learning_starts=400",
+            "td3.batch_size=32",
+            "td3.actor.hidden=[32, 32]",
+            "td3.critic.hidden=[32, 32]",
+        ],
+    );
+}
+
+/// The same for DRQN's population (stacked LSTMs) on masked CartPole.
+#[test]
+fn a_drqn_population_member_is_its_seeds_run() {
+    population_member_is_its_seeds_run(
+        "cartpole-masked",
+        "drqn",
+        &[
+            "drqn.learning_starts=300",
+            "drqn.batch_size=8",
+            "drqn.lstm_hidden=16",
+            "drqn.net.hidden=[16]",
+            "drqn.seq_len=8",
+            "drqn.burn_in=4",
+        ],
+    );
+}
+
+/// `run --env ENV --algo ALGO --population 2 --seed 4` against `run --seed
+/// 5` alone, 1,000 steps with `settings` (key=value): member 1's
+/// metrics.csv (but its timing column) and final evaluation are the single
+/// run's.
+fn population_member_is_its_seeds_run(env: &str, algo: &str, settings: &[&str]) {
+    let out = out_dir(&format!("population-{algo}"));
+    let mut sets = Vec::new();
+    for kv in settings.iter().chain(&[
         "eval_interval=500",
-        "--set",
         "eval_interval_episodes=1",
-        "--set",
         "eval_episodes=2",
-    ];
+    ]) {
+        sets.extend(["--set", kv]);
+    }
     let run = |extra: &[&str], dir: &Path| {
         let output = train_cmd()
-            .args([
-                "run", "--env", "pendulum", "--algo", "td3", "--steps", "1000",
-            ])
+            .args(["run", "--env", env, "--algo", algo, "--steps", "1000"])
             .arg("--quiet")
             .args(extra)
-            .args(settings)
+            .args(&sets)
             .arg("--out")
             .arg(dir)
             .output()
@@ -318,9 +342,12 @@ fn a_td3_population_member_is_its_seeds_run() {
         stderr
     };
     let stderr = run(&["--seed", "4", "--population", "2"], &out);
-    assert!(stderr.contains("population of 2 td3 learners"), "{stderr}");
+    assert!(
+        stderr.contains(&format!("population of 2 {algo} learners")),
+        "{stderr}"
+    );
     let summary = read_json(&out.join("population.json"));
-    assert_eq!(summary["algo"], "td3");
+    assert_eq!(summary["algo"], algo);
     let without_timing = |metrics: &Path| -> Vec<String> {
         std::fs::read_to_string(metrics)
             .unwrap()

@@ -183,15 +183,23 @@ impl Carry {
         obs: &[f32],
         net: impl FnOnce(&Tensor, &Tensor, &Tensor) -> candle_core::Result<(Tensor, Tensor, Tensor)>,
     ) -> candle_core::Result<Vec<f32>> {
-        let mut x = obs.to_vec();
-        if let Some(norm) = norm {
-            norm.apply(&mut x);
-        }
-        x.extend_from_slice(&self.prev);
+        let x = self.input(norm, obs);
         let x = Tensor::from_vec(x, (1, obs.len() + self.prev.len()), self.h.device())?;
         let (out, h, c) = net(&x, &self.h, &self.c)?;
         (self.h, self.c) = (h, c);
         out.flatten_all()?.to_vec1::<f32>()
+    }
+
+    /// The network's input for `obs`: the observation (normalized with
+    /// `norm` if any), then the previous action.
+    pub(crate) fn input(&self, norm: Option<&RunningNorm>, obs: &[f32]) -> Vec<f32> {
+        let mut x = Vec::with_capacity(obs.len() + self.prev.len());
+        x.extend_from_slice(obs);
+        if let Some(norm) = norm {
+            norm.apply(&mut x);
+        }
+        x.extend_from_slice(&self.prev);
+        x
     }
 
     /// The previous-action input and, when `stored`, the state, as replay
@@ -345,7 +353,7 @@ impl Drqn {
         }
     }
 
-    fn window(&self) -> WindowSpec {
+    pub(crate) fn window(&self) -> WindowSpec {
         WindowSpec {
             burn_in: self.config.burn_in,
             learn: self.config.seq_len,
@@ -356,12 +364,37 @@ impl Drqn {
 
     /// One gradient update on a batch of windows; `beta` is PER's exponent.
     pub fn update(&mut self, beta: f64) -> Result<UpdateStats, TrainError> {
+        let shapes = self.sample_packed(beta)?;
+        let all = Tensor::from_slice(&self.upload, self.upload.len(), &self.device)?;
+        let parts = super::unpack(&all, &shapes)?;
+        let (loss, q_mean, td_error) = drqn_loss(
+            &self.online,
+            &self.target,
+            &self.config,
+            self.window(),
+            &parts,
+        )?;
+        let grads = loss.backward()?;
+        let grad_norm = self.optimizer.step(&grads, self.config.max_grad_norm)?;
+        if self.config.prioritized {
+            self.set_priorities(&td_error.flatten_all()?.to_vec1::<f32>()?)?;
+        }
+        Ok(UpdateStats {
+            loss: loss.to_scalar::<f32>()?,
+            q_mean: q_mean.to_scalar::<f32>()?,
+            grad_norm,
+        })
+    }
+
+    /// Samples a batch of windows and packs it, as [`drqn_loss`] reads it,
+    /// into one host buffer ([`packed`](Self::packed)) for one upload.
+    /// Returns the parts' shapes.
+    pub(crate) fn sample_packed(&mut self, beta: f64) -> Result<Vec<Shape>, TrainError> {
         let (b, window) = (self.config.batch_size, self.window());
         let Replay::Sequence(replay) = &self.replay else {
             unreachable!("DRQN is built with a sequence buffer")
         };
         replay.sample_into(b, window, beta, &mut self.replay_rng, &mut self.batch)?;
-        let dev = &self.device;
         let (p, l, burn) = (self.batch.positions, window.learn, window.burn_in);
         let (d, n, hd) = (
             self.online.obs_dim(),
@@ -389,7 +422,8 @@ impl Drqn {
             boot.extend(std::iter::repeat_n(k, n));
             taken.push(batch.actions[at]);
         }
-        let stored = !batch.init_state.is_empty();
+        // The loss divides by the number of live learning steps (at least 1).
+        let valid = [(1.0 / f64::from(batch.mask.iter().sum::<f32>().max(1.0))) as f32];
         let mut parts: Vec<(&[f32], Shape)> = vec![
             (&xs, Shape::from((b, p, d + n))),
             (&batch.alive, Shape::from((b, p))),
@@ -399,72 +433,60 @@ impl Drqn {
             (&batch.discounts, Shape::from((b, l))),
             (&batch.mask, Shape::from((b, l))),
             (&batch.weights, Shape::from((b, 1))),
+            (&valid, Shape::from(())),
         ];
-        if stored {
+        if !batch.init_state.is_empty() {
             parts.push((&batch.init_state, Shape::from((b, 2 * hd))));
         }
-        let mut up = super::upload_packed(&parts, &mut self.upload, dev)?.into_iter();
-        let mut next = || up.next().expect("one tensor per part");
-        let (xs, alive, boot, taken) = (next(), next(), next(), next());
-        let (returns, discounts, mask, weights) = (next(), next(), next(), next());
-        let (boot, taken) = (boot.to_dtype(DType::U32)?, taken.to_dtype(DType::U32)?);
-        let (h0, c0) = if stored {
-            let state = next();
-            (state.narrow(1, 0, hd)?, state.narrow(1, hd, hd)?)
-        } else {
-            let zeros = Tensor::zeros((b, hd), DType::F32, dev)?;
-            (zeros.clone(), zeros)
-        };
+        Ok(super::pack(&parts, &mut self.upload))
+    }
 
-        // Both networks from the same start state; outputs after the burn-in:
-        // positions burn..P, so learning step j is at j and a bootstrap
-        // position k at k − burn.
-        // Without burn-in a window starts at its (live) learning start, so dead
-        // positions only follow the episode's end, where no output is read:
-        // holding the state there is needed only with a burn-in.
-        let alive = (burn > 0).then_some(&alive);
-        let q_online = self.online.unroll(&xs, &h0, &c0, alive, burn)?;
-        let q_target = self.target.unroll(&xs, &h0, &c0, alive, burn)?.detach();
+    /// The buffer [`sample_packed`](Self::sample_packed) filled.
+    pub(crate) fn packed(&self) -> &[f32] {
+        &self.upload
+    }
 
-        let next_target = q_target.gather(&boot, 1)?;
-        let next_value = if self.config.double {
-            let best = q_online
-                .detach()
-                .gather(&boot, 1)?
-                .argmax_keepdim(D::Minus1)?;
-            next_target.gather(&best, D::Minus1)?.squeeze(D::Minus1)?
-        } else {
-            next_target.max(D::Minus1)?
-        };
-        let y = (returns + (discounts * next_value)?)?.detach();
-
-        let q_taken = q_online
-            .narrow(1, 0, l)?
-            .contiguous()?
-            .gather(&taken, D::Minus1)?
-            .squeeze(D::Minus1)?;
-        let error = (&q_taken - &y)?;
-        let per_step = if self.config.huber {
-            huber(&error)?
-        } else {
-            (error.sqr()? * 0.5)?
-        };
-        let valid = batch.mask.iter().sum::<f32>().max(1.0);
-        let loss = ((per_step * &mask)?.broadcast_mul(&weights)?.sum_all()? / f64::from(valid))?;
-        let grads = loss.backward()?;
-        let grad_norm = self.optimizer.step(&grads, self.config.max_grad_norm)?;
-
-        let masked_q = (q_taken.detach() * &mask)?.sum_all()?.to_scalar::<f32>()? / valid;
+    /// New window priorities for the last sampled batch from its TD errors
+    /// `[B · L]` (with prioritized replay; nothing otherwise).
+    pub(crate) fn set_priorities(&mut self, td_error: &[f32]) -> Result<(), TrainError> {
         if self.config.prioritized {
-            let td = error.detach().flatten_all()?.to_vec1::<f32>()?;
             let (starts, mask) = (self.batch.starts.clone(), self.batch.mask.clone());
-            self.sequences().update_priorities(&starts, &td, &mask)?;
+            self.sequences()
+                .update_priorities(&starts, td_error, &mask)?;
         }
-        Ok(UpdateStats {
-            loss: loss.to_scalar::<f32>()?,
-            q_mean: masked_q,
-            grad_norm,
-        })
+        Ok(())
+    }
+
+    /// The first half of [`Agent::explore`] (a population runs the network
+    /// between the halves, for all members at once): keeps what replay will
+    /// store about this step, and returns the network's input row and the
+    /// carried state (h, c) `[1, H]` each.
+    pub(crate) fn begin_explore(
+        &mut self,
+        obs: &[f32],
+    ) -> Result<(Vec<f32>, Tensor, Tensor), TrainError> {
+        self.pending = Some(self.acting.pending(self.config.stored_state)?);
+        let x = self.acting.input(self.norm.as_ref(), obs);
+        Ok((x, self.acting.h.clone(), self.acting.c.clone()))
+    }
+
+    /// The second half: carries the network's new state (h', c') and draws
+    /// the ε-greedy action on its Q values `q`.
+    pub(crate) fn end_explore(
+        &mut self,
+        q: &[f32],
+        h: Tensor,
+        c: Tensor,
+        step: u64,
+        total: u64,
+    ) -> u32 {
+        (self.acting.h, self.acting.c) = (h, c);
+        let epsilon = self.exploration(step - 1, total);
+        if self.act_rng.next_f64() < epsilon {
+            self.act_rng.below(q.len() as u64) as u32
+        } else {
+            argmax(q)
+        }
     }
 
     /// Moves the target network toward the online one (copy when τ = 1).
@@ -476,6 +498,81 @@ impl Drqn {
         }
         Ok(())
     }
+}
+
+/// DRQN's loss on a packed batch's `parts` (as [`Drqn::sample_packed`]
+/// makes them: `[B, …]` each, or `[P, B, …]` for a population's stacked
+/// networks, whose members' losses are then independent sums). Returns the
+/// loss (a scalar; `[P]` stacked), the masked mean Q of the taken actions
+/// (likewise) and the TD errors `[B, L]` (`[P, B, L]`).
+pub(crate) fn drqn_loss(
+    online: &RecurrentQNetwork,
+    target: &RecurrentQNetwork,
+    config: &DrqnConfig,
+    window: WindowSpec,
+    parts: &[Tensor],
+) -> candle_core::Result<(Tensor, Tensor, Tensor)> {
+    let [xs, alive, boot, taken, returns, discounts, mask, weights, inv_valid, rest @ ..] = parts
+    else {
+        candle_core::bail!("DRQN batch: {} parts, expected 9 or 10", parts.len());
+    };
+    let (boot, taken) = (boot.to_dtype(DType::U32)?, taken.to_dtype(DType::U32)?);
+    let hd = online.hidden();
+    let (h0, c0) = match rest {
+        [state] => (
+            state.narrow(D::Minus1, 0, hd)?,
+            state.narrow(D::Minus1, hd, hd)?,
+        ),
+        _ => {
+            // Zero state: [B, H] (stacked [P, B, H]).
+            let mut dims = xs.dims()[..xs.rank() - 2].to_vec();
+            dims.push(hd);
+            let zeros = Tensor::zeros(dims, DType::F32, xs.device())?;
+            (zeros.clone(), zeros)
+        }
+    };
+
+    // Both networks from the same start state; outputs after the burn-in:
+    // positions burn..P, so learning step j is at j and a bootstrap
+    // position k at k − burn.
+    // Without burn-in a window starts at its (live) learning start, so dead
+    // positions only follow the episode's end, where no output is read:
+    // holding the state there is needed only with a burn-in.
+    let burn = window.burn_in;
+    let alive = (burn > 0).then_some(alive);
+    let q_online = online.unroll(xs, &h0, &c0, alive, burn)?;
+    let q_target = target.unroll(xs, &h0, &c0, alive, burn)?.detach();
+
+    let next_target = q_target.gather(&boot, D::Minus2)?;
+    let next_value = if config.double {
+        let best = q_online
+            .detach()
+            .gather(&boot, D::Minus2)?
+            .argmax_keepdim(D::Minus1)?;
+        next_target.gather(&best, D::Minus1)?.squeeze(D::Minus1)?
+    } else {
+        next_target.max(D::Minus1)?
+    };
+    let y = (returns + (discounts * next_value)?)?.detach();
+
+    let q_taken = q_online
+        .narrow(D::Minus2, 0, window.learn)?
+        .contiguous()?
+        .gather(&taken, D::Minus1)?
+        .squeeze(D::Minus1)?;
+    let error = (&q_taken - &y)?;
+    let per_step = if config.huber {
+        huber(&error)?
+    } else {
+        (error.sqr()? * 0.5)?
+    };
+    // Σ over a member's [B, L] steps, times 1 / its live step count.
+    let member_sum = |t: &Tensor| -> candle_core::Result<Tensor> {
+        t.flatten_from(t.rank() - 2)?.sum(D::Minus1)?.mul(inv_valid)
+    };
+    let loss = member_sum(&(per_step * mask)?.broadcast_mul(weights)?)?;
+    let q_mean = member_sum(&(q_taken.detach() * mask)?)?;
+    Ok((loss, q_mean, error.detach()))
 }
 
 impl Agent for Drqn {
@@ -494,19 +591,15 @@ impl Agent for Drqn {
     /// ε-greedy; the network steps on every observation (random actions too) so
     /// the state follows the history.
     fn explore(&mut self, obs: &[f32], step: u64, total: u64) -> Result<Action, TrainError> {
-        let pending = self.acting.pending(self.config.stored_state)?;
-        let online = &self.online;
-        let q = self
-            .acting
-            .step(self.norm.as_ref(), obs, |x, h, c| online.step(x, h, c))?;
-        let epsilon = self.exploration(step - 1, total);
-        let action = if self.act_rng.next_f64() < epsilon {
-            self.act_rng.below(q.len() as u64) as u32
-        } else {
-            argmax(&q)
-        };
-        self.pending = Some(pending);
-        Ok(Action::Discrete(action))
+        let (x, h, c) = self.begin_explore(obs)?;
+        let x = Tensor::from_vec(
+            x,
+            (1, self.online.obs_dim() + self.online.n_actions()),
+            &self.device,
+        )?;
+        let (q, h, c) = self.online.step(&x, &h, &c)?;
+        let q = q.flatten_all()?.to_vec1::<f32>()?;
+        Ok(Action::Discrete(self.end_explore(&q, h, c, step, total)))
     }
 
     fn exploration(&self, step: u64, total: u64) -> f64 {

@@ -22,6 +22,7 @@ pub mod drqn;
 pub mod naf;
 pub mod population;
 pub mod population_ac;
+pub mod population_drqn;
 pub mod recurrent;
 pub mod recurrent_ddpg;
 pub mod recurrent_naf;

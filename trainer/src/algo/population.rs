@@ -523,7 +523,7 @@ pub trait Population {
 }
 
 /// The algorithms with a population form.
-pub const ALGOS: &[&str] = &["dqn", "ddpg", "td3"];
+pub const ALGOS: &[&str] = &["dqn", "drqn", "ddpg", "td3"];
 
 /// Whether `config`'s algorithm has a population form (a clear error if not).
 pub fn check_population(config: &RunConfig) -> Result<(), TrainError> {
@@ -531,7 +531,7 @@ pub fn check_population(config: &RunConfig) -> Result<(), TrainError> {
         return Ok(());
     }
     Err(TrainError::Config(format!(
-        "{}{} has no population form yet; --population trains {} (feed-forward)",
+        "{}{} has no population form yet; --population trains {} (ddpg and td3 without --recurrent)",
         if config.recurrent { "recurrent " } else { "" },
         config.algo,
         ALGOS.join(", ")
@@ -558,6 +558,15 @@ pub fn build_population(
             seeds,
             device,
         )?),
+        ("drqn", ActionSpace::Discrete { n }) => {
+            Box::new(super::population_drqn::DrqnPopulation::new(
+                config.drqn.clone(),
+                obs_dim,
+                *n as usize,
+                seeds,
+                device,
+            )?)
+        }
         ("ddpg" | "td3", ActionSpace::Box(bounds)) => {
             let td3 = algo == "td3";
             let c = if td3 { &config.td3 } else { &config.ddpg };

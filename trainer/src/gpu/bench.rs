@@ -24,6 +24,7 @@ use crate::algo::dqn::{Dqn, DqnConfig};
 use crate::algo::drqn::{Drqn, DrqnConfig};
 use crate::algo::population::DqnPopulation;
 use crate::algo::population_ac::DdpgPopulation;
+use crate::algo::population_drqn::DrqnPopulation;
 use crate::algo::Agent;
 use crate::nn::NetConfig;
 use crate::replay::EnvStep;
@@ -39,6 +40,7 @@ pub const CASES: &[&str] = &[
     "td3-400x300-b256",
     "td3-400x300-b256-pop16",
     "lstm512-b64-t80-burn40",
+    "lstm512-b64-t80-burn40-pop16",
     "e2e-cartpole-64envs",
 ];
 
@@ -347,7 +349,8 @@ fn bench_td3_population(o: &BenchOptions, device: &Device) -> Result<BenchRow, T
     ))
 }
 
-fn bench_lstm(o: &BenchOptions, device: &Device) -> Result<BenchRow, TrainError> {
+/// The DRQN update's shape: (config, description, FLOP per update).
+fn lstm_config(o: &BenchOptions) -> (DrqnConfig, String, f64) {
     let (hidden, batch, len, burn_in) = if o.small {
         (64, 8, 10, 5)
     } else {
@@ -369,15 +372,6 @@ fn bench_lstm(o: &BenchOptions, device: &Device) -> Result<BenchRow, TrainError>
         },
         ..DrqnConfig::default()
     };
-    let mut agent = Drqn::new(config, 2, 2, 0, device)?;
-    // Sequence replay stores steps with the acting state, so it is filled by
-    // acting (random actions at ε = 1).
-    let mut env = make("cartpole-masked")?;
-    crate::algo::train(&mut agent, env.as_mut(), 20_000, 1, 0, &mut Quiet)?;
-    let timed = clocked(device, 5, 5, o.seconds, || {
-        agent.update(1.0)?;
-        Ok(())
-    })?;
     // Per update, over the window's burn_in + len + 1 positions: the online
     // LSTM forward and backward on the steps after the burn-in and forward on
     // the burn-in; the target forward on all; the head likewise on the
@@ -387,13 +381,66 @@ fn bench_lstm(o: &BenchOptions, device: &Device) -> Result<BenchRow, TrainError>
     let cell = 2.0 * batch as f64 * ((4 + hidden) * 4 * hidden) as f64;
     let head = 2.0 * batch as f64 * dense_macs(&[hidden, hidden, 3]);
     let flop = cell * (positions + 2.0 * learn + positions) + head * (3.0 * learn + learn);
+    let shape = format!(
+        "DRQN, LSTM {hidden} + dueling head {hidden}, batch {batch} × ({burn_in} burn-in + {len} + 1) steps"
+    );
+    (config, shape, flop)
+}
+
+/// A DRQN learner's sequence replay filled by acting (random actions at
+/// ε = 1: replay stores steps with the acting state).
+fn filled_drqn(agent: &mut Drqn) -> Result<(), TrainError> {
+    let mut env = make("cartpole-masked")?;
+    crate::algo::train(agent, env.as_mut(), 20_000, 1, 0, &mut Quiet)?;
+    Ok(())
+}
+
+fn bench_lstm(o: &BenchOptions, device: &Device) -> Result<BenchRow, TrainError> {
+    let (config, shape, flop) = lstm_config(o);
+    let mut agent = Drqn::new(config, 2, 2, 0, device)?;
+    filled_drqn(&mut agent)?;
+    let timed = clocked(device, 5, 5, o.seconds, || {
+        agent.update(1.0)?;
+        Ok(())
+    })?;
     Ok(row(
         "lstm512-b64-t80-burn40",
-        format!(
-            "DRQN, LSTM {hidden} + dueling head {hidden}, batch {batch} × ({burn_in} burn-in + {len} + 1) steps"
-        ),
+        shape,
         "updates/s",
         timed,
+        flop,
+    ))
+}
+
+/// The DRQN update for a population of 16 learners: one stacked unroll
+/// updates all 16. Member 0's replay, filled by acting, is copied to the
+/// others (acting 16 × 20k steps would cost more than the measurement);
+/// each member samples it with its own generator.
+fn bench_lstm_population(o: &BenchOptions, device: &Device) -> Result<BenchRow, TrainError> {
+    let (config, shape, flop) = lstm_config(o);
+    let members = if o.small { 4 } else { 16 };
+    let seeds: Vec<u64> = (0..members as u64).collect();
+    let mut population = DrqnPopulation::new(config, 2, 2, &seeds, device)?;
+    let (first, rest) = population.members.split_at_mut(1);
+    filled_drqn(&mut first[0])?;
+    if let crate::replay::Replay::Sequence(filled) = &first[0].replay {
+        for member in rest {
+            member.replay = crate::replay::Replay::Sequence(filled.clone());
+            member.norm.clone_from(&first[0].norm);
+        }
+    }
+    let (n, secs) = clocked(device, 3, 3, o.seconds, || {
+        population.update(1.0)?;
+        Ok(())
+    })?;
+    Ok(row(
+        "lstm512-b64-t80-burn40-pop16",
+        format!(
+            "{members} learners × ({shape}), stacked; {:.2} population updates/s",
+            n as f64 / secs
+        ),
+        "member updates/s",
+        (n * members as u64, secs),
         flop,
     ))
 }
@@ -513,6 +560,7 @@ pub fn run(
             "td3-400x300-b256" => bench_td3(options, device)?,
             "td3-400x300-b256-pop16" => bench_td3_population(options, device)?,
             "lstm512-b64-t80-burn40" => bench_lstm(options, device)?,
+            "lstm512-b64-t80-burn40-pop16" => bench_lstm_population(options, device)?,
             "e2e-cartpole-64envs" => bench_e2e(options, device)?,
             other => {
                 return Err(TrainError::Config(format!(

@@ -313,10 +313,18 @@ mod imp {
         // SAFETY: the inputs hold batch × width × H floats each, out
         // batch × out_width × H; the kernel indexes within those.
         unsafe { builder.launch(config(batch * hd)) }.map_err(launch_error)?;
-        Ok((
-            CudaStorage::wrap_cuda_slice(out, dev),
-            candle_core::Shape::from((batch, out_width * hd)),
-        ))
+        // The state's leading dims (`[batch]`, or `[P, batch]` for a
+        // population), the last one out_width·H wide.
+        let mut dims = inputs[inputs.len() - 1].1.dims().to_vec();
+        *dims.last_mut().expect("checked rank ≥ 1") = out_width * hd;
+        Ok((CudaStorage::wrap_cuda_slice(out, dev), dims.into()))
+    }
+
+    /// The rows of a cell's gates `[…, 4H]` and state `[…, 2H]` when their
+    /// leading dims agree (a batch, or members × batch), else `None`.
+    fn cell_rows(gl: &Layout, sl: &Layout, hd: usize) -> Option<usize> {
+        let (g, s) = (gl.dims().split_last()?, sl.dims().split_last()?);
+        (*g.0 == 4 * hd && *s.0 == 2 * hd && g.1 == s.1).then(|| s.1.iter().product())
     }
 
     pub(crate) fn lstm_cell(
@@ -326,14 +334,13 @@ mod imp {
         sl: &Layout,
         hd: usize,
     ) -> Result<(CudaStorage, candle_core::Shape)> {
-        let (batch, width) = sl.shape().dims2()?;
-        if width != 2 * hd || gl.shape().dims2()? != (batch, 4 * hd) {
+        let Some(batch) = cell_rows(gl, sl, hd) else {
             bail!(
                 "lstm cell: gates {:?} and state {:?} for H = {hd}",
                 gl.dims(),
                 sl.dims()
             );
-        }
+        };
         lstm_launch(
             "reflex_lstm_cell",
             &[(gs, gl, 4), (ss, sl, 2)],
@@ -352,15 +359,15 @@ mod imp {
         dl: &Layout,
         hd: usize,
     ) -> Result<(CudaStorage, candle_core::Shape)> {
-        let (batch, width) = sl.shape().dims2()?;
-        if width != 2 * hd || gl.shape().dims2()? != (batch, 4 * hd) || dl.dims() != sl.dims() {
+        let batch = cell_rows(gl, sl, hd).filter(|_| dl.dims() == sl.dims());
+        let Some(batch) = batch else {
             bail!(
                 "lstm cell backward: gates {:?}, state {:?}, gradient {:?} for H = {hd}",
                 gl.dims(),
                 sl.dims(),
                 dl.dims()
             );
-        }
+        };
         lstm_launch(
             "reflex_lstm_cell_backward",
             &[(gs, gl, 4), (ss, sl, 2), (ds, dl, 2)],

@@ -873,6 +873,79 @@ fn check_td3_population(device: &Device, checks: &mut Vec<Check>) -> Result<(), 
     Ok(())
 }
 
+/// A population of three DRQN learners (stacked LSTMs: stored state,
+/// burn-in, 2-step returns, PER, dueling, a clip that bites) on `device`,
+/// against the three single learners on the CPU kernels: each member's
+/// update stats over three updates, then its LSTM and head weights and Adam
+/// moments. On CUDA this runs the fused LSTM cell over members × batch rows.
+fn check_drqn_population(device: &Device, checks: &mut Vec<Check>) -> Result<(), TrainError> {
+    use crate::algo::drqn::{Drqn, DrqnConfig};
+    use crate::algo::population_drqn::DrqnPopulation;
+    let config = DrqnConfig {
+        batch_size: 8,
+        seq_len: 8,
+        burn_in: 4,
+        n_step: 2,
+        lstm_hidden: 32,
+        prioritized: true,
+        max_grad_norm: Some(0.5),
+        // Filled by acting at ε = 1 (replay stores the acting state).
+        learning_starts: u64::MAX,
+        exploration: crate::schedule::Schedule::linear(1.0, 1.0, 1.0),
+        net: crate::nn::NetConfig {
+            hidden: vec![32],
+            dueling: true,
+            ..crate::nn::NetConfig::default()
+        },
+        ..DrqnConfig::default()
+    };
+    let seeds = [0u64, 1, 2];
+    let mut population = subject(device, || {
+        DrqnPopulation::new(config.clone(), 2, 2, &seeds, device)
+    })?;
+    let mut singles = seeds
+        .iter()
+        .map(|&s| Drqn::new(config.clone(), 2, 2, s, &Device::Cpu))
+        .collect::<Result<Vec<_>, _>>()?;
+    for (k, single) in singles.iter_mut().enumerate() {
+        let seed = 11 + k as u64;
+        let mut env = reflex_sim::make("cartpole-masked")?;
+        algo::train(single, env.as_mut(), 400, seed, 0, &mut Silent)?;
+        let member = &mut population.members[k];
+        subject(device, || {
+            algo::train(member, env.as_mut(), 400, seed, 0, &mut Silent)
+        })?;
+    }
+    for round in 1..=3 {
+        let stats = subject(device, || population.update(0.4))?;
+        for (k, single) in singles.iter_mut().enumerate() {
+            let reference = single.update(0.4)?;
+            checks.extend(stats_checks(
+                &format!("drqn-population member{k} update{round}"),
+                &stats[k],
+                &reference,
+            ));
+        }
+    }
+    population.sync_members()?;
+    for (k, single) in singles.iter().enumerate() {
+        let member = &population.members[k];
+        weight_checks(
+            &format!("drqn-population member{k}"),
+            (&member.online, &member.optimizer),
+            (&single.online, &single.optimizer),
+            checks,
+        )?;
+    }
+    Ok(())
+}
+
+/// An observer that records nothing.
+struct Silent;
+impl algo::Observer for Silent {
+    fn episode(&mut self, _: &algo::Progress, _: f64, _: u32) {}
+}
+
 /// The TD3 population parity's settings (64-wide networks, PER, 2-step
 /// returns, a clip) and Pendulum's action bounds.
 fn td3_population_config() -> (crate::algo::ddpg::DdpgConfig, reflex_msgs::BoxSpace) {
@@ -1070,6 +1143,8 @@ pub fn run(device: &Device, mut progress: impl FnMut(&str)) -> Result<Report, Tr
     check_population(device, &mut checks)?;
     progress("td3-population");
     check_td3_population(device, &mut checks)?;
+    progress("drqn-population");
+    check_drqn_population(device, &mut checks)?;
     if crate::gpu::kernels::cuda_kernels(device) {
         progress("dqn-cuda-graph");
         check_graph(device, &mut checks)?;
@@ -1119,6 +1194,14 @@ mod tests {
             3 * (4 * 3 + 6 + 12 + 12 + 24 + 18),
             "{td3} TD3 population checks"
         );
+        let drqn = report
+            .checks
+            .iter()
+            .filter(|c| c.name.starts_with("drqn-population"))
+            .count();
+        // 3 updates × 3 members × 3 stats, then per member the LSTM's 3
+        // parameters and the dueling head's 6, and their 18 moments.
+        assert_eq!(drqn, 3 * (3 * 3 + 9 + 18), "{drqn} DRQN population checks");
         // Each kind compared its gradients (not only outputs).
         for kind in kinds() {
             assert!(

@@ -16,10 +16,10 @@
 //! Over a window the state is one packed `[batch, 2H]` tensor ([h | c]); on
 //! the CPU and on CUDA a fused op computes the cell and its gradient.
 
-use candle_core::{DType, Device, Result, Tensor, Var};
+use candle_core::{DType, Device, Result, Tensor, Var, D};
 use reflex_sim::SimRng;
 
-use super::{fresh, Actor, Critic, NafNetwork, NetConfig, Params, QNetwork};
+use super::{fresh, Actor, Critic, NafNetwork, NetConfig, Params, QNetwork, VarMap};
 use crate::export::{Attr, OnnxGraph};
 use reflex_daemon::native::tanh;
 
@@ -62,6 +62,18 @@ fn f32_slice<'a>(
         .contiguous_offsets()
         .ok_or_else(|| candle_core::Error::Msg("fused LSTM cell: non-contiguous input".into()))?;
     Ok(&storage.as_slice::<f32>()?[start..end])
+}
+
+/// The fused cell's output shape: the state's leading dims (`[batch]`, or
+/// `[P, batch]` for a population; the kernels run over their product as
+/// rows) and a last dim `width`.
+fn cell_shape(state: &candle_core::Layout, width: usize) -> Result<candle_core::Shape> {
+    let mut dims = state.dims().to_vec();
+    match dims.last_mut() {
+        Some(last) => *last = width,
+        None => candle_core::bail!("fused LSTM cell: a scalar state"),
+    }
+    Ok(dims.into())
 }
 
 /// σ(x) = ½ tanh(x/2) + ½ with the rational tanh the daemon's evaluator uses
@@ -114,10 +126,7 @@ impl candle_core::CustomOp2 for FusedCell {
                 h_out[j] = o[j] * tanh(c_out[j]);
             }
         }
-        Ok((
-            candle_core::CpuStorage::F32(out),
-            candle_core::Shape::from((batch, 2 * hd)),
-        ))
+        Ok((candle_core::CpuStorage::F32(out), cell_shape(l2, 2 * hd)?))
     }
 
     #[cfg(feature = "cuda")]
@@ -145,8 +154,8 @@ impl candle_core::CustomOp2 for FusedCell {
             &FusedCellBackward { hidden: hd },
         )?;
         Ok((
-            Some(both.narrow(1, 0, 4 * hd)?),
-            Some(both.narrow(1, 4 * hd, 2 * hd)?),
+            Some(both.narrow(D::Minus1, 0, 4 * hd)?),
+            Some(both.narrow(D::Minus1, 4 * hd, 2 * hd)?),
         ))
     }
 }
@@ -210,10 +219,7 @@ impl candle_core::CustomOp3 for FusedCellBackward {
                 d_state[hd + j] = dc * f[j];
             }
         }
-        Ok((
-            candle_core::CpuStorage::F32(out),
-            candle_core::Shape::from((batch, 6 * hd)),
-        ))
+        Ok((candle_core::CpuStorage::F32(out), cell_shape(l2, 6 * hd)?))
     }
 }
 
@@ -248,13 +254,13 @@ impl Lstm {
     fn cell(&self, gx: &Tensor, h: &Tensor, c: &Tensor) -> Result<(Tensor, Tensor)> {
         let hd = self.hidden;
         let gates = (gx + h.matmul(&self.w_hh.as_tensor().t()?)?)?;
-        let sig = sigmoid(&gates.narrow(1, 0, 3 * hd)?)?;
+        let sig = sigmoid(&gates.narrow(D::Minus1, 0, 3 * hd)?)?;
         let (i, o, f) = (
-            sig.narrow(1, 0, hd)?,
-            sig.narrow(1, hd, hd)?,
-            sig.narrow(1, 2 * hd, hd)?,
+            sig.narrow(D::Minus1, 0, hd)?,
+            sig.narrow(D::Minus1, hd, hd)?,
+            sig.narrow(D::Minus1, 2 * hd, hd)?,
         );
-        let candidate = gates.narrow(1, 3 * hd, hd)?.tanh()?;
+        let candidate = gates.narrow(D::Minus1, 3 * hd, hd)?.tanh()?;
         let c_next = ((f * c)? + (i * candidate)?)?;
         let h_next = (o * c_next.tanh()?)?;
         Ok((h_next, c_next))
@@ -272,9 +278,9 @@ impl Lstm {
     /// s = [h | c] `[batch, 2H]`.
     fn cell_packed(&self, gx: &Tensor, state: &Tensor) -> Result<Tensor> {
         let hd = self.hidden;
-        let h = state.narrow(1, 0, hd)?;
-        let (h, c) = self.cell(gx, &h, &state.narrow(1, hd, hd)?)?;
-        Tensor::cat(&[&h, &c], 1)
+        let h = state.narrow(D::Minus1, 0, hd)?;
+        let (h, c) = self.cell(gx, &h, &state.narrow(D::Minus1, hd, hd)?)?;
+        Tensor::cat(&[&h, &c], D::Minus1)
     }
 
     /// Runs over a window `xs` `[batch, T, inputs]` from (h0, c0) `[batch, H]`.
@@ -310,11 +316,20 @@ impl Lstm {
         no_grad: usize,
     ) -> Result<Tensor> {
         let hs = self.unroll(xs, h0, c0, alive, no_grad)?;
-        let (batch, steps, hidden) = hs.dims3()?;
-        hs.reshape((batch * steps, hidden))
+        // Stacked: [P, batch · (T − no_grad), H], each member's rows together.
+        let (dims, hidden) = hs.dims().split_at(hs.rank() - 2);
+        let mut rows = dims.to_vec();
+        *rows.last_mut().expect("rank ≥ 3") *= hidden[0];
+        rows.push(hidden[1]);
+        hs.reshape(rows)
     }
 
     /// [`unroll`](Self::unroll) with the fused cell (CPU or CUDA kernels) on or off.
+    ///
+    /// A stacked LSTM (a population's, see [`crate::nn::stack`]) takes `xs`
+    /// `[P, batch, T, inputs]`, states `[P, batch, H]` and `alive` `[P,
+    /// batch, T]`, and returns `[P, batch, T − no_grad, H]`: every product is
+    /// one batched product over the members, every cell one op over all rows.
     fn unroll_with(
         &self,
         xs: &Tensor,
@@ -324,28 +339,52 @@ impl Lstm {
         no_grad: usize,
         fused: bool,
     ) -> Result<Tensor> {
-        let (batch, steps, _) = xs.dims3()?;
-        let hd = self.hidden;
-        // The inputs time-major, so each step's slice is contiguous. The input
-        // projection runs per step: one big product sliced per step would cost a
-        // full-size zero-padded gradient per slice in the backward pass (O(T²)).
-        let xs = xs.transpose(0, 1)?.contiguous()?.detach();
+        let rank = xs.rank();
+        if !(rank == 3 || rank == 4) {
+            candle_core::bail!("LSTM unroll: inputs of rank {rank}, expected 3 (or 4 stacked)");
+        }
+        let (steps, hd) = (xs.dim(rank - 2)?, self.hidden);
+        // The inputs time-major ([T, batch, in], or [T, P, batch, in]), so
+        // each step's slice is contiguous. The input projection runs per step:
+        // one big product sliced per step would cost a full-size zero-padded
+        // gradient per slice in the backward pass (O(T²)).
+        let time_first = |t: &Tensor| -> Result<Tensor> {
+            match t.rank() {
+                3 => t.transpose(0, 1),
+                _ => t.permute((2, 0, 1, 3)),
+            }
+        };
+        let xs = time_first(xs)?.contiguous()?.detach();
         // Fused: each step is one product [x_t, 1, h] · [W_ih, b, W_hh]ᵀ and the
         // fused cell; the inputs carry a column of ones for the bias.
         let (xs, w_all) = if fused {
-            let ones = Tensor::ones((steps, batch, 1), xs.dtype(), xs.device())?;
-            let bias = self.bias.as_tensor().unsqueeze(1)?;
-            let w = Tensor::cat(&[self.w_ih.as_tensor(), &bias, self.w_hh.as_tensor()], 1)?;
-            (Tensor::cat(&[&xs, &ones], 2)?, Some(w.t()?))
+            let mut ones = xs.dims().to_vec();
+            *ones.last_mut().expect("rank 3 or 4") = 1;
+            let ones = Tensor::ones(ones, xs.dtype(), xs.device())?;
+            // A bias [4H] is the column [4H, 1]; stacked, [P, 1, 4H] is [P, 4H, 1].
+            let bias = self.bias.as_tensor();
+            let bias = match bias.rank() {
+                1 => bias.unsqueeze(1)?,
+                _ => bias.transpose(1, 2)?,
+            };
+            let w = Tensor::cat(
+                &[self.w_ih.as_tensor(), &bias, self.w_hh.as_tensor()],
+                D::Minus1,
+            )?;
+            (Tensor::cat(&[&xs, &ones], D::Minus1)?, Some(w.t()?))
         } else {
             (xs, None)
         };
         let w_ih = self.w_ih.as_tensor().t()?;
+        // alive [batch, T] → [T, batch, 1] (stacked [P, batch, T] → [T, P, batch, 1]).
         let alive = match alive {
-            Some(a) => Some(a.t()?.contiguous()?.unsqueeze(2)?),
+            Some(a) => Some(match a.rank() {
+                2 => a.t()?.contiguous()?.unsqueeze(2)?,
+                _ => a.permute((2, 0, 1))?.contiguous()?.unsqueeze(3)?,
+            }),
             None => None,
         };
-        let start = Tensor::cat(&[h0, c0], 1)?;
+        let start = Tensor::cat(&[h0, c0], D::Minus1)?;
         let mut state = start.clone();
         let mut outputs = Vec::with_capacity(steps.saturating_sub(no_grad));
         for t in 0..steps {
@@ -354,7 +393,8 @@ impl Lstm {
             }
             let next = match &w_all {
                 Some(w_all) => {
-                    let z = Tensor::cat(&[&xs.get(t)?, &state.narrow(1, 0, hd)?], 1)?;
+                    let z =
+                        Tensor::cat(&[&xs.get(t)?, &state.narrow(D::Minus1, 0, hd)?], D::Minus1)?;
                     z.matmul(w_all)?
                         .apply_op2(&state.contiguous()?, FusedCell { hidden: hd })?
                 }
@@ -372,10 +412,11 @@ impl Lstm {
                 None => next,
             };
             if t >= no_grad {
-                outputs.push(state.narrow(1, 0, hd)?);
+                outputs.push(state.narrow(D::Minus1, 0, hd)?);
             }
         }
-        Tensor::stack(&outputs, 1)
+        // [batch, T', H] (stacked [P, batch, T', H]).
+        Tensor::stack(&outputs, rank - 2)
     }
 
     /// Appends an ONNX `LSTM` node on `x` `[batch, inputs]` with state `h_in`,
@@ -428,10 +469,16 @@ impl Lstm {
 
     /// A copy with its own parameters.
     pub fn duplicate(&self) -> Result<Self> {
+        self.map_vars(&mut fresh)
+    }
+
+    /// The same layer on the parameters `f` makes from these, in
+    /// [`Params::named_vars`] order (w_ih, w_hh, bias).
+    pub fn map_vars(&self, f: &mut VarMap<'_>) -> Result<Self> {
         Ok(Self {
-            w_ih: fresh(&self.w_ih)?,
-            w_hh: fresh(&self.w_hh)?,
-            bias: fresh(&self.bias)?,
+            w_ih: f(&self.w_ih)?,
+            w_hh: f(&self.w_hh)?,
+            bias: f(&self.bias)?,
             ..*self
         })
     }
@@ -507,10 +554,14 @@ impl RecurrentQNetwork {
         alive: Option<&Tensor>,
         no_grad: usize,
     ) -> Result<Tensor> {
-        let (batch, positions, _) = xs.dims3()?;
+        // [batch, T − no_grad, n] (stacked: [P, batch, T − no_grad, n]).
+        let mut dims = xs.dims().to_vec();
+        let rank = dims.len();
+        dims[rank - 2] -= no_grad;
+        dims[rank - 1] = self.n_actions;
         self.head
             .q_values(&self.lstm.unroll_rows(xs, h0, c0, alive, no_grad)?)?
-            .reshape((batch, positions - no_grad, self.n_actions))
+            .reshape(dims)
     }
 
     /// The one-step policy graph: `x` (normalized obs and `prev_action`
@@ -529,11 +580,23 @@ impl RecurrentQNetwork {
 
     /// A detached copy with its own parameters (a target network).
     pub fn duplicate(&self) -> Result<Self> {
+        self.map_vars(&mut fresh)
+    }
+
+    /// The same network on the parameters `f` makes from these, in
+    /// [`Params::named_vars`] order (the LSTM's, then the head's).
+    pub fn map_vars(&self, f: &mut VarMap<'_>) -> Result<Self> {
         Ok(Self {
-            lstm: self.lstm.duplicate()?,
-            head: self.head.duplicate()?,
+            lstm: self.lstm.map_vars(f)?,
+            head: self.head.map_vars(f)?,
             ..*self
         })
+    }
+}
+
+impl super::stack::Stackable for RecurrentQNetwork {
+    fn map_vars(&self, f: &mut VarMap<'_>) -> Result<Self> {
+        RecurrentQNetwork::map_vars(self, f)
     }
 }
 

@@ -1,0 +1,537 @@
+//! A population of DRQN learners trained in lockstep: P seeds of one config
+//! whose recurrent Q-networks (LSTM and head) are [stacked](crate::nn::stack),
+//! so each gradient step of all P is one unroll of the stacked LSTM (one
+//! batched product and one fused cell per time step for every member), one
+//! backward pass and one Adam step, and each acting step one LSTM step for P
+//! observations.
+//!
+//! Member `k` is exactly the DRQN learner its seed makes: its own env,
+//! sequence replay, acting state, exploration and replay generators, its own
+//! gradient-norm clip, and the same schedule. Only the arithmetic is shared.
+//! On the CPU kernels a member's arithmetic is its single run's, so its run
+//! is the same run; elsewhere it matches up to float rounding (the tests
+//! hold both).
+//!
+//! What it is for: the recurrent update is a long chain of small steps (two
+//! launches each way per time step on CUDA, whatever the batch), so on a GPU
+//! P members cost about the launches of one; on a CPU the arithmetic is the
+//! cost and a population saves little.
+//!
+//! Updates start once every member can sample a window (with
+//! `learning_starts` past the first episode, the step each would start alone).
+
+use candle_core::{Device, Tensor};
+use reflex_msgs::Action;
+
+use super::drqn::{drqn_loss, Drqn, DrqnConfig};
+use super::population::{
+    member_stats, pack_members, stack_optimizer, write_member_optimizer, Population,
+};
+use super::{Agent, UpdateStats};
+use crate::nn::stack::Stacked;
+use crate::nn::{Params, RecurrentQNetwork};
+use crate::optim::Adam;
+use crate::replay::Replay;
+use crate::TrainError;
+
+/// P DRQN learners with stacked networks (see the module docs).
+pub struct DrqnPopulation {
+    /// The members' own state: replay, acting state, generators, step count.
+    /// Their networks and optimizers are stale while training runs;
+    /// [`sync_members`](Self::sync_members) writes the population's into
+    /// them (for evaluation, checkpoints and export).
+    pub members: Vec<Drqn>,
+    online: Stacked<RecurrentQNetwork>,
+    target: Stacked<RecurrentQNetwork>,
+    optimizer: Adam,
+    config: DrqnConfig,
+    device: Device,
+    upload: Vec<f32>,
+}
+
+impl DrqnPopulation {
+    /// One member per seed, each initialized as `Drqn::new` would with that
+    /// seed.
+    pub fn new(
+        config: DrqnConfig,
+        obs_dim: usize,
+        n_actions: usize,
+        seeds: &[u64],
+        device: &Device,
+    ) -> Result<Self, TrainError> {
+        if seeds.is_empty() {
+            return Err(TrainError::Config(
+                "a population needs at least one member".into(),
+            ));
+        }
+        let members = seeds
+            .iter()
+            .map(|&seed| Drqn::new(config.clone(), obs_dim, n_actions, seed, device))
+            .collect::<Result<Vec<_>, _>>()?;
+        let nets: Vec<_> = members.iter().map(|m| m.online.clone()).collect();
+        let online = Stacked::new(&nets)?;
+        let target = online.duplicate()?;
+        let optimizer = Adam::population(online.net.vars(), config.learning_rate, seeds.len())?;
+        Ok(Self {
+            members,
+            online,
+            target,
+            optimizer,
+            config,
+            device: device.clone(),
+            upload: Vec::new(),
+        })
+    }
+
+    /// Gradient updates each member has taken.
+    pub fn updates(&self) -> u64 {
+        self.optimizer.steps()
+    }
+
+    /// ε-greedy actions for every member (`obs`: P rows, member order), as
+    /// each member's [`Agent::explore`] chooses them: one stacked LSTM step
+    /// for all P, each member's ε draws from its own generator.
+    pub fn explore_all(
+        &mut self,
+        obs: &[f32],
+        step: u64,
+        total: u64,
+    ) -> Result<Vec<Action>, TrainError> {
+        let (p, d) = (self.members.len(), self.online.net.obs_dim());
+        if obs.len() != p * d {
+            return Err(TrainError::Config(format!(
+                "population of {p}: {} observation values, expected {p} × {d}",
+                obs.len()
+            )));
+        }
+        let width = d + self.online.net.n_actions();
+        let mut x = Vec::with_capacity(p * width);
+        let (mut hs, mut cs) = (Vec::with_capacity(p), Vec::with_capacity(p));
+        for (k, m) in self.members.iter_mut().enumerate() {
+            let (row, h, c) = m.begin_explore(&obs[k * d..(k + 1) * d])?;
+            x.extend(row);
+            hs.push(h);
+            cs.push(c);
+        }
+        let x = Tensor::from_vec(x, (p, 1, width), &self.device)?;
+        let (h, c) = (Tensor::stack(&hs, 0)?, Tensor::stack(&cs, 0)?);
+        let (q, h, c) = self.online.net.step(&x, &h, &c)?;
+        let q = q.flatten_all()?.to_vec1::<f32>()?;
+        let n = q.len() / p;
+        let mut actions = Vec::with_capacity(p);
+        for (k, m) in self.members.iter_mut().enumerate() {
+            let action = m.end_explore(&q[k * n..(k + 1) * n], h.get(k)?, c.get(k)?, step, total);
+            actions.push(Action::Discrete(action));
+        }
+        Ok(actions)
+    }
+
+    /// One gradient update of every member: each samples its own windows,
+    /// the batches go up in one copy as `[P, batch, …]`, and one stacked
+    /// unroll, one backward pass and one Adam step update all members; the
+    /// stats (and PER's TD errors) come back in one copy.
+    pub fn update(&mut self, beta: f64) -> Result<Vec<UpdateStats>, TrainError> {
+        let mut shapes = Vec::new();
+        for m in &mut self.members {
+            shapes = m.sample_packed(beta)?;
+        }
+        let buffers: Vec<&[f32]> = self.members.iter().map(|m| m.packed()).collect();
+        let shapes = pack_members(&buffers, &shapes, &mut self.upload);
+        let all = Tensor::from_slice(&self.upload, self.upload.len(), &self.device)?;
+        let parts = super::unpack(&all, &shapes)?;
+        let window = self.members[0].window();
+        let (loss, q_mean, td_error) = drqn_loss(
+            &self.online.net,
+            &self.target.net,
+            &self.config,
+            window,
+            &parts,
+        )?;
+        let grads = loss.sum_all()?.backward()?;
+        let clip = self.config.max_grad_norm;
+        let mut pieces = vec![loss.detach(), q_mean];
+        // On the CPU kernels the norms are host sums (f64) already; elsewhere
+        // they stay on the device and come back with the stats.
+        let host_norms = if crate::nn::fused::cpu_kernels(&self.device) {
+            Some(self.optimizer.step_members(&grads, clip)?)
+        } else {
+            pieces.push(self.optimizer.step_members_on_device(&grads, clip, None)?);
+            None
+        };
+        let per = self.config.prioritized;
+        if per {
+            pieces.push(td_error.flatten_all()?);
+        }
+        let back = Tensor::cat(&pieces, 0)?.to_vec1::<f32>()?;
+        let steps = self.config.batch_size * window.learn;
+        let members = &mut self.members;
+        member_stats(&back, members.len(), steps, per, host_norms, |k, td| {
+            members[k].set_priorities(td)
+        })
+    }
+
+    /// Moves every member's target network toward its online one.
+    pub fn update_target(&self) -> Result<(), TrainError> {
+        if self.config.tau >= 1.0 {
+            crate::nn::copy_params(&self.target.net, &self.online.net)?;
+        } else {
+            crate::nn::polyak(&self.target.net, &self.online.net, self.config.tau)?;
+        }
+        Ok(())
+    }
+
+    /// [`Drqn`]'s schedule after env step `step`, for all members at once.
+    pub fn train_after(
+        &mut self,
+        step: u64,
+        total: u64,
+    ) -> Result<Option<Vec<UpdateStats>>, TrainError> {
+        let c = &self.config;
+        self.optimizer.lr =
+            super::learning_rate_at(c.learning_rate, c.learning_rate_end, step, total);
+        let ready = self.members.iter().all(|m| match &m.replay {
+            Replay::Sequence(r) => r.can_sample(),
+            _ => false,
+        });
+        let last = if ready {
+            let (starts, freq, steps, beta0) = (
+                c.learning_starts,
+                c.train_freq,
+                c.gradient_steps,
+                c.per_beta0,
+            );
+            super::update_round(step, total, starts, freq, steps, beta0, |beta| {
+                self.update(beta)
+            })?
+        } else {
+            None
+        };
+        if step.is_multiple_of(self.config.target_update_interval) {
+            self.update_target()?;
+        }
+        Ok(last)
+    }
+
+    /// Writes the population's networks and optimizer state into each
+    /// member's own, so a member is a complete DRQN learner again.
+    pub fn sync_members(&mut self) -> Result<(), TrainError> {
+        for (k, m) in self.members.iter_mut().enumerate() {
+            self.online.write_member(k, &m.online)?;
+            self.target.write_member(k, &m.target)?;
+            write_member_optimizer(&self.online, &self.optimizer, k, &mut m.optimizer)?;
+        }
+        Ok(())
+    }
+
+    /// Rebuilds the stacked networks and optimizer from the members' own
+    /// (after each loaded its checkpoint); they must agree on their step count.
+    pub fn restack(&mut self) -> Result<(), TrainError> {
+        let onlines: Vec<_> = self.members.iter().map(|m| m.online.clone()).collect();
+        let targets: Vec<_> = self.members.iter().map(|m| m.target.clone()).collect();
+        self.online = Stacked::new(&onlines)?;
+        self.target = Stacked::new(&targets)?;
+        let optimizers: Vec<&Adam> = self.members.iter().map(|m| &m.optimizer).collect();
+        self.optimizer = stack_optimizer(&self.online, &optimizers, self.optimizer.lr)?;
+        Ok(())
+    }
+}
+
+impl Population for DrqnPopulation {
+    fn len(&self) -> usize {
+        self.members.len()
+    }
+
+    fn obs_dim(&self) -> usize {
+        self.online.net.obs_dim()
+    }
+
+    fn member(&mut self, k: usize) -> &mut dyn Agent {
+        &mut self.members[k]
+    }
+
+    fn explore_all(
+        &mut self,
+        obs: &[f32],
+        step: u64,
+        total: u64,
+    ) -> Result<Vec<Action>, TrainError> {
+        DrqnPopulation::explore_all(self, obs, step, total)
+    }
+
+    fn train_after(
+        &mut self,
+        step: u64,
+        total: u64,
+    ) -> Result<Option<Vec<UpdateStats>>, TrainError> {
+        DrqnPopulation::train_after(self, step, total)
+    }
+
+    fn sync_members(&mut self) -> Result<(), TrainError> {
+        DrqnPopulation::sync_members(self)
+    }
+
+    fn restack(&mut self) -> Result<(), TrainError> {
+        DrqnPopulation::restack(self)
+    }
+
+    fn steps_done(&self) -> u64 {
+        self.members[0].steps_done
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::algo::{Observer, Progress};
+    use crate::nn::NetConfig;
+    use crate::schedule::Schedule;
+    use reflex_sim::Env;
+
+    struct Quiet;
+    impl Observer for Quiet {
+        fn episode(&mut self, _: &Progress, _: f64, _: u32) {}
+    }
+
+    /// A small DRQN with every switch that changes the update on: stored
+    /// state, burn-in, n-step, PER, Double, Huber, dueling, a clip that bites.
+    fn config() -> DrqnConfig {
+        DrqnConfig {
+            batch_size: 4,
+            seq_len: 6,
+            burn_in: 3,
+            n_step: 2,
+            lstm_hidden: 16,
+            prioritized: true,
+            max_grad_norm: Some(0.5),
+            learning_starts: u64::MAX,
+            exploration: Schedule::linear(1.0, 1.0, 1.0),
+            net: NetConfig {
+                hidden: vec![16],
+                dueling: true,
+                ..NetConfig::default()
+            },
+            ..DrqnConfig::default()
+        }
+    }
+
+    fn close(a: f64, b: f64, tol: f64, what: &str) {
+        assert!((a - b).abs() <= tol * (1.0 + b.abs()), "{what}: {a} vs {b}");
+    }
+
+    fn values(t: &Tensor) -> Vec<f32> {
+        t.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+    }
+
+    /// Each member's updates (stats, weights, Adam moments, PER priorities
+    /// as the next sample sees them) are its single learner's, to `tol`.
+    fn updates_match(tol: f64) {
+        let seeds = [3u64, 4, 5];
+        let dev = Device::Cpu;
+        let mut pop = DrqnPopulation::new(config(), 2, 2, &seeds, &dev).unwrap();
+        let mut singles: Vec<Drqn> = seeds
+            .iter()
+            .map(|&s| Drqn::new(config(), 2, 2, s, &dev).unwrap())
+            .collect();
+        // Replay holds the acting state, so it is filled by acting (ε = 1).
+        for (k, (single, &seed)) in singles.iter_mut().zip(&seeds).enumerate() {
+            for agent in [single, &mut pop.members[k]] {
+                let mut env = reflex_sim::make("cartpole-masked").unwrap();
+                crate::algo::train(agent, env.as_mut(), 300, seed, 0, &mut Quiet).unwrap();
+            }
+        }
+        let mut clipped = vec![false; seeds.len()];
+        for round in 0..5 {
+            let stats = pop.update(0.5).unwrap();
+            for (k, single) in singles.iter_mut().enumerate() {
+                let alone = single.update(0.5).unwrap();
+                let what = format!("round {round}, member {k}");
+                close(
+                    stats[k].loss.into(),
+                    alone.loss.into(),
+                    tol,
+                    &format!("{what}: loss"),
+                );
+                close(
+                    stats[k].q_mean.into(),
+                    alone.q_mean.into(),
+                    tol,
+                    &format!("{what}: Q"),
+                );
+                close(
+                    stats[k].grad_norm,
+                    alone.grad_norm,
+                    tol,
+                    &format!("{what}: norm"),
+                );
+                clipped[k] |= alone.grad_norm > 0.5;
+            }
+            if round == 2 {
+                pop.update_target().unwrap();
+                for single in &singles {
+                    single.update_target().unwrap();
+                }
+            }
+        }
+        assert!(clipped.iter().any(|&c| c), "the clip never bit");
+        pop.sync_members().unwrap();
+        for (k, single) in singles.iter_mut().enumerate() {
+            let member = &mut pop.members[k];
+            let names = single.online.names();
+            let mut pairs: Vec<(Tensor, Tensor)> = member
+                .optimizer
+                .state(&names)
+                .into_iter()
+                .zip(single.optimizer.state(&names))
+                .map(|((_, a), (_, b))| (a, b))
+                .collect();
+            for (a, b) in member.online.vars().iter().zip(single.online.vars()) {
+                pairs.push((a.as_tensor().clone(), b.as_tensor().clone()));
+            }
+            for (a, b) in member.target.vars().iter().zip(single.target.vars()) {
+                pairs.push((a.as_tensor().clone(), b.as_tensor().clone()));
+            }
+            for (a, b) in &pairs {
+                let (a, b) = (values(a), values(b));
+                let scale = b.iter().fold(0f32, |m, x| m.max(x.abs())) as f64;
+                for (x, y) in a.iter().zip(&b) {
+                    assert!(
+                        f64::from((x - y).abs()) <= tol * (1.0 + scale),
+                        "member {k}: {x} vs {y}"
+                    );
+                }
+            }
+            assert_eq!(member.optimizer.steps(), single.optimizer.steps());
+            // Same priorities and generator: the next batch is the same windows.
+            member.sample_packed(0.5).unwrap();
+            single.sample_packed(0.5).unwrap();
+            assert_eq!(member.packed(), single.packed(), "member {k}: next batch");
+        }
+    }
+
+    #[test]
+    fn a_population_update_is_each_members_own_update() {
+        updates_match(1e-5);
+    }
+
+    /// The same on candle's primitives (CUDA's path without our kernels:
+    /// the unfused stacked cell, norms and clip on the device).
+    #[test]
+    fn a_population_update_on_primitives_is_each_members_own_update() {
+        crate::nn::fused::portable(|| updates_match(1e-4));
+    }
+
+    /// Episode-return recorder.
+    #[derive(Default)]
+    struct Returns(Vec<(u64, f64)>);
+
+    impl Observer for Returns {
+        fn episode(&mut self, progress: &Progress, episode_return: f64, _length: u32) {
+            self.0.push((progress.step, episode_return));
+        }
+    }
+
+    /// The training loop gives each member the episodes its seed's single
+    /// run has (acting through the stacked LSTM step included), and each
+    /// member ends as a whole learner whose greedy policy is that run's.
+    #[test]
+    fn population_training_reproduces_each_seeds_run() {
+        let config = DrqnConfig {
+            learning_starts: 300,
+            exploration: Schedule::linear(1.0, 0.05, 0.5),
+            target_update_interval: 100,
+            ..config()
+        };
+        let (steps, seeds) = (900u64, [0u64, 7]);
+        let dev = Device::Cpu;
+        let mut envs: Vec<Box<dyn Env>> = seeds
+            .iter()
+            .map(|_| reflex_sim::make("cartpole-masked").unwrap())
+            .collect();
+        let mut pop = DrqnPopulation::new(config.clone(), 2, 2, &seeds, &dev).unwrap();
+        let mut recorded: Vec<Returns> = seeds.iter().map(|_| Returns::default()).collect();
+        {
+            let mut observers: Vec<&mut dyn Observer> = recorded
+                .iter_mut()
+                .map(|r| r as &mut dyn Observer)
+                .collect();
+            super::super::population::train_population(
+                &mut pop,
+                &mut envs,
+                steps,
+                &seeds,
+                300,
+                &mut observers,
+            )
+            .unwrap();
+        }
+        assert_eq!(pop.updates(), (steps - 300) / 4);
+        for (k, &seed) in seeds.iter().enumerate() {
+            let mut env = reflex_sim::make("cartpole-masked").unwrap();
+            let mut single = Drqn::new(config.clone(), 2, 2, seed, &dev).unwrap();
+            let mut alone = Returns::default();
+            super::super::train(&mut single, env.as_mut(), steps, seed, 0, &mut alone).unwrap();
+            assert!(alone.0.len() > 10, "{} episodes", alone.0.len());
+            assert_eq!(recorded[k].0, alone.0, "member {k} (seed {seed}): episodes");
+            let mut eval_env = reflex_sim::make("cartpole-masked").unwrap();
+            let mine = super::super::evaluate(&pop.members[k], eval_env.as_mut(), 3, 99).unwrap();
+            let theirs = super::super::evaluate(&single, eval_env.as_mut(), 3, 99).unwrap();
+            assert_eq!(mine, theirs, "member {k}: greedy evaluation");
+            // The stored acting states fed the updates: the weights are the run's.
+            for (a, b) in pop.members[k]
+                .online
+                .vars()
+                .iter()
+                .zip(single.online.vars())
+            {
+                assert_eq!(
+                    values(a.as_tensor()),
+                    values(b.as_tensor()),
+                    "member {k}: weights"
+                );
+            }
+        }
+        assert_ne!(recorded[0].0, recorded[1].0);
+    }
+
+    /// Members checkpointed, loaded into a fresh population and restacked
+    /// continue exactly as the original population does.
+    #[test]
+    fn a_population_restacked_from_member_checkpoints_continues_exactly() {
+        let seeds = [5u64, 6];
+        let dev = Device::Cpu;
+        let mut original = DrqnPopulation::new(config(), 2, 2, &seeds, &dev).unwrap();
+        for (k, member) in original.members.iter_mut().enumerate() {
+            let mut env = reflex_sim::make("cartpole-masked").unwrap();
+            crate::algo::train(member, env.as_mut(), 200, 40 + k as u64, 0, &mut Quiet).unwrap();
+        }
+        for _ in 0..3 {
+            original.update(0.5).unwrap();
+        }
+        original.sync_members().unwrap();
+        let root = std::env::temp_dir().join(format!("reflex-drqn-restack-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let mut resumed = DrqnPopulation::new(config(), 2, 2, &seeds, &dev).unwrap();
+        for k in 0..seeds.len() {
+            let dir = root.join(format!("member-{k}"));
+            let saved = crate::checkpoint::save(&dir, &mut original.members[k]).unwrap();
+            crate::checkpoint::load(&saved, &mut resumed.members[k], &dev).unwrap();
+        }
+        resumed.restack().unwrap();
+        assert_eq!(resumed.updates(), 3);
+        assert_eq!(Population::steps_done(&resumed), 200);
+        for round in 0..3 {
+            let (a, b) = (original.update(0.5).unwrap(), resumed.update(0.5).unwrap());
+            assert_eq!(a, b, "update {round} after the resume");
+        }
+        std::fs::remove_dir_all(&root).ok();
+    }
+
+    #[test]
+    fn bad_shapes_are_refused() {
+        let dev = Device::Cpu;
+        assert!(DrqnPopulation::new(config(), 2, 2, &[], &dev).is_err());
+        let mut pop = DrqnPopulation::new(config(), 2, 2, &[1, 2], &dev).unwrap();
+        let err = pop.explore_all(&[0.0; 3], 1, 10).unwrap_err().to_string();
+        assert!(err.contains("expected 2 × 2"), "{err}");
+    }
+}
