@@ -11,7 +11,7 @@
 # Steps, each under its own time limit, each continuing past the others' failures:
 #   1. parity: `reflex-train gpu parity --device cuda`: forward passes, gradients and
 #      Adam steps of every network kind, CPU vs CUDA on the same weights (1e-4),
-#      every learner's first update (loss, mean Q, gradient norm), and DQN and TD3
+#      every learner's first update (loss, mean Q, gradient norm), and DQN, TD3 and DRQN
 #      populations on CUDA against their members as single learners on the CPU;
 #   2. bench: `reflex-train gpu bench --device cuda` and scripts/bench_gpu_torch.py
 #      (PyTorch eager and CUDA-graphed) on the same shapes, merged by
@@ -99,16 +99,18 @@ for step in $steps; do
     tail -n 12 "$out/bench.log"
     # What the fused optimizer kernels and the event-tracking switch buy: the
     # small-network cases again with each turned back to candle's default.
-    # And the experimental CUDA-graph updates (REFLEX_CUDA_GRAPH=1: DQN, and
-    # the DQN and TD3 populations).
-    for variant in "REFLEX_CUDA_FUSED=0 unfused" "REFLEX_CUDA_EVENTS=1 events" "REFLEX_CUDA_GRAPH=1 graph"; do
+    # And the experimental CUDA-graph updates (REFLEX_CUDA_GRAPH=1: DQN, TD3
+    # and DRQN, single and populations; the LSTM cases only there, as their
+    # replay is filled by acting, which takes a while).
+    for variant in "REFLEX_CUDA_FUSED=0 unfused" "REFLEX_CUDA_EVENTS=1 events" \
+                   "REFLEX_CUDA_GRAPH=1 graph --case lstm512-b64-t80-burn40 --case lstm512-b64-t80-burn40-pop16"; do
       set -- $variant
       (( budget - SECONDS < 60 )) && { echo "== with $1: skipped (budget)"; continue; }
-      env "$1" timeout "$(limit 100)" "$bin" gpu bench --device "$device" --seconds 2 $flags \
+      env "$1" timeout "$(limit 120)" "$bin" gpu bench --device "$device" --seconds 2 $flags \
         --case dqn-256x256-b256 --case dqn-256x256-b256-pop16 --case td3-400x300-b256 --case td3-400x300-b256-pop16 \
-        --case dqn-256x256-b4096 \
+        --case dqn-256x256-b4096 "${@:3}" \
         --case e2e-cartpole-64envs --out "$out/bench-$2" > "$out/bench-$2.log" 2>&1 \
-        && { echo "== with $1"; sed -n 3,10p "$out/bench-$2/bench.md"; } \
+        && { echo "== with $1"; sed -n 3,12p "$out/bench-$2/bench.md"; } \
         || { echo "== with $1: failed"; tail -n 5 "$out/bench-$2.log"; }
     done
     timeout "$(limit 200)" "$py" scripts/bench_gpu_torch.py --device "$device" --seconds "$seconds" $flags --out "$out/torch.jsonl" > "$out/torch.log" 2>&1

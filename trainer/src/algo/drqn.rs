@@ -277,6 +277,12 @@ pub struct Drqn {
     acting: Carry,
     pending: Option<Pending>,
     evaluating: RefCell<Carry>,
+    /// Run updates as a captured CUDA graph (experimental, as
+    /// [`super::dqn::Dqn`]'s: starts as `REFLEX_CUDA_GRAPH=1` says; CUDA
+    /// with the fused kernels only). A window's unroll is a long chain of
+    /// small launches, which a graph replays as one.
+    pub cuda_graph: bool,
+    graph: Option<crate::gpu::graph::GraphedUpdate>,
 }
 
 impl Drqn {
@@ -343,6 +349,8 @@ impl Drqn {
             acting: zero.clone(),
             pending: None,
             evaluating: RefCell::new(zero),
+            cuda_graph: crate::gpu::graph::requested(),
+            graph: None,
         })
     }
 
@@ -365,6 +373,9 @@ impl Drqn {
     /// One gradient update on a batch of windows; `beta` is PER's exponent.
     pub fn update(&mut self, beta: f64) -> Result<UpdateStats, TrainError> {
         let shapes = self.sample_packed(beta)?;
+        if self.graphed() {
+            return self.update_graphed(&shapes);
+        }
         let all = Tensor::from_slice(&self.upload, self.upload.len(), &self.device)?;
         let parts = super::unpack(&all, &shapes)?;
         let (loss, q_mean, td_error) = drqn_loss(
@@ -439,6 +450,64 @@ impl Drqn {
             parts.push((&batch.init_state, Shape::from((b, 2 * hd))));
         }
         Ok(super::pack(&parts, &mut self.upload))
+    }
+
+    /// Whether updates run as a captured CUDA graph: asked for
+    /// ([`cuda_graph`](Self::cuda_graph)) on a CUDA device with the fused
+    /// kernels.
+    fn graphed(&self) -> bool {
+        self.cuda_graph && crate::gpu::kernels::cuda_kernels(&self.device)
+    }
+
+    /// The update as a replayed CUDA graph (see
+    /// [`crate::gpu::graph::GraphedUpdate`]): warm-up updates run the body
+    /// eagerly, the next captures it, the rest replay it and read [loss,
+    /// mean Q, norm², TD errors] back in one copy; a failed capture turns
+    /// the graph off with a warning.
+    fn update_graphed(&mut self, shapes: &[Shape]) -> Result<UpdateStats, TrainError> {
+        use crate::gpu::graph::GraphedUpdate;
+        let dev = self.device.clone();
+        let n = self.upload.len();
+        let generation = self.optimizer.generation();
+        if !self.graph.as_ref().is_some_and(|g| g.fits(n, generation)) {
+            self.graph = Some(GraphedUpdate::new(n, 1, generation, &dev)?);
+        }
+        let window = self.window();
+        let (online, target, config) = (&self.online, &self.target, &self.config);
+        let optimizer = &mut self.optimizer;
+        let hyper = optimizer.next_hyper();
+        let g = self.graph.as_mut().expect("made above");
+        let ran = g.run(&dev, &self.upload, &hyper, |input, hyper| {
+            let parts = super::unpack(input, shapes)?;
+            let (loss, q_mean, td_error) = drqn_loss(online, target, config, window, &parts)?;
+            let grads = loss.backward()?;
+            let normsq = optimizer.step_in_graph(&grads, config.max_grad_norm, hyper)?;
+            let mut pieces = vec![
+                loss.detach().reshape(1)?,
+                q_mean.reshape(1)?,
+                normsq.to_dtype(DType::F32)?.reshape(1)?,
+            ];
+            if config.prioritized {
+                pieces.push(td_error.flatten_all()?);
+            }
+            Ok(vec![Tensor::cat(&pieces, 0)?])
+        })?;
+        let (out, failed) = ran.values();
+        if failed {
+            self.cuda_graph = false;
+            self.graph = None;
+        }
+        self.set_priorities(&out[3..])?;
+        Ok(UpdateStats {
+            loss: out[0],
+            q_mean: out[1],
+            grad_norm: f64::from(out[2]).sqrt(),
+        })
+    }
+
+    /// Whether updates now replay a captured CUDA graph.
+    pub fn graph_captured(&self) -> bool {
+        self.graph.as_ref().is_some_and(|g| g.captured())
     }
 
     /// The buffer [`sample_packed`](Self::sample_packed) filled.

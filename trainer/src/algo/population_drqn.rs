@@ -20,7 +20,7 @@
 //! Updates start once every member can sample a window (with
 //! `learning_starts` past the first episode, the step each would start alone).
 
-use candle_core::{Device, Tensor};
+use candle_core::{Device, Shape, Tensor};
 use reflex_msgs::Action;
 
 use super::drqn::{drqn_loss, Drqn, DrqnConfig};
@@ -31,7 +31,7 @@ use super::{Agent, UpdateStats};
 use crate::nn::stack::Stacked;
 use crate::nn::{Params, RecurrentQNetwork};
 use crate::optim::Adam;
-use crate::replay::Replay;
+use crate::replay::{Replay, WindowSpec};
 use crate::TrainError;
 
 /// P DRQN learners with stacked networks (see the module docs).
@@ -47,6 +47,11 @@ pub struct DrqnPopulation {
     config: DrqnConfig,
     device: Device,
     upload: Vec<f32>,
+    /// Run updates as a captured CUDA graph (experimental, as [`Drqn`]'s;
+    /// starts as `REFLEX_CUDA_GRAPH=1` says; CUDA with the fused kernels
+    /// only).
+    pub cuda_graph: bool,
+    graph: Option<crate::gpu::graph::GraphedUpdate>,
 }
 
 impl DrqnPopulation {
@@ -80,6 +85,8 @@ impl DrqnPopulation {
             config,
             device: device.clone(),
             upload: Vec::new(),
+            cuda_graph: crate::gpu::graph::requested(),
+            graph: None,
         })
     }
 
@@ -137,37 +144,110 @@ impl DrqnPopulation {
         }
         let buffers: Vec<&[f32]> = self.members.iter().map(|m| m.packed()).collect();
         let shapes = pack_members(&buffers, &shapes, &mut self.upload);
-        let all = Tensor::from_slice(&self.upload, self.upload.len(), &self.device)?;
-        let parts = super::unpack(&all, &shapes)?;
         let window = self.members[0].window();
-        let (loss, q_mean, td_error) = drqn_loss(
-            &self.online.net,
-            &self.target.net,
-            &self.config,
-            window,
-            &parts,
-        )?;
-        let grads = loss.sum_all()?.backward()?;
-        let clip = self.config.max_grad_norm;
-        let mut pieces = vec![loss.detach(), q_mean];
-        // On the CPU kernels the norms are host sums (f64) already; elsewhere
-        // they stay on the device and come back with the stats.
-        let host_norms = if crate::nn::fused::cpu_kernels(&self.device) {
-            Some(self.optimizer.step_members(&grads, clip)?)
-        } else {
-            pieces.push(self.optimizer.step_members_on_device(&grads, clip, None)?);
-            None
-        };
         let per = self.config.prioritized;
-        if per {
-            pieces.push(td_error.flatten_all()?);
+        if self.graphed() {
+            return self.update_graphed(&shapes, window);
         }
-        let back = Tensor::cat(&pieces, 0)?.to_vec1::<f32>()?;
-        let steps = self.config.batch_size * window.learn;
+        let all = Tensor::from_slice(&self.upload, self.upload.len(), &self.device)?;
+        let (back, host_norms) = if crate::nn::fused::cpu_kernels(&self.device) {
+            // On the CPU kernels the norms are host sums (f64) already.
+            let parts = super::unpack(&all, &shapes)?;
+            let (loss, q_mean, td_error) = drqn_loss(
+                &self.online.net,
+                &self.target.net,
+                &self.config,
+                window,
+                &parts,
+            )?;
+            let grads = loss.sum_all()?.backward()?;
+            let norms = self
+                .optimizer
+                .step_members(&grads, self.config.max_grad_norm)?;
+            let mut pieces = vec![loss.detach(), q_mean];
+            if per {
+                pieces.push(td_error.flatten_all()?);
+            }
+            (Tensor::cat(&pieces, 0)?, Some(norms))
+        } else {
+            let back = device_body(
+                (&self.online.net, &self.target.net),
+                &self.config,
+                window,
+                &mut self.optimizer,
+                (&all, &shapes),
+                None,
+            )?;
+            (back, None)
+        };
+        self.finish(&back.to_vec1::<f32>()?, host_norms)
+    }
+
+    /// Each member's stats (and PER priorities) from an update's read-back
+    /// (see [`member_stats`]).
+    fn finish(
+        &mut self,
+        back: &[f32],
+        host_norms: Option<Vec<f64>>,
+    ) -> Result<Vec<UpdateStats>, TrainError> {
+        let steps = self.config.batch_size * self.config.seq_len;
+        let per = self.config.prioritized;
         let members = &mut self.members;
-        member_stats(&back, members.len(), steps, per, host_norms, |k, td| {
+        member_stats(back, members.len(), steps, per, host_norms, |k, td| {
             members[k].set_priorities(td)
         })
+    }
+
+    /// Whether updates run as a captured CUDA graph: asked for
+    /// ([`cuda_graph`](Self::cuda_graph)) on a CUDA device with the fused
+    /// kernels.
+    fn graphed(&self) -> bool {
+        self.cuda_graph && crate::gpu::kernels::cuda_kernels(&self.device)
+    }
+
+    /// The update as a replayed CUDA graph, as [`Drqn`]'s: warm-up updates
+    /// run [`device_body`] eagerly, the next captures it, the rest replay it;
+    /// a failed capture turns the graph off with a warning.
+    fn update_graphed(
+        &mut self,
+        shapes: &[Shape],
+        window: WindowSpec,
+    ) -> Result<Vec<UpdateStats>, TrainError> {
+        use crate::gpu::graph::GraphedUpdate;
+        let dev = self.device.clone();
+        let n = self.upload.len();
+        let generation = self.optimizer.generation();
+        if !self.graph.as_ref().is_some_and(|g| g.fits(n, generation)) {
+            self.graph = Some(GraphedUpdate::new(n, 1, generation, &dev)?);
+        }
+        let nets = (&self.online.net, &self.target.net);
+        let config = &self.config;
+        let optimizer = &mut self.optimizer;
+        let hyper = optimizer.next_hyper();
+        let g = self.graph.as_mut().expect("made above");
+        let ran = g.run(&dev, &self.upload, &hyper, |input, hyper| {
+            let back = device_body(
+                nets,
+                config,
+                window,
+                optimizer,
+                (input, shapes),
+                Some(hyper),
+            )
+            .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+            Ok(vec![back])
+        })?;
+        let (back, failed) = ran.values();
+        if failed {
+            self.cuda_graph = false;
+            self.graph = None;
+        }
+        self.finish(&back, None)
+    }
+
+    /// Whether updates now replay a captured CUDA graph.
+    pub fn graph_captured(&self) -> bool {
+        self.graph.as_ref().is_some_and(|g| g.captured())
     }
 
     /// Moves every member's target network toward its online one.
@@ -234,6 +314,30 @@ impl DrqnPopulation {
         self.optimizer = stack_optimizer(&self.online, &optimizers, self.optimizer.lr)?;
         Ok(())
     }
+}
+
+/// A population update's device work on the packed batch `input` (with its
+/// parts' `shapes`): every member's loss, backward, Adam with each member's
+/// clip computed on the device (`hyper`: a CUDA graph's step-size buffer).
+/// Returns one tensor to read back: `[loss ×P, mean Q ×P, norm ×P, TD
+/// errors ×P·B·L with PER]`.
+fn device_body(
+    (online, target): (&RecurrentQNetwork, &RecurrentQNetwork),
+    config: &DrqnConfig,
+    window: WindowSpec,
+    optimizer: &mut Adam,
+    (input, shapes): (&Tensor, &[Shape]),
+    hyper: Option<&Tensor>,
+) -> Result<Tensor, TrainError> {
+    let parts = super::unpack(input, shapes)?;
+    let (loss, q_mean, td_error) = drqn_loss(online, target, config, window, &parts)?;
+    let grads = loss.sum_all()?.backward()?;
+    let norms = optimizer.step_members_on_device(&grads, config.max_grad_norm, hyper)?;
+    let mut pieces = vec![loss.detach(), q_mean, norms];
+    if config.prioritized {
+        pieces.push(td_error.flatten_all()?);
+    }
+    Ok(Tensor::cat(&pieces, 0)?)
 }
 
 impl Population for DrqnPopulation {

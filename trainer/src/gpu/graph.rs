@@ -1,5 +1,5 @@
 //! CUDA graph capture of an update's device work (experimental: opt-in with
-//! `REFLEX_CUDA_GRAPH=1`, for DQN and the DQN and TD3 populations, and not
+//! `REFLEX_CUDA_GRAPH=1`, for DQN, TD3 and DRQN learners and populations, and not
 //! yet run on a GPU).
 //!
 //! Eagerly, each candle op is a kernel launch that costs the host several

@@ -879,26 +879,9 @@ fn check_td3_population(device: &Device, checks: &mut Vec<Check>) -> Result<(), 
 /// update stats over three updates, then its LSTM and head weights and Adam
 /// moments. On CUDA this runs the fused LSTM cell over members × batch rows.
 fn check_drqn_population(device: &Device, checks: &mut Vec<Check>) -> Result<(), TrainError> {
-    use crate::algo::drqn::{Drqn, DrqnConfig};
+    use crate::algo::drqn::Drqn;
     use crate::algo::population_drqn::DrqnPopulation;
-    let config = DrqnConfig {
-        batch_size: 8,
-        seq_len: 8,
-        burn_in: 4,
-        n_step: 2,
-        lstm_hidden: 32,
-        prioritized: true,
-        max_grad_norm: Some(0.5),
-        // Filled by acting at ε = 1 (replay stores the acting state).
-        learning_starts: u64::MAX,
-        exploration: crate::schedule::Schedule::linear(1.0, 1.0, 1.0),
-        net: crate::nn::NetConfig {
-            hidden: vec![32],
-            dueling: true,
-            ..crate::nn::NetConfig::default()
-        },
-        ..DrqnConfig::default()
-    };
+    let config = drqn_parity_config();
     let seeds = [0u64, 1, 2];
     let mut population = subject(device, || {
         DrqnPopulation::new(config.clone(), 2, 2, &seeds, device)
@@ -934,6 +917,112 @@ fn check_drqn_population(device: &Device, checks: &mut Vec<Check>) -> Result<(),
             &format!("drqn-population member{k}"),
             (&member.online, &member.optimizer),
             (&single.online, &single.optimizer),
+            checks,
+        )?;
+    }
+    Ok(())
+}
+
+/// The DRQN parity checks' settings: LSTM 32 and a dueling head, stored
+/// state, burn-in, 2-step returns, PER, a clip that bites; filled by acting
+/// at ε = 1 (replay stores the acting state).
+fn drqn_parity_config() -> crate::algo::drqn::DrqnConfig {
+    use crate::algo::drqn::DrqnConfig;
+    DrqnConfig {
+        batch_size: 8,
+        seq_len: 8,
+        burn_in: 4,
+        n_step: 2,
+        lstm_hidden: 32,
+        prioritized: true,
+        max_grad_norm: Some(0.5),
+        // Filled by acting at ε = 1 (replay stores the acting state).
+        learning_starts: u64::MAX,
+        exploration: crate::schedule::Schedule::linear(1.0, 1.0, 1.0),
+        net: crate::nn::NetConfig {
+            hidden: vec![32],
+            dueling: true,
+            ..crate::nn::NetConfig::default()
+        },
+        ..DrqnConfig::default()
+    }
+}
+
+/// On CUDA: a DRQN learner's updates replayed from a captured CUDA graph
+/// (the whole unroll, backward and Adam as one launch) against the same
+/// learner updating op by op: stats from the first replays on, the captured
+/// flag, and the weights and moments the replays wrote.
+fn check_drqn_graph(device: &Device, checks: &mut Vec<Check>) -> Result<(), TrainError> {
+    use crate::algo::drqn::Drqn;
+    let config = drqn_parity_config();
+    let mut eager = Drqn::new(config.clone(), 2, 2, 0, device)?;
+    let mut graphed = Drqn::new(config, 2, 2, 0, device)?;
+    eager.cuda_graph = false;
+    graphed.cuda_graph = true;
+    for agent in [&mut eager, &mut graphed] {
+        let mut env = reflex_sim::make("cartpole-masked")?;
+        algo::train(agent, env.as_mut(), 400, 11, 0, &mut Silent)?;
+    }
+    for k in 1..=6 {
+        let (e, g) = (eager.update(0.4)?, graphed.update(0.4)?);
+        if k >= 4 {
+            checks.extend(stats_checks(
+                &format!("drqn-cuda-graph replay{}", k - 3),
+                &g,
+                &e,
+            ));
+        }
+    }
+    checks.push(flag_check(
+        "drqn-cuda-graph captured",
+        graphed.graph_captured(),
+    ));
+    weight_checks(
+        "drqn-cuda-graph",
+        (&graphed.online, &graphed.optimizer),
+        (&eager.online, &eager.optimizer),
+        checks,
+    )
+}
+
+/// On CUDA: the same for a DRQN population of three (stacked LSTMs).
+fn check_drqn_population_graph(device: &Device, checks: &mut Vec<Check>) -> Result<(), TrainError> {
+    use crate::algo::population_drqn::DrqnPopulation;
+    let config = drqn_parity_config();
+    let seeds = [0u64, 1, 2];
+    let mut eager = DrqnPopulation::new(config.clone(), 2, 2, &seeds, device)?;
+    let mut graphed = DrqnPopulation::new(config, 2, 2, &seeds, device)?;
+    eager.cuda_graph = false;
+    graphed.cuda_graph = true;
+    for population in [&mut eager, &mut graphed] {
+        for (k, member) in population.members.iter_mut().enumerate() {
+            let mut env = reflex_sim::make("cartpole-masked")?;
+            algo::train(member, env.as_mut(), 400, 11 + k as u64, 0, &mut Silent)?;
+        }
+    }
+    for k in 1..=6 {
+        let (e, g) = (eager.update(0.4)?, graphed.update(0.4)?);
+        if k >= 4 {
+            for (member, (g, e)) in g.iter().zip(&e).enumerate() {
+                checks.extend(stats_checks(
+                    &format!("drqn-population-graph member{member} replay{}", k - 3),
+                    g,
+                    e,
+                ));
+            }
+        }
+    }
+    checks.push(flag_check(
+        "drqn-population-graph captured",
+        graphed.graph_captured(),
+    ));
+    eager.sync_members()?;
+    graphed.sync_members()?;
+    for (k, (g, e)) in graphed.members.iter().zip(&eager.members).enumerate() {
+        weight_checks(
+            &format!("drqn-population-graph member{k}"),
+            (&g.online, &g.optimizer),
+            (&e.online, &e.optimizer),
             checks,
         )?;
     }
@@ -1154,6 +1243,10 @@ pub fn run(device: &Device, mut progress: impl FnMut(&str)) -> Result<Report, Tr
         check_td3_graph(device, &mut checks)?;
         progress("td3-population-graph");
         check_td3_population_graph(device, &mut checks)?;
+        progress("drqn-cuda-graph");
+        check_drqn_graph(device, &mut checks)?;
+        progress("drqn-population-graph");
+        check_drqn_population_graph(device, &mut checks)?;
     }
     Ok(Report {
         device: format!("{device:?}"),
