@@ -383,27 +383,22 @@ impl Ddpg {
                 polyak(actor_target, actor, c.tau)?;
                 polyak(critic_targets, critics, c.tau)?;
             }
-            let mut pieces = vec![
-                loss.detach().reshape(1)?,
-                q.mean_all()?.reshape(1)?,
-                normsq.to_dtype(DType::F32)?.reshape(1)?,
-            ];
-            if per {
-                pieces.push(td_error.flatten_all()?);
-            }
-            Ok(vec![Tensor::cat(&pieces, 0)?])
+            let td = per.then_some(&td_error);
+            Ok(vec![crate::gpu::graph::readback(
+                &loss,
+                &q.mean_all()?,
+                &normsq,
+                td,
+            )?])
         })?;
         let (out, failed) = ran.values();
         if failed {
             self.cuda_graph = false;
             self.graphs.clear();
         }
-        self.core.set_priorities(&out[3..])?;
-        Ok(UpdateStats {
-            loss: out[0],
-            q_mean: out[1],
-            grad_norm: f64::from(out[2]).sqrt(),
-        })
+        let (stats, td_error) = crate::gpu::graph::stats(&out);
+        self.core.set_priorities(td_error)?;
+        Ok(stats)
     }
 
     /// Whether both updates (critic-only, and with the actor) now replay

@@ -24,7 +24,7 @@ use reflex_msgs::{Action, PolicySpec};
 use reflex_sim::SimRng;
 use serde::{Deserialize, Serialize};
 
-use super::Agent;
+use super::{scheduled, Agent, Rounds, Scheduled};
 use crate::nn::{NetConfig, QNetwork};
 use crate::optim::Adam;
 use crate::replay::{ActionShape, Batch, BatchActions, EnvStep, NStepAccumulator, PerParams};
@@ -115,60 +115,13 @@ impl Default for DqnConfig {
     }
 }
 
-/// What DQN's update schedule ([`scheduled`]) drives: a single learner, or
-/// a [population](super::population) in lockstep.
-pub(crate) trait Scheduled {
-    /// What one update reports.
-    type Stats;
-    /// The hyperparameters.
-    fn config(&self) -> &DqnConfig;
-    /// Sets the optimizer's learning rate.
-    fn set_learning_rate(&mut self, lr: f64);
-    /// Whether replay holds anything to sample.
-    fn has_data(&self) -> bool;
-    /// One gradient update with PER exponent `beta`.
-    fn update_once(&mut self, beta: f64) -> Result<Self::Stats, TrainError>;
-    /// Moves the target network(s).
-    fn move_target(&self) -> Result<(), TrainError>;
-}
-
-/// DQN's schedule after env step `step` of `total`: the learning rate for
-/// the step, a round of `gradient_steps` updates every `train_freq` steps
-/// once past `learning_starts`, and the target every
-/// `target_update_interval` steps. Returns the round's last stats.
-pub(crate) fn scheduled<L: Scheduled>(
-    learner: &mut L,
-    step: u64,
-    total: u64,
-) -> Result<Option<L::Stats>, TrainError> {
-    let c = learner.config();
-    let lr = super::learning_rate_at(c.learning_rate, c.learning_rate_end, step, total);
-    let (starts, freq, steps, beta0) = (
-        c.learning_starts,
-        c.train_freq,
-        c.gradient_steps,
-        c.per_beta0,
-    );
-    let interval = c.target_update_interval;
-    learner.set_learning_rate(lr);
-    let last = if learner.has_data() {
-        super::update_round(step, total, starts, freq, steps, beta0, |beta| {
-            learner.update_once(beta)
-        })?
-    } else {
-        None
-    };
-    if step.is_multiple_of(interval) {
-        learner.move_target()?;
-    }
-    Ok(last)
-}
+super::schedule_rounds!(DqnConfig);
 
 impl Scheduled for Dqn {
     type Stats = UpdateStats;
 
-    fn config(&self) -> &DqnConfig {
-        &self.config
+    fn rounds(&self) -> Rounds {
+        self.config.rounds()
     }
 
     fn set_learning_rate(&mut self, lr: f64) {
@@ -440,18 +393,13 @@ impl Dqn {
     /// norm², TD errors] back in one copy. A capture that fails turns the
     /// graph off (with a warning) and the update runs eagerly.
     fn update_graphed(&mut self, shapes: &[Shape]) -> Result<UpdateStats, TrainError> {
-        use crate::gpu::graph::GraphedUpdate;
         let dev = self.device.clone();
-        let n = self.upload_scratch.len();
-        let generation = self.optimizer.generation();
-        if !self.graph.as_ref().is_some_and(|g| g.fits(n, generation)) {
-            self.graph = Some(GraphedUpdate::new(n, 1, generation, &dev)?);
-        }
+        let (n, generation) = (self.upload_scratch.len(), self.optimizer.generation());
+        let g = crate::gpu::graph::prepare(&mut self.graph, n, generation, &dev)?;
         let per = matches!(self.replay, Replay::Prioritized(_));
         let (online, target, config) = (&self.online, &self.target, &self.config);
         let optimizer = &mut self.optimizer;
         let hyper = optimizer.next_hyper();
-        let g = self.graph.as_mut().expect("made above");
         let ran = g.run(&dev, &self.upload_scratch, &hyper, |input, hyper| {
             graph_body(online, target, config, optimizer, input, hyper, shapes, per)
         })?;
@@ -470,12 +418,9 @@ impl Dqn {
 
     /// Stats (and PER priorities) from a graphed update's read-back.
     fn finish_graphed(&mut self, out: &[f32]) -> Result<UpdateStats, TrainError> {
-        self.set_priorities(&out[3..])?;
-        Ok(UpdateStats {
-            loss: out[0],
-            q_mean: out[1],
-            grad_norm: f64::from(out[2]).sqrt(),
-        })
+        let (stats, td_error) = crate::gpu::graph::stats(out);
+        self.set_priorities(td_error)?;
+        Ok(stats)
     }
 
     /// Moves the target network toward the online one (copy when τ = 1).
@@ -570,15 +515,13 @@ fn graph_body(
         .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
     let grads = loss.backward()?;
     let normsq = optimizer.step_in_graph(&grads, config.max_grad_norm, hyper)?;
-    let mut pieces = vec![
-        loss.detach().reshape(1)?,
-        q_taken.mean_all()?.reshape(1)?,
-        normsq.to_dtype(DType::F32)?.reshape(1)?,
-    ];
-    if per {
-        pieces.push(td_error.flatten_all()?);
-    }
-    Ok(vec![Tensor::cat(&pieces, 0)?])
+    let td = per.then_some(&td_error);
+    Ok(vec![crate::gpu::graph::readback(
+        &loss,
+        &q_taken.mean_all()?,
+        &normsq,
+        td,
+    )?])
 }
 
 /// DQN's loss on a batch (`parts` as [`Dqn::update`] packs them): the target

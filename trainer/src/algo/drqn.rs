@@ -465,44 +465,31 @@ impl Drqn {
     /// mean Q, norm², TD errors] back in one copy; a failed capture turns
     /// the graph off with a warning.
     fn update_graphed(&mut self, shapes: &[Shape]) -> Result<UpdateStats, TrainError> {
-        use crate::gpu::graph::GraphedUpdate;
         let dev = self.device.clone();
-        let n = self.upload.len();
-        let generation = self.optimizer.generation();
-        if !self.graph.as_ref().is_some_and(|g| g.fits(n, generation)) {
-            self.graph = Some(GraphedUpdate::new(n, 1, generation, &dev)?);
-        }
+        let (n, generation) = (self.upload.len(), self.optimizer.generation());
         let window = self.window();
+        let g = crate::gpu::graph::prepare(&mut self.graph, n, generation, &dev)?;
         let (online, target, config) = (&self.online, &self.target, &self.config);
         let optimizer = &mut self.optimizer;
         let hyper = optimizer.next_hyper();
-        let g = self.graph.as_mut().expect("made above");
         let ran = g.run(&dev, &self.upload, &hyper, |input, hyper| {
             let parts = super::unpack(input, shapes)?;
             let (loss, q_mean, td_error) = drqn_loss(online, target, config, window, &parts)?;
             let grads = loss.backward()?;
             let normsq = optimizer.step_in_graph(&grads, config.max_grad_norm, hyper)?;
-            let mut pieces = vec![
-                loss.detach().reshape(1)?,
-                q_mean.reshape(1)?,
-                normsq.to_dtype(DType::F32)?.reshape(1)?,
-            ];
-            if config.prioritized {
-                pieces.push(td_error.flatten_all()?);
-            }
-            Ok(vec![Tensor::cat(&pieces, 0)?])
+            let td = config.prioritized.then_some(&td_error);
+            Ok(vec![crate::gpu::graph::readback(
+                &loss, &q_mean, &normsq, td,
+            )?])
         })?;
         let (out, failed) = ran.values();
         if failed {
             self.cuda_graph = false;
             self.graph = None;
         }
-        self.set_priorities(&out[3..])?;
-        Ok(UpdateStats {
-            loss: out[0],
-            q_mean: out[1],
-            grad_norm: f64::from(out[2]).sqrt(),
-        })
+        let (stats, td_error) = crate::gpu::graph::stats(&out);
+        self.set_priorities(td_error)?;
+        Ok(stats)
     }
 
     /// Whether updates now replay a captured CUDA graph.
@@ -644,6 +631,33 @@ pub(crate) fn drqn_loss(
     Ok((loss, q_mean, error.detach()))
 }
 
+super::schedule_rounds!(DrqnConfig);
+
+impl super::Scheduled for Drqn {
+    type Stats = UpdateStats;
+
+    fn rounds(&self) -> super::Rounds {
+        self.config.rounds()
+    }
+
+    fn set_learning_rate(&mut self, lr: f64) {
+        self.optimizer.lr = lr;
+    }
+
+    /// Whether a window can be sampled.
+    fn has_data(&self) -> bool {
+        matches!(&self.replay, Replay::Sequence(r) if r.can_sample())
+    }
+
+    fn update_once(&mut self, beta: f64) -> Result<UpdateStats, TrainError> {
+        self.update(beta)
+    }
+
+    fn move_target(&self) -> Result<(), TrainError> {
+        self.update_target()
+    }
+}
+
 impl Agent for Drqn {
     fn algo(&self) -> &'static str {
         "drqn"
@@ -729,30 +743,7 @@ impl Agent for Drqn {
     /// `learning_starts` (once a window can be sampled); the target moves every
     /// `target_update_interval` steps.
     fn train_after(&mut self, step: u64, total: u64) -> Result<Option<UpdateStats>, TrainError> {
-        let c = &self.config;
-        self.optimizer.lr =
-            super::learning_rate_at(c.learning_rate, c.learning_rate_end, step, total);
-        let ready = match &self.replay {
-            Replay::Sequence(r) => r.can_sample(),
-            _ => false,
-        };
-        let last = if ready {
-            let (starts, freq, steps, beta0) = (
-                c.learning_starts,
-                c.train_freq,
-                c.gradient_steps,
-                c.per_beta0,
-            );
-            super::update_round(step, total, starts, freq, steps, beta0, |beta| {
-                self.update(beta)
-            })?
-        } else {
-            None
-        };
-        if step.is_multiple_of(self.config.target_update_interval) {
-            self.update_target()?;
-        }
-        Ok(last)
+        super::scheduled(self, step, total)
     }
 
     super::online_target_slots!();

@@ -319,6 +319,87 @@ pub fn build(
     })
 }
 
+/// The numbers of a value-based learner's update schedule ([`scheduled`]).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Rounds {
+    pub learning_rate: f64,
+    pub learning_rate_end: Option<f64>,
+    pub learning_starts: u64,
+    pub train_freq: u64,
+    pub gradient_steps: u64,
+    pub per_beta0: f64,
+    pub target_update_interval: u64,
+}
+
+/// `rounds()` for a config struct with the schedule's fields under
+/// [`Rounds`]'s names (DQN's and DRQN's).
+macro_rules! schedule_rounds {
+    ($config:ty) => {
+        impl $config {
+            /// The update schedule's numbers.
+            pub(crate) fn rounds(&self) -> $crate::algo::Rounds {
+                $crate::algo::Rounds {
+                    learning_rate: self.learning_rate,
+                    learning_rate_end: self.learning_rate_end,
+                    learning_starts: self.learning_starts,
+                    train_freq: self.train_freq,
+                    gradient_steps: self.gradient_steps,
+                    per_beta0: self.per_beta0,
+                    target_update_interval: self.target_update_interval,
+                }
+            }
+        }
+    };
+}
+pub(crate) use schedule_rounds;
+
+/// What a value-based schedule ([`scheduled`]) drives: a DQN or DRQN
+/// learner, or a [population](population) of them in lockstep.
+pub(crate) trait Scheduled {
+    /// What one update reports.
+    type Stats;
+    /// The schedule's numbers.
+    fn rounds(&self) -> Rounds;
+    /// Sets the optimizer's learning rate.
+    fn set_learning_rate(&mut self, lr: f64);
+    /// Whether replay holds anything to sample.
+    fn has_data(&self) -> bool;
+    /// One gradient update with PER exponent `beta`.
+    fn update_once(&mut self, beta: f64) -> Result<Self::Stats, TrainError>;
+    /// Moves the target network(s).
+    fn move_target(&self) -> Result<(), TrainError>;
+}
+
+/// The schedule after env step `step` of `total`: the learning rate for the
+/// step, a round of `gradient_steps` updates every `train_freq` steps once
+/// past `learning_starts` (while replay has data), and the target every
+/// `target_update_interval` steps. Returns the round's last stats.
+pub(crate) fn scheduled<L: Scheduled>(
+    learner: &mut L,
+    step: u64,
+    total: u64,
+) -> Result<Option<L::Stats>, TrainError> {
+    let r = learner.rounds();
+    learner.set_learning_rate(learning_rate_at(
+        r.learning_rate,
+        r.learning_rate_end,
+        step,
+        total,
+    ));
+    let last = if learner.has_data() {
+        let (starts, freq, steps) = (r.learning_starts, r.train_freq, r.gradient_steps);
+        update_round(step, total, starts, freq, steps, r.per_beta0, |beta| {
+            learner.update_once(beta)
+        })?
+    } else {
+        None
+    };
+    if step.is_multiple_of(r.target_update_interval) {
+        learner.move_target()?;
+    }
+    Ok(last)
+}
+
 /// The value-based learners' update schedule (DQN, DRQN): a round of
 /// `gradient_steps` calls of `update(β)` every `train_freq` steps once past
 /// `learning_starts`, with PER's β annealed linearly from `per_beta0` to 1 over

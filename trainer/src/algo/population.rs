@@ -23,7 +23,8 @@ use candle_core::{Device, Shape, Tensor, D};
 use reflex_msgs::{Action, ActionSpace};
 use reflex_sim::Env;
 
-use super::dqn::{scheduled, td_loss, Dqn, DqnConfig, Scheduled};
+use super::dqn::{td_loss, Dqn, DqnConfig};
+use super::{scheduled, Rounds, Scheduled};
 use super::{Agent, Observer, Progress, UpdateStats};
 use crate::nn::stack::{Stackable, Stacked};
 use crate::optim::Adam;
@@ -66,14 +67,12 @@ impl DqnPopulation {
                 "a population needs at least one member".into(),
             ));
         }
-        let members = seeds
-            .iter()
-            .map(|&seed| Dqn::new(config.clone(), obs_dim, n_actions, seed, device))
-            .collect::<Result<Vec<_>, _>>()?;
-        let nets: Vec<_> = members.iter().map(|m| m.online.clone()).collect();
-        let online = Stacked::new(&nets)?;
-        let target = online.duplicate()?;
-        let optimizer = Adam::population(online.net.vars(), config.learning_rate, seeds.len())?;
+        let (members, online, target, optimizer) = stack_members(
+            seeds,
+            |seed| Dqn::new(config.clone(), obs_dim, n_actions, seed, device),
+            |m| &m.online,
+            config.learning_rate,
+        )?;
         Ok(Self {
             members,
             online,
@@ -238,17 +237,12 @@ impl DqnPopulation {
     /// eagerly, the next captures it, the rest replay it; a failed capture
     /// turns the graph off with a warning.
     fn update_graphed(&mut self, shapes: &[Shape]) -> Result<Vec<UpdateStats>, TrainError> {
-        use crate::gpu::graph::GraphedUpdate;
         let dev = self.device.clone();
-        let n = self.upload.len();
-        let generation = self.optimizer.generation();
-        if !self.graph.as_ref().is_some_and(|g| g.fits(n, generation)) {
-            self.graph = Some(GraphedUpdate::new(n, 1, generation, &dev)?);
-        }
+        let (n, generation) = (self.upload.len(), self.optimizer.generation());
+        let g = crate::gpu::graph::prepare(&mut self.graph, n, generation, &dev)?;
         let (online, target, config) = (&self.online, &self.target, &self.config);
         let optimizer = &mut self.optimizer;
         let hyper = optimizer.next_hyper();
-        let g = self.graph.as_mut().expect("made above");
         let ran = g.run(&dev, &self.upload, &hyper, |input, hyper| {
             Ok(vec![device_body(
                 online,
@@ -327,6 +321,27 @@ impl DqnPopulation {
         self.graph = None;
         Ok(())
     }
+}
+
+/// A population's members, one made by `make` per seed, with their online
+/// networks (`online`) stacked, a copy of that as the target, and a
+/// population Adam at learning rate `lr` over it.
+#[allow(clippy::type_complexity)]
+pub(crate) fn stack_members<M, N: Stackable>(
+    seeds: &[u64],
+    make: impl Fn(u64) -> Result<M, TrainError>,
+    online: impl Fn(&M) -> &N,
+    lr: f64,
+) -> Result<(Vec<M>, Stacked<N>, Stacked<N>, Adam), TrainError> {
+    let members = seeds
+        .iter()
+        .map(|&seed| make(seed))
+        .collect::<Result<Vec<_>, _>>()?;
+    let nets: Vec<N> = members.iter().map(|m| online(m).clone()).collect();
+    let stacked = Stacked::new(&nets)?;
+    let target = stacked.duplicate()?;
+    let optimizer = Adam::population(stacked.net.vars(), lr, seeds.len())?;
+    Ok((members, stacked, target, optimizer))
 }
 
 /// Packs the members' sampled batches (`buffers`, each parts of `shapes`
@@ -460,8 +475,8 @@ fn device_body(
 impl Scheduled for DqnPopulation {
     type Stats = Vec<UpdateStats>;
 
-    fn config(&self) -> &DqnConfig {
-        &self.config
+    fn rounds(&self) -> Rounds {
+        self.config.rounds()
     }
 
     fn set_learning_rate(&mut self, lr: f64) {

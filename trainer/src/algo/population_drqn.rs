@@ -29,7 +29,7 @@ use super::population::{
 };
 use super::{Agent, UpdateStats};
 use crate::nn::stack::Stacked;
-use crate::nn::{Params, RecurrentQNetwork};
+use crate::nn::RecurrentQNetwork;
 use crate::optim::Adam;
 use crate::replay::{Replay, WindowSpec};
 use crate::TrainError;
@@ -69,14 +69,12 @@ impl DrqnPopulation {
                 "a population needs at least one member".into(),
             ));
         }
-        let members = seeds
-            .iter()
-            .map(|&seed| Drqn::new(config.clone(), obs_dim, n_actions, seed, device))
-            .collect::<Result<Vec<_>, _>>()?;
-        let nets: Vec<_> = members.iter().map(|m| m.online.clone()).collect();
-        let online = Stacked::new(&nets)?;
-        let target = online.duplicate()?;
-        let optimizer = Adam::population(online.net.vars(), config.learning_rate, seeds.len())?;
+        let (members, online, target, optimizer) = super::population::stack_members(
+            seeds,
+            |seed| Drqn::new(config.clone(), obs_dim, n_actions, seed, device),
+            |m| &m.online,
+            config.learning_rate,
+        )?;
         Ok(Self {
             members,
             online,
@@ -93,44 +91,6 @@ impl DrqnPopulation {
     /// Gradient updates each member has taken.
     pub fn updates(&self) -> u64 {
         self.optimizer.steps()
-    }
-
-    /// ε-greedy actions for every member (`obs`: P rows, member order), as
-    /// each member's [`Agent::explore`] chooses them: one stacked LSTM step
-    /// for all P, each member's ε draws from its own generator.
-    pub fn explore_all(
-        &mut self,
-        obs: &[f32],
-        step: u64,
-        total: u64,
-    ) -> Result<Vec<Action>, TrainError> {
-        let (p, d) = (self.members.len(), self.online.net.obs_dim());
-        if obs.len() != p * d {
-            return Err(TrainError::Config(format!(
-                "population of {p}: {} observation values, expected {p} × {d}",
-                obs.len()
-            )));
-        }
-        let width = d + self.online.net.n_actions();
-        let mut x = Vec::with_capacity(p * width);
-        let (mut hs, mut cs) = (Vec::with_capacity(p), Vec::with_capacity(p));
-        for (k, m) in self.members.iter_mut().enumerate() {
-            let (row, h, c) = m.begin_explore(&obs[k * d..(k + 1) * d])?;
-            x.extend(row);
-            hs.push(h);
-            cs.push(c);
-        }
-        let x = Tensor::from_vec(x, (p, 1, width), &self.device)?;
-        let (h, c) = (Tensor::stack(&hs, 0)?, Tensor::stack(&cs, 0)?);
-        let (q, h, c) = self.online.net.step(&x, &h, &c)?;
-        let q = q.flatten_all()?.to_vec1::<f32>()?;
-        let n = q.len() / p;
-        let mut actions = Vec::with_capacity(p);
-        for (k, m) in self.members.iter_mut().enumerate() {
-            let action = m.end_explore(&q[k * n..(k + 1) * n], h.get(k)?, c.get(k)?, step, total);
-            actions.push(Action::Discrete(action));
-        }
-        Ok(actions)
     }
 
     /// One gradient update of every member: each samples its own windows,
@@ -213,18 +173,13 @@ impl DrqnPopulation {
         shapes: &[Shape],
         window: WindowSpec,
     ) -> Result<Vec<UpdateStats>, TrainError> {
-        use crate::gpu::graph::GraphedUpdate;
         let dev = self.device.clone();
-        let n = self.upload.len();
-        let generation = self.optimizer.generation();
-        if !self.graph.as_ref().is_some_and(|g| g.fits(n, generation)) {
-            self.graph = Some(GraphedUpdate::new(n, 1, generation, &dev)?);
-        }
+        let (n, generation) = (self.upload.len(), self.optimizer.generation());
+        let g = crate::gpu::graph::prepare(&mut self.graph, n, generation, &dev)?;
         let nets = (&self.online.net, &self.target.net);
         let config = &self.config;
         let optimizer = &mut self.optimizer;
         let hyper = optimizer.next_hyper();
-        let g = self.graph.as_mut().expect("made above");
         let ran = g.run(&dev, &self.upload, &hyper, |input, hyper| {
             let back = device_body(
                 nets,
@@ -259,61 +214,6 @@ impl DrqnPopulation {
         }
         Ok(())
     }
-
-    /// [`Drqn`]'s schedule after env step `step`, for all members at once.
-    pub fn train_after(
-        &mut self,
-        step: u64,
-        total: u64,
-    ) -> Result<Option<Vec<UpdateStats>>, TrainError> {
-        let c = &self.config;
-        self.optimizer.lr =
-            super::learning_rate_at(c.learning_rate, c.learning_rate_end, step, total);
-        let ready = self.members.iter().all(|m| match &m.replay {
-            Replay::Sequence(r) => r.can_sample(),
-            _ => false,
-        });
-        let last = if ready {
-            let (starts, freq, steps, beta0) = (
-                c.learning_starts,
-                c.train_freq,
-                c.gradient_steps,
-                c.per_beta0,
-            );
-            super::update_round(step, total, starts, freq, steps, beta0, |beta| {
-                self.update(beta)
-            })?
-        } else {
-            None
-        };
-        if step.is_multiple_of(self.config.target_update_interval) {
-            self.update_target()?;
-        }
-        Ok(last)
-    }
-
-    /// Writes the population's networks and optimizer state into each
-    /// member's own, so a member is a complete DRQN learner again.
-    pub fn sync_members(&mut self) -> Result<(), TrainError> {
-        for (k, m) in self.members.iter_mut().enumerate() {
-            self.online.write_member(k, &m.online)?;
-            self.target.write_member(k, &m.target)?;
-            write_member_optimizer(&self.online, &self.optimizer, k, &mut m.optimizer)?;
-        }
-        Ok(())
-    }
-
-    /// Rebuilds the stacked networks and optimizer from the members' own
-    /// (after each loaded its checkpoint); they must agree on their step count.
-    pub fn restack(&mut self) -> Result<(), TrainError> {
-        let onlines: Vec<_> = self.members.iter().map(|m| m.online.clone()).collect();
-        let targets: Vec<_> = self.members.iter().map(|m| m.target.clone()).collect();
-        self.online = Stacked::new(&onlines)?;
-        self.target = Stacked::new(&targets)?;
-        let optimizers: Vec<&Adam> = self.members.iter().map(|m| &m.optimizer).collect();
-        self.optimizer = stack_optimizer(&self.online, &optimizers, self.optimizer.lr)?;
-        Ok(())
-    }
 }
 
 /// A population update's device work on the packed batch `input` (with its
@@ -340,6 +240,33 @@ fn device_body(
     Ok(Tensor::cat(&pieces, 0)?)
 }
 
+impl super::Scheduled for DrqnPopulation {
+    type Stats = Vec<UpdateStats>;
+
+    fn rounds(&self) -> super::Rounds {
+        self.config.rounds()
+    }
+
+    fn set_learning_rate(&mut self, lr: f64) {
+        self.optimizer.lr = lr;
+    }
+
+    /// Whether every member can sample a window.
+    fn has_data(&self) -> bool {
+        self.members
+            .iter()
+            .all(|m| matches!(&m.replay, Replay::Sequence(r) if r.can_sample()))
+    }
+
+    fn update_once(&mut self, beta: f64) -> Result<Vec<UpdateStats>, TrainError> {
+        self.update(beta)
+    }
+
+    fn move_target(&self) -> Result<(), TrainError> {
+        self.update_target()
+    }
+}
+
 impl Population for DrqnPopulation {
     fn len(&self) -> usize {
         self.members.len()
@@ -353,29 +280,74 @@ impl Population for DrqnPopulation {
         &mut self.members[k]
     }
 
+    /// ε-greedy actions for every member (`obs`: P rows, member order), as
+    /// each member's [`Agent::explore`] chooses them: one stacked LSTM step
+    /// for all P, each member's ε draws from its own generator.
     fn explore_all(
         &mut self,
         obs: &[f32],
         step: u64,
         total: u64,
     ) -> Result<Vec<Action>, TrainError> {
-        DrqnPopulation::explore_all(self, obs, step, total)
+        let (p, d) = (self.members.len(), self.online.net.obs_dim());
+        if obs.len() != p * d {
+            return Err(TrainError::Config(format!(
+                "population of {p}: {} observation values, expected {p} × {d}",
+                obs.len()
+            )));
+        }
+        let width = d + self.online.net.n_actions();
+        let mut x = Vec::with_capacity(p * width);
+        let (mut hs, mut cs) = (Vec::with_capacity(p), Vec::with_capacity(p));
+        for (k, m) in self.members.iter_mut().enumerate() {
+            let (row, h, c) = m.begin_explore(&obs[k * d..(k + 1) * d])?;
+            x.extend(row);
+            hs.push(h);
+            cs.push(c);
+        }
+        let x = Tensor::from_vec(x, (p, 1, width), &self.device)?;
+        let (h, c) = (Tensor::stack(&hs, 0)?, Tensor::stack(&cs, 0)?);
+        let (q, h, c) = self.online.net.step(&x, &h, &c)?;
+        let q = q.flatten_all()?.to_vec1::<f32>()?;
+        let n = q.len() / p;
+        let mut actions = Vec::with_capacity(p);
+        for (k, m) in self.members.iter_mut().enumerate() {
+            let action = m.end_explore(&q[k * n..(k + 1) * n], h.get(k)?, c.get(k)?, step, total);
+            actions.push(Action::Discrete(action));
+        }
+        Ok(actions)
     }
 
+    /// [`Drqn`]'s schedule after env step `step`, for all members at once.
     fn train_after(
         &mut self,
         step: u64,
         total: u64,
     ) -> Result<Option<Vec<UpdateStats>>, TrainError> {
-        DrqnPopulation::train_after(self, step, total)
+        super::scheduled(self, step, total)
     }
 
+    /// Writes the population's networks and optimizer state into each
+    /// member's own, so a member is a complete DRQN learner again.
     fn sync_members(&mut self) -> Result<(), TrainError> {
-        DrqnPopulation::sync_members(self)
+        for (k, m) in self.members.iter_mut().enumerate() {
+            self.online.write_member(k, &m.online)?;
+            self.target.write_member(k, &m.target)?;
+            write_member_optimizer(&self.online, &self.optimizer, k, &mut m.optimizer)?;
+        }
+        Ok(())
     }
 
+    /// Rebuilds the stacked networks and optimizer from the members' own
+    /// (after each loaded its checkpoint); they must agree on their step count.
     fn restack(&mut self) -> Result<(), TrainError> {
-        DrqnPopulation::restack(self)
+        let onlines: Vec<_> = self.members.iter().map(|m| m.online.clone()).collect();
+        let targets: Vec<_> = self.members.iter().map(|m| m.target.clone()).collect();
+        self.online = Stacked::new(&onlines)?;
+        self.target = Stacked::new(&targets)?;
+        let optimizers: Vec<&Adam> = self.members.iter().map(|m| &m.optimizer).collect();
+        self.optimizer = stack_optimizer(&self.online, &optimizers, self.optimizer.lr)?;
+        Ok(())
     }
 
     fn steps_done(&self) -> u64 {
@@ -387,7 +359,7 @@ impl Population for DrqnPopulation {
 mod tests {
     use super::*;
     use crate::algo::{Observer, Progress};
-    use crate::nn::NetConfig;
+    use crate::nn::{NetConfig, Params};
     use crate::schedule::Schedule;
     use reflex_sim::Env;
 

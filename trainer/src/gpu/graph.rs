@@ -238,6 +238,49 @@ impl ActorCriticGraphs {
     }
 }
 
+/// A learner's update graph `slot`, made (or remade) to fit a batch of `n`
+/// values and the (one) optimizer's state `generation`.
+pub fn prepare<'a>(
+    slot: &'a mut Option<GraphedUpdate>,
+    n: usize,
+    generation: u64,
+    device: &Device,
+) -> Result<&'a mut GraphedUpdate> {
+    if !slot.as_ref().is_some_and(|g| g.fits(n, generation)) {
+        *slot = Some(GraphedUpdate::new(n, 1, generation, device)?);
+    }
+    Ok(slot.as_mut().expect("made above"))
+}
+
+/// A single learner's graphed read-back, one tensor for one copy: `[loss,
+/// mean Q, norm², TD errors…]` (the TD errors when given).
+pub fn readback(
+    loss: &Tensor,
+    q_mean: &Tensor,
+    normsq: &Tensor,
+    td_error: Option<&Tensor>,
+) -> Result<Tensor> {
+    let mut pieces = vec![
+        loss.detach().reshape(1)?,
+        q_mean.reshape(1)?,
+        normsq.to_dtype(candle_core::DType::F32)?.reshape(1)?,
+    ];
+    if let Some(td) = td_error {
+        pieces.push(td.flatten_all()?);
+    }
+    Tensor::cat(&pieces, 0)
+}
+
+/// The stats in a [`readback`]'s values, and its TD errors (empty without).
+pub fn stats(values: &[f32]) -> (crate::algo::UpdateStats, &[f32]) {
+    let stats = crate::algo::UpdateStats {
+        loss: values[0],
+        q_mean: values[1],
+        grad_norm: f64::from(values[2]).sqrt(),
+    };
+    (stats, &values[3..])
+}
+
 impl GraphedUpdate {
     /// Eager updates before the capture.
     pub const WARMUP: u32 = 3;

@@ -19,6 +19,7 @@ use candle_core::{Device, Tensor};
 use reflex_sim::SimRng;
 use serde::Serialize;
 
+use crate::algo::population::Population;
 use crate::algo::{self, Agent};
 use crate::nn::{
     portable, Activation, Actor, Critic, NafNetwork, NetConfig, Params, QNetwork, Recurrent,
@@ -690,16 +691,12 @@ fn check_graph(device: &Device, checks: &mut Vec<Check>) -> Result<(), TrainErro
         eager.observe(step)?;
         graphed.observe(step)
     })?;
-    for k in 1..=6 {
-        let (e, g) = (eager.update(0.4)?, graphed.update(0.4)?);
-        if k >= 4 {
-            checks.extend(stats_checks(
-                &format!("dqn-cuda-graph replay{}", k - 3),
-                &g,
-                &e,
-            ));
-        }
-    }
+    replay_checks(
+        "dqn-cuda-graph",
+        || Ok(vec![eager.update(0.4)?]),
+        || Ok(vec![graphed.update(0.4)?]),
+        checks,
+    )?;
     // The replays really were replays (a failed capture falls back to eager
     // updates with a warning, which the comparisons above would not notice).
     checks.push(flag_check(
@@ -713,6 +710,59 @@ fn check_graph(device: &Device, checks: &mut Vec<Check>) -> Result<(), TrainErro
         (&eager.online, &eager.optimizer),
         checks,
     )
+}
+
+/// `rounds` updates of a population on the device (`population`) against
+/// each member's single learner on the CPU (`single` on `singles[k]`):
+/// stats checks named `{what} member{k} update{round}`.
+fn member_update_checks<S>(
+    what: &str,
+    rounds: usize,
+    mut population: impl FnMut() -> Result<Vec<algo::UpdateStats>, TrainError>,
+    singles: &mut [S],
+    mut single: impl FnMut(&mut S) -> Result<algo::UpdateStats, TrainError>,
+    checks: &mut Vec<Check>,
+) -> Result<(), TrainError> {
+    for round in 1..=rounds {
+        let stats = population()?;
+        for (k, s) in singles.iter_mut().enumerate() {
+            let reference = single(s)?;
+            checks.extend(stats_checks(
+                &format!("{what} member{k} update{round}"),
+                &stats[k],
+                &reference,
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Six updates eager and graphed (a learner's stats as one member, or a
+/// population's): the stats of the three after the warm-up (the capture and
+/// the first replays) checked, named `{what} replayN` (`{what} memberK
+/// replayN` for several members).
+fn replay_checks(
+    what: &str,
+    mut eager: impl FnMut() -> Result<Vec<algo::UpdateStats>, TrainError>,
+    mut graphed: impl FnMut() -> Result<Vec<algo::UpdateStats>, TrainError>,
+    checks: &mut Vec<Check>,
+) -> Result<(), TrainError> {
+    for k in 1..=6 {
+        let (eager_stats, graphed_stats) = (eager()?, graphed()?);
+        if k > crate::gpu::graph::GraphedUpdate::WARMUP {
+            let replay = k - crate::gpu::graph::GraphedUpdate::WARMUP;
+            let several = eager_stats.len() > 1;
+            for (member, (g, e)) in graphed_stats.iter().zip(&eager_stats).enumerate() {
+                let name = if several {
+                    format!("{what} member{member} replay{replay}")
+                } else {
+                    format!("{what} replay{replay}")
+                };
+                checks.extend(stats_checks(&name, g, e));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// A check that passes when `ok`.
@@ -777,20 +827,16 @@ fn check_population(device: &Device, checks: &mut Vec<Check>) -> Result<(), Trai
             member.observe(step)
         })?;
     }
-    for round in 1..=3 {
-        let stats = subject(device, || population.update(0.4))?;
-        for (k, single) in singles.iter_mut().enumerate() {
-            let reference = single.update(0.4)?;
-            checks.extend(stats_checks(
-                &format!("dqn-population member{k} update{round}"),
-                &stats[k],
-                &reference,
-            ));
-        }
-    }
+    member_update_checks(
+        "dqn-population",
+        3,
+        || subject(device, || population.update(0.4)),
+        &mut singles,
+        |single| single.update(0.4),
+        checks,
+    )?;
     population.sync_members()?;
-    for (k, single) in singles.iter().enumerate() {
-        let member = &population.members[k];
+    for (k, (member, single)) in population.members.iter().zip(&singles).enumerate() {
         weight_checks(
             &format!("dqn-population member{k}"),
             (&member.online, &member.optimizer),
@@ -825,18 +871,15 @@ fn check_td3_population(device: &Device, checks: &mut Vec<Check>) -> Result<(), 
             member.observe(step)
         })?;
     }
-    for round in 1..=4 {
-        let stats = subject(device, || population.update(0.4))?;
-        for (k, single) in singles.iter_mut().enumerate() {
-            let reference = single.update(0.4)?;
-            checks.extend(stats_checks(
-                &format!("td3-population member{k} update{round}"),
-                &stats[k],
-                &reference,
-            ));
-        }
-    }
-    crate::algo::population::Population::sync_members(&mut population)?;
+    member_update_checks(
+        "td3-population",
+        4,
+        || subject(device, || population.update(0.4)),
+        &mut singles,
+        |single| single.update(0.4),
+        checks,
+    )?;
+    population.sync_members()?;
     for (k, single) in singles.iter().enumerate() {
         let member = &population.members[k];
         let what = format!("td3-population member{k}");
@@ -899,20 +942,16 @@ fn check_drqn_population(device: &Device, checks: &mut Vec<Check>) -> Result<(),
             algo::train(member, env.as_mut(), 400, seed, 0, &mut Silent)
         })?;
     }
-    for round in 1..=3 {
-        let stats = subject(device, || population.update(0.4))?;
-        for (k, single) in singles.iter_mut().enumerate() {
-            let reference = single.update(0.4)?;
-            checks.extend(stats_checks(
-                &format!("drqn-population member{k} update{round}"),
-                &stats[k],
-                &reference,
-            ));
-        }
-    }
+    member_update_checks(
+        "drqn-population",
+        3,
+        || subject(device, || population.update(0.4)),
+        &mut singles,
+        |single| single.update(0.4),
+        checks,
+    )?;
     population.sync_members()?;
-    for (k, single) in singles.iter().enumerate() {
-        let member = &population.members[k];
+    for (k, (member, single)) in population.members.iter().zip(&singles).enumerate() {
         weight_checks(
             &format!("drqn-population member{k}"),
             (&member.online, &member.optimizer),
@@ -963,16 +1002,12 @@ fn check_drqn_graph(device: &Device, checks: &mut Vec<Check>) -> Result<(), Trai
         let mut env = reflex_sim::make("cartpole-masked")?;
         algo::train(agent, env.as_mut(), 400, 11, 0, &mut Silent)?;
     }
-    for k in 1..=6 {
-        let (e, g) = (eager.update(0.4)?, graphed.update(0.4)?);
-        if k >= 4 {
-            checks.extend(stats_checks(
-                &format!("drqn-cuda-graph replay{}", k - 3),
-                &g,
-                &e,
-            ));
-        }
-    }
+    replay_checks(
+        "drqn-cuda-graph",
+        || Ok(vec![eager.update(0.4)?]),
+        || Ok(vec![graphed.update(0.4)?]),
+        checks,
+    )?;
     checks.push(flag_check(
         "drqn-cuda-graph captured",
         graphed.graph_captured(),
@@ -1000,18 +1035,12 @@ fn check_drqn_population_graph(device: &Device, checks: &mut Vec<Check>) -> Resu
             algo::train(member, env.as_mut(), 400, 11 + k as u64, 0, &mut Silent)?;
         }
     }
-    for k in 1..=6 {
-        let (e, g) = (eager.update(0.4)?, graphed.update(0.4)?);
-        if k >= 4 {
-            for (member, (g, e)) in g.iter().zip(&e).enumerate() {
-                checks.extend(stats_checks(
-                    &format!("drqn-population-graph member{member} replay{}", k - 3),
-                    g,
-                    e,
-                ));
-            }
-        }
-    }
+    replay_checks(
+        "drqn-population-graph",
+        || eager.update(0.4),
+        || graphed.update(0.4),
+        checks,
+    )?;
     checks.push(flag_check(
         "drqn-population-graph captured",
         graphed.graph_captured(),
@@ -1192,18 +1221,12 @@ fn check_population_graph(device: &Device, checks: &mut Vec<Check>) -> Result<()
             g.observe(step)
         })?;
     }
-    for k in 1..=6 {
-        let (e, g) = (eager.update(0.4)?, graphed.update(0.4)?);
-        if k >= 4 {
-            for (member, (g, e)) in g.iter().zip(&e).enumerate() {
-                checks.extend(stats_checks(
-                    &format!("dqn-population-graph member{member} replay{}", k - 3),
-                    g,
-                    e,
-                ));
-            }
-        }
-    }
+    replay_checks(
+        "dqn-population-graph",
+        || eager.update(0.4),
+        || graphed.update(0.4),
+        checks,
+    )?;
     checks.push(flag_check(
         "dqn-population-graph captured",
         graphed.graph_captured(),
