@@ -147,6 +147,10 @@ impl Default for DrqnConfig {
 pub(crate) struct Carry {
     h: Tensor,
     c: Tensor,
+    /// h then c on the host, read back with each step's output in the same
+    /// copy (replay stores them with the next step; reading them then would
+    /// cost two more device round trips per env step).
+    host: Vec<f32>,
     /// The previous action as the network reads it: one-hot for discrete
     /// actions, normalized units for continuous ones (zeros at an episode's
     /// start).
@@ -164,15 +168,22 @@ impl Carry {
         Ok(Self {
             h: zeros.clone(),
             c: zeros,
+            host: vec![0.0; 2 * hidden],
             prev: vec![0.0; prev_width],
         })
     }
 
     /// h then c, as replay stores them.
-    pub(crate) fn state(&self) -> candle_core::Result<Vec<f32>> {
-        let mut state = self.h.flatten_all()?.to_vec1::<f32>()?;
-        state.extend(self.c.flatten_all()?.to_vec1::<f32>()?);
-        Ok(state)
+    pub(crate) fn state(&self) -> &[f32] {
+        &self.host
+    }
+
+    /// Carries the network's new state (h', c') `[1, H]` each, whose values
+    /// `host` (h' then c') came back with the step's output.
+    fn advance(&mut self, h: Tensor, c: Tensor, host: &[f32]) {
+        (self.h, self.c) = (h, c);
+        self.host.clear();
+        self.host.extend_from_slice(host);
     }
 
     /// Advances the state by one observation (normalized with `norm` if any)
@@ -186,8 +197,11 @@ impl Carry {
         let x = self.input(norm, obs);
         let x = Tensor::from_vec(x, (1, obs.len() + self.prev.len()), self.h.device())?;
         let (out, h, c) = net(&x, &self.h, &self.c)?;
-        (self.h, self.c) = (h, c);
-        out.flatten_all()?.to_vec1::<f32>()
+        let mut values = read_step(&out, &h, &c)?;
+        let n = values.len() - self.host.len();
+        self.advance(h, c, &values[n..]);
+        values.truncate(n);
+        Ok(values)
     }
 
     /// The network's input for `obs`: the observation (normalized with
@@ -207,7 +221,11 @@ impl Carry {
     pub(crate) fn pending(&self, stored: bool) -> candle_core::Result<Pending> {
         Ok(Pending {
             prev: self.prev.clone(),
-            state: if stored { self.state()? } else { Vec::new() },
+            state: if stored {
+                self.state().to_vec()
+            } else {
+                Vec::new()
+            },
         })
     }
 
@@ -230,6 +248,13 @@ impl Carry {
         self.prev.fill(0.0);
         self.prev[action as usize] = 1.0;
     }
+}
+
+/// An acting step's output and new state (h', c') in one device read, as
+/// [output…, h'…, c'…] (each flattened, so a population's `[P, …]` comes
+/// back member-major within each part).
+pub(crate) fn read_step(out: &Tensor, h: &Tensor, c: &Tensor) -> candle_core::Result<Vec<f32>> {
+    Tensor::cat(&[out.flatten_all()?, h.flatten_all()?, c.flatten_all()?], 0)?.to_vec1::<f32>()
 }
 
 fn argmax(q: &[f32]) -> u32 {
@@ -526,17 +551,17 @@ impl Drqn {
         Ok((x, self.acting.h.clone(), self.acting.c.clone()))
     }
 
-    /// The second half: carries the network's new state (h', c') and draws
-    /// the ε-greedy action on its Q values `q`.
+    /// The second half: carries the network's new state (h', c', and their
+    /// values h' then c', read back with `q`) and draws the ε-greedy action
+    /// on its Q values `q`.
     pub(crate) fn end_explore(
         &mut self,
         q: &[f32],
-        h: Tensor,
-        c: Tensor,
+        (h, c, host): (Tensor, Tensor, &[f32]),
         step: u64,
         total: u64,
     ) -> u32 {
-        (self.acting.h, self.acting.c) = (h, c);
+        self.acting.advance(h, c, host);
         let epsilon = self.exploration(step - 1, total);
         if self.act_rng.next_f64() < epsilon {
             self.act_rng.below(q.len() as u64) as u32
@@ -681,8 +706,15 @@ impl Agent for Drqn {
             &self.device,
         )?;
         let (q, h, c) = self.online.step(&x, &h, &c)?;
-        let q = q.flatten_all()?.to_vec1::<f32>()?;
-        Ok(Action::Discrete(self.end_explore(&q, h, c, step, total)))
+        let values = read_step(&q, &h, &c)?;
+        let n = self.online.n_actions();
+        let (q, state) = values.split_at(n);
+        Ok(Action::Discrete(self.end_explore(
+            q,
+            (h, c, state),
+            step,
+            total,
+        )))
     }
 
     fn exploration(&self, step: u64, total: u64) -> f64 {

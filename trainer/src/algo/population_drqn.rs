@@ -308,11 +308,19 @@ impl Population for DrqnPopulation {
         let x = Tensor::from_vec(x, (p, 1, width), &self.device)?;
         let (h, c) = (Tensor::stack(&hs, 0)?, Tensor::stack(&cs, 0)?);
         let (q, h, c) = self.online.net.step(&x, &h, &c)?;
-        let q = q.flatten_all()?.to_vec1::<f32>()?;
-        let n = q.len() / p;
+        // One read for every member's Q values and new state.
+        let values = super::drqn::read_step(&q, &h, &c)?;
+        let (n, hd) = (self.online.net.n_actions(), self.online.net.hidden());
+        let (q, state) = values.split_at(p * n);
+        let (hs, cs) = state.split_at(p * hd);
         let mut actions = Vec::with_capacity(p);
+        let mut host = Vec::with_capacity(2 * hd);
         for (k, m) in self.members.iter_mut().enumerate() {
-            let action = m.end_explore(&q[k * n..(k + 1) * n], h.get(k)?, c.get(k)?, step, total);
+            host.clear();
+            host.extend_from_slice(&hs[k * hd..(k + 1) * hd]);
+            host.extend_from_slice(&cs[k * hd..(k + 1) * hd]);
+            let carried = (h.get(k)?, c.get(k)?, host.as_slice());
+            let action = m.end_explore(&q[k * n..(k + 1) * n], carried, step, total);
             actions.push(Action::Discrete(action));
         }
         Ok(actions)

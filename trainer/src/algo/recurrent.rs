@@ -477,7 +477,7 @@ impl SequenceCore {
     /// The carried acting state (h then c).
     #[cfg(test)]
     pub(crate) fn acting_state(&self) -> Vec<f32> {
-        self.acting.state().expect("state reads back")
+        self.acting.state().to_vec()
     }
 
     /// The carried previous action.
