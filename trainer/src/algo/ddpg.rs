@@ -391,11 +391,7 @@ impl Ddpg {
                 td,
             )?])
         })?;
-        let (out, failed) = ran.values();
-        if failed {
-            self.cuda_graph = false;
-            self.graphs.clear();
-        }
+        let out = ran.settle(&mut self.cuda_graph, || self.graphs.clear());
         let (stats, td_error) = crate::gpu::graph::stats(&out);
         self.core.set_priorities(td_error)?;
         Ok(stats)

@@ -403,11 +403,7 @@ impl Dqn {
         let ran = g.run(&dev, &self.upload_scratch, &hyper, |input, hyper| {
             graph_body(online, target, config, optimizer, input, hyper, shapes, per)
         })?;
-        let (out, failed) = ran.values();
-        if failed {
-            self.cuda_graph = false;
-            self.graph = None;
-        }
+        let out = ran.settle(&mut self.cuda_graph, || self.graph = None);
         self.finish_graphed(&out)
     }
 

@@ -507,11 +507,7 @@ impl Drqn {
                 &loss, &q_mean, &normsq, td,
             )?])
         })?;
-        let (out, failed) = ran.values();
-        if failed {
-            self.cuda_graph = false;
-            self.graph = None;
-        }
+        let out = ran.settle(&mut self.cuda_graph, || self.graph = None);
         let (stats, td_error) = crate::gpu::graph::stats(&out);
         self.set_priorities(td_error)?;
         Ok(stats)

@@ -255,11 +255,7 @@ impl DqnPopulation {
             )
             .map_err(|e| candle_core::Error::Msg(e.to_string()))?])
         })?;
-        let (back, failed) = ran.values();
-        if failed {
-            self.cuda_graph = false;
-            self.graph = None;
-        }
+        let back = ran.settle(&mut self.cuda_graph, || self.graph = None);
         self.finish(&back, None)
     }
 

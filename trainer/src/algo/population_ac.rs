@@ -247,11 +247,7 @@ impl DdpgPopulation {
             .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
             Ok(vec![back])
         })?;
-        let (back, failed) = ran.values();
-        if failed {
-            self.cuda_graph = false;
-            self.graphs.clear();
-        }
+        let back = ran.settle(&mut self.cuda_graph, || self.graphs.clear());
         self.finish(&back, None)
     }
 

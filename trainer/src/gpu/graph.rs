@@ -177,14 +177,17 @@ pub enum Ran {
 }
 
 impl Ran {
-    /// The body's values, and whether the capture failed (logged here as a
-    /// warning; the caller then turns its graphs off).
-    pub fn values(self) -> (Vec<f32>, bool) {
+    /// The body's values. On a failed capture (logged here as a warning) it
+    /// turns the learner's graphs off: `on` (its `cuda_graph` switch) goes
+    /// false and `clear` drops its graphs, so it updates eagerly from now on.
+    pub fn settle(self, on: &mut bool, clear: impl FnOnce()) -> Vec<f32> {
         match self {
-            Ran::Values(values) => (values, false),
+            Ran::Values(values) => values,
             Ran::CaptureFailed(e, values) => {
                 tracing::warn!("CUDA graph capture failed, updating eagerly: {e}");
-                (values, true)
+                *on = false;
+                clear();
+                values
             }
         }
     }
