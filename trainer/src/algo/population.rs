@@ -737,10 +737,46 @@ pub fn train_population(
     population.sync_members()
 }
 
+/// Test support: member `k`'s online and target networks and optimizer
+/// state (moments, step count) equal its single learner's, each value
+/// within `tol` × (1 + the tensor's largest magnitude).
+#[cfg(test)]
+pub(crate) fn assert_learner_matches<N: crate::nn::Params>(
+    k: usize,
+    (online, target, optimizer): (&N, &N, &Adam),
+    (s_online, s_target, s_optimizer): (&N, &N, &Adam),
+    tol: f64,
+) {
+    let names = s_online.names();
+    let mut pairs: Vec<(Tensor, Tensor)> = optimizer
+        .state(&names)
+        .into_iter()
+        .zip(s_optimizer.state(&names))
+        .map(|((_, a), (_, b))| (a, b))
+        .collect();
+    for (mine, theirs) in [(online, s_online), (target, s_target)] {
+        for (a, b) in mine.vars().iter().zip(theirs.vars()) {
+            pairs.push((a.as_tensor().clone(), b.as_tensor().clone()));
+        }
+    }
+    for (a, b) in &pairs {
+        let a = a.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let b = b.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let scale = f64::from(b.iter().fold(0f32, |m, x| m.max(x.abs())));
+        for (x, y) in a.iter().zip(&b) {
+            assert!(
+                f64::from((x - y).abs()) <= tol * (1.0 + scale),
+                "member {k}: {x} vs {y}"
+            );
+        }
+    }
+    assert_eq!(optimizer.steps(), s_optimizer.steps(), "member {k}: steps");
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::nn::{NetConfig, Params};
+    use crate::nn::NetConfig;
     use crate::replay::ActionRef;
     use reflex_sim::SimRng;
 
@@ -842,32 +878,12 @@ mod tests {
         pop.sync_members().unwrap();
         for (k, single) in singles.iter_mut().enumerate() {
             let member = &mut pop.members[k];
-            let names = single.online.names();
-            let mine = member.optimizer.state(&names);
-            let theirs = single.optimizer.state(&names);
-            let mut tensors: Vec<(Tensor, Tensor)> = mine
-                .into_iter()
-                .zip(theirs)
-                .map(|((_, a), (_, b))| (a, b))
-                .collect();
-            for (a, b) in member.online.vars().iter().zip(single.online.vars()) {
-                tensors.push((a.as_tensor().clone(), b.as_tensor().clone()));
-            }
-            for (a, b) in member.target.vars().iter().zip(single.target.vars()) {
-                tensors.push((a.as_tensor().clone(), b.as_tensor().clone()));
-            }
-            for (a, b) in &tensors {
-                let a = a.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-                let b = b.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-                let scale = b.iter().fold(0f32, |m, x| m.max(x.abs()));
-                for (x, y) in a.iter().zip(&b) {
-                    assert!(
-                        (x - y).abs() <= 1e-5 * (1.0 + scale),
-                        "member {k}: {x} vs {y}"
-                    );
-                }
-            }
-            assert_eq!(member.optimizer.steps(), single.optimizer.steps());
+            assert_learner_matches(
+                k,
+                (&member.online, &member.target, &member.optimizer),
+                (&single.online, &single.target, &single.optimizer),
+                1e-5,
+            );
             // Same priorities and generator: the next batch is the same rows.
             let (_, a) = member.sample_packed(0.5).unwrap();
             let a = a.to_vec();

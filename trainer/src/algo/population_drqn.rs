@@ -456,31 +456,12 @@ mod tests {
         pop.sync_members().unwrap();
         for (k, single) in singles.iter_mut().enumerate() {
             let member = &mut pop.members[k];
-            let names = single.online.names();
-            let mut pairs: Vec<(Tensor, Tensor)> = member
-                .optimizer
-                .state(&names)
-                .into_iter()
-                .zip(single.optimizer.state(&names))
-                .map(|((_, a), (_, b))| (a, b))
-                .collect();
-            for (a, b) in member.online.vars().iter().zip(single.online.vars()) {
-                pairs.push((a.as_tensor().clone(), b.as_tensor().clone()));
-            }
-            for (a, b) in member.target.vars().iter().zip(single.target.vars()) {
-                pairs.push((a.as_tensor().clone(), b.as_tensor().clone()));
-            }
-            for (a, b) in &pairs {
-                let (a, b) = (values(a), values(b));
-                let scale = b.iter().fold(0f32, |m, x| m.max(x.abs())) as f64;
-                for (x, y) in a.iter().zip(&b) {
-                    assert!(
-                        f64::from((x - y).abs()) <= tol * (1.0 + scale),
-                        "member {k}: {x} vs {y}"
-                    );
-                }
-            }
-            assert_eq!(member.optimizer.steps(), single.optimizer.steps());
+            super::super::population::assert_learner_matches(
+                k,
+                (&member.online, &member.target, &member.optimizer),
+                (&single.online, &single.target, &single.optimizer),
+                tol,
+            );
             // Same priorities and generator: the next batch is the same windows.
             member.sample_packed(0.5).unwrap();
             single.sample_packed(0.5).unwrap();
