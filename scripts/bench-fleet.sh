@@ -3,9 +3,13 @@
 #   1. transitions/s into the learner's replay over zenoh (trainer/benches/ingest.rs);
 #   2. policy-update latency, publish -> first action with it (trainer/benches/policy_update.rs);
 #   3. scaling: `reflex-train fleet --robots N` for N = 1 2 4 8 (release binaries), with
-#      the machine's CPU use over each run.
+#      the machine's CPU use over each run;
+#   4. continuous (not in the default set): two-robot fleets with continuous actions,
+#      DDPG / TD3 / NAF on Pendulum and TD3 on MountainCarContinuous, seeds 0 1 2, on
+#      the fleet's defaults (the learner's preset, its noise on the robots).
 #
-# Usage: bash scripts/bench-fleet.sh [ingest] [latency] [scaling]   (default: all three)
+# Usage: bash scripts/bench-fleet.sh [ingest] [latency] [scaling] [continuous]
+#        (default: the first three)
 # Environment: FLEET_BUDGET (transitions per scaling run, default 40000), or
 #              FLEET_SECONDS (budget = robots x rate x seconds instead), FLEET_RATE_HZ (per
 #              robot, default 400), FLEET_TARGET (--target-return; 1e9 = never stop early:
@@ -68,5 +72,37 @@ print(f"| {n} | {int(n) * float(rate):.0f} | {r['receiving_transitions_per_s']:.
       f"| {'yes' if s['solved'] else 'no'} | {'-' if tts is None else f'{tts:.1f}'} "
       f"| {s['eval_mean_return']:.1f} ± {s['eval_std_return']:.1f} | {s['wall_s']:.1f} | {100 * busy:.0f} % |")
 EOF
+  done
+fi
+
+if want continuous; then
+  echo "## continuous actions (2 robots at $rate Hz, budget 100000 transitions, stop at the env's bar)"
+  mkdir -p "$out"
+  cargo build -q --release -p reflex-trainer -p reflex-sim -p reflex-daemon --bins
+  echo "| env | learner | seed | robots' noise | solved | time to solve s | transitions received | updates | greedy eval (policy.onnx, 20 episodes) | dropped / lost / dups |"
+  echo "|---|---|---:|---|---|---:|---:|---:|---|---|"
+  for case in pendulum:ddpg pendulum:td3 pendulum:naf mountaincarcontinuous:td3; do
+    env=${case%%:*} algo=${case##*:}
+    for seed in 0 1 2; do
+      dir="$out/$env-$algo-$seed"
+      rm -rf "$dir"
+      "$target/release/reflex-train" fleet --env "$env" --algo "$algo" --robots 2 --rate-hz "$rate" \
+        --seed "$seed" --out "$dir" > "$dir.json" 2> "$dir.log" || true
+      python3 - "$dir.json" "$dir.log" "$env" "$algo" "$seed" <<'EOF'
+import json, re, sys
+summary, log, env, algo, seed = sys.argv[1:]
+lines = open(summary).read().strip().splitlines()
+if not lines:
+    print(f"| {env} | {algo} | {seed} | - | failed: see {log} | | | | | |")
+    sys.exit()
+s = json.loads(lines[-1])
+m = re.search(r"exploring with (.*?) \(configs", open(log).read())
+tts = s.get("time_to_solve_s")
+print(f"| {env} | {algo} | {seed} | {m.group(1) if m else '?'} | {'yes' if s['solved'] else 'no'} "
+      f"| {'-' if tts is None else f'{tts:.1f}'} | {s['transitions_received']} | {s['updates']} "
+      f"| {s['eval_mean_return']:.1f} ± {s['eval_std_return']:.1f} "
+      f"| {s['transitions_dropped']} / {s['lost_in_transit']} / {s['duplicates']} |")
+EOF
+    done
   done
 fi

@@ -260,8 +260,13 @@ fn run(run: &RunConfig, publishers: usize, batches: usize, size: usize) -> Measu
     );
     let session = learner_session(&endpoint);
     let (subscriptions, rx) = learner::subscribe(&session, FLEET).expect("subscribes");
-    let mut ingest =
-        Ingest::new(OBS_DIM, N_ACTIONS, run.dqn.n_step, run.dqn.gamma as f32).expect("ingest");
+    let mut ingest = Ingest::new(
+        OBS_DIM,
+        ActionShape::Discrete { n: N_ACTIONS },
+        run.dqn.n_step,
+        run.dqn.gamma as f32,
+    )
+    .expect("ingest");
     let mut replay = replay_for(run);
 
     let go = Arc::new(Barrier::new(publishers + 1));
@@ -340,8 +345,13 @@ fn stages(run: &RunConfig, size: usize, transitions: usize) {
     }
     let decode = t.elapsed().as_secs_f64();
 
-    let mut ingest =
-        Ingest::new(OBS_DIM, N_ACTIONS, run.dqn.n_step, run.dqn.gamma as f32).expect("ingest");
+    let mut ingest = Ingest::new(
+        OBS_DIM,
+        ActionShape::Discrete { n: N_ACTIONS },
+        run.dqn.n_step,
+        run.dqn.gamma as f32,
+    )
+    .expect("ingest");
     let mut replay = replay_for(run);
     let t = Instant::now();
     for batch in &decoded {

@@ -17,13 +17,24 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use reflex_daemon::Policy;
+use reflex_trainer::algo::continuous::NoiseKind;
 use reflex_trainer::eval::evaluate_policy;
 use reflex_trainer::export::POLICY_FILE;
 use reflex_trainer::learner::{read_report, LearnerReport, PUB_FILE};
 use serde::Serialize;
 
-/// The learner's network in a fleet run unless `--set dqn.net.hidden=…` says otherwise.
-const FLEET_NET: &str = "dqn.net.hidden=[64,64]";
+/// The learner's networks in a fleet run, per algorithm, unless `--set` says
+/// otherwise: 64×64, so the learner keeps up with robots acting in real time.
+fn fleet_nets(algo: &str) -> Vec<String> {
+    match algo {
+        "ddpg" | "td3" => ["actor", "critic"]
+            .iter()
+            .map(|net| format!("{algo}.{net}.hidden=[64,64]"))
+            .collect(),
+        "naf" => vec!["naf.net.hidden=[64,64]".into()],
+        _ => vec!["dqn.net.hidden=[64,64]".into()],
+    }
+}
 
 use crate::FleetArgs;
 
@@ -101,7 +112,7 @@ fn robot_toml(
     seed: u64,
     index: u32,
     robots: u32,
-    epsilon: f64,
+    explore: &Explore,
     network: &Network,
 ) -> String {
     let transport = match network {
@@ -133,6 +144,12 @@ domain_id = {domain}
 "#
         ),
     };
+    let Explore {
+        epsilon,
+        noise,
+        sigma,
+        ou_theta,
+    } = *explore;
     format!(
         r#"# Written by `reflex-train fleet`: simulated robot {robot}.
 robot_id = "{robot}"
@@ -149,14 +166,91 @@ public_key = "{public_key}"
 [mode]
 kind = "explore"
 seed = {seed}
-# Ape-X: actor i explores with epsilon^(1 + 7 i / (N - 1)).
+# Discrete policies, Ape-X: actor i explores with epsilon^(1 + 7 i / (N - 1)).
 epsilon = {epsilon:?}
 actor_index = {index}
 num_actors = {robots}
 epsilon_alpha = 7.0
+# Continuous policies: noise of sigma times each action's half range per tick
+# (Ornstein-Uhlenbeck: pulled back to 0 by ou_theta per tick).
+noise = "{noise}"
+sigma = {sigma:?}
+ou_theta = {ou_theta:?}
 
 {transport}"#
     )
+}
+
+/// How robots explore.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Explore {
+    /// Base ε of the Ape-X schedule (discrete actions).
+    epsilon: f64,
+    /// Continuous actions: `gaussian` or `ou`.
+    noise: &'static str,
+    /// Action noise per tick as a fraction of the half range (continuous actions).
+    sigma: f64,
+    /// OU mean reversion per tick.
+    ou_theta: f64,
+}
+
+impl Explore {
+    /// What the robots of an `algo` learner use, in a few words.
+    fn describe(&self, algo: &str) -> String {
+        match (algo, self.noise) {
+            ("dqn", _) => format!("Ape-X ε from {}", self.epsilon),
+            (_, "ou") => format!(
+                "OU noise, σ {:.3} and θ {:.3} per tick",
+                self.sigma, self.ou_theta
+            ),
+            _ => format!("Gaussian noise, σ {:.3} per tick", self.sigma),
+        }
+    }
+}
+
+/// How the robots explore: `--epsilon`, and for continuous actions the
+/// learner's own noise process (its preset's, with `--set`) in reflexd's
+/// per-tick terms, unless `--noise`, `--sigma` or `--ou-theta` say otherwise.
+/// The trainer's OU step is `x += −θ·x·dt + σ·√dt·z` in half-range units;
+/// reflexd's is `x += −θ'·x + σ'·z`, so θ' = θ·dt and σ' = σ·√dt.
+fn explore(args: &FleetArgs) -> anyhow::Result<Explore> {
+    let mut explicit = toml::Table::new();
+    explicit.insert("env".into(), args.env.clone().into());
+    explicit.insert("algo".into(), args.algo.clone().into());
+    let run = reflex_trainer::run::resolve(None, &args.sets, &explicit)?;
+    let learner = match args.algo.as_str() {
+        "ddpg" => Some(&run.ddpg.noise),
+        "td3" => Some(&run.td3.noise),
+        "naf" => Some(&run.naf.noise),
+        _ => None,
+    };
+    let (noise, sigma, ou_theta) = match learner {
+        Some(n) => {
+            let sigma = n.sigma.value(0, 1);
+            match n.kind {
+                NoiseKind::Gaussian => ("gaussian", sigma, 0.15),
+                NoiseKind::Ou => ("ou", sigma * n.ou_dt.sqrt(), n.ou_theta * n.ou_dt),
+            }
+        }
+        None => ("gaussian", 0.1, 0.15),
+    };
+    let explore = Explore {
+        epsilon: args.epsilon,
+        noise: match args.noise.as_deref() {
+            Some("ou") => "ou",
+            Some(_) => "gaussian",
+            None => noise,
+        },
+        sigma: args.sigma.unwrap_or(sigma),
+        ou_theta: args.ou_theta.unwrap_or(ou_theta),
+    };
+    if !(explore.sigma.is_finite() && explore.sigma >= 0.0) {
+        bail!("--sigma {}: must be finite and ≥ 0", explore.sigma);
+    }
+    if !(explore.ou_theta > 0.0 && explore.ou_theta <= 1.0) {
+        bail!("--ou-theta {}: must be in (0, 1]", explore.ou_theta);
+    }
+    Ok(explore)
 }
 
 /// How a robot's daemon reaches the learner and its simulator.
@@ -247,13 +341,19 @@ pub fn fleet(args: FleetArgs) -> anyhow::Result<()> {
     fs::create_dir_all(out.join("robots"))?;
     fs::create_dir_all(out.join("logs"))?;
     let out = out.canonicalize()?;
+    // The last run's reports go either way: a finished run's learner.json says
+    // `done`, which would stop a resumed learner as soon as it started.
+    for name in ["learner.json", "summary.json"] {
+        let _ = fs::remove_file(out.join(name));
+    }
     if !args.resume {
         // A fresh run; the signing key (the fleet's identity) stays.
-        for name in [POLICY_FILE, "learner.json", "summary.json", "config.toml"] {
+        for name in [POLICY_FILE, "config.toml"] {
             let _ = fs::remove_file(out.join(name));
         }
         let _ = fs::remove_dir_all(out.join("checkpoints"));
     }
+    let explore = explore(&args)?;
     let shutdown = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(signal, shutdown.clone())
@@ -278,7 +378,7 @@ pub fn fleet(args: FleetArgs) -> anyhow::Result<()> {
     };
     let mut learner_cmd = Command::new(&exe);
     learner_cmd
-        .args(["serve", "--env", &args.env, "--algo", "dqn", "--fleet"])
+        .args(["serve", "--env", &args.env, "--algo", &args.algo, "--fleet"])
         .arg(&args.fleet);
     match ros_domain {
         Some(d) => learner_cmd.args(["--transport", "ros2", "--ros-domain", &d.to_string()]),
@@ -296,7 +396,9 @@ pub fn fleet(args: FleetArgs) -> anyhow::Result<()> {
     // The fleet's learner trains while robots act in real time, so it must keep up
     // with them: a 64×64 network does (the preset's 256×256 fell behind at 1 kHz
     // on 2 cores and did not solve CartPole in 60k transitions). `--set` overrides.
-    learner_cmd.args(["--set", FLEET_NET]);
+    for net in fleet_nets(&args.algo) {
+        learner_cmd.args(["--set", &net]);
+    }
     for set in &args.sets {
         learner_cmd.args(["--set", set]);
     }
@@ -345,7 +447,7 @@ pub fn fleet(args: FleetArgs) -> anyhow::Result<()> {
                 args.seed.wrapping_mul(1000).wrapping_add(u64::from(i)),
                 i,
                 args.robots,
-                args.epsilon,
+                &explore,
                 &match ros_domain {
                     Some(domain) => Network::Ros2 { domain },
                     None => Network::Zenoh {
@@ -394,9 +496,10 @@ pub fn fleet(args: FleetArgs) -> anyhow::Result<()> {
         daemons.push((robot, log));
     }
     eprintln!(
-        "fleet: {} robots at {} Hz (configs in {}, logs in {})",
+        "fleet: {} robots at {} Hz exploring with {} (configs in {}, logs in {})",
         args.robots,
         args.rate_hz,
+        explore.describe(&args.algo),
         out.join("robots").display(),
         logs.display()
     );
@@ -547,4 +650,84 @@ pub fn fleet(args: FleetArgs) -> anyhow::Result<()> {
     );
     println!("{}", serde_json::to_string(&summary)?);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        fleet: FleetArgs,
+    }
+
+    fn explore_for(args: &[&str]) -> anyhow::Result<Explore> {
+        let cli = Cli::try_parse_from(std::iter::once("fleet").chain(args.iter().copied()))?;
+        explore(&cli.fleet)
+    }
+
+    #[test]
+    fn robots_explore_with_the_learners_noise_in_reflexd_terms() {
+        // MountainCarContinuous' TD3 preset: OU with σ 0.5, θ 0.15, dt 0.1 → per
+        // tick σ' = 0.5·√0.1, θ' = 0.015.
+        let mcc = explore_for(&["--env", "mountaincarcontinuous", "--algo", "td3"]).unwrap();
+        assert_eq!(mcc.noise, "ou");
+        assert!((mcc.sigma - 0.5 * 0.1f64.sqrt()).abs() < 1e-12, "{mcc:?}");
+        assert!((mcc.ou_theta - 0.015).abs() < 1e-12, "{mcc:?}");
+        // Pendulum's TD3 preset: Gaussian σ 0.1; `--set` changes the learner's
+        // noise and so the robots'; the flags override both.
+        let pendulum = explore_for(&["--env", "pendulum", "--algo", "td3"]).unwrap();
+        assert_eq!((pendulum.noise, pendulum.sigma), ("gaussian", 0.1));
+        let set = explore_for(&[
+            "--env",
+            "pendulum",
+            "--algo",
+            "td3",
+            "--set",
+            "td3.noise.sigma={ start = 0.3, end = 0.3, fraction = 1.0, shape = \"linear\" }",
+        ])
+        .unwrap();
+        assert_eq!(set.sigma, 0.3);
+        let flags = explore_for(&[
+            "--env",
+            "pendulum",
+            "--algo",
+            "td3",
+            "--noise",
+            "ou",
+            "--sigma",
+            "0.2",
+            "--ou-theta",
+            "0.05",
+        ])
+        .unwrap();
+        assert_eq!(
+            (flags.noise, flags.sigma, flags.ou_theta),
+            ("ou", 0.2, 0.05)
+        );
+        assert!(flags.describe("td3").contains("OU noise"));
+        // DQN robots use the Ape-X ε schedule.
+        let dqn = explore_for(&["--epsilon", "0.5"]).unwrap();
+        assert_eq!(dqn.epsilon, 0.5);
+        assert!(dqn.describe("dqn").contains("ε from 0.5"));
+        // Refusals.
+        assert!(
+            explore_for(&["--env", "pendulum", "--algo", "td3", "--ou-theta", "0"])
+                .unwrap_err()
+                .to_string()
+                .contains("(0, 1]")
+        );
+        assert!(
+            explore_for(&["--env", "pendulum", "--algo", "td3", "--sigma=-1"])
+                .unwrap_err()
+                .to_string()
+                .contains("--sigma -1")
+        );
+        assert!(
+            explore_for(&["--algo", "ppo"]).is_err(),
+            "clap refuses unknown learners"
+        );
+    }
 }

@@ -6,7 +6,7 @@
 //!                                  (batch_seq gaps/dups,                          │
 //!                                   episodes, step gaps)        SPI limiter ◀─────┤
 //!                                                                    │            │
-//! reflex/<fleet>/policy ◀── sign (ed25519) ◀── ONNX ◀── every K updates ◀── DQN update
+//! reflex/<fleet>/policy ◀── sign (ed25519) ◀── ONNX ◀── every K updates ◀──── update
 //! ```
 //!
 //! - **Tracking.** Each robot's batches carry `batch_seq` (+1 per batch since the
@@ -23,14 +23,20 @@
 //!   one that is behind trains as fast as it can (robots are never blocked, they only
 //!   act with an older policy). The default SPI is the local loop's ratio,
 //!   `gradient_steps · batch_size / train_freq`.
-//! - **Policies.** Every K updates the online network is exported (the same ONNX the
+//! - **Learners.** [`FleetLearner`]: DQN for discrete actions; DDPG, TD3 or NAF
+//!   for continuous ones (robots send the actions they applied, in env units;
+//!   replay keeps them so, as the local trainer's does). A learner that
+//!   normalizes observations updates its running statistics from every accepted
+//!   step. DQN's hard target updates run every N updates (the local loop's
+//!   interval); the others move their targets by Polyak averaging in each update.
+//! - **Policies.** Every K updates the acting network is exported (the same ONNX the
 //!   local trainer writes, `policy_version` + 1, `training_step` = updates), written to
 //!   `out/policy.onnx` atomically, signed with the run's ed25519 key (`out/learner.key`,
 //!   public half in `out/learner.pub`, kept across restarts) and published reliably.
 //! - **Restarts.** Checkpoints (the trainer's format) every N updates and on a clean
 //!   stop; a learner started on a folder with a checkpoint resumes from it while the
 //!   robots keep acting and spooling.
-//! - **Done.** A periodic greedy evaluation of the online network on the built-in env
+//! - **Done.** A periodic greedy evaluation of the acting network on the built-in env
 //!   decides "solved" (`--target-return`); the learner then publishes its final policy,
 //!   writes `out/learner.json` and stops, as it does at `--max-transitions` or on
 //!   SIGINT/SIGTERM.
@@ -55,9 +61,12 @@ use reflex_msgs::{keys, ActionSpace, PolicySpec, PolicyUpdate, Status, Transitio
 use reflex_sim::Env;
 use serde::{Deserialize, Serialize};
 
-use crate::algo::dqn::{evaluate, Dqn, DqnConfig};
+use crate::algo::ddpg::Ddpg;
+use crate::algo::dqn::{evaluate, Dqn};
+use crate::algo::naf::Naf;
+use crate::algo::Agent;
 use crate::checkpoint;
-use crate::export::{q_network_onnx, spec_for, write_atomic, POLICY_FILE};
+use crate::export::{spec_for, write_atomic, POLICY_FILE};
 use crate::replay::{ActionRef, ActionShape, EnvStep, NStepAccumulator, TransitionSink};
 use crate::run::RunConfig;
 use crate::TrainError;
@@ -138,12 +147,6 @@ impl SpiLimiter {
             batch_size,
             learning_starts,
         })
-    }
-
-    /// The local training loop's ratio: `gradient_steps · batch_size / train_freq`
-    /// samples per env step (RL Zoo's CartPole preset: 128 · 64 / 256 = 32).
-    pub fn default_spi(config: &DqnConfig) -> f64 {
-        (config.gradient_steps as f64 * config.batch_size as f64) / config.train_freq.max(1) as f64
     }
 
     /// Updates allowed after `inserted` transitions:
@@ -476,33 +479,27 @@ pub struct IngestTotals {
 #[derive(Debug)]
 pub struct Ingest {
     obs_dim: usize,
-    n_actions: u32,
+    actions: ActionShape,
     n_step: usize,
     gamma: f32,
     robots: BTreeMap<String, Robot>,
 }
 
 impl Ingest {
-    /// An ingest path for `obs_dim`-entry observations and `n_actions` discrete
-    /// actions, storing `n_step`-step returns discounted by `gamma`.
+    /// An ingest path for `obs_dim`-entry observations and `actions` (discrete
+    /// indices, or continuous vectors in env units), storing `n_step`-step
+    /// returns discounted by `gamma`.
     pub fn new(
         obs_dim: usize,
-        n_actions: u32,
+        actions: ActionShape,
         n_step: usize,
         gamma: f32,
     ) -> Result<Self, LearnerError> {
         // Checked once here, so that a robot joining later cannot fail on them.
-        NStepAccumulator::new(
-            n_step,
-            gamma,
-            obs_dim,
-            ActionShape::Discrete { n: n_actions },
-            1,
-        )
-        .map_err(TrainError::from)?;
+        NStepAccumulator::new(n_step, gamma, obs_dim, actions, 1).map_err(TrainError::from)?;
         Ok(Self {
             obs_dim,
-            n_actions,
+            actions,
             n_step,
             gamma,
             robots: BTreeMap::new(),
@@ -513,14 +510,9 @@ impl Ingest {
     fn robot(&mut self, id: &str) -> Result<(&mut Robot, bool), LearnerError> {
         let fresh = !self.robots.contains_key(id);
         if fresh {
-            let nstep = NStepAccumulator::new(
-                self.n_step,
-                self.gamma,
-                self.obs_dim,
-                ActionShape::Discrete { n: self.n_actions },
-                1,
-            )
-            .map_err(TrainError::from)?;
+            let nstep =
+                NStepAccumulator::new(self.n_step, self.gamma, self.obs_dim, self.actions, 1)
+                    .map_err(TrainError::from)?;
             self.robots.insert(
                 id.to_string(),
                 Robot {
@@ -556,7 +548,20 @@ impl Ingest {
         batch: &TransitionBatch,
         replay: &mut S,
     ) -> Result<bool, LearnerError> {
-        let (obs_dim, n_actions) = (self.obs_dim, self.n_actions);
+        self.batch_observed(id, batch, replay, |_| {})
+    }
+
+    /// [`batch`](Self::batch), calling `observed` with the observation of every
+    /// step it accepts (once per step, before it enters the n-step window): a
+    /// learner that normalizes observations keeps its running statistics so.
+    pub fn batch_observed<S: TransitionSink + ?Sized>(
+        &mut self,
+        id: &str,
+        batch: &TransitionBatch,
+        replay: &mut S,
+        mut observed: impl FnMut(&[f32]),
+    ) -> Result<bool, LearnerError> {
+        let (obs_dim, actions) = (self.obs_dim, self.actions);
         let print = fingerprint(batch);
         let (robot, fresh) = self.robot(id)?;
         robot.last_seen = Instant::now();
@@ -596,14 +601,25 @@ impl Ingest {
                     robot.episode_return = 0.0;
                 }
             }
-            let action = match &t.action {
-                reflex_msgs::Action::Discrete(a) if *a < n_actions => ActionRef::Discrete(*a),
+            let action = match (&t.action, actions) {
+                (reflex_msgs::Action::Discrete(a), ActionShape::Discrete { n }) if *a < n => {
+                    ActionRef::Discrete(*a)
+                }
+                (reflex_msgs::Action::Continuous(a), ActionShape::Continuous { dim })
+                    if a.len() == dim && a.iter().all(|x| x.is_finite()) =>
+                {
+                    ActionRef::Continuous(a)
+                }
                 _ => {
                     robot.invalid += 1;
                     continue;
                 }
             };
-            if t.obs.len() != obs_dim || t.next_obs.len() != obs_dim {
+            if t.obs.len() != obs_dim
+                || t.next_obs.len() != obs_dim
+                || !t.reward.is_finite()
+                || !t.obs.iter().chain(&t.next_obs).all(|x| x.is_finite())
+            {
                 robot.invalid += 1;
                 continue;
             }
@@ -615,6 +631,7 @@ impl Ingest {
                 terminated: t.terminated,
                 truncated: t.truncated,
             };
+            observed(&t.obs);
             match robot.nstep.push(0, &step, replay) {
                 Ok(_) => robot.inserted += 1,
                 Err(_) => robot.invalid += 1,
@@ -724,7 +741,7 @@ pub struct ServeOptions {
     pub device: Device,
     /// Run folder.
     pub out: PathBuf,
-    /// Samples per insert; `None` = the preset's ratio ([`SpiLimiter::default_spi`]).
+    /// Samples per insert; `None` = the preset's ratio ([`FleetSchedule::samples_per_insert`]).
     pub samples_per_insert: Option<f64>,
     /// Publish a policy every this many updates.
     pub publish_every: u64,
@@ -855,25 +872,228 @@ fn write_text(path: &Path, text: &str) -> Result<(), LearnerError> {
     fs::rename(&tmp, path).map_err(|e| io_err(path, e))
 }
 
-/// A fresh DQN for `run`'s env.
-pub fn build_dqn(run: &RunConfig, env: &dyn Env, device: &Device) -> Result<Dqn, LearnerError> {
-    let n_actions = match env.action_space() {
-        ActionSpace::Discrete { n } => *n as usize,
-        ActionSpace::Box(_) => {
+/// What the learner service trains: a feed-forward learner, DQN for discrete
+/// actions or DDPG, TD3 or NAF for continuous ones. The recurrent learners
+/// (DRQN, `--recurrent`) are refused: they learn from sequences that carry the
+/// robots' LSTM state, which the fleet's transition stream does not assemble yet.
+// One per service: the variants' sizes do not matter.
+#[allow(clippy::large_enum_variant)]
+pub enum FleetLearner {
+    /// DQN (Double, Twin, Dueling, n-step, prioritized as configured).
+    Dqn(Dqn),
+    /// DDPG or TD3.
+    ActorCritic(Ddpg),
+    /// NAF.
+    Naf(Naf),
+}
+
+/// The numbers of a learner's replay and update schedule that the service uses.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FleetSchedule {
+    /// Rows per update.
+    pub batch_size: usize,
+    /// Transitions in replay before the first update.
+    pub learning_starts: u64,
+    /// The local loop's env steps per training round.
+    pub train_freq: u64,
+    /// The local loop's updates per training round.
+    pub gradient_steps: u64,
+    /// n of the n-step returns the ingest path stores.
+    pub n_step: usize,
+    /// Discount factor γ.
+    pub gamma: f64,
+    /// Prioritized replay's β at the start (annealed to 1 over `steps`).
+    pub per_beta0: f64,
+    /// DQN's hard target update interval in env steps; `None` where every
+    /// update moves the targets itself (Polyak averaging in DDPG, TD3, NAF).
+    pub target_update_interval: Option<u64>,
+}
+
+impl FleetSchedule {
+    /// The local training loop's ratio: `gradient_steps · batch_size / train_freq`
+    /// samples per env step (RL Zoo's CartPole preset: 128 · 64 / 256 = 32; its
+    /// Pendulum TD3 preset: 1 · 256 / 1 = 256).
+    pub fn samples_per_insert(&self) -> f64 {
+        (self.gradient_steps as f64 * self.batch_size as f64) / self.train_freq.max(1) as f64
+    }
+
+    /// Hard target updates every this many gradient updates: the local loop's
+    /// interval, counted in updates (`None` without hard target updates).
+    pub fn target_every(&self) -> Option<u64> {
+        self.target_update_interval.map(|interval| {
+            (interval * self.gradient_steps / self.train_freq.max(1)).max(self.gradient_steps)
+        })
+    }
+}
+
+impl FleetLearner {
+    /// A fresh learner for `run`'s algorithm and env.
+    pub fn build(run: &RunConfig, env: &dyn Env, device: &Device) -> Result<Self, LearnerError> {
+        let obs_dim = env.observation_space().dim();
+        let space = env.action_space();
+        if run.recurrent || run.algo == "drqn" {
             return Err(LearnerError::Config(format!(
-                "{} has continuous actions; DQN needs discrete ones",
-                run.env
-            )))
+                "the fleet learner serves feed-forward policies (dqn; ddpg, td3, naf); \
+                 recurrent {} is not served yet (train it locally with `reflex-train run`)",
+                run.algo
+            )));
         }
-    };
-    let obs_dim = env.observation_space().low.len();
-    Ok(Dqn::new(
-        run.dqn.clone(),
-        obs_dim,
-        n_actions,
-        run.seed,
-        device,
-    )?)
+        let ddpg = |config: &crate::algo::ddpg::DdpgConfig, td3: bool, bounds| {
+            Ddpg::new(config.clone(), td3, obs_dim, bounds, run.seed, device)
+        };
+        let learner = match (run.algo.as_str(), space) {
+            ("dqn", ActionSpace::Discrete { n }) => Self::Dqn(Dqn::new(
+                run.dqn.clone(),
+                obs_dim,
+                *n as usize,
+                run.seed,
+                device,
+            )?),
+            ("ddpg", ActionSpace::Box(bounds)) => {
+                Self::ActorCritic(ddpg(&run.ddpg, false, bounds)?)
+            }
+            ("td3", ActionSpace::Box(bounds)) => Self::ActorCritic(ddpg(&run.td3, true, bounds)?),
+            ("naf", ActionSpace::Box(bounds)) => Self::Naf(Naf::new(
+                run.naf.clone(),
+                obs_dim,
+                bounds,
+                run.seed,
+                device,
+            )?),
+            (algo @ ("dqn" | "ddpg" | "td3" | "naf"), _) => {
+                return Err(LearnerError::Config(format!(
+                    "{} has {} actions; {algo} needs {} ones",
+                    run.env,
+                    if matches!(space, ActionSpace::Box(_)) {
+                        "continuous"
+                    } else {
+                        "discrete"
+                    },
+                    if algo == "dqn" {
+                        "discrete"
+                    } else {
+                        "continuous"
+                    },
+                )))
+            }
+            (other, _) => {
+                return Err(LearnerError::Config(format!(
+                    "the fleet learner serves dqn, ddpg, td3 and naf, not `{other}`"
+                )))
+            }
+        };
+        Ok(learner)
+    }
+
+    /// The learner as the shared training code sees it (checkpoints, export,
+    /// evaluation).
+    pub fn agent(&self) -> &dyn Agent {
+        match self {
+            Self::Dqn(l) => l,
+            Self::ActorCritic(l) => l,
+            Self::Naf(l) => l,
+        }
+    }
+
+    /// [`agent`](Self::agent), mutably.
+    pub fn agent_mut(&mut self) -> &mut dyn Agent {
+        match self {
+            Self::Dqn(l) => l,
+            Self::ActorCritic(l) => l,
+            Self::Naf(l) => l,
+        }
+    }
+
+    /// Its replay and update schedule.
+    pub fn schedule(&self) -> FleetSchedule {
+        match self {
+            Self::Dqn(l) => {
+                let c = &l.config;
+                FleetSchedule {
+                    batch_size: c.batch_size,
+                    learning_starts: c.learning_starts,
+                    train_freq: c.train_freq,
+                    gradient_steps: c.gradient_steps,
+                    n_step: c.n_step,
+                    gamma: c.gamma,
+                    per_beta0: c.per_beta0,
+                    target_update_interval: Some(c.target_update_interval),
+                }
+            }
+            Self::ActorCritic(Ddpg { core, .. }) | Self::Naf(Naf { core, .. }) => {
+                let c = &core.config;
+                FleetSchedule {
+                    batch_size: c.batch_size,
+                    learning_starts: c.learning_starts,
+                    train_freq: c.train_freq,
+                    gradient_steps: c.gradient_steps,
+                    n_step: c.n_step,
+                    gamma: c.gamma,
+                    per_beta0: c.per_beta0,
+                    target_update_interval: None,
+                }
+            }
+        }
+    }
+
+    /// What robots' actions are: discrete indices or continuous vectors.
+    pub fn actions(&self) -> ActionShape {
+        match self {
+            Self::Dqn(l) => ActionShape::Discrete {
+                n: l.online.n_actions() as u32,
+            },
+            Self::ActorCritic(Ddpg { core, .. }) | Self::Naf(Naf { core, .. }) => {
+                ActionShape::Continuous {
+                    dim: core.scaling.dim(),
+                }
+            }
+        }
+    }
+
+    /// Takes robot `id`'s `batch` through `ingest` into replay (updating the
+    /// running observation statistics where the learner normalizes).
+    pub fn ingest(
+        &mut self,
+        ingest: &mut Ingest,
+        id: &str,
+        batch: &TransitionBatch,
+    ) -> Result<bool, LearnerError> {
+        match self {
+            Self::Dqn(l) => ingest.batch(id, batch, &mut l.replay),
+            Self::ActorCritic(Ddpg { core, .. }) | Self::Naf(Naf { core, .. }) => {
+                let (replay, norm) = (&mut core.replay, &mut core.norm);
+                ingest.batch_observed(id, batch, replay, |obs| {
+                    if let Some(norm) = norm.as_mut() {
+                        norm.update(obs);
+                    }
+                })
+            }
+        }
+    }
+
+    /// Transitions in replay.
+    pub fn replay_len(&self) -> usize {
+        self.agent().replay().len()
+    }
+
+    /// One gradient update (moving the targets where the algorithm does so in
+    /// every update); `beta` is prioritized replay's importance exponent.
+    pub fn update(&mut self, beta: f64) -> Result<(), LearnerError> {
+        match self {
+            Self::Dqn(l) => l.update(beta)?,
+            Self::ActorCritic(l) => l.update(beta)?,
+            Self::Naf(l) => l.update(beta)?,
+        };
+        Ok(())
+    }
+
+    /// DQN's hard target update (the others move theirs in every update).
+    pub fn update_target(&mut self) -> Result<(), LearnerError> {
+        if let Self::Dqn(l) = self {
+            l.update_target()?;
+        }
+        Ok(())
+    }
 }
 
 /// Signs `update` with `key` the way the daemon verifies it (ed25519 over
@@ -885,7 +1105,7 @@ pub fn sign(update: &mut PolicyUpdate, key: &SigningKey) {
 
 struct Service {
     opts: ServeOptions,
-    dqn: Dqn,
+    learner: FleetLearner,
     spec: PolicySpec,
     key: SigningKey,
     ingest: Ingest,
@@ -918,7 +1138,7 @@ impl Service {
     fn handle(&mut self, msg: Incoming) -> Result<bool, LearnerError> {
         let (id, fresh, batch) = match msg {
             Incoming::Batch(id, batch) => {
-                let fresh = self.ingest.batch(&id, &batch, &mut self.dqn.replay)?;
+                let fresh = self.learner.ingest(&mut self.ingest, &id, &batch)?;
                 let now = Instant::now();
                 match &mut self.receiving {
                     Some((_, _, last)) => *last = now,
@@ -986,7 +1206,7 @@ impl Service {
         let mut spec = self.spec.clone();
         spec.policy_version = self.report.policy_version + 1;
         spec.training_step = self.updates;
-        let bytes = q_network_onnx(&self.dqn.online, &spec)?;
+        let bytes = self.learner.agent().to_onnx(&spec)?;
         write_atomic(&self.opts.out.join(POLICY_FILE), &bytes)?;
         self.report.policy_version = spec.policy_version;
         self.last_published_update = self.updates;
@@ -1003,12 +1223,12 @@ impl Service {
             .wrapping_mul(1_000)
             .wrapping_add(1_000_000);
         let episodes = self.opts.run.eval_interval_episodes.max(1);
-        let (mut mean, _) = evaluate(&self.dqn, self.eval_env.as_mut(), episodes, seed)?;
+        let (mut mean, _) = evaluate(self.learner.agent(), self.eval_env.as_mut(), episodes, seed)?;
         // A promising screen is confirmed on the full evaluation's episodes.
         if let Some(target) = self.opts.target_return {
             if mean >= target && self.opts.run.eval_episodes > episodes {
                 let full = self.opts.run.eval_episodes;
-                mean = evaluate(&self.dqn, self.eval_env.as_mut(), full, seed)?.0;
+                mean = evaluate(self.learner.agent(), self.eval_env.as_mut(), full, seed)?.0;
             }
         }
         self.report.eval_mean_return = Some(mean);
@@ -1068,33 +1288,41 @@ pub fn serve(opts: ServeOptions, shutdown: Arc<AtomicBool>) -> Result<LearnerRep
         write_text(&config_path, &text)?;
     }
     let env = reflex_sim::make(&run.env).map_err(TrainError::from)?;
-    let mut dqn = build_dqn(&run, env.as_ref(), &device)?;
+    let mut learner = FleetLearner::build(&run, env.as_ref(), &device)?;
     let mut policy_version = 0;
     if let Some(dir) = &latest {
-        checkpoint::load(dir, &mut dqn, &device)?;
+        checkpoint::load(dir, learner.agent_mut(), &device)?;
         policy_version = reflex_daemon::Policy::load(out.join(POLICY_FILE))
             .map(|p| p.spec().policy_version)
             .unwrap_or(0);
         eprintln!(
             "learner: resuming from {} ({} transitions, {} updates, policy v{policy_version})",
             dir.display(),
-            dqn.steps_done,
-            dqn.optimizer.steps()
+            learner.agent().steps_done(),
+            learner.agent().updates()
         );
     }
+    let schedule = learner.schedule();
     let spi = opts
         .samples_per_insert
-        .unwrap_or_else(|| SpiLimiter::default_spi(&run.dqn));
-    let limiter = SpiLimiter::new(spi, run.dqn.batch_size, run.dqn.learning_starts)?;
-    let target_every = opts.target_update_every.unwrap_or_else(|| {
-        let c = &run.dqn;
-        (c.target_update_interval * c.gradient_steps / c.train_freq.max(1)).max(c.gradient_steps)
-    });
-    let key = load_or_create_key(&out)?;
-    let n_actions = match env.action_space() {
-        ActionSpace::Discrete { n } => *n,
-        ActionSpace::Box(_) => 0,
+        .unwrap_or_else(|| schedule.samples_per_insert());
+    let limiter = SpiLimiter::new(spi, schedule.batch_size, schedule.learning_starts)?;
+    let target_every = match (opts.target_update_every, schedule.target_every()) {
+        (Some(0), _) => {
+            return Err(LearnerError::Config(
+                "--target-update-every must be at least 1".into(),
+            ))
+        }
+        (Some(_), None) => {
+            return Err(LearnerError::Config(format!(
+                "--target-update-every sets DQN's hard target updates; {} moves its targets \
+                 by Polyak averaging in every update ({}.tau)",
+                run.algo, run.algo
+            )))
+        }
+        (given, local) => given.or(local),
     };
+    let key = load_or_create_key(&out)?;
     let spec = spec_for(&run.algo, &run.env, env.as_ref());
     let bar = if opts.quiet {
         ProgressBar::hidden()
@@ -1105,17 +1333,17 @@ pub fn serve(opts: ServeOptions, shutdown: Arc<AtomicBool>) -> Result<LearnerRep
         }
         bar
     };
-    let updates = dqn.optimizer.steps();
+    let updates = learner.agent().updates();
     let mut svc = Service {
         opts: ServeOptions {
             run: run.clone(),
             ..opts
         },
         ingest: Ingest::new(
-            env.observation_space().low.len(),
-            n_actions,
-            run.dqn.n_step,
-            run.dqn.gamma as f32,
+            env.observation_space().dim(),
+            learner.actions(),
+            schedule.n_step,
+            schedule.gamma as f32,
         )?,
         spec,
         key,
@@ -1135,11 +1363,11 @@ pub fn serve(opts: ServeOptions, shutdown: Arc<AtomicBool>) -> Result<LearnerRep
         training: None,
         bar,
         eval_env: reflex_sim::make(&run.env).map_err(TrainError::from)?,
-        dqn,
+        learner,
     };
     svc.report.fleet = svc.opts.fleet.clone();
     // Inserted transitions are the replay's clock; a resumed learner continues it.
-    let inserted_base = svc.dqn.steps_done;
+    let inserted_base = svc.learner.agent().steps_done();
 
     // The initial policy, before anyone connects, so daemons can start from it.
     let first = svc.next_policy()?;
@@ -1147,13 +1375,17 @@ pub fn serve(opts: ServeOptions, shutdown: Arc<AtomicBool>) -> Result<LearnerRep
     let (network, rx) = Network::open(&svc.opts)?;
     svc.log(&format!(
         "serving fleet {:?} on {:?}: {} with {}, SPI {spi}, batch {}, learning starts at {}, \
-         target every {target_every} updates, policy every {} updates; signing key {}",
+         targets {}, policy every {} updates; signing key {}",
         svc.opts.fleet,
         network.describe(&svc.opts),
         run.env,
         run.algo,
-        run.dqn.batch_size,
-        run.dqn.learning_starts,
+        schedule.batch_size,
+        schedule.learning_starts,
+        target_every.map_or(
+            "by Polyak averaging in every update".to_string(),
+            |k| format!("every {k} updates")
+        ),
         svc.opts.publish_every,
         out.join(PUB_FILE).display()
     ));
@@ -1194,7 +1426,7 @@ pub fn serve(opts: ServeOptions, shutdown: Arc<AtomicBool>) -> Result<LearnerRep
             }
         }
         let total_inserted = inserted(&svc, inserted_base);
-        svc.dqn.steps_done = total_inserted;
+        svc.learner.agent_mut().set_steps_done(total_inserted);
         if let Some(max) = svc.opts.max_transitions {
             svc.refresh_report();
             if svc.report.transitions_received >= max {
@@ -1202,25 +1434,24 @@ pub fn serve(opts: ServeOptions, shutdown: Arc<AtomicBool>) -> Result<LearnerRep
             }
         }
 
-        let can_sample = svc.dqn.replay.len() >= svc.dqn.config.batch_size;
+        let can_sample = svc.learner.replay_len() >= schedule.batch_size;
         if can_sample && limiter.may_update(total_inserted, svc.updates) {
             // Train as fast as the limiter allows, in small slices so new data keeps
             // flowing into replay.
             let budget = (limiter.allowed(total_inserted) - svc.updates).min(32);
             let mut solved = false;
             for _ in 0..budget {
-                let c = &svc.dqn.config;
                 let progress = (total_inserted as f64 / svc.opts.run.steps.max(1) as f64).min(1.0);
-                let beta = c.per_beta0 + (1.0 - c.per_beta0) * progress;
-                svc.dqn.update(beta)?;
+                let beta = schedule.per_beta0 + (1.0 - schedule.per_beta0) * progress;
+                svc.learner.update(beta)?;
                 svc.updates += 1;
                 let now = Instant::now();
                 match &mut svc.training {
                     Some((_, _, last)) => *last = now,
                     None => svc.training = Some((now, svc.updates, now)),
                 }
-                if svc.updates.is_multiple_of(target_every) {
-                    svc.dqn.update_target()?;
+                if target_every.is_some_and(|k| svc.updates.is_multiple_of(k)) {
+                    svc.learner.update_target()?;
                 }
                 if svc.updates.is_multiple_of(svc.opts.publish_every) {
                     let update = svc.next_policy()?;
@@ -1230,7 +1461,7 @@ pub fn serve(opts: ServeOptions, shutdown: Arc<AtomicBool>) -> Result<LearnerRep
                 if svc.opts.checkpoint_every > 0
                     && svc.updates.is_multiple_of(svc.opts.checkpoint_every)
                 {
-                    checkpoint::save(&out, &mut svc.dqn)?;
+                    checkpoint::save(&out, svc.learner.agent_mut())?;
                 }
                 if svc.opts.eval_every > 0 && svc.updates.is_multiple_of(svc.opts.eval_every) {
                     let mean = svc.eval()?;
@@ -1274,8 +1505,9 @@ pub fn serve(opts: ServeOptions, shutdown: Arc<AtomicBool>) -> Result<LearnerRep
         let update = svc.next_policy()?;
         publish(&mut svc, &update)?;
     }
-    svc.dqn.steps_done = inserted(&svc, inserted_base);
-    checkpoint::save(&out, &mut svc.dqn)?;
+    let steps = inserted(&svc, inserted_base);
+    svc.learner.agent_mut().set_steps_done(steps);
+    checkpoint::save(&out, svc.learner.agent_mut())?;
     svc.report.done = true;
     svc.report.stop_reason = stop_reason.clone();
     svc.write_report()?;
@@ -1416,9 +1648,6 @@ mod tests {
         assert!(l.may_update(1002, 0));
         assert!(!l.may_update(1002, 1), "ahead of the data: wait");
         assert!(l.may_update(3000, 10), "behind: train");
-        // The preset's ratio: 128 updates of 64 per 256 steps = 32 samples per insert.
-        let preset = DqnConfig::default();
-        assert_eq!(SpiLimiter::default_spi(&preset), 32.0);
         let l = SpiLimiter::new(1.0, 4, 0).unwrap();
         assert_eq!(l.allowed(10), 2);
         assert!(SpiLimiter::new(0.0, 64, 0).is_err());
@@ -1482,7 +1711,7 @@ mod tests {
             transitions,
             ..TransitionBatch::default()
         };
-        let mut ingest = Ingest::new(2, 2, 1, 0.99).unwrap();
+        let mut ingest = Ingest::new(2, ActionShape::Discrete { n: 2 }, 1, 0.99).unwrap();
         let mut replay = ReplayBuffer::new(100, 2, ActionShape::Discrete { n: 2 }).unwrap();
         let mut take = |ingest: &mut Ingest, robot: &str, b: &TransitionBatch| {
             ingest.batch(robot, b, &mut replay).unwrap()
@@ -1538,7 +1767,7 @@ mod tests {
         assert_eq!(reports[0].episodes, 1);
         assert_eq!(reports[0].transitions_inserted, 4);
         assert!(
-            Ingest::new(2, 2, 0, 0.99).is_err(),
+            Ingest::new(2, ActionShape::Discrete { n: 2 }, 0, 0.99).is_err(),
             "n = 0 is refused up front"
         );
     }
@@ -1587,6 +1816,133 @@ mod tests {
         update.onnx_sha256[0] ^= 1;
         assert!(verifier.verify(&update).is_err());
         fs::remove_dir_all(dir).ok();
+    }
+
+    #[test]
+    fn fleet_learners_for_each_algorithm_and_their_refusals() {
+        let dev = Device::Cpu;
+        let run = |env: &str, algo: &str| {
+            let mut run = crate::run::RunConfig {
+                env: env.into(),
+                algo: algo.into(),
+                ..crate::run::RunConfig::default()
+            };
+            for net in [&mut run.td3.actor, &mut run.td3.critic, &mut run.naf.net] {
+                net.hidden = vec![8];
+            }
+            run.dqn.net.hidden = vec![8];
+            run
+        };
+        let build = |env: &str, algo: &str| {
+            let run = run(env, algo);
+            let sim = reflex_sim::make(env).unwrap();
+            FleetLearner::build(&run, sim.as_ref(), &dev)
+        };
+        // TD3 on Pendulum: one critic update per transition (SPI = batch), Polyak
+        // targets, one continuous action.
+        let td3 = build("pendulum", "td3").unwrap();
+        assert!(matches!(td3, FleetLearner::ActorCritic(_)));
+        assert_eq!(td3.agent().algo(), "td3");
+        let s = td3.schedule();
+        assert_eq!(s.samples_per_insert(), s.batch_size as f64);
+        assert_eq!(s.target_every(), None);
+        assert_eq!(td3.actions(), ActionShape::Continuous { dim: 1 });
+        assert_eq!(build("pendulum", "ddpg").unwrap().agent().algo(), "ddpg");
+        assert_eq!(build("pendulum", "naf").unwrap().agent().algo(), "naf");
+        // DQN: RL Zoo's CartPole ratio, 128 updates of 64 per 256 steps = 32
+        // samples per insert, and its hard target interval in updates.
+        let dqn = build("cartpole", "dqn").unwrap();
+        let s = dqn.schedule();
+        assert_eq!(s.samples_per_insert(), 32.0);
+        // Its target interval (10 steps) is shorter than a training round (128
+        // updates per 256 steps): the target moves once per round's updates.
+        assert_eq!(s.target_update_interval, Some(10));
+        assert_eq!(s.target_every(), Some(128));
+        assert_eq!(dqn.actions(), ActionShape::Discrete { n: 2 });
+        // Refusals that name the problem.
+        let refused = |env: &str, algo: &str, recurrent: bool| {
+            let mut run = run(env, algo);
+            run.recurrent = recurrent;
+            let sim = reflex_sim::make(env).unwrap();
+            match FleetLearner::build(&run, sim.as_ref(), &dev) {
+                Err(e) => e.to_string(),
+                Ok(_) => panic!("{algo} on {env} (recurrent {recurrent}) was accepted"),
+            }
+        };
+        assert!(
+            refused("pendulum", "dqn", false).contains("continuous actions; dqn needs discrete")
+        );
+        assert!(
+            refused("cartpole", "td3", false).contains("discrete actions; td3 needs continuous")
+        );
+        assert!(refused("cartpole-masked", "drqn", false).contains("recurrent drqn"));
+        assert!(refused("pendulum", "td3", true).contains("recurrent td3"));
+        assert!(refused("cartpole", "ppo", false).contains("not `ppo`"));
+    }
+
+    #[test]
+    fn continuous_ingest_checks_actions_and_feeds_the_running_norm() {
+        use reflex_msgs::{Action, Transition};
+        let mut run = crate::run::RunConfig {
+            env: "pendulum".into(),
+            algo: "td3".into(),
+            ..crate::run::RunConfig::default()
+        };
+        run.td3.obs_norm = true;
+        run.td3.actor.hidden = vec![8];
+        run.td3.critic.hidden = vec![8];
+        let sim = reflex_sim::make("pendulum").unwrap();
+        let mut learner = FleetLearner::build(&run, sim.as_ref(), &Device::Cpu).unwrap();
+        let mut ingest = Ingest::new(3, learner.actions(), 1, 0.98).unwrap();
+        let t = |step: u32, action: Action| Transition {
+            episode_id: 0,
+            step,
+            obs: vec![1.0, 0.0, step as f32],
+            action,
+            reward: -1.0,
+            next_obs: vec![1.0, 0.0, step as f32 + 1.0],
+            ..Transition::default()
+        };
+        let mut nan_obs = t(5, Action::Continuous(vec![0.0]));
+        nan_obs.next_obs[2] = f32::NAN;
+        let mut nan_reward = t(6, Action::Continuous(vec![0.0]));
+        nan_reward.reward = f32::INFINITY;
+        let batch = TransitionBatch {
+            batch_seq: 0,
+            transitions: vec![
+                t(0, Action::Continuous(vec![1.5])),
+                t(1, Action::Continuous(vec![-2.0])),
+                t(2, Action::Continuous(vec![0.5, 0.5])), // two entries for one action
+                t(3, Action::Continuous(vec![f32::NAN])),
+                t(4, Action::Discrete(1)), // a discrete policy's robot
+                nan_obs,
+                nan_reward,
+            ],
+            ..TransitionBatch::default()
+        };
+        assert!(learner.ingest(&mut ingest, "r0", &batch).unwrap());
+        let totals = ingest.totals();
+        assert_eq!((totals.inserted, totals.invalid), (2, 5));
+        assert_eq!(learner.replay_len(), 2);
+        // The running statistics saw exactly the accepted steps' observations.
+        let FleetLearner::ActorCritic(ddpg) = &learner else {
+            panic!("TD3 is an actor-critic learner")
+        };
+        let norm = ddpg.core.norm.as_ref().expect("obs_norm is on");
+        assert_eq!(norm.count, 2);
+        assert_eq!(norm.mean, [1.0, 0.0, 0.5]);
+        // The replay keeps env units: the stored actions come back as sent.
+        let crate::replay::Replay::Uniform(replay) = learner.agent().replay() else {
+            panic!("uniform replay")
+        };
+        let stored: Vec<ActionRef<'_>> = (0..2).map(|i| replay.get(i).unwrap().action).collect();
+        assert_eq!(
+            stored,
+            [
+                ActionRef::Continuous(&[1.5]),
+                ActionRef::Continuous(&[-2.0])
+            ]
+        );
     }
 
     fn tempfile_dir(name: &str) -> PathBuf {

@@ -231,6 +231,10 @@ struct FleetArgs {
     /// Env the simulated robots run.
     #[arg(long, default_value = "cartpole")]
     env: String,
+    /// The learner's algorithm: dqn for discrete actions; ddpg, td3 or naf for
+    /// continuous ones.
+    #[arg(long, default_value = "dqn", value_parser = ["dqn", "ddpg", "td3", "naf"])]
+    algo: String,
     /// Number of simulated robots.
     #[arg(long, default_value_t = 2)]
     robots: u32,
@@ -252,12 +256,25 @@ struct FleetArgs {
     /// Seed of the learner and of the robots' exploration.
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Stop at this greedy mean return [default: 475 for CartPole].
+    /// Stop at this greedy mean return [default: 475 for CartPole, −200 for Pendulum].
     #[arg(long)]
     target_return: Option<f64>,
     /// Base ε of the Ape-X per-actor schedule (actor i: ε^(1 + 7 i / (N − 1))).
     #[arg(long, default_value_t = 0.4)]
     epsilon: f64,
+    /// Continuous actions: the robots' action noise, `gaussian` (independent
+    /// each tick) or `ou` (Ornstein–Uhlenbeck, correlated over ticks) [default:
+    /// the learner's own noise process, from its preset and `--set`].
+    #[arg(long, value_parser = ["gaussian", "ou"])]
+    noise: Option<String>,
+    /// Continuous actions: the noise added each tick, as a fraction of each
+    /// action's half range [default: the learner's σ (OU: σ·√dt)].
+    #[arg(long)]
+    sigma: Option<f64>,
+    /// Continuous actions with `--noise ou`: the pull back to zero per tick, in
+    /// (0, 1] [default: the learner's θ·dt].
+    #[arg(long)]
+    ou_theta: Option<f64>,
     /// Override one learner setting (repeatable), passed to `serve --set`.
     #[arg(long = "set", value_name = "KEY=VALUE")]
     sets: Vec<String>,
@@ -1048,6 +1065,10 @@ fn default_target(env: &str) -> Option<f64> {
         "cartpole" => Some(475.0),
         "acrobot" => Some(-100.0),
         "mountaincar" => Some(-110.0),
+        // Gymnasium gives Pendulum no threshold; −200 is a swing-up held upright
+        // from most starts (RL Zoo's TD3 ends near −150).
+        "pendulum" => Some(-200.0),
+        "mountaincarcontinuous" => Some(90.0),
         _ => None,
     }
 }

@@ -1,6 +1,7 @@
-//! End to end: `reflex-train fleet --robots 2` on CartPole — the learner, two
-//! `reflex-sim serve` robots and their `reflexd` daemons as separate processes on
-//! loopback — learns over the wire within a fixed transition budget, and the
+//! End to end: `reflex-train fleet --robots 2` — the learner, two `reflex-sim
+//! serve` robots and their `reflexd` daemons as separate processes on loopback —
+//! learns over the wire within a fixed transition budget, CartPole with DQN and
+//! Pendulum with TD3 (continuous actions: Gaussian noise on the robots), and the
 //! accounting closes: transitions sent by the daemons = received by the learner +
 //! counted losses.
 //!
@@ -9,6 +10,7 @@
 
 use std::path::PathBuf;
 use std::process::Command;
+use std::sync::Mutex;
 
 fn sibling(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_reflex-train"))
@@ -17,8 +19,24 @@ fn sibling(name: &str) -> PathBuf {
         .join(name)
 }
 
-#[test]
-fn fleet_of_two_learns_cartpole_over_zenoh() {
+/// One fleet at a time: each is five processes that must keep up in real time.
+static FLEET: Mutex<()> = Mutex::new(());
+
+/// Runs `reflex-train fleet` with `args` in a fresh folder; checks what
+/// [`fleet_in`] checks, and returns the summary.
+fn fleet(name: &str, args: &[&str]) -> serde_json::Value {
+    let _one = FLEET.lock().unwrap_or_else(|e| e.into_inner());
+    let out = std::env::temp_dir().join(format!("reflex-fleet-test-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&out);
+    let summary = fleet_in(&out, args);
+    std::fs::remove_dir_all(&out).ok();
+    summary
+}
+
+/// Runs `reflex-train fleet` with `args` on the run folder `out`; checks that it
+/// succeeded, that nothing was lost silently and that a policy was published;
+/// returns the summary, with the published policy's algorithm and action kind.
+fn fleet_in(out: &std::path::Path, args: &[&str]) -> serde_json::Value {
     if !(sibling("reflex-sim").exists() && sibling("reflexd").exists()) {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let status = Command::new(cargo)
@@ -30,17 +48,11 @@ fn fleet_of_two_learns_cartpole_over_zenoh() {
             "build the robot binaries: cargo build -p reflex-sim -p reflex-daemon"
         );
     }
-    let out = std::env::temp_dir().join(format!("reflex-fleet-test-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&out);
     let output = Command::new(env!("CARGO_BIN_EXE_reflex-train"))
-        .args(["fleet", "--env", "cartpole", "--robots", "2"])
-        // 400 Hz and a 64×64 network let the learner keep its samples-per-insert
-        // ratio on a 2-core machine while four other processes run (measured: solved
-        // after ~38k transitions, 50 s).
-        .args(["--max-transitions", "80000", "--rate-hz", "400"])
-        .args(["--set", "dqn.net.hidden=[64,64]"])
+        .arg("fleet")
+        .args(args)
         .arg("--out")
-        .arg(&out)
+        .arg(out)
         .output()
         .expect("running reflex-train fleet");
     let stderr = String::from_utf8_lossy(&output.stderr);
@@ -55,11 +67,10 @@ fn fleet_of_two_learns_cartpole_over_zenoh() {
             .as_f64()
             .unwrap_or_else(|| panic!("{k} in {summary}"))
     };
-    // It learned: CartPole's "solved" bar on the published policy, run by tract.
-    assert!(get("eval_mean_return") >= 475.0, "{summary}");
     assert_eq!(summary["robots"], 2);
     assert!(get("policy_version") >= 2.0);
-    assert!(PathBuf::from(summary["policy"].as_str().unwrap()).exists());
+    let policy = PathBuf::from(summary["policy"].as_str().unwrap());
+    assert!(policy.exists());
     // Nothing lost silently.
     let (sent, received, lost) = (
         get("transitions_sent"),
@@ -73,5 +84,109 @@ fn fleet_of_two_learns_cartpole_over_zenoh() {
         sent + get("transitions_spooled") + get("transitions_dropped") - lost,
         "{summary}"
     );
+    // The published policy as robots load it.
+    let loaded = reflex_daemon::Policy::load(&policy).expect("policy.onnx loads in reflexd");
+    let mut summary = summary;
+    summary["spec_algorithm"] = loaded.spec().algorithm.clone().into();
+    summary["spec_continuous"] =
+        matches!(loaded.spec().action_space, reflex_msgs::ActionSpace::Box(_)).into();
+    summary
+}
+
+#[test]
+fn fleet_of_two_learns_cartpole_over_zenoh() {
+    let summary = fleet(
+        "cartpole",
+        &[
+            "--env",
+            "cartpole",
+            "--robots",
+            "2",
+            // 400 Hz and a 64×64 network let the learner keep its samples-per-insert
+            // ratio on a 2-core machine while four other processes run (measured:
+            // solved after ~38k transitions, 50 s).
+            "--max-transitions",
+            "80000",
+            "--rate-hz",
+            "400",
+            "--set",
+            "dqn.net.hidden=[64,64]",
+        ],
+    );
+    // It learned: CartPole's "solved" bar on the published policy, run by tract.
+    assert!(
+        summary["eval_mean_return"].as_f64().unwrap() >= 475.0,
+        "{summary}"
+    );
+    assert_eq!(summary["spec_algorithm"], "dqn");
+    assert_eq!(summary["spec_continuous"], false);
+}
+
+#[test]
+fn fleet_of_two_learns_pendulum_with_td3_over_zenoh() {
+    let summary = fleet(
+        "pendulum-td3",
+        &[
+            "--env",
+            "pendulum",
+            "--algo",
+            "td3",
+            "--robots",
+            "2",
+            // A shorter warm-up than the preset's 10k transitions: the robots'
+            // noise explores from the first step. A debug build's learner makes
+            // about 200 updates/s here and solves after 6–9k updates.
+            "--set",
+            "td3.learning_starts=3000",
+            "--max-transitions",
+            "60000",
+            "--rate-hz",
+            "400",
+        ],
+    );
+    // It learned: a swing-up held upright (−200, the fleet's Pendulum bar; the
+    // untrained policy scores about −1500), on the published policy run by the
+    // robots' runtime.
+    assert!(
+        summary["eval_mean_return"].as_f64().unwrap() >= -200.0,
+        "{summary}"
+    );
+    assert_eq!(summary["solved"], true, "{summary}");
+    assert_eq!(summary["spec_algorithm"], "td3");
+    assert_eq!(summary["spec_continuous"], true);
+}
+
+#[test]
+fn a_resumed_fleet_continues_from_the_last_checkpoint() {
+    let _one = FLEET.lock().unwrap_or_else(|e| e.into_inner());
+    let out = std::env::temp_dir().join(format!("reflex-fleet-test-resume-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&out);
+    let args = [
+        "--env",
+        "cartpole",
+        "--robots",
+        "2",
+        "--max-transitions",
+        "3000",
+        "--set",
+        "dqn.learning_starts=500",
+    ];
+    let first = fleet_in(&out, &args);
+    assert_eq!(first["stop_reason"], "max_transitions", "{first}");
+    let updates = first["updates"].as_u64().unwrap();
+    assert!(updates > 0, "{first}");
+
+    let mut again = args.to_vec();
+    again.push("--resume");
+    let second = fleet_in(&out, &again);
+    // It trained on: the finished run's learner.json (done) must not stop it.
+    assert_eq!(second["stop_reason"], "max_transitions", "{second}");
+    assert!(
+        second["updates"].as_u64().unwrap() > updates,
+        "{first}\n{second}"
+    );
+    assert!(second["policy_version"].as_u64() > first["policy_version"].as_u64());
+    let log = std::fs::read_to_string(out.join("logs/learner.log")).unwrap();
+    assert!(log.contains("resuming from"), "{log}");
     std::fs::remove_dir_all(&out).ok();
 }
