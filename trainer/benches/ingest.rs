@@ -260,13 +260,7 @@ fn run(run: &RunConfig, publishers: usize, batches: usize, size: usize) -> Measu
     );
     let session = learner_session(&endpoint);
     let (subscriptions, rx) = learner::subscribe(&session, FLEET).expect("subscribes");
-    let mut ingest = Ingest::new(
-        OBS_DIM,
-        ActionShape::Discrete { n: N_ACTIONS },
-        run.dqn.n_step,
-        run.dqn.gamma as f32,
-    )
-    .expect("ingest");
+    let mut ingest = ingest_for(run);
     let mut replay = replay_for(run);
 
     let go = Arc::new(Barrier::new(publishers + 1));
@@ -345,13 +339,7 @@ fn stages(run: &RunConfig, size: usize, transitions: usize) {
     }
     let decode = t.elapsed().as_secs_f64();
 
-    let mut ingest = Ingest::new(
-        OBS_DIM,
-        ActionShape::Discrete { n: N_ACTIONS },
-        run.dqn.n_step,
-        run.dqn.gamma as f32,
-    )
-    .expect("ingest");
+    let mut ingest = ingest_for(run);
     let mut replay = replay_for(run);
     let t = Instant::now();
     for batch in &decoded {
@@ -409,6 +397,17 @@ fn stages(run: &RunConfig, size: usize, transitions: usize) {
         drop_time / n * 1e9,
         n / zenoh_only / 1e6,
     );
+}
+
+/// The service's ingest path for CartPole transitions with `run`'s n-step settings.
+fn ingest_for(run: &RunConfig) -> Ingest {
+    Ingest::new(
+        OBS_DIM,
+        ActionShape::Discrete { n: N_ACTIONS },
+        run.dqn.n_step,
+        run.dqn.gamma as f32,
+    )
+    .expect("ingest")
 }
 
 fn main() {

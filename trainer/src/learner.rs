@@ -1006,32 +1006,26 @@ impl FleetLearner {
 
     /// Its replay and update schedule.
     pub fn schedule(&self) -> FleetSchedule {
+        // DqnConfig and the continuous learners' CoreConfig name these fields alike.
+        macro_rules! from_config {
+            ($c:expr, $target:expr) => {{
+                let c = $c;
+                FleetSchedule {
+                    batch_size: c.batch_size,
+                    learning_starts: c.learning_starts,
+                    train_freq: c.train_freq,
+                    gradient_steps: c.gradient_steps,
+                    n_step: c.n_step,
+                    gamma: c.gamma,
+                    per_beta0: c.per_beta0,
+                    target_update_interval: $target,
+                }
+            }};
+        }
         match self {
-            Self::Dqn(l) => {
-                let c = &l.config;
-                FleetSchedule {
-                    batch_size: c.batch_size,
-                    learning_starts: c.learning_starts,
-                    train_freq: c.train_freq,
-                    gradient_steps: c.gradient_steps,
-                    n_step: c.n_step,
-                    gamma: c.gamma,
-                    per_beta0: c.per_beta0,
-                    target_update_interval: Some(c.target_update_interval),
-                }
-            }
+            Self::Dqn(l) => from_config!(&l.config, Some(l.config.target_update_interval)),
             Self::ActorCritic(Ddpg { core, .. }) | Self::Naf(Naf { core, .. }) => {
-                let c = &core.config;
-                FleetSchedule {
-                    batch_size: c.batch_size,
-                    learning_starts: c.learning_starts,
-                    train_freq: c.train_freq,
-                    gradient_steps: c.gradient_steps,
-                    n_step: c.n_step,
-                    gamma: c.gamma,
-                    per_beta0: c.per_beta0,
-                    target_update_interval: None,
-                }
+                from_config!(&core.config, None)
             }
         }
     }
