@@ -6,9 +6,10 @@
 #      the machine's CPU use over each run;
 #   4. continuous (not in the default set): two-robot fleets with continuous actions,
 #      DDPG / TD3 / NAF on Pendulum and TD3 on MountainCarContinuous, seeds 0 1 2, on
-#      the fleet's defaults (the learner's preset, its noise on the robots).
+#      the fleet's defaults (the learner's preset, its noise on the robots);
+#   5. recurrent (not in the default set): DRQN fleets on masked CartPole, seeds 0 1 2.
 #
-# Usage: bash scripts/bench-fleet.sh [ingest] [latency] [scaling] [continuous]
+# Usage: bash scripts/bench-fleet.sh [ingest] [latency] [scaling] [continuous] [recurrent]
 #        (default: the first three)
 # Environment: FLEET_BUDGET (transitions per scaling run, default 40000), or
 #              FLEET_SECONDS (budget = robots x rate x seconds instead), FLEET_RATE_HZ (per
@@ -75,13 +76,15 @@ EOF
   done
 fi
 
-if want continuous; then
-  echo "## continuous actions (2 robots at $rate Hz, budget 100000 transitions, stop at the env's bar)"
+# Two-robot fleets to the env's bar (or 100000 transitions), seeds 0 1 2, on the fleet's
+# defaults: learning_runs RATE_HZ ENV:ALGO…
+learning_runs() {
+  local rate=$1; shift
   mkdir -p "$out"
   cargo build -q --release -p reflex-trainer -p reflex-sim -p reflex-daemon --bins
-  echo "| env | learner | seed | robots' noise | solved | time to solve s | transitions received | updates | greedy eval (policy.onnx, 20 episodes) | dropped / lost / dups |"
+  echo "| env | learner | seed | robots' exploration | solved | time to solve s | transitions received | updates | greedy eval (policy.onnx, 20 episodes) | dropped / lost / dups |"
   echo "|---|---|---:|---|---|---:|---:|---:|---|---|"
-  for case in pendulum:ddpg pendulum:td3 pendulum:naf mountaincarcontinuous:td3; do
+  for case in "$@"; do
     env=${case%%:*} algo=${case##*:}
     for seed in 0 1 2; do
       dir="$out/$env-$algo-$seed"
@@ -105,4 +108,16 @@ print(f"| {env} | {algo} | {seed} | {m.group(1) if m else '?'} | {'yes' if s['so
 EOF
     done
   done
+}
+
+if want continuous; then
+  echo "## continuous actions (2 robots at $rate Hz, budget 100000 transitions, stop at the env's bar)"
+  learning_runs "$rate" pendulum:ddpg pendulum:td3 pendulum:naf mountaincarcontinuous:td3
+fi
+
+if want recurrent; then
+  # 100 Hz per robot: the DRQN learner makes about 100 updates/s on 2 cores, the
+  # preset's ratio of one update per two steps.
+  echo "## recurrent (DRQN on masked CartPole, 2 robots at 100 Hz, budget 100000 transitions, stop at 475)"
+  learning_runs 100 cartpole-masked:drqn
 fi

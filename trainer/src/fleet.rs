@@ -32,6 +32,8 @@ fn fleet_nets(algo: &str) -> Vec<String> {
             .map(|net| format!("{algo}.{net}.hidden=[64,64]"))
             .collect(),
         "naf" => vec!["naf.net.hidden=[64,64]".into()],
+        // The preset's LSTM (64) and head ([64]) are already this size.
+        "drqn" => Vec::new(),
         _ => vec!["dqn.net.hidden=[64,64]".into()],
     }
 }
@@ -198,7 +200,7 @@ impl Explore {
     /// What the robots of an `algo` learner use, in a few words.
     fn describe(&self, algo: &str) -> String {
         match (algo, self.noise) {
-            ("dqn", _) => format!("Ape-X ε from {}", self.epsilon),
+            ("dqn" | "drqn", _) => format!("Ape-X ε from {}", self.epsilon),
             (_, "ou") => format!(
                 "OU noise, σ {:.3} and θ {:.3} per tick",
                 self.sigma, self.ou_theta

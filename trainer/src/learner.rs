@@ -14,21 +14,30 @@
 //!   transit, counted); a lower one is either a duplicate (the same batch again: not
 //!   inserted twice) or a restarted daemon (its numbering starts over): the two are
 //!   told apart by a fingerprint of each recent batch's first transition. Inside the
-//!   stream, `(episode_id, step)` must advance by one; a step gap or an episode that
-//!   changes without ending closes the robot's n-step window as truncated, so returns
-//!   never span missing steps.
+//!   stream, `(episode_id, step)` must advance by one; a step gap, an episode that
+//!   changes without ending, or a refused step (wrong shape, non-finite values)
+//!   closes the robot's n-step window as truncated, so returns never span missing
+//!   steps.
 //! - **Rate limiting** (Reverb's samples-per-insert): after `learning_starts`
 //!   transitions, `updates allowed = (inserted − learning_starts) · SPI / batch_size`.
 //!   A learner that is ahead waits for data instead of overfitting a small replay;
 //!   one that is behind trains as fast as it can (robots are never blocked, they only
 //!   act with an older policy). The default SPI is the local loop's ratio,
 //!   `gradient_steps · batch_size / train_freq`.
-//! - **Learners.** [`FleetLearner`]: DQN for discrete actions; DDPG, TD3 or NAF
-//!   for continuous ones (robots send the actions they applied, in env units;
-//!   replay keeps them so, as the local trainer's does). A learner that
+//! - **Learners.** [`FleetLearner`]: DQN or DRQN for discrete actions; DDPG, TD3
+//!   or NAF for continuous ones (robots send the actions they applied, in env
+//!   units; replay keeps them so, as the local trainer's does). A learner that
 //!   normalizes observations updates its running statistics from every accepted
-//!   step. DQN's hard target updates run every N updates (the local loop's
-//!   interval); the others move their targets by Polyak averaging in each update.
+//!   step. DQN's and DRQN's hard target updates run every N updates (the local
+//!   loop's interval); the others move their targets by Polyak averaging in each
+//!   update.
+//! - **Sequences (DRQN).** Each robot's accepted steps, with the LSTM state its
+//!   daemon had before each one, gather into a segment that goes into sequence
+//!   replay as one episode when the episode ends, at a hole in the stream
+//!   (missing or refused steps: written as truncated), or after four windows'
+//!   worth of steps. A window then starts from the robot's stored state; the
+//!   previous-action input is the last applied action, zeros at an episode's
+//!   start and after a hole.
 //! - **Policies.** Every K updates the acting network is exported (the same ONNX the
 //!   local trainer writes, `policy_version` + 1, `training_step` = updates), written to
 //!   `out/policy.onnx` atomically, signed with the run's ed25519 key (`out/learner.key`,
@@ -63,11 +72,14 @@ use serde::{Deserialize, Serialize};
 
 use crate::algo::ddpg::Ddpg;
 use crate::algo::dqn::{evaluate, Dqn};
+use crate::algo::drqn::Drqn;
 use crate::algo::naf::Naf;
-use crate::algo::Agent;
+use crate::algo::{learning_rate_at, Agent, Scheduled};
 use crate::checkpoint;
 use crate::export::{spec_for, write_atomic, POLICY_FILE};
-use crate::replay::{ActionRef, ActionShape, EnvStep, NStepAccumulator, TransitionSink};
+use crate::replay::{
+    ActionRef, ActionShape, EnvStep, NStepAccumulator, Replay, SequenceReplay, TransitionSink,
+};
 use crate::run::RunConfig;
 use crate::TrainError;
 
@@ -426,6 +438,8 @@ struct Robot {
     seq: SeqTracker,
     episodes: EpisodeTracker,
     nstep: NStepAccumulator,
+    /// Steps not yet written into a sequence replay (recurrent learners).
+    segment: Segment,
     batches: u64,
     received: u64,
     inserted: u64,
@@ -482,7 +496,188 @@ pub struct Ingest {
     actions: ActionShape,
     n_step: usize,
     gamma: f32,
+    /// Recurrent learners: how steps become sequence-replay episodes.
+    sequences: Option<SequenceShape>,
     robots: BTreeMap<String, Robot>,
+}
+
+/// What a recurrent learner's sequence replay stores per step besides the
+/// observation, and how long a robot's pending segment may grow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SequenceShape {
+    /// Width of the stored recurrent state `[h | c]` (0 = none stored).
+    pub state_width: usize,
+    /// Steps after which a robot's pending segment is written (as truncated)
+    /// even though its episode goes on.
+    pub max_segment: usize,
+}
+
+/// Where a robot's accepted steps go.
+trait Store {
+    /// The robot's stream broke (missing steps, a cut episode, a restarted
+    /// daemon): what its open window holds is stored as truncated.
+    fn close(&mut self, robot: &mut Robot);
+    /// Stores one checked step; `false` refuses it (counted invalid).
+    fn step(
+        &mut self,
+        robot: &mut Robot,
+        t: &reflex_msgs::Transition,
+        action: ActionRef<'_>,
+    ) -> bool;
+}
+
+/// Flat replay through the robot's n-step window.
+struct Flat<'a, S: ?Sized>(&'a mut S);
+
+impl<S: TransitionSink + ?Sized> Store for Flat<'_, S> {
+    fn close(&mut self, robot: &mut Robot) {
+        let _ = robot.nstep.flush(0, self.0);
+    }
+
+    fn step(
+        &mut self,
+        robot: &mut Robot,
+        t: &reflex_msgs::Transition,
+        action: ActionRef<'_>,
+    ) -> bool {
+        let step = EnvStep {
+            obs: &t.obs,
+            action,
+            reward: t.reward,
+            next_obs: &t.next_obs,
+            terminated: t.terminated,
+            truncated: t.truncated,
+        };
+        robot.nstep.push(0, &step, self.0).is_ok()
+    }
+}
+
+/// One robot's steps not yet in sequence replay: a contiguous piece of one
+/// episode, in the layout [`SequenceReplay::push_step`] takes.
+#[derive(Debug, Default)]
+struct Segment {
+    obs: Vec<f32>,
+    prev: Vec<f32>,
+    state: Vec<f32>,
+    actions: Vec<u32>,
+    rewards: Vec<f32>,
+    /// The last step's next observation.
+    next_obs: Vec<f32>,
+    /// The action applied last, whose one-hot is the next step's
+    /// previous-action input; `None` at an episode's start or after missing
+    /// steps (zeros: the actor's real input is not known there).
+    last_action: Option<u32>,
+}
+
+/// A recurrent learner's sequence replay, fed segment by segment.
+struct Sequences<'a> {
+    replay: &'a mut SequenceReplay,
+    shape: SequenceShape,
+    obs_dim: usize,
+    n_actions: u32,
+}
+
+impl Sequences<'_> {
+    fn one_hot(&self, action: Option<u32>, out: &mut Vec<f32>) {
+        let start = out.len();
+        out.resize(start + self.n_actions as usize, 0.0);
+        if let Some(a) = action {
+            out[start + a as usize] = 1.0;
+        }
+    }
+
+    /// Writes `segment` as one replay episode that ends `terminated` (no
+    /// bootstrap) or truncated, and empties it. A write the replay refuses
+    /// drops the segment (its steps were counted as inserted already).
+    fn write(&mut self, segment: &mut Segment, terminated: bool) {
+        let steps = segment.rewards.len();
+        if steps > 0 {
+            let (d, p, w) = (
+                self.obs_dim,
+                self.n_actions as usize,
+                self.shape.state_width,
+            );
+            let written = (0..steps)
+                .try_for_each(|i| {
+                    self.replay
+                        .push_step(
+                            &segment.obs[i * d..][..d],
+                            &segment.prev[i * p..][..p],
+                            &segment.state[i * w..][..w],
+                            ActionRef::Discrete(segment.actions[i]),
+                            segment.rewards[i],
+                        )
+                        .map(|_| ())
+                })
+                .and_then(|()| {
+                    let mut last = Vec::new();
+                    self.one_hot(segment.actions.last().copied(), &mut last);
+                    // The state after the last step: no window starts there.
+                    let state = vec![0.0; w];
+                    self.replay
+                        .finish_episode(&segment.next_obs, &last, &state, terminated)
+                        .map(|_| ())
+                });
+            if written.is_err() {
+                self.replay.abandon_episode();
+            }
+        }
+        segment.obs.clear();
+        segment.prev.clear();
+        segment.state.clear();
+        segment.actions.clear();
+        segment.rewards.clear();
+    }
+}
+
+impl Store for Sequences<'_> {
+    fn close(&mut self, robot: &mut Robot) {
+        self.write(&mut robot.segment, false);
+        robot.segment.last_action = None;
+    }
+
+    fn step(
+        &mut self,
+        robot: &mut Robot,
+        t: &reflex_msgs::Transition,
+        action: ActionRef<'_>,
+    ) -> bool {
+        let ActionRef::Discrete(action) = action else {
+            return false;
+        };
+        let w = self.shape.state_width;
+        if w > 0
+            && (t.recurrent_h.len() + t.recurrent_c.len() != w
+                || t.recurrent_h.len() != t.recurrent_c.len()
+                || !t
+                    .recurrent_h
+                    .iter()
+                    .chain(&t.recurrent_c)
+                    .all(|x| x.is_finite()))
+        {
+            return false;
+        }
+        let segment = &mut robot.segment;
+        segment.obs.extend_from_slice(&t.obs);
+        self.one_hot(segment.last_action, &mut segment.prev);
+        if w > 0 {
+            segment.state.extend_from_slice(&t.recurrent_h);
+            segment.state.extend_from_slice(&t.recurrent_c);
+        }
+        segment.actions.push(action);
+        segment.rewards.push(t.reward);
+        segment.next_obs.clone_from(&t.next_obs);
+        segment.last_action = Some(action);
+        if t.done() {
+            self.write(&mut robot.segment, t.terminated);
+            robot.segment.last_action = None;
+        } else if segment.rewards.len() >= self.shape.max_segment {
+            // The episode goes on; the next segment starts from the stored
+            // state of its first step, with this action as its input.
+            self.write(&mut robot.segment, false);
+        }
+        true
+    }
 }
 
 impl Ingest {
@@ -502,7 +697,29 @@ impl Ingest {
             actions,
             n_step,
             gamma,
+            sequences: None,
             robots: BTreeMap::new(),
+        })
+    }
+
+    /// An ingest path for a recurrent learner's sequence replay: each robot's
+    /// steps (with the recurrent state its daemon sends, R2D2's stored state)
+    /// gather into a segment that is written as one replay episode when the
+    /// episode ends, when steps go missing, or after `shape.max_segment` steps.
+    /// Discrete actions only (DRQN); the previous-action input is one-hot.
+    pub fn sequences(
+        obs_dim: usize,
+        n_actions: u32,
+        shape: SequenceShape,
+    ) -> Result<Self, LearnerError> {
+        if shape.max_segment == 0 || n_actions == 0 {
+            return Err(LearnerError::Config(
+                "a sequence ingest needs segments and actions of at least 1".into(),
+            ));
+        }
+        Ok(Self {
+            sequences: Some(shape),
+            ..Self::new(obs_dim, ActionShape::Discrete { n: n_actions }, 1, 1.0)?
         })
     }
 
@@ -519,6 +736,7 @@ impl Ingest {
                     seq: SeqTracker::default(),
                     episodes: EpisodeTracker::default(),
                     nstep,
+                    segment: Segment::default(),
                     batches: 0,
                     received: 0,
                     inserted: 0,
@@ -559,6 +777,45 @@ impl Ingest {
         id: &str,
         batch: &TransitionBatch,
         replay: &mut S,
+        observed: impl FnMut(&[f32]),
+    ) -> Result<bool, LearnerError> {
+        self.take(id, batch, &mut Flat(replay), observed)
+    }
+
+    /// Takes robot `id`'s `batch` into a recurrent learner's sequence `replay`
+    /// (an ingest made by [`sequences`](Self::sequences)), calling `observed`
+    /// as [`batch_observed`](Self::batch_observed) does.
+    pub fn batch_sequences(
+        &mut self,
+        id: &str,
+        batch: &TransitionBatch,
+        replay: &mut SequenceReplay,
+        observed: impl FnMut(&[f32]),
+    ) -> Result<bool, LearnerError> {
+        let Some(shape) = self.sequences else {
+            return Err(LearnerError::Config(
+                "this ingest path stores transitions, not sequences".into(),
+            ));
+        };
+        let n_actions = match self.actions {
+            ActionShape::Discrete { n } => n,
+            ActionShape::Continuous { .. } => unreachable!("sequence ingest is discrete"),
+        };
+        let mut store = Sequences {
+            replay,
+            shape,
+            obs_dim: self.obs_dim,
+            n_actions,
+        };
+        self.take(id, batch, &mut store, observed)
+    }
+
+    /// The tracking and checks both stores share.
+    fn take(
+        &mut self,
+        id: &str,
+        batch: &TransitionBatch,
+        store: &mut dyn Store,
         mut observed: impl FnMut(&[f32]),
     ) -> Result<bool, LearnerError> {
         let (obs_dim, actions) = (self.obs_dim, self.actions);
@@ -577,7 +834,7 @@ impl Ingest {
                     completed: robot.episodes.completed,
                     ..EpisodeTracker::default()
                 };
-                let _ = robot.nstep.flush(0, replay);
+                store.close(robot);
             }
             BatchVerdict::Fresh { missing } => robot.missing_batches += missing,
         }
@@ -592,49 +849,43 @@ impl Ingest {
                 StepVerdict::Continues => {}
                 StepVerdict::Gap { missing } => {
                     robot.missing_steps += missing;
-                    let _ = robot.nstep.flush(0, replay);
+                    store.close(robot);
                     robot.episode_return = 0.0;
                 }
                 StepVerdict::EpisodeCut => {
                     robot.episodes_cut += 1;
-                    let _ = robot.nstep.flush(0, replay);
+                    store.close(robot);
                     robot.episode_return = 0.0;
                 }
             }
             let action = match (&t.action, actions) {
                 (reflex_msgs::Action::Discrete(a), ActionShape::Discrete { n }) if *a < n => {
-                    ActionRef::Discrete(*a)
+                    Some(ActionRef::Discrete(*a))
                 }
                 (reflex_msgs::Action::Continuous(a), ActionShape::Continuous { dim })
                     if a.len() == dim && a.iter().all(|x| x.is_finite()) =>
                 {
-                    ActionRef::Continuous(a)
+                    Some(ActionRef::Continuous(a))
+                }
+                _ => None,
+            };
+            let valid = t.obs.len() == obs_dim
+                && t.next_obs.len() == obs_dim
+                && t.reward.is_finite()
+                && t.obs.iter().chain(&t.next_obs).all(|x| x.is_finite());
+            match action {
+                Some(action) if valid && store.step(robot, t, action) => {
+                    observed(&t.obs);
+                    robot.inserted += 1;
                 }
                 _ => {
+                    // A refused step is a hole in the stream: no return or
+                    // sequence may span it.
                     robot.invalid += 1;
+                    store.close(robot);
+                    robot.episode_return = 0.0;
                     continue;
                 }
-            };
-            if t.obs.len() != obs_dim
-                || t.next_obs.len() != obs_dim
-                || !t.reward.is_finite()
-                || !t.obs.iter().chain(&t.next_obs).all(|x| x.is_finite())
-            {
-                robot.invalid += 1;
-                continue;
-            }
-            let step = EnvStep {
-                obs: &t.obs,
-                action,
-                reward: t.reward,
-                next_obs: &t.next_obs,
-                terminated: t.terminated,
-                truncated: t.truncated,
-            };
-            observed(&t.obs);
-            match robot.nstep.push(0, &step, replay) {
-                Ok(_) => robot.inserted += 1,
-                Err(_) => robot.invalid += 1,
             }
             robot.episode_return += f64::from(t.reward);
             if t.done() {
@@ -872,10 +1123,10 @@ fn write_text(path: &Path, text: &str) -> Result<(), LearnerError> {
     fs::rename(&tmp, path).map_err(|e| io_err(path, e))
 }
 
-/// What the learner service trains: a feed-forward learner, DQN for discrete
-/// actions or DDPG, TD3 or NAF for continuous ones. The recurrent learners
-/// (DRQN, `--recurrent`) are refused: they learn from sequences that carry the
-/// robots' LSTM state, which the fleet's transition stream does not assemble yet.
+/// What the learner service trains: DQN or DRQN for discrete actions, DDPG,
+/// TD3 or NAF for continuous ones. DRQN learns from sequences the ingest path
+/// assembles per robot, with the LSTM state each daemon sends (R2D2's stored
+/// state). The recurrent continuous learners (`--recurrent`) are refused.
 // One per service: the variants' sizes do not matter.
 #[allow(clippy::large_enum_variant)]
 pub enum FleetLearner {
@@ -885,6 +1136,8 @@ pub enum FleetLearner {
     ActorCritic(Ddpg),
     /// NAF.
     Naf(Naf),
+    /// DRQN (LSTM Q-network on sequence replay).
+    Drqn(Drqn),
 }
 
 /// The numbers of a learner's replay and update schedule that the service uses.
@@ -931,10 +1184,10 @@ impl FleetLearner {
     pub fn build(run: &RunConfig, env: &dyn Env, device: &Device) -> Result<Self, LearnerError> {
         let obs_dim = env.observation_space().dim();
         let space = env.action_space();
-        if run.recurrent || run.algo == "drqn" {
+        if run.recurrent {
             return Err(LearnerError::Config(format!(
-                "the fleet learner serves feed-forward policies (dqn; ddpg, td3, naf); \
-                 recurrent {} is not served yet (train it locally with `reflex-train run`)",
+                "the fleet learner serves dqn, drqn, ddpg, td3 and naf; recurrent {} is not \
+                 served yet (train it locally with `reflex-train run`)",
                 run.algo
             )));
         }
@@ -942,13 +1195,14 @@ impl FleetLearner {
             Ddpg::new(config.clone(), td3, obs_dim, bounds, run.seed, device)
         };
         let learner = match (run.algo.as_str(), space) {
-            ("dqn", ActionSpace::Discrete { n }) => Self::Dqn(Dqn::new(
-                run.dqn.clone(),
-                obs_dim,
-                *n as usize,
-                run.seed,
-                device,
-            )?),
+            ("dqn" | "drqn", ActionSpace::Discrete { n }) => {
+                let n = *n as usize;
+                if run.algo == "dqn" {
+                    Self::Dqn(Dqn::new(run.dqn.clone(), obs_dim, n, run.seed, device)?)
+                } else {
+                    Self::Drqn(Drqn::new(run.drqn.clone(), obs_dim, n, run.seed, device)?)
+                }
+            }
             ("ddpg", ActionSpace::Box(bounds)) => {
                 Self::ActorCritic(ddpg(&run.ddpg, false, bounds)?)
             }
@@ -960,7 +1214,7 @@ impl FleetLearner {
                 run.seed,
                 device,
             )?),
-            (algo @ ("dqn" | "ddpg" | "td3" | "naf"), _) => {
+            (algo @ ("dqn" | "drqn" | "ddpg" | "td3" | "naf"), _) => {
                 return Err(LearnerError::Config(format!(
                     "{} has {} actions; {algo} needs {} ones",
                     run.env,
@@ -969,7 +1223,7 @@ impl FleetLearner {
                     } else {
                         "discrete"
                     },
-                    if algo == "dqn" {
+                    if matches!(algo, "dqn" | "drqn") {
                         "discrete"
                     } else {
                         "continuous"
@@ -978,7 +1232,7 @@ impl FleetLearner {
             }
             (other, _) => {
                 return Err(LearnerError::Config(format!(
-                    "the fleet learner serves dqn, ddpg, td3 and naf, not `{other}`"
+                    "the fleet learner serves dqn, drqn, ddpg, td3 and naf, not `{other}`"
                 )))
             }
         };
@@ -992,6 +1246,7 @@ impl FleetLearner {
             Self::Dqn(l) => l,
             Self::ActorCritic(l) => l,
             Self::Naf(l) => l,
+            Self::Drqn(l) => l,
         }
     }
 
@@ -1001,6 +1256,7 @@ impl FleetLearner {
             Self::Dqn(l) => l,
             Self::ActorCritic(l) => l,
             Self::Naf(l) => l,
+            Self::Drqn(l) => l,
         }
     }
 
@@ -1024,6 +1280,7 @@ impl FleetLearner {
         }
         match self {
             Self::Dqn(l) => from_config!(&l.config, Some(l.config.target_update_interval)),
+            Self::Drqn(l) => from_config!(&l.config, Some(l.config.target_update_interval)),
             Self::ActorCritic(Ddpg { core, .. }) | Self::Naf(Naf { core, .. }) => {
                 from_config!(&core.config, None)
             }
@@ -1036,6 +1293,9 @@ impl FleetLearner {
             Self::Dqn(l) => ActionShape::Discrete {
                 n: l.online.n_actions() as u32,
             },
+            Self::Drqn(l) => ActionShape::Discrete {
+                n: l.online.n_actions() as u32,
+            },
             Self::ActorCritic(Ddpg { core, .. }) | Self::Naf(Naf { core, .. }) => {
                 ActionShape::Continuous {
                     dim: core.scaling.dim(),
@@ -1044,8 +1304,39 @@ impl FleetLearner {
         }
     }
 
-    /// Takes robot `id`'s `batch` through `ingest` into replay (updating the
-    /// running observation statistics where the learner normalizes).
+    /// The ingest path its replay takes: transitions through n-step windows,
+    /// or (DRQN) per-robot segments into sequence replay, written at least
+    /// every four windows' worth of steps.
+    pub fn ingest_path(&self, obs_dim: usize) -> Result<Ingest, LearnerError> {
+        let s = self.schedule();
+        match self {
+            Self::Drqn(l) => {
+                let c = &l.config;
+                let window = c.burn_in + c.seq_len + c.n_step;
+                Ingest::sequences(
+                    obs_dim,
+                    l.online.n_actions() as u32,
+                    SequenceShape {
+                        state_width: if c.stored_state { 2 * c.lstm_hidden } else { 0 },
+                        max_segment: (4 * window).max(64),
+                    },
+                )
+            }
+            _ => Ingest::new(obs_dim, self.actions(), s.n_step, s.gamma as f32),
+        }
+    }
+
+    /// Whether replay holds enough for a batch.
+    pub fn can_sample(&self) -> bool {
+        match self.agent().replay() {
+            Replay::Sequence(r) => r.can_sample(),
+            replay => replay.len() >= self.schedule().batch_size,
+        }
+    }
+
+    /// Takes robot `id`'s `batch` through `ingest` (made by
+    /// [`ingest_path`](Self::ingest_path)) into replay, updating the running
+    /// observation statistics where the learner normalizes.
     pub fn ingest(
         &mut self,
         ingest: &mut Ingest,
@@ -1054,6 +1345,17 @@ impl FleetLearner {
     ) -> Result<bool, LearnerError> {
         match self {
             Self::Dqn(l) => ingest.batch(id, batch, &mut l.replay),
+            Self::Drqn(l) => {
+                let Replay::Sequence(replay) = &mut l.replay else {
+                    unreachable!("DRQN is built with a sequence buffer")
+                };
+                let norm = &mut l.norm;
+                ingest.batch_sequences(id, batch, replay, |obs| {
+                    if let Some(norm) = norm.as_mut() {
+                        norm.update(obs);
+                    }
+                })
+            }
             Self::ActorCritic(Ddpg { core, .. }) | Self::Naf(Naf { core, .. }) => {
                 let (replay, norm) = (&mut core.replay, &mut core.norm);
                 ingest.batch_observed(id, batch, replay, |obs| {
@@ -1065,11 +1367,6 @@ impl FleetLearner {
         }
     }
 
-    /// Transitions in replay.
-    pub fn replay_len(&self) -> usize {
-        self.agent().replay().len()
-    }
-
     /// One gradient update (moving the targets where the algorithm does so in
     /// every update); `beta` is prioritized replay's importance exponent.
     pub fn update(&mut self, beta: f64) -> Result<(), LearnerError> {
@@ -1077,14 +1374,38 @@ impl FleetLearner {
             Self::Dqn(l) => l.update(beta)?,
             Self::ActorCritic(l) => l.update(beta)?,
             Self::Naf(l) => l.update(beta)?,
+            Self::Drqn(l) => l.update(beta)?,
         };
         Ok(())
     }
 
-    /// DQN's hard target update (the others move theirs in every update).
+    /// Sets DQN's or DRQN's learning rate for `inserted` transitions of a run of
+    /// `total` (the local loop's linear decay to `learning_rate_end`, with
+    /// transitions in place of env steps; the others keep theirs).
+    pub fn set_learning_rate_at(&mut self, inserted: u64, total: u64) {
+        fn set<L: Scheduled>(l: &mut L, inserted: u64, total: u64) {
+            let r = l.rounds();
+            l.set_learning_rate(learning_rate_at(
+                r.learning_rate,
+                r.learning_rate_end,
+                inserted,
+                total,
+            ));
+        }
+        match self {
+            Self::Dqn(l) => set(l, inserted, total),
+            Self::Drqn(l) => set(l, inserted, total),
+            Self::ActorCritic(_) | Self::Naf(_) => {}
+        }
+    }
+
+    /// DQN's and DRQN's hard target update (the others move theirs in every
+    /// update).
     pub fn update_target(&mut self) -> Result<(), LearnerError> {
-        if let Self::Dqn(l) = self {
-            l.update_target()?;
+        match self {
+            Self::Dqn(l) => l.update_target()?,
+            Self::Drqn(l) => l.update_target()?,
+            Self::ActorCritic(_) | Self::Naf(_) => {}
         }
         Ok(())
     }
@@ -1333,12 +1654,7 @@ pub fn serve(opts: ServeOptions, shutdown: Arc<AtomicBool>) -> Result<LearnerRep
             run: run.clone(),
             ..opts
         },
-        ingest: Ingest::new(
-            env.observation_space().dim(),
-            learner.actions(),
-            schedule.n_step,
-            schedule.gamma as f32,
-        )?,
+        ingest: learner.ingest_path(env.observation_space().dim())?,
         spec,
         key,
         report: LearnerReport {
@@ -1428,7 +1744,7 @@ pub fn serve(opts: ServeOptions, shutdown: Arc<AtomicBool>) -> Result<LearnerRep
             }
         }
 
-        let can_sample = svc.learner.replay_len() >= schedule.batch_size;
+        let can_sample = svc.learner.can_sample();
         if can_sample && limiter.may_update(total_inserted, svc.updates) {
             // Train as fast as the limiter allows, in small slices so new data keeps
             // flowing into replay.
@@ -1437,6 +1753,8 @@ pub fn serve(opts: ServeOptions, shutdown: Arc<AtomicBool>) -> Result<LearnerRep
             for _ in 0..budget {
                 let progress = (total_inserted as f64 / svc.opts.run.steps.max(1) as f64).min(1.0);
                 let beta = schedule.per_beta0 + (1.0 - schedule.per_beta0) * progress;
+                svc.learner
+                    .set_learning_rate_at(total_inserted, svc.opts.run.steps);
                 svc.learner.update(beta)?;
                 svc.updates += 1;
                 let now = Instant::now();
@@ -1853,6 +2171,25 @@ mod tests {
         assert_eq!(s.target_update_interval, Some(10));
         assert_eq!(s.target_every(), Some(128));
         assert_eq!(dqn.actions(), ActionShape::Discrete { n: 2 });
+        // DRQN: hard targets too, and the learning rate decays with the
+        // transitions inserted as the local loop's does with env steps.
+        let mut drqn = build("cartpole-masked", "drqn").unwrap();
+        assert!(drqn.schedule().target_every().is_some());
+        assert!(drqn.ingest_path(2).is_ok());
+        let FleetLearner::Drqn(l) = &mut drqn else {
+            panic!("a DRQN learner")
+        };
+        l.config.learning_rate = 1e-3;
+        l.config.learning_rate_end = Some(0.0);
+        drqn.set_learning_rate_at(25_000, 100_000);
+        let FleetLearner::Drqn(l) = &drqn else {
+            unreachable!()
+        };
+        assert!(
+            (l.optimizer.lr - 7.5e-4).abs() < 1e-12,
+            "{}",
+            l.optimizer.lr
+        );
         // Refusals that name the problem.
         let refused = |env: &str, algo: &str, recurrent: bool| {
             let mut run = run(env, algo);
@@ -1869,7 +2206,9 @@ mod tests {
         assert!(
             refused("cartpole", "td3", false).contains("discrete actions; td3 needs continuous")
         );
-        assert!(refused("cartpole-masked", "drqn", false).contains("recurrent drqn"));
+        assert!(
+            refused("pendulum", "drqn", false).contains("continuous actions; drqn needs discrete")
+        );
         assert!(refused("pendulum", "td3", true).contains("recurrent td3"));
         assert!(refused("cartpole", "ppo", false).contains("not `ppo`"));
     }
@@ -1917,7 +2256,7 @@ mod tests {
         assert!(learner.ingest(&mut ingest, "r0", &batch).unwrap());
         let totals = ingest.totals();
         assert_eq!((totals.inserted, totals.invalid), (2, 5));
-        assert_eq!(learner.replay_len(), 2);
+        assert_eq!(learner.agent().replay().len(), 2);
         // The running statistics saw exactly the accepted steps' observations.
         let FleetLearner::ActorCritic(ddpg) = &learner else {
             panic!("TD3 is an actor-critic learner")
@@ -1937,6 +2276,123 @@ mod tests {
                 ActionRef::Continuous(&[-2.0])
             ]
         );
+    }
+
+    #[test]
+    fn sequence_ingest_writes_segments_with_stored_state_and_previous_actions() {
+        use crate::replay::{SequenceBatch, WindowSpec};
+        use reflex_msgs::{Action, Transition};
+
+        // Step `s` of episode `e`: obs [100 e + s, 1], action s % 2, and the
+        // daemon's state before it, h = [s, s], c = [−s, −s].
+        let t = |e: u64, s: u32, terminated: bool| {
+            let x = (100 * e + u64::from(s)) as f32;
+            Transition {
+                episode_id: e,
+                step: s,
+                obs: vec![x, 1.0],
+                action: Action::Discrete(s % 2),
+                reward: 1.0,
+                next_obs: vec![x + 1.0, 1.0],
+                terminated,
+                recurrent_h: vec![s as f32; 2],
+                recurrent_c: vec![-(s as f32); 2],
+                ..Transition::default()
+            }
+        };
+        let shape = SequenceShape {
+            state_width: 4,
+            max_segment: 3,
+        };
+        let mut ingest = Ingest::sequences(2, 2, shape).unwrap();
+        let mut replay =
+            SequenceReplay::new(100, 2, ActionShape::Discrete { n: 2 }, 4, None).unwrap();
+        let mut seq = 0;
+        let mut take = |ingest: &mut Ingest, replay: &mut SequenceReplay, ts: Vec<Transition>| {
+            let batch = TransitionBatch {
+                batch_seq: seq,
+                transitions: ts,
+                ..TransitionBatch::default()
+            };
+            seq += 1;
+            ingest
+                .batch_sequences("r0", &batch, replay, |_| {})
+                .unwrap();
+        };
+        take(
+            &mut ingest,
+            &mut replay,
+            vec![t(0, 0, false), t(0, 1, false)],
+        );
+        assert_eq!(replay.len(), 0, "a segment waits for its end");
+        // Three steps: the segment is written (truncated) though the episode goes on.
+        take(&mut ingest, &mut replay, vec![t(0, 2, false)]);
+        assert_eq!((replay.len(), replay.starts()), (4, 3));
+        // A step without the daemon's state is refused, a hole no sequence
+        // spans; the episode then ends.
+        let mut stateless = t(0, 3, false);
+        stateless.recurrent_h.clear();
+        stateless.recurrent_c.clear();
+        take(&mut ingest, &mut replay, vec![stateless]);
+        take(&mut ingest, &mut replay, vec![t(0, 4, true)]);
+        assert_eq!((replay.len(), replay.starts()), (6, 4));
+        // Episode 1 loses its step 2: the segment before the gap is written.
+        take(
+            &mut ingest,
+            &mut replay,
+            vec![t(1, 0, false), t(1, 1, false)],
+        );
+        take(&mut ingest, &mut replay, vec![t(1, 3, false)]);
+        assert_eq!((replay.len(), replay.starts()), (9, 6));
+        // Steps 3–5 fill a segment; step 6, in the next one, still gets step
+        // 5's action as its input.
+        take(
+            &mut ingest,
+            &mut replay,
+            vec![t(1, 4, false), t(1, 5, false)],
+        );
+        assert_eq!((replay.len(), replay.starts()), (13, 9));
+        take(&mut ingest, &mut replay, vec![t(1, 6, true)]);
+        assert_eq!((replay.len(), replay.starts()), (15, 10));
+        let totals = ingest.totals();
+        assert_eq!(
+            (totals.inserted, totals.invalid, totals.missing_steps),
+            (10, 1, 1)
+        );
+
+        // Every learning start, sampled as a one-step window, holds the step's
+        // observation, the robot's state before it, and the action applied
+        // before it in the same stream (zeros at an episode's start and after
+        // each hole; kept across a segment written mid-episode).
+        let window = WindowSpec {
+            burn_in: 0,
+            learn: 1,
+            n_step: 1,
+            gamma: 0.99,
+        };
+        let mut batch = SequenceBatch::default();
+        let mut rng = reflex_sim::SimRng::seed(3);
+        replay
+            .sample_into(256, window, 1.0, &mut rng, &mut batch)
+            .unwrap();
+        let mut seen = std::collections::BTreeSet::new();
+        for i in 0..batch.batch {
+            let x = batch.obs[i * 2 * 2] as u32;
+            let (e, s) = (x / 100, x % 100);
+            seen.insert(x);
+            let prev = &batch.prev_actions[i * 2 * 2..][..2];
+            let expect_prev: [f32; 2] = match (e, s) {
+                (_, 0) | (0, 4) | (1, 3) => [0.0, 0.0],
+                _ if (s - 1) % 2 == 0 => [1.0, 0.0],
+                _ => [0.0, 1.0],
+            };
+            assert_eq!(prev, expect_prev, "episode {e} step {s}");
+            let s = s as f32;
+            assert_eq!(&batch.init_state[i * 4..][..4], [s, s, -s, -s], "step {s}");
+        }
+        let expect: std::collections::BTreeSet<u32> =
+            [0, 1, 2, 4, 100, 101, 103, 104, 105, 106].into();
+        assert_eq!(seen, expect, "every stored step, each once in the replay");
     }
 
     fn tempfile_dir(name: &str) -> PathBuf {

@@ -231,9 +231,9 @@ struct FleetArgs {
     /// Env the simulated robots run.
     #[arg(long, default_value = "cartpole")]
     env: String,
-    /// The learner's algorithm: dqn for discrete actions; ddpg, td3 or naf for
-    /// continuous ones.
-    #[arg(long, default_value = "dqn", value_parser = ["dqn", "ddpg", "td3", "naf"])]
+    /// The learner's algorithm: dqn or drqn (recurrent) for discrete actions;
+    /// ddpg, td3 or naf for continuous ones.
+    #[arg(long, default_value = "dqn", value_parser = ["dqn", "drqn", "ddpg", "td3", "naf"])]
     algo: String,
     /// Number of simulated robots.
     #[arg(long, default_value_t = 2)]
@@ -1060,7 +1060,12 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
 
 /// The default "solved" return of an env (Gymnasium's reward thresholds).
 fn default_target(env: &str) -> Option<f64> {
-    let short = reflex_sim::registry::lookup(env).map_or(env, |e| e.short);
+    // A POMDP variant (`cartpole-masked`) keeps its base env's rewards and bar.
+    let entry = reflex_sim::registry::lookup(env).or_else(|| {
+        env.rsplit_once('-')
+            .and_then(|(base, _)| reflex_sim::registry::lookup(base))
+    });
+    let short = entry.map_or(env, |e| e.short);
     match short {
         "cartpole" => Some(475.0),
         "acrobot" => Some(-100.0),

@@ -90,6 +90,12 @@ fn fleet_in(out: &std::path::Path, args: &[&str]) -> serde_json::Value {
     summary["spec_algorithm"] = loaded.spec().algorithm.clone().into();
     summary["spec_continuous"] =
         matches!(loaded.spec().action_space, reflex_msgs::ActionSpace::Box(_)).into();
+    summary["spec_recurrent_hidden"] = loaded.spec().recurrent_hidden_size.into();
+    // The learner's own account of what it stored.
+    let learner: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("learner.json")).unwrap()).unwrap();
+    summary["learner_inserted"] = learner["transitions_inserted"].clone();
+    summary["learner_invalid"] = learner["invalid_transitions"].clone();
     summary
 }
 
@@ -189,4 +195,37 @@ fn a_resumed_fleet_continues_from_the_last_checkpoint() {
     let log = std::fs::read_to_string(out.join("logs/learner.log")).unwrap();
     assert!(log.contains("resuming from"), "{log}");
     std::fs::remove_dir_all(&out).ok();
+}
+
+#[test]
+fn a_drqn_fleet_trains_on_sequences_with_the_robots_stored_state() {
+    // Plumbing, not learning (DRQN needs minutes to learn masked CartPole here):
+    // the robots run the recurrent policy and send their LSTM state with every
+    // step; the learner assembles sequences from them, trains, and publishes
+    // recurrent policies the robots load.
+    let summary = fleet(
+        "drqn",
+        &[
+            "--env",
+            "cartpole-masked",
+            "--algo",
+            "drqn",
+            "--robots",
+            "2",
+            "--max-transitions",
+            "4000",
+            "--set",
+            "drqn.learning_starts=1000",
+        ],
+    );
+    assert_eq!(summary["stop_reason"], "max_transitions", "{summary}");
+    assert!(summary["updates"].as_u64().unwrap() > 0, "{summary}");
+    assert_eq!(summary["spec_algorithm"], "drqn");
+    assert_eq!(summary["spec_recurrent_hidden"], 64, "the preset's LSTM");
+    // Every step carried a usable state: none refused, all stored.
+    assert_eq!(summary["learner_invalid"], 0, "{summary}");
+    assert_eq!(
+        summary["learner_inserted"], summary["transitions_received"],
+        "{summary}"
+    );
 }
