@@ -21,6 +21,7 @@ use reflex_trainer::algo::continuous::NoiseKind;
 use reflex_trainer::eval::evaluate_policy;
 use reflex_trainer::export::POLICY_FILE;
 use reflex_trainer::learner::{read_report, LearnerReport, PUB_FILE};
+use reflex_trainer::run::RunConfig;
 use serde::Serialize;
 
 /// The learner's networks in a fleet run, per algorithm, unless `--set` says
@@ -210,16 +211,21 @@ impl Explore {
     }
 }
 
+/// The learner's configuration as `serve` will resolve it: the preset for
+/// `--env` and `--algo`, then `--set`.
+fn learner_config(args: &FleetArgs) -> anyhow::Result<RunConfig> {
+    let mut explicit = toml::Table::new();
+    explicit.insert("env".into(), args.env.clone().into());
+    explicit.insert("algo".into(), args.algo.clone().into());
+    Ok(reflex_trainer::run::resolve(None, &args.sets, &explicit)?)
+}
+
 /// How the robots explore: `--epsilon`, and for continuous actions the
 /// learner's own noise process (its preset's, with `--set`) in reflexd's
 /// per-tick terms, unless `--noise`, `--sigma` or `--ou-theta` say otherwise.
 /// The trainer's OU step is `x += −θ·x·dt + σ·√dt·z` in half-range units;
 /// reflexd's is `x += −θ'·x + σ'·z`, so θ' = θ·dt and σ' = σ·√dt.
-fn explore(args: &FleetArgs) -> anyhow::Result<Explore> {
-    let mut explicit = toml::Table::new();
-    explicit.insert("env".into(), args.env.clone().into());
-    explicit.insert("algo".into(), args.algo.clone().into());
-    let run = reflex_trainer::run::resolve(None, &args.sets, &explicit)?;
+fn explore(args: &FleetArgs, run: &RunConfig) -> anyhow::Result<Explore> {
     let learner = match args.algo.as_str() {
         "ddpg" => Some(&run.ddpg.noise),
         "td3" => Some(&run.td3.noise),
@@ -355,7 +361,8 @@ pub fn fleet(args: FleetArgs) -> anyhow::Result<()> {
         }
         let _ = fs::remove_dir_all(out.join("checkpoints"));
     }
-    let explore = explore(&args)?;
+    let run = learner_config(&args)?;
+    let explore = explore(&args, &run)?;
     let shutdown = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(signal, shutdown.clone())
@@ -398,7 +405,11 @@ pub fn fleet(args: FleetArgs) -> anyhow::Result<()> {
     // The fleet's learner trains while robots act in real time, so it must keep up
     // with them: a 64×64 network does (the preset's 256×256 fell behind at 1 kHz
     // on 2 cores and did not solve CartPole in 60k transitions). `--set` overrides.
-    for net in fleet_nets(&args.algo) {
+    // A recurrent learner keeps its preset's networks: its LSTM is the cost.
+    for net in fleet_nets(&args.algo)
+        .into_iter()
+        .filter(|_| !run.recurrent)
+    {
         learner_cmd.args(["--set", &net]);
     }
     for set in &args.sets {
@@ -667,7 +678,7 @@ mod tests {
 
     fn explore_for(args: &[&str]) -> anyhow::Result<Explore> {
         let cli = Cli::try_parse_from(std::iter::once("fleet").chain(args.iter().copied()))?;
-        explore(&cli.fleet)
+        explore(&cli.fleet, &learner_config(&cli.fleet)?)
     }
 
     #[test]

@@ -25,19 +25,19 @@
 //!   act with an older policy). The default SPI is the local loop's ratio,
 //!   `gradient_steps · batch_size / train_freq`.
 //! - **Learners.** [`FleetLearner`]: DQN or DRQN for discrete actions; DDPG, TD3
-//!   or NAF for continuous ones (robots send the actions they applied, in env
+//!   or NAF, feed-forward or recurrent, for continuous ones (robots send the actions they applied, in env
 //!   units; replay keeps them so, as the local trainer's does). A learner that
 //!   normalizes observations updates its running statistics from every accepted
 //!   step. DQN's and DRQN's hard target updates run every N updates (the local
 //!   loop's interval); the others move their targets by Polyak averaging in each
 //!   update.
-//! - **Sequences (DRQN).** Each robot's accepted steps, with the LSTM state its
+//! - **Sequences (the recurrent learners).** Each robot's accepted steps, with the LSTM state its
 //!   daemon had before each one, gather into a segment that goes into sequence
 //!   replay as one episode when the episode ends, at a hole in the stream
 //!   (missing or refused steps: written as truncated), or after four windows'
 //!   worth of steps. A window then starts from the robot's stored state; the
-//!   previous-action input is the last applied action, zeros at an episode's
-//!   start and after a hole.
+//!   previous-action input is the last applied action (one-hot, or in [−1, 1]
+//!   for continuous actions), zeros at an episode's start and after a hole.
 //! - **Policies.** Every K updates the acting network is exported (the same ONNX the
 //!   local trainer writes, `policy_version` + 1, `training_step` = updates), written to
 //!   `out/policy.onnx` atomically, signed with the run's ed25519 key (`out/learner.key`,
@@ -74,6 +74,8 @@ use crate::algo::ddpg::Ddpg;
 use crate::algo::dqn::{evaluate, Dqn};
 use crate::algo::drqn::Drqn;
 use crate::algo::naf::Naf;
+use crate::algo::recurrent_ddpg::RecurrentDdpg;
+use crate::algo::recurrent_naf::RecurrentNaf;
 use crate::algo::{learning_rate_at, Agent, Scheduled};
 use crate::checkpoint;
 use crate::export::{spec_for, write_atomic, POLICY_FILE};
@@ -497,8 +499,68 @@ pub struct Ingest {
     n_step: usize,
     gamma: f32,
     /// Recurrent learners: how steps become sequence-replay episodes.
-    sequences: Option<SequenceShape>,
+    sequences: Option<(SequenceShape, PrevInput)>,
     robots: BTreeMap<String, Robot>,
+}
+
+/// How a recurrent network reads the previous action: one-hot for discrete
+/// actions (DRQN), normalized units for continuous ones (the env action
+/// mapped to [−1, 1], as the recurrent DDPG, TD3 and NAF learners store it).
+#[derive(Debug, Clone, PartialEq)]
+pub enum PrevInput {
+    /// One-hot over `n` actions.
+    OneHot {
+        /// Number of actions.
+        n: u32,
+    },
+    /// Env units mapped to [−1, 1].
+    Normalized(crate::algo::continuous::ActionScaling),
+}
+
+impl PrevInput {
+    /// The actions this input encodes.
+    fn actions(&self) -> ActionShape {
+        match self {
+            Self::OneHot { n } => ActionShape::Discrete { n: *n },
+            Self::Normalized(scaling) => ActionShape::Continuous { dim: scaling.dim() },
+        }
+    }
+
+    /// Floats of the network's previous-action input.
+    fn width(&self) -> usize {
+        match self {
+            Self::OneHot { n } => *n as usize,
+            Self::Normalized(scaling) => scaling.dim(),
+        }
+    }
+
+    /// Floats per stored action row: a discrete index, or the env-unit vector.
+    fn action_width(&self) -> usize {
+        match self {
+            Self::OneHot { .. } => 1,
+            Self::Normalized(scaling) => scaling.dim(),
+        }
+    }
+
+    /// Appends the network's input for the action `row` (as [`Segment`]
+    /// stores it), or zeros for none.
+    fn encode(&self, row: Option<&[f32]>, out: &mut Vec<f32>) {
+        let start = out.len();
+        match (self, row) {
+            (Self::OneHot { n }, row) => {
+                out.resize(start + *n as usize, 0.0);
+                if let Some(&[a]) = row {
+                    out[start + a as usize] = 1.0;
+                }
+            }
+            (Self::Normalized(scaling), Some(a)) => {
+                let mut u = Vec::with_capacity(a.len());
+                scaling.to_normalized(a, &mut u);
+                out.extend_from_slice(&u);
+            }
+            (Self::Normalized(scaling), None) => out.resize(start + scaling.dim(), 0.0),
+        }
+    }
 }
 
 /// What a recurrent learner's sequence replay stores per step besides the
@@ -559,14 +621,15 @@ struct Segment {
     obs: Vec<f32>,
     prev: Vec<f32>,
     state: Vec<f32>,
-    actions: Vec<u32>,
+    /// Action rows: a discrete index, or the env-unit vector.
+    actions: Vec<f32>,
     rewards: Vec<f32>,
     /// The last step's next observation.
     next_obs: Vec<f32>,
-    /// The action applied last, whose one-hot is the next step's
-    /// previous-action input; `None` at an episode's start or after missing
-    /// steps (zeros: the actor's real input is not known there).
-    last_action: Option<u32>,
+    /// The action row applied last, the next step's previous-action input;
+    /// `None` at an episode's start or after a hole (zeros: the actor's real
+    /// input is not known there).
+    last_action: Option<Vec<f32>>,
 }
 
 /// A recurrent learner's sequence replay, fed segment by segment.
@@ -574,44 +637,42 @@ struct Sequences<'a> {
     replay: &'a mut SequenceReplay,
     shape: SequenceShape,
     obs_dim: usize,
-    n_actions: u32,
+    prev: PrevInput,
 }
 
 impl Sequences<'_> {
-    fn one_hot(&self, action: Option<u32>, out: &mut Vec<f32>) {
-        let start = out.len();
-        out.resize(start + self.n_actions as usize, 0.0);
-        if let Some(a) = action {
-            out[start + a as usize] = 1.0;
-        }
-    }
-
     /// Writes `segment` as one replay episode that ends `terminated` (no
     /// bootstrap) or truncated, and empties it. A write the replay refuses
     /// drops the segment (its steps were counted as inserted already).
     fn write(&mut self, segment: &mut Segment, terminated: bool) {
         let steps = segment.rewards.len();
         if steps > 0 {
-            let (d, p, w) = (
+            let (d, w, a) = (
                 self.obs_dim,
-                self.n_actions as usize,
                 self.shape.state_width,
+                self.prev.action_width(),
             );
+            let p = self.prev.width();
             let written = (0..steps)
                 .try_for_each(|i| {
+                    let row = &segment.actions[i * a..][..a];
+                    let action = match self.prev {
+                        PrevInput::OneHot { .. } => ActionRef::Discrete(row[0] as u32),
+                        PrevInput::Normalized(_) => ActionRef::Continuous(row),
+                    };
                     self.replay
                         .push_step(
                             &segment.obs[i * d..][..d],
                             &segment.prev[i * p..][..p],
                             &segment.state[i * w..][..w],
-                            ActionRef::Discrete(segment.actions[i]),
+                            action,
                             segment.rewards[i],
                         )
                         .map(|_| ())
                 })
                 .and_then(|()| {
                     let mut last = Vec::new();
-                    self.one_hot(segment.actions.last().copied(), &mut last);
+                    self.prev.encode(segment.last_action.as_deref(), &mut last);
                     // The state after the last step: no window starts there.
                     let state = vec![0.0; w];
                     self.replay
@@ -642,9 +703,6 @@ impl Store for Sequences<'_> {
         t: &reflex_msgs::Transition,
         action: ActionRef<'_>,
     ) -> bool {
-        let ActionRef::Discrete(action) = action else {
-            return false;
-        };
         let w = self.shape.state_width;
         if w > 0
             && (t.recurrent_h.len() + t.recurrent_c.len() != w
@@ -659,15 +717,20 @@ impl Store for Sequences<'_> {
         }
         let segment = &mut robot.segment;
         segment.obs.extend_from_slice(&t.obs);
-        self.one_hot(segment.last_action, &mut segment.prev);
+        self.prev
+            .encode(segment.last_action.as_deref(), &mut segment.prev);
         if w > 0 {
             segment.state.extend_from_slice(&t.recurrent_h);
             segment.state.extend_from_slice(&t.recurrent_c);
         }
-        segment.actions.push(action);
+        let row = match action {
+            ActionRef::Discrete(a) => vec![a as f32],
+            ActionRef::Continuous(a) => a.to_vec(),
+        };
+        segment.actions.extend_from_slice(&row);
         segment.rewards.push(t.reward);
         segment.next_obs.clone_from(&t.next_obs);
-        segment.last_action = Some(action);
+        segment.last_action = Some(row);
         if t.done() {
             self.write(&mut robot.segment, t.terminated);
             robot.segment.last_action = None;
@@ -706,21 +769,20 @@ impl Ingest {
     /// steps (with the recurrent state its daemon sends, R2D2's stored state)
     /// gather into a segment that is written as one replay episode when the
     /// episode ends, when steps go missing, or after `shape.max_segment` steps.
-    /// Discrete actions only (DRQN); the previous-action input is one-hot.
+    /// `prev` says how the network reads the previous action.
     pub fn sequences(
         obs_dim: usize,
-        n_actions: u32,
+        prev: PrevInput,
         shape: SequenceShape,
     ) -> Result<Self, LearnerError> {
-        if shape.max_segment == 0 || n_actions == 0 {
+        if shape.max_segment == 0 {
             return Err(LearnerError::Config(
-                "a sequence ingest needs segments and actions of at least 1".into(),
+                "a sequence ingest needs segments of at least 1 step".into(),
             ));
         }
-        Ok(Self {
-            sequences: Some(shape),
-            ..Self::new(obs_dim, ActionShape::Discrete { n: n_actions }, 1, 1.0)?
-        })
+        let mut ingest = Self::new(obs_dim, prev.actions(), 1, 1.0)?;
+        ingest.sequences = Some((shape, prev));
+        Ok(ingest)
     }
 
     /// Robot `id`, created on first sight; also whether it was new.
@@ -792,22 +854,20 @@ impl Ingest {
         replay: &mut SequenceReplay,
         observed: impl FnMut(&[f32]),
     ) -> Result<bool, LearnerError> {
-        let Some(shape) = self.sequences else {
+        let Some((shape, prev)) = self.sequences.take() else {
             return Err(LearnerError::Config(
                 "this ingest path stores transitions, not sequences".into(),
             ));
-        };
-        let n_actions = match self.actions {
-            ActionShape::Discrete { n } => n,
-            ActionShape::Continuous { .. } => unreachable!("sequence ingest is discrete"),
         };
         let mut store = Sequences {
             replay,
             shape,
             obs_dim: self.obs_dim,
-            n_actions,
+            prev,
         };
-        self.take(id, batch, &mut store, observed)
+        let taken = self.take(id, batch, &mut store, observed);
+        self.sequences = Some((store.shape, store.prev));
+        taken
     }
 
     /// The tracking and checks both stores share.
@@ -1123,10 +1183,10 @@ fn write_text(path: &Path, text: &str) -> Result<(), LearnerError> {
     fs::rename(&tmp, path).map_err(|e| io_err(path, e))
 }
 
-/// What the learner service trains: DQN or DRQN for discrete actions, DDPG,
-/// TD3 or NAF for continuous ones. DRQN learns from sequences the ingest path
-/// assembles per robot, with the LSTM state each daemon sends (R2D2's stored
-/// state). The recurrent continuous learners (`--recurrent`) are refused.
+/// What the learner service trains: DQN or DRQN for discrete actions; DDPG,
+/// TD3 or NAF, feed-forward or recurrent (`recurrent = true`), for continuous
+/// ones. The recurrent learners learn from sequences the ingest path assembles
+/// per robot, with the LSTM state each daemon sends (R2D2's stored state).
 // One per service: the variants' sizes do not matter.
 #[allow(clippy::large_enum_variant)]
 pub enum FleetLearner {
@@ -1138,6 +1198,10 @@ pub enum FleetLearner {
     Naf(Naf),
     /// DRQN (LSTM Q-network on sequence replay).
     Drqn(Drqn),
+    /// Recurrent DDPG or TD3.
+    RecurrentActorCritic(RecurrentDdpg),
+    /// Recurrent NAF.
+    RecurrentNaf(RecurrentNaf),
 }
 
 /// The numbers of a learner's replay and update schedule that the service uses.
@@ -1184,15 +1248,14 @@ impl FleetLearner {
     pub fn build(run: &RunConfig, env: &dyn Env, device: &Device) -> Result<Self, LearnerError> {
         let obs_dim = env.observation_space().dim();
         let space = env.action_space();
-        if run.recurrent {
-            return Err(LearnerError::Config(format!(
-                "the fleet learner serves dqn, drqn, ddpg, td3 and naf; recurrent {} is not \
-                 served yet (train it locally with `reflex-train run`)",
-                run.algo
-            )));
-        }
         let ddpg = |config: &crate::algo::ddpg::DdpgConfig, td3: bool, bounds| {
-            Ddpg::new(config.clone(), td3, obs_dim, bounds, run.seed, device)
+            let (config, seed, lstm) = (config.clone(), run.seed, run.lstm.clone());
+            Ok::<_, TrainError>(if run.recurrent {
+                let l = RecurrentDdpg::new(config, lstm, td3, obs_dim, bounds, seed, device)?;
+                Self::RecurrentActorCritic(l)
+            } else {
+                Self::ActorCritic(Ddpg::new(config, td3, obs_dim, bounds, seed, device)?)
+            })
         };
         let learner = match (run.algo.as_str(), space) {
             ("dqn" | "drqn", ActionSpace::Discrete { n }) => {
@@ -1203,17 +1266,18 @@ impl FleetLearner {
                     Self::Drqn(Drqn::new(run.drqn.clone(), obs_dim, n, run.seed, device)?)
                 }
             }
-            ("ddpg", ActionSpace::Box(bounds)) => {
-                Self::ActorCritic(ddpg(&run.ddpg, false, bounds)?)
+            ("ddpg", ActionSpace::Box(bounds)) => ddpg(&run.ddpg, false, bounds)?,
+            ("td3", ActionSpace::Box(bounds)) => ddpg(&run.td3, true, bounds)?,
+            ("naf", ActionSpace::Box(bounds)) => {
+                let (config, seed) = (run.naf.clone(), run.seed);
+                if run.recurrent {
+                    let lstm = run.lstm.clone();
+                    let naf = RecurrentNaf::new(config, lstm, obs_dim, bounds, seed, device)?;
+                    Self::RecurrentNaf(naf)
+                } else {
+                    Self::Naf(Naf::new(config, obs_dim, bounds, seed, device)?)
+                }
             }
-            ("td3", ActionSpace::Box(bounds)) => Self::ActorCritic(ddpg(&run.td3, true, bounds)?),
-            ("naf", ActionSpace::Box(bounds)) => Self::Naf(Naf::new(
-                run.naf.clone(),
-                obs_dim,
-                bounds,
-                run.seed,
-                device,
-            )?),
             (algo @ ("dqn" | "drqn" | "ddpg" | "td3" | "naf"), _) => {
                 return Err(LearnerError::Config(format!(
                     "{} has {} actions; {algo} needs {} ones",
@@ -1247,6 +1311,8 @@ impl FleetLearner {
             Self::ActorCritic(l) => l,
             Self::Naf(l) => l,
             Self::Drqn(l) => l,
+            Self::RecurrentActorCritic(l) => l,
+            Self::RecurrentNaf(l) => l,
         }
     }
 
@@ -1257,6 +1323,8 @@ impl FleetLearner {
             Self::ActorCritic(l) => l,
             Self::Naf(l) => l,
             Self::Drqn(l) => l,
+            Self::RecurrentActorCritic(l) => l,
+            Self::RecurrentNaf(l) => l,
         }
     }
 
@@ -1284,6 +1352,8 @@ impl FleetLearner {
             Self::ActorCritic(Ddpg { core, .. }) | Self::Naf(Naf { core, .. }) => {
                 from_config!(&core.config, None)
             }
+            Self::RecurrentActorCritic(RecurrentDdpg { core, .. })
+            | Self::RecurrentNaf(RecurrentNaf { core, .. }) => from_config!(&core.config, None),
         }
     }
 
@@ -1301,6 +1371,10 @@ impl FleetLearner {
                     dim: core.scaling.dim(),
                 }
             }
+            Self::RecurrentActorCritic(RecurrentDdpg { core, .. })
+            | Self::RecurrentNaf(RecurrentNaf { core, .. }) => ActionShape::Continuous {
+                dim: core.scaling.dim(),
+            },
         }
     }
 
@@ -1309,18 +1383,27 @@ impl FleetLearner {
     /// every four windows' worth of steps.
     pub fn ingest_path(&self, obs_dim: usize) -> Result<Ingest, LearnerError> {
         let s = self.schedule();
+        let sequences = |prev, hidden: usize, stored: bool, burn_in: usize, seq_len: usize| {
+            let window = burn_in + seq_len + s.n_step;
+            let shape = SequenceShape {
+                state_width: if stored { 2 * hidden } else { 0 },
+                max_segment: (4 * window).max(64),
+            };
+            Ingest::sequences(obs_dim, prev, shape)
+        };
         match self {
             Self::Drqn(l) => {
                 let c = &l.config;
-                let window = c.burn_in + c.seq_len + c.n_step;
-                Ingest::sequences(
-                    obs_dim,
-                    l.online.n_actions() as u32,
-                    SequenceShape {
-                        state_width: if c.stored_state { 2 * c.lstm_hidden } else { 0 },
-                        max_segment: (4 * window).max(64),
-                    },
-                )
+                let prev = PrevInput::OneHot {
+                    n: l.online.n_actions() as u32,
+                };
+                sequences(prev, c.lstm_hidden, c.stored_state, c.burn_in, c.seq_len)
+            }
+            Self::RecurrentActorCritic(RecurrentDdpg { core, .. })
+            | Self::RecurrentNaf(RecurrentNaf { core, .. }) => {
+                let c = &core.lstm;
+                let prev = PrevInput::Normalized(core.scaling.clone());
+                sequences(prev, c.hidden, c.stored_state, c.burn_in, c.seq_len)
             }
             _ => Ingest::new(obs_dim, self.actions(), s.n_step, s.gamma as f32),
         }
@@ -1343,27 +1426,24 @@ impl FleetLearner {
         id: &str,
         batch: &TransitionBatch,
     ) -> Result<bool, LearnerError> {
-        match self {
-            Self::Dqn(l) => ingest.batch(id, batch, &mut l.replay),
-            Self::Drqn(l) => {
-                let Replay::Sequence(replay) = &mut l.replay else {
-                    unreachable!("DRQN is built with a sequence buffer")
-                };
-                let norm = &mut l.norm;
-                ingest.batch_sequences(id, batch, replay, |obs| {
-                    if let Some(norm) = norm.as_mut() {
-                        norm.update(obs);
-                    }
-                })
-            }
+        let mut no_norm = None;
+        let (replay, norm) = match self {
+            Self::Dqn(l) => (&mut l.replay, &mut no_norm),
+            Self::Drqn(l) => (&mut l.replay, &mut l.norm),
             Self::ActorCritic(Ddpg { core, .. }) | Self::Naf(Naf { core, .. }) => {
-                let (replay, norm) = (&mut core.replay, &mut core.norm);
-                ingest.batch_observed(id, batch, replay, |obs| {
-                    if let Some(norm) = norm.as_mut() {
-                        norm.update(obs);
-                    }
-                })
+                (&mut core.replay, &mut core.norm)
             }
+            Self::RecurrentActorCritic(RecurrentDdpg { core, .. })
+            | Self::RecurrentNaf(RecurrentNaf { core, .. }) => (&mut core.replay, &mut core.norm),
+        };
+        let observed = |obs: &[f32]| {
+            if let Some(norm) = norm.as_mut() {
+                norm.update(obs);
+            }
+        };
+        match replay {
+            Replay::Sequence(sequences) => ingest.batch_sequences(id, batch, sequences, observed),
+            flat => ingest.batch_observed(id, batch, flat, observed),
         }
     }
 
@@ -1375,6 +1455,8 @@ impl FleetLearner {
             Self::ActorCritic(l) => l.update(beta)?,
             Self::Naf(l) => l.update(beta)?,
             Self::Drqn(l) => l.update(beta)?,
+            Self::RecurrentActorCritic(l) => l.update(beta)?,
+            Self::RecurrentNaf(l) => l.update(beta)?,
         };
         Ok(())
     }
@@ -1395,7 +1477,7 @@ impl FleetLearner {
         match self {
             Self::Dqn(l) => set(l, inserted, total),
             Self::Drqn(l) => set(l, inserted, total),
-            Self::ActorCritic(_) | Self::Naf(_) => {}
+            _ => {}
         }
     }
 
@@ -1405,7 +1487,7 @@ impl FleetLearner {
         match self {
             Self::Dqn(l) => l.update_target()?,
             Self::Drqn(l) => l.update_target()?,
-            Self::ActorCritic(_) | Self::Naf(_) => {}
+            _ => {}
         }
         Ok(())
     }
@@ -2209,7 +2291,27 @@ mod tests {
         assert!(
             refused("pendulum", "drqn", false).contains("continuous actions; drqn needs discrete")
         );
-        assert!(refused("pendulum", "td3", true).contains("recurrent td3"));
+        // Recurrent TD3 and NAF: sequences of continuous actions.
+        for algo in ["td3", "naf"] {
+            let mut run = run("pendulum-masked", algo);
+            run.recurrent = true;
+            run.lstm.hidden = 4;
+            let sim = reflex_sim::make("pendulum-masked").unwrap();
+            let learner = FleetLearner::build(&run, sim.as_ref(), &dev).unwrap();
+            assert!(matches!(
+                learner,
+                FleetLearner::RecurrentActorCritic(_) | FleetLearner::RecurrentNaf(_)
+            ));
+            assert_eq!(learner.actions(), ActionShape::Continuous { dim: 1 });
+            let ingest = learner.ingest_path(2).unwrap();
+            assert!(matches!(
+                ingest.sequences,
+                Some((
+                    SequenceShape { state_width: 8, .. },
+                    PrevInput::Normalized(_)
+                ))
+            ));
+        }
         assert!(refused("cartpole", "ppo", false).contains("not `ppo`"));
     }
 
@@ -2280,7 +2382,6 @@ mod tests {
 
     #[test]
     fn sequence_ingest_writes_segments_with_stored_state_and_previous_actions() {
-        use crate::replay::{SequenceBatch, WindowSpec};
         use reflex_msgs::{Action, Transition};
 
         // Step `s` of episode `e`: obs [100 e + s, 1], action s % 2, and the
@@ -2304,7 +2405,7 @@ mod tests {
             state_width: 4,
             max_segment: 3,
         };
-        let mut ingest = Ingest::sequences(2, 2, shape).unwrap();
+        let mut ingest = Ingest::sequences(2, PrevInput::OneHot { n: 2 }, shape).unwrap();
         let mut replay =
             SequenceReplay::new(100, 2, ActionShape::Discrete { n: 2 }, 4, None).unwrap();
         let mut seq = 0;
@@ -2364,17 +2465,7 @@ mod tests {
         // observation, the robot's state before it, and the action applied
         // before it in the same stream (zeros at an episode's start and after
         // each hole; kept across a segment written mid-episode).
-        let window = WindowSpec {
-            burn_in: 0,
-            learn: 1,
-            n_step: 1,
-            gamma: 0.99,
-        };
-        let mut batch = SequenceBatch::default();
-        let mut rng = reflex_sim::SimRng::seed(3);
-        replay
-            .sample_into(256, window, 1.0, &mut rng, &mut batch)
-            .unwrap();
+        let batch = one_step_windows(&replay, 256);
         let mut seen = std::collections::BTreeSet::new();
         for i in 0..batch.batch {
             let x = batch.obs[i * 2 * 2] as u32;
@@ -2393,6 +2484,72 @@ mod tests {
         let expect: std::collections::BTreeSet<u32> =
             [0, 1, 2, 4, 100, 101, 103, 104, 105, 106].into();
         assert_eq!(seen, expect, "every stored step, each once in the replay");
+    }
+
+    #[test]
+    fn continuous_sequences_feed_back_the_normalized_applied_action() {
+        use crate::algo::continuous::ActionScaling;
+        use reflex_msgs::{Action, Transition};
+
+        let scaling = ActionScaling::new(&reflex_msgs::BoxSpace {
+            low: vec![-2.0],
+            high: vec![2.0],
+        })
+        .unwrap();
+        let shape = SequenceShape {
+            state_width: 0,
+            max_segment: 64,
+        };
+        let mut ingest = Ingest::sequences(1, PrevInput::Normalized(scaling), shape).unwrap();
+        let mut replay =
+            SequenceReplay::new(16, 1, ActionShape::Continuous { dim: 1 }, 0, None).unwrap();
+        let applied = [1.0f32, -2.0, 0.5];
+        let transitions = applied
+            .iter()
+            .enumerate()
+            .map(|(s, &a)| Transition {
+                step: s as u32,
+                obs: vec![s as f32],
+                action: Action::Continuous(vec![a]),
+                reward: -1.0,
+                next_obs: vec![s as f32 + 1.0],
+                truncated: s == 2,
+                ..Transition::default()
+            })
+            .collect();
+        let batch = TransitionBatch {
+            transitions,
+            ..TransitionBatch::default()
+        };
+        ingest
+            .batch_sequences("r0", &batch, &mut replay, |_| {})
+            .unwrap();
+        assert_eq!(replay.starts(), 3);
+        let out = one_step_windows(&replay, 64);
+        for i in 0..out.batch {
+            let s = out.obs[i * 2] as usize;
+            // The previous action in [−1, 1] (2 → 1), zeros at the start; the
+            // action itself in env units.
+            let prev = [0.0f32, 0.5, -1.0][s];
+            assert_eq!(out.prev_actions[i * 2], prev, "step {s}");
+            assert_eq!(out.actions[i], applied[s], "step {s}");
+        }
+    }
+
+    /// `n` windows of one learning step (no burn-in) sampled from `replay`.
+    fn one_step_windows(replay: &SequenceReplay, n: usize) -> crate::replay::SequenceBatch {
+        let window = crate::replay::WindowSpec {
+            burn_in: 0,
+            learn: 1,
+            n_step: 1,
+            gamma: 0.99,
+        };
+        let mut out = crate::replay::SequenceBatch::default();
+        let mut rng = reflex_sim::SimRng::seed(3);
+        replay
+            .sample_into(n, window, 1.0, &mut rng, &mut out)
+            .unwrap();
+        out
     }
 
     fn tempfile_dir(name: &str) -> PathBuf {

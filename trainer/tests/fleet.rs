@@ -218,14 +218,44 @@ fn a_drqn_fleet_trains_on_sequences_with_the_robots_stored_state() {
             "drqn.learning_starts=1000",
         ],
     );
+    assert_trained_on_sequences(&summary, "drqn", false);
+}
+
+/// A short recurrent fleet ran to its budget, trained, published a recurrent
+/// `algo` policy with the preset's LSTM, and every step carried a usable
+/// state: none refused, all stored.
+fn assert_trained_on_sequences(summary: &serde_json::Value, algo: &str, continuous: bool) {
     assert_eq!(summary["stop_reason"], "max_transitions", "{summary}");
     assert!(summary["updates"].as_u64().unwrap() > 0, "{summary}");
-    assert_eq!(summary["spec_algorithm"], "drqn");
+    assert_eq!(summary["spec_algorithm"], algo);
+    assert_eq!(summary["spec_continuous"], continuous);
     assert_eq!(summary["spec_recurrent_hidden"], 64, "the preset's LSTM");
-    // Every step carried a usable state: none refused, all stored.
     assert_eq!(summary["learner_invalid"], 0, "{summary}");
     assert_eq!(
         summary["learner_inserted"], summary["transitions_received"],
         "{summary}"
     );
+}
+
+#[test]
+fn a_recurrent_td3_fleet_trains_on_sequences_of_continuous_actions() {
+    // Plumbing, as for DRQN: masked Pendulum's preset is recurrent TD3; the
+    // robots feed back their applied (continuous) action and send their
+    // actor's LSTM state; the learner trains on sequences of them.
+    let summary = fleet(
+        "recurrent-td3",
+        &[
+            "--env",
+            "pendulum-masked",
+            "--algo",
+            "td3",
+            "--robots",
+            "2",
+            "--max-transitions",
+            "3000",
+            "--set",
+            "td3.learning_starts=1000",
+        ],
+    );
+    assert_trained_on_sequences(&summary, "td3", true);
 }
