@@ -491,7 +491,8 @@ pub struct IngestTotals {
 /// The learner's ingest path, between the subscriptions and replay: per robot, batch
 /// numbering (gaps, duplicates, daemon restarts), the `(episode, step)` stream (gaps,
 /// cut episodes, stale steps), shape and action checks, and an n-step window that
-/// stores into replay. `reflex-train serve` and the ingest benchmark both run it.
+/// stores into replay (or, for a recurrent learner, a segment that goes into
+/// sequence replay). `reflex-train serve` and the ingest benchmark both run it.
 #[derive(Debug)]
 pub struct Ingest {
     obs_dim: usize,
