@@ -211,6 +211,43 @@ impl Default for ModeConfig {
 }
 
 impl ModeConfig {
+    /// Checks the values that parse but cannot work (each message names the
+    /// key): what [`Config::validate`] checks of `[mode]`, and what `reflex-train
+    /// fleet` checks before it writes its robots' configs.
+    pub fn validate(&self) -> Result<(), String> {
+        if !(0.0..=1.0).contains(&self.epsilon) {
+            return Err(format!(
+                "mode.epsilon = {}: must be in [0, 1]",
+                self.epsilon
+            ));
+        }
+        if self.num_actors == 0 || self.actor_index >= self.num_actors {
+            return Err(format!(
+                "mode.actor_index = {} with mode.num_actors = {}: need actor_index < num_actors",
+                self.actor_index, self.num_actors
+            ));
+        }
+        if !(self.epsilon_alpha.is_finite() && self.epsilon_alpha >= 0.0) {
+            return Err(format!(
+                "mode.epsilon_alpha = {}: must be finite and >= 0",
+                self.epsilon_alpha
+            ));
+        }
+        if !(self.sigma.is_finite() && self.sigma >= 0.0) {
+            return Err(format!(
+                "mode.sigma = {}: must be finite and >= 0",
+                self.sigma
+            ));
+        }
+        if !(self.ou_theta > 0.0 && self.ou_theta <= 1.0) {
+            return Err(format!(
+                "mode.ou_theta = {}: must be in (0, 1]",
+                self.ou_theta
+            ));
+        }
+        Ok(())
+    }
+
     /// This actor's ε after the Ape-X schedule.
     pub fn actor_epsilon(&self) -> f64 {
         if self.num_actors <= 1 {
@@ -386,37 +423,7 @@ impl Config {
         self.policy
             .public_key_bytes()
             .map_err(|e| format!("policy.public_key: {e}"))?;
-        let mode = &self.mode;
-        if !(0.0..=1.0).contains(&mode.epsilon) {
-            return Err(format!(
-                "mode.epsilon = {}: must be in [0, 1]",
-                mode.epsilon
-            ));
-        }
-        if mode.num_actors == 0 || mode.actor_index >= mode.num_actors {
-            return Err(format!(
-                "mode.actor_index = {} with mode.num_actors = {}: need actor_index < num_actors",
-                mode.actor_index, mode.num_actors
-            ));
-        }
-        if !(mode.epsilon_alpha.is_finite() && mode.epsilon_alpha >= 0.0) {
-            return Err(format!(
-                "mode.epsilon_alpha = {}: must be finite and >= 0",
-                mode.epsilon_alpha
-            ));
-        }
-        if !(mode.sigma.is_finite() && mode.sigma >= 0.0) {
-            return Err(format!(
-                "mode.sigma = {}: must be finite and >= 0",
-                mode.sigma
-            ));
-        }
-        if !(mode.ou_theta > 0.0 && mode.ou_theta <= 1.0) {
-            return Err(format!(
-                "mode.ou_theta = {}: must be in (0, 1]",
-                mode.ou_theta
-            ));
-        }
+        self.mode.validate()?;
         if let Some(v) = self.safety.safe_action.iter().find(|v| !v.is_finite()) {
             return Err(format!("safety.safe_action contains {v}: must be finite"));
         }

@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use reflex_daemon::config::{Mode, ModeConfig, Noise};
 use reflex_daemon::Policy;
 use reflex_trainer::algo::continuous::NoiseKind;
 use reflex_trainer::eval::evaluate_policy;
@@ -153,6 +154,10 @@ domain_id = {domain}
         sigma,
         ou_theta,
     } = *explore;
+    let noise = match noise {
+        Noise::Gaussian => "gaussian",
+        Noise::Ou => "ou",
+    };
     format!(
         r#"# Written by `reflex-train fleet`: simulated robot {robot}.
 robot_id = "{robot}"
@@ -189,8 +194,8 @@ ou_theta = {ou_theta:?}
 struct Explore {
     /// Base ε of the Ape-X schedule (discrete actions).
     epsilon: f64,
-    /// Continuous actions: `gaussian` or `ou`.
-    noise: &'static str,
+    /// Continuous actions: Gaussian or Ornstein–Uhlenbeck noise.
+    noise: Noise,
     /// Action noise per tick as a fraction of the half range (continuous actions).
     sigma: f64,
     /// OU mean reversion per tick.
@@ -202,7 +207,7 @@ impl Explore {
     fn describe(&self, algo: &str) -> String {
         match (algo, self.noise) {
             ("dqn" | "drqn", _) => format!("Ape-X ε from {}", self.epsilon),
-            (_, "ou") => format!(
+            (_, Noise::Ou) => format!(
                 "OU noise, σ {:.3} and θ {:.3} per tick",
                 self.sigma, self.ou_theta
             ),
@@ -236,28 +241,36 @@ fn explore(args: &FleetArgs, run: &RunConfig) -> anyhow::Result<Explore> {
         Some(n) => {
             let sigma = n.sigma.value(0, 1);
             match n.kind {
-                NoiseKind::Gaussian => ("gaussian", sigma, 0.15),
-                NoiseKind::Ou => ("ou", sigma * n.ou_dt.sqrt(), n.ou_theta * n.ou_dt),
+                NoiseKind::Gaussian => (Noise::Gaussian, sigma, 0.15),
+                NoiseKind::Ou => (Noise::Ou, sigma * n.ou_dt.sqrt(), n.ou_theta * n.ou_dt),
             }
         }
-        None => ("gaussian", 0.1, 0.15),
+        None => (Noise::Gaussian, 0.1, 0.15),
     };
     let explore = Explore {
         epsilon: args.epsilon,
         noise: match args.noise.as_deref() {
-            Some("ou") => "ou",
-            Some(_) => "gaussian",
+            Some("ou") => Noise::Ou,
+            Some(_) => Noise::Gaussian,
             None => noise,
         },
         sigma: args.sigma.unwrap_or(sigma),
         ou_theta: args.ou_theta.unwrap_or(ou_theta),
     };
-    if !(explore.sigma.is_finite() && explore.sigma >= 0.0) {
-        bail!("--sigma {}: must be finite and ≥ 0", explore.sigma);
+    // The daemons' own check of these values, before any process starts.
+    ModeConfig {
+        kind: Mode::Explore,
+        epsilon: explore.epsilon,
+        num_actors: args.robots.max(1),
+        noise: explore.noise,
+        sigma: explore.sigma,
+        ou_theta: explore.ou_theta,
+        ..ModeConfig::default()
     }
-    if !(explore.ou_theta > 0.0 && explore.ou_theta <= 1.0) {
-        bail!("--ou-theta {}: must be in (0, 1]", explore.ou_theta);
-    }
+    .validate()
+    .map_err(|e| {
+        anyhow::anyhow!("the robots' exploration (--epsilon, --sigma, --ou-theta): {e}")
+    })?;
     Ok(explore)
 }
 
@@ -686,13 +699,13 @@ mod tests {
         // MountainCarContinuous' TD3 preset: OU with σ 0.5, θ 0.15, dt 0.1 → per
         // tick σ' = 0.5·√0.1, θ' = 0.015.
         let mcc = explore_for(&["--env", "mountaincarcontinuous", "--algo", "td3"]).unwrap();
-        assert_eq!(mcc.noise, "ou");
+        assert_eq!(mcc.noise, Noise::Ou);
         assert!((mcc.sigma - 0.5 * 0.1f64.sqrt()).abs() < 1e-12, "{mcc:?}");
         assert!((mcc.ou_theta - 0.015).abs() < 1e-12, "{mcc:?}");
         // Pendulum's TD3 preset: Gaussian σ 0.1; `--set` changes the learner's
         // noise and so the robots'; the flags override both.
         let pendulum = explore_for(&["--env", "pendulum", "--algo", "td3"]).unwrap();
-        assert_eq!((pendulum.noise, pendulum.sigma), ("gaussian", 0.1));
+        assert_eq!((pendulum.noise, pendulum.sigma), (Noise::Gaussian, 0.1));
         let set = explore_for(&[
             "--env",
             "pendulum",
@@ -718,7 +731,7 @@ mod tests {
         .unwrap();
         assert_eq!(
             (flags.noise, flags.sigma, flags.ou_theta),
-            ("ou", 0.2, 0.05)
+            (Noise::Ou, 0.2, 0.05)
         );
         assert!(flags.describe("td3").contains("OU noise"));
         // DQN robots use the Ape-X ε schedule.
@@ -736,8 +749,12 @@ mod tests {
             explore_for(&["--env", "pendulum", "--algo", "td3", "--sigma=-1"])
                 .unwrap_err()
                 .to_string()
-                .contains("--sigma -1")
+                .contains("mode.sigma = -1")
         );
+        assert!(explore_for(&["--epsilon", "1.5"])
+            .unwrap_err()
+            .to_string()
+            .contains("mode.epsilon = 1.5"));
         assert!(
             explore_for(&["--algo", "ppo"]).is_err(),
             "clap refuses unknown learners"
