@@ -215,7 +215,9 @@ impl ControlLoop {
             None => {
                 let tripped = self.watchdog.tripped(now);
                 if tripped || estop {
-                    // Nothing fresh to act on, but the robot must stop now.
+                    // Nothing fresh to act on, but the robot must stop now. Before
+                    // any observation the command answers none: seq 0 (observations
+                    // count from 1), so a simulator does not take it for an answer.
                     let (action, _) = self.safety.fallback(tripped, estop);
                     self.discard_pending();
                     self.send_action(self.last_seq.unwrap_or(0), 0, action);

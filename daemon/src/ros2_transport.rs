@@ -216,7 +216,8 @@ impl StepJoin {
             sensors: VecDeque::new(),
             infos: VecDeque::new(),
             dropped: 0,
-            seq: 0,
+            // From 1, as reflex-msgs asks: seq 0 answers no observation.
+            seq: 1,
             episode_id: 0,
             step: 0,
             episode_over: false,
@@ -637,11 +638,12 @@ mod tests {
         assert_eq!(
             got,
             vec![
-                (0, 0, 0, 1.0, 0.0, false),
-                (1, 0, 1, 2.0, 1.0, false),
-                (2, 0, 2, 3.0, 1.0, true),
+                // seq from 1: 0 answers no observation.
+                (1, 0, 0, 1.0, 0.0, false),
+                (2, 0, 1, 2.0, 1.0, false),
+                (3, 0, 2, 3.0, 1.0, true),
                 // After a terminal observation a new episode starts at step 0.
-                (3, 1, 0, 4.0, 0.0, false),
+                (4, 1, 0, 4.0, 0.0, false),
             ]
         );
         assert_eq!(out[1].timestamp_ns, 20);
@@ -660,7 +662,7 @@ mod tests {
         j.info(info(20, 5.0, false), late);
         j.ready(late, &mut out);
         assert_eq!(out.len(), 1);
-        assert_eq!((out[0].values[0], out[0].reward, out[0].seq), (2.0, 5.0, 0));
+        assert_eq!((out[0].values[0], out[0].reward, out[0].seq), (2.0, 5.0, 1));
         assert_eq!(j.dropped(), 2);
         // A step info of a newer wire version is refused.
         j.info(

@@ -116,7 +116,8 @@ pub struct ActionCommand {
     pub wire_version: u16,
     /// The robot this action is for.
     pub robot_id: String,
-    /// `seq` of the [`Observation`](crate::Observation) this action answers.
+    /// `seq` of the [`Observation`](crate::Observation) this action answers; 0
+    /// when it answers none (a safe action sent before the first observation).
     pub seq: u64,
     /// When the action was computed, nanoseconds since the UNIX epoch (the daemon's
     /// clock).

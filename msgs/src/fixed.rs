@@ -100,7 +100,7 @@ pub struct ObservationN<const N: usize> {
     pub wire_version: u16,
     /// The robot that observed it.
     pub robot_id: RobotId,
-    /// Per-robot sequence number, +1 per observation.
+    /// Per-robot sequence number, from 1 and +1 per observation.
     pub seq: u64,
     /// When the values were sensed, nanoseconds since the UNIX epoch (robot clock).
     pub timestamp_ns: u64,
@@ -144,7 +144,7 @@ pub struct ActionCommandN<const A: usize> {
     pub wire_version: u16,
     /// The robot this action is for.
     pub robot_id: RobotId,
-    /// `seq` of the observation this action answers.
+    /// `seq` of the observation this action answers; 0 when it answers none.
     pub seq: u64,
     /// When the action was computed, nanoseconds since the UNIX epoch.
     pub timestamp_ns: u64,

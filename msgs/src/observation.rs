@@ -19,8 +19,9 @@ pub struct Observation {
     pub wire_version: u16,
     /// The robot that observed it.
     pub robot_id: String,
-    /// Per-robot sequence number, +1 per observation: gaps reveal drops, and the
-    /// [`ActionCommand`](crate::ActionCommand) answering it echoes it.
+    /// Per-robot sequence number, from 1 and +1 per observation: gaps reveal
+    /// drops, and the [`ActionCommand`](crate::ActionCommand) answering it echoes
+    /// it (0 is left for a command that answers none).
     pub seq: u64,
     /// When the values were sensed, nanoseconds since the UNIX epoch (robot clock).
     pub timestamp_ns: u64,

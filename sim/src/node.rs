@@ -6,7 +6,9 @@
 //!
 //! Protocol (what the daemon's control loop expects, see `Observation`'s docs):
 //!
-//! - every new observation gets the next `seq`; it carries the reward and the
+//! - every new observation gets the next `seq`, from 1 (a command with `seq` 0
+//!   answers nothing: it is reflexd's safe action before its first observation,
+//!   and must not step the simulator); it carries the reward and the
 //!   `terminated` / `truncated` flags of the step that led to it, its `episode_id` and
 //!   its `step` index (0 right after a reset, with reward 0);
 //! - an action answers the observation whose `seq` it echoes; an action for any other
@@ -380,7 +382,8 @@ pub fn run(config: &NodeConfig, shutdown: &AtomicBool) -> Result<NodeReport, Nod
         ..NodeReport::default()
     };
     let mut episode = 0u64;
-    let mut seq = 0u64;
+    // From 1: see the protocol above.
+    let mut seq = 1u64;
     let mut episode_return = 0.0;
     let mut current = first_observation(&mut *env, config, episode, seq);
     wire.publish(&current)?;

@@ -22,7 +22,7 @@ use support::{bin, free_port, Proc};
 use reflex_daemon::zenoh::handlers::FifoChannel;
 use reflex_daemon::zenoh::Wait;
 use reflex_daemon::zenoh_link::{self, decode_sample, ZenohConfig};
-use reflex_msgs::{keys, Status, Transition, TransitionBatch};
+use reflex_msgs::{keys, Action, ActionCommand, Observation, Status, Transition, TransitionBatch};
 
 fn u(v: &serde_json::Value, key: &str) -> u64 {
     v[key]
@@ -268,5 +268,101 @@ connect = ["{sim_endpoint}", "{learner_endpoint}"]
          daemon {report}; sim {sim_report}",
         spooling.transitions_spooled,
         batches.len()
+    );
+}
+
+/// The protocol's start: observations count from 1, and a command with `seq` 0 —
+/// what reflexd sends when its watchdog trips before it has seen an observation —
+/// answers none, so it does not step the simulator (once it did, and the fleet's
+/// learner saw the robot's first transition at step 1: a step "lost" that no one
+/// sent).
+#[test]
+fn a_command_answering_no_observation_does_not_step_the_sim() {
+    let dir = tempfile::tempdir().unwrap();
+    let fleet = format!("s{}", std::process::id());
+    let robot = "r0";
+    let sim_endpoint = format!("tcp/127.0.0.1:{}", free_port());
+    let session = zenoh_link::open(&ZenohConfig {
+        connect: vec![sim_endpoint.clone()],
+        ..ZenohConfig::default()
+    })
+    .unwrap();
+    let obs = session
+        .declare_subscriber(keys::obs_key(&fleet, robot))
+        .with(FifoChannel::new(1024))
+        .wait()
+        .unwrap();
+    let sim = Proc::spawn(
+        "reflex-sim serve",
+        Command::new(bin("reflex-sim")).args([
+            "serve",
+            "--env",
+            "cartpole",
+            "--robot",
+            robot,
+            "--fleet",
+            &fleet,
+            "--listen",
+            &sim_endpoint,
+            "--idle-timeout-s",
+            "30",
+        ]),
+        dir.path().join("sim.log"),
+    );
+    let next = |what: &str| -> Observation {
+        let sample = obs
+            .recv_timeout(Duration::from_secs(20))
+            .unwrap()
+            .unwrap_or_else(|| panic!("no observation ({what}):\n{}", sim.log()));
+        decode_sample(&sample).expect("observation decodes")
+    };
+    let command = |seq: u64| ActionCommand {
+        robot_id: robot.into(),
+        seq,
+        action: Action::Discrete(1),
+        ..ActionCommand::default()
+    };
+    let action_key = keys::action_key(&fleet, robot);
+    // The first observation: seq 1, unless the simulator reissued it under a
+    // new seq while this session was connecting (counted; checked below).
+    let first = next("the first");
+    assert_eq!((first.episode_id, first.step), (0, 0), "{first:?}");
+    assert!(first.seq >= 1, "{first:?}");
+    // Safe commands answering nothing, as a daemon without observations sends them.
+    for _ in 0..20 {
+        zenoh_link::put_cdr(&session, &action_key, &command(0)).unwrap();
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // The simulator only republishes (or reissues) step 0.
+    let mut current = first.seq;
+    let end = Instant::now() + Duration::from_millis(300);
+    while Instant::now() < end {
+        if let Ok(Some(sample)) = obs.recv_timeout(Duration::from_millis(50)) {
+            let o: Observation = decode_sample(&sample).unwrap();
+            assert_eq!(o.step, 0, "a seq-0 command stepped the sim: {o:?}");
+            current = o.seq;
+        }
+    }
+    // The answer to the current seq steps it.
+    zenoh_link::put_cdr(&session, &action_key, &command(current)).unwrap();
+    let stepped = loop {
+        let o = next("after the answer");
+        if o.step != 0 {
+            break o;
+        }
+        // A reissue crossed the answer: answer that one.
+        if o.seq != current {
+            current = o.seq;
+            zenoh_link::put_cdr(&session, &action_key, &command(current)).unwrap();
+        }
+    };
+    assert_eq!((stepped.seq, stepped.step), (current + 1, 1), "{stepped:?}");
+    let report = sim.stop_json();
+    assert_eq!(u(&report, "steps"), 1, "{report}");
+    assert!(u(&report, "stale_actions") >= 20, "{report}");
+    // Observations counted from 1: the first seq was 1 plus the reissues before it.
+    assert!(
+        first.seq <= 1 + u(&report, "reissued"),
+        "{first:?} {report}"
     );
 }
