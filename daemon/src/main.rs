@@ -143,6 +143,11 @@ fn run(config: Config) -> anyhow::Result<()> {
     let (transports, link) = transports(&config)?;
     let report = reflex_daemon::serve(&config, actor, loader, transports, &shutdown, &report_now)?;
     let t = report.transitions;
+    // Steps the robot took that became no transition (a watchdog trip or a stale
+    // observation between a step and its next observation, an observation never
+    // acted on or unusable): a learner sees them as gaps that no one sent.
+    let s = &report.stats;
+    let unsent = s.discarded_steps + s.skipped_observations + s.bad_observations;
     tracing::info!(
         ticks = report.stats.ticks,
         overruns = report.stats.overruns,
@@ -151,6 +156,7 @@ fn run(config: Config) -> anyhow::Result<()> {
         sent = t.sent,
         spooled = t.spooled,
         dropped = t.dropped,
+        unsent,
         "reflexd stopped"
     );
     // One JSON line on stdout for supervisors (reflex-train fleet, tests).
@@ -169,6 +175,7 @@ fn run(config: Config) -> anyhow::Result<()> {
             "transitions_dropped": t.dropped,
             "transitions_corrupt": t.corrupt,
             "batches": t.batches,
+            "steps_unsent": unsent,
         })
     );
     match link {

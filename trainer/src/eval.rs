@@ -8,6 +8,13 @@ use reflex_sim::Env;
 
 use crate::TrainError;
 
+/// The first evaluation seed of a run seeded `seed`, far from the training
+/// episodes' seeds. The local loop's and the learner's periodic evaluations and
+/// the fleet's final one all start here, so "solved" means the same episodes.
+pub fn eval_seed(seed: u64) -> u64 {
+    seed.wrapping_mul(1_000).wrapping_add(1_000_000)
+}
+
 /// Mean and population standard deviation of the returns of `episodes` greedy
 /// episodes; episode k starts from `env.reset(seed + k)`. Continuous actions are
 /// clipped to the env's bounds (a no-op for a policy that keeps its contract).

@@ -19,7 +19,7 @@ use anyhow::{bail, Context};
 use reflex_daemon::config::{Mode, ModeConfig, Noise};
 use reflex_daemon::Policy;
 use reflex_trainer::algo::continuous::NoiseKind;
-use reflex_trainer::eval::evaluate_policy;
+use reflex_trainer::eval::{eval_seed, evaluate_policy};
 use reflex_trainer::export::POLICY_FILE;
 use reflex_trainer::learner::{read_report, LearnerReport, PUB_FILE};
 use reflex_trainer::run::RunConfig;
@@ -216,13 +216,81 @@ impl Explore {
     }
 }
 
-/// The learner's configuration as `serve` will resolve it: the preset for
-/// `--env` and `--algo`, then `--set`.
-fn learner_config(args: &FleetArgs) -> anyhow::Result<RunConfig> {
+/// The learner's configuration as `serve` will resolve it, and the `--set`s
+/// that make it so.
+#[derive(Debug)]
+struct LearnerSetup {
+    run: RunConfig,
+    /// The fleet's network sizes (where neither `--config` nor `--set` names
+    /// them), then `--set`.
+    sets: Vec<String>,
+}
+
+/// The algorithms the learner service trains.
+const FLEET_ALGOS: [&str; 5] = ["dqn", "drqn", "ddpg", "td3", "naf"];
+
+/// `serve` options the fleet passes itself, because the robots follow them too.
+const OWN_SERVE_OPTIONS: [&str; 5] = ["--config", "--env", "--algo", "--seed", "--set"];
+
+/// `key` (dotted, as in `--set`) is in the TOML table `file`.
+fn names(file: &toml::Table, key: &str) -> bool {
+    let mut table = file;
+    let mut parts = key.split('.').peekable();
+    while let Some(part) = parts.next() {
+        match (table.get(part), parts.peek()) {
+            (Some(_), None) => return true,
+            (Some(toml::Value::Table(inner)), Some(_)) => table = inner,
+            _ => return false,
+        }
+    }
+    false
+}
+
+/// The learner's configuration as `serve` will resolve it: the preset for the
+/// env and algorithm, `--config`, the fleet's network sizes, then `--set`.
+fn learner_config(args: &FleetArgs) -> anyhow::Result<LearnerSetup> {
+    for arg in &args.serve_args {
+        let name = arg.split('=').next().unwrap_or(arg);
+        if OWN_SERVE_OPTIONS.contains(&name) {
+            bail!("--serve-arg={arg}: use the fleet's own {name}: the robots follow it too");
+        }
+    }
     let mut explicit = toml::Table::new();
-    explicit.insert("env".into(), args.env.clone().into());
-    explicit.insert("algo".into(), args.algo.clone().into());
-    Ok(reflex_trainer::run::resolve(None, &args.sets, &explicit)?)
+    if let Some(env) = &args.env {
+        explicit.insert("env".into(), env.clone().into());
+    }
+    if let Some(algo) = &args.algo {
+        explicit.insert("algo".into(), algo.clone().into());
+    }
+    if let Some(seed) = args.seed {
+        let seed = i64::try_from(seed).context("--seed must be below 2^63")?;
+        explicit.insert("seed".into(), seed.into());
+    }
+    let config = args.config.as_deref();
+    let resolve = |sets: &[String]| reflex_trainer::run::resolve(config, sets, &explicit);
+    let base = resolve(&args.sets)?;
+    if !FLEET_ALGOS.contains(&base.algo.as_str()) {
+        bail!(
+            "algo = {:?}: the fleet's learner trains {}",
+            base.algo,
+            FLEET_ALGOS.join(", ")
+        );
+    }
+    // The fleet's smaller networks, unless the file sets them (`--set` comes
+    // after them, so it wins anyway).
+    let file: toml::Table = match config {
+        Some(path) => toml::from_str(&fs::read_to_string(path)?)?,
+        None => toml::Table::new(),
+    };
+    let mut sets: Vec<String> = fleet_nets(&base.algo)
+        .into_iter()
+        .filter(|set| !base.recurrent && !names(&file, set.split('=').next().unwrap_or(set)))
+        .collect();
+    sets.extend(args.sets.iter().cloned());
+    Ok(LearnerSetup {
+        run: resolve(&sets)?,
+        sets,
+    })
 }
 
 /// How the robots explore: `--epsilon`, and for continuous actions the
@@ -231,7 +299,7 @@ fn learner_config(args: &FleetArgs) -> anyhow::Result<RunConfig> {
 /// The trainer's OU step is `x += −θ·x·dt + σ·√dt·z` in half-range units;
 /// reflexd's is `x += −θ'·x + σ'·z`, so θ' = θ·dt and σ' = σ·√dt.
 fn explore(args: &FleetArgs, run: &RunConfig) -> anyhow::Result<Explore> {
-    let learner = match args.algo.as_str() {
+    let learner = match run.algo.as_str() {
         "ddpg" => Some(&run.ddpg.noise),
         "td3" => Some(&run.td3.noise),
         "naf" => Some(&run.naf.noise),
@@ -282,9 +350,19 @@ enum Network {
     Ros2 { domain: u16 },
 }
 
-/// Final transition totals from a daemon's log (`reflexd stopped … sent=N spooled=N
-/// dropped=N`), the exact numbers after its spool was flushed.
-fn daemon_totals(log: &Path) -> Option<(u64, u64, u64)> {
+/// A daemon's final totals, the exact numbers after its spool was flushed.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+struct DaemonTotals {
+    sent: u64,
+    spooled: u64,
+    dropped: u64,
+    /// Steps that became no transition (see reflexd's `steps_unsent`).
+    unsent: u64,
+}
+
+/// A daemon's final totals from its log (`reflexd stopped … sent=N spooled=N
+/// dropped=N unsent=N`).
+fn daemon_totals(log: &Path) -> Option<DaemonTotals> {
     let text = fs::read_to_string(log).ok()?;
     let line = text.lines().rev().find(|l| l.contains("reflexd stopped"))?;
     let field = |name: &str| -> Option<u64> {
@@ -293,7 +371,12 @@ fn daemon_totals(log: &Path) -> Option<(u64, u64, u64)> {
             .find(|(k, _)| *k == name)
             .and_then(|(_, v)| v.trim_matches(|c: char| !c.is_ascii_digit()).parse().ok())
     };
-    Some((field("sent")?, field("spooled")?, field("dropped")?))
+    Some(DaemonTotals {
+        sent: field("sent")?,
+        spooled: field("spooled")?,
+        dropped: field("dropped")?,
+        unsent: field("unsent")?,
+    })
 }
 
 /// `summary.json`, and the last line of stdout.
@@ -309,7 +392,16 @@ struct Summary {
     transitions_received: u64,
     transitions_dropped: u64,
     transitions_spooled: u64,
+    /// Sent by the daemons, never received: `transitions_sent −
+    /// transitions_received` (exact with the daemons' final reports).
     lost_in_transit: u64,
+    /// Steps missing from the robots' episode streams as the learner saw them:
+    /// lost in transit, or never sent.
+    steps_missing: u64,
+    /// Steps the daemons took that became no transition (a watchdog trip between
+    /// a step and its next observation, an observation not acted on); known from
+    /// their final reports only.
+    steps_unsent: Option<u64>,
     duplicates: u64,
     decode_errors: u64,
     robots: u32,
@@ -374,8 +466,10 @@ pub fn fleet(args: FleetArgs) -> anyhow::Result<()> {
         }
         let _ = fs::remove_dir_all(out.join("checkpoints"));
     }
-    let run = learner_config(&args)?;
+    let LearnerSetup { run, sets } = learner_config(&args)?;
     let explore = explore(&args, &run)?;
+    // The robots' simulator, and the final evaluation's.
+    let mut eval_env = reflex_sim::make(&run.env)?;
     let shutdown = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(signal, shutdown.clone())
@@ -400,15 +494,18 @@ pub fn fleet(args: FleetArgs) -> anyhow::Result<()> {
     };
     let mut learner_cmd = Command::new(&exe);
     learner_cmd
-        .args(["serve", "--env", &args.env, "--algo", &args.algo, "--fleet"])
+        .args(["serve", "--env", &run.env, "--algo", &run.algo, "--fleet"])
         .arg(&args.fleet);
+    if let Some(config) = &args.config {
+        learner_cmd.arg("--config").arg(config);
+    }
     match ros_domain {
         Some(d) => learner_cmd.args(["--transport", "ros2", "--ros-domain", &d.to_string()]),
         None => learner_cmd.args(["--listen", &endpoint]),
     };
     learner_cmd
         .args(["--quiet", "--linger", "--seed"])
-        .arg(args.seed.to_string())
+        .arg(run.seed.to_string())
         .arg("--out")
         .arg(&out);
     learner_cmd.args(["--max-transitions", &args.max_transitions.to_string()]);
@@ -417,15 +514,10 @@ pub fn fleet(args: FleetArgs) -> anyhow::Result<()> {
     }
     // The fleet's learner trains while robots act in real time, so it must keep up
     // with them: a 64×64 network does (the preset's 256×256 fell behind at 1 kHz
-    // on 2 cores and did not solve CartPole in 60k transitions). `--set` overrides.
-    // A recurrent learner keeps its preset's networks: its LSTM is the cost.
-    for net in fleet_nets(&args.algo)
-        .into_iter()
-        .filter(|_| !run.recurrent)
-    {
-        learner_cmd.args(["--set", &net]);
-    }
-    for set in &args.sets {
+    // on 2 cores and did not solve CartPole in 60k transitions); `sets` has it
+    // unless the config or `--set` says otherwise. A recurrent learner keeps its
+    // preset's networks: its LSTM is the cost.
+    for set in &sets {
         learner_cmd.args(["--set", set]);
     }
     learner_cmd.args(&args.serve_args);
@@ -470,7 +562,7 @@ pub fn fleet(args: FleetArgs) -> anyhow::Result<()> {
                 args.rate_hz,
                 &policy,
                 &public_key,
-                args.seed.wrapping_mul(1000).wrapping_add(u64::from(i)),
+                run.seed.wrapping_mul(1000).wrapping_add(u64::from(i)),
                 i,
                 args.robots,
                 &explore,
@@ -483,14 +575,14 @@ pub fn fleet(args: FleetArgs) -> anyhow::Result<()> {
             ),
         )?;
         let mut sim = Command::new(&sim_bin);
-        sim.args(["serve", "--env", &args.env, "--robot", &robot, "--fleet"])
+        sim.args(["serve", "--env", &run.env, "--robot", &robot, "--fleet"])
             .arg(&args.fleet);
         match ros_domain {
             Some(d) => sim.args(["--transport", "ros2", "--ros-domain", &d.to_string()]),
             None => sim.args(["--listen", &sim_endpoint]),
         };
         sim.arg("--seed").arg(
-            args.seed
+            run.seed
                 .wrapping_mul(1_000_003)
                 .wrapping_add(u64::from(i) * 100_000)
                 .to_string(),
@@ -525,7 +617,7 @@ pub fn fleet(args: FleetArgs) -> anyhow::Result<()> {
         "fleet: {} robots at {} Hz exploring with {} (configs in {}, logs in {})",
         args.robots,
         args.rate_hz,
-        explore.describe(&args.algo),
+        explore.describe(&run.algo),
         out.join("robots").display(),
         logs.display()
     );
@@ -598,43 +690,66 @@ pub fn fleet(args: FleetArgs) -> anyhow::Result<()> {
     let report: LearnerReport = read_report(&out).context("reading the learner's report")?;
     let mut loaded =
         Policy::load(&policy).with_context(|| format!("loading {}", policy.display()))?;
-    let mut env = reflex_sim::make(&args.env)?;
-    let (eval_mean, eval_std) =
-        evaluate_policy(&mut loaded, env.as_mut(), args.eval_episodes, 1_000_000)?;
+    // The episodes the learner's "solved" was decided on.
+    let eval_episodes = args.eval_episodes.unwrap_or(run.eval_episodes);
+    let (eval_mean, eval_std) = evaluate_policy(
+        &mut loaded,
+        eval_env.as_mut(),
+        eval_episodes,
+        eval_seed(run.seed),
+    )?;
 
     // Exact totals from each daemon's final report when every one logged it; else the
     // robots' last heartbeats.
-    let exact: Option<Vec<(u64, u64, u64)>> =
+    let exact: Option<Vec<DaemonTotals>> =
         daemons.iter().map(|(_, log)| daemon_totals(log)).collect();
-    let (sent, spooled, dropped, accounting) = match exact {
-        Some(all) => {
-            let sum = |f: fn(&(u64, u64, u64)) -> u64| all.iter().map(f).sum::<u64>();
-            (
-                sum(|t| t.0),
-                sum(|t| t.1),
-                sum(|t| t.2),
-                "daemon final reports",
-            )
-        }
+    let (totals, exact) = match exact {
+        Some(all) => (
+            all.iter()
+                .fold(DaemonTotals::default(), |a, t| DaemonTotals {
+                    sent: a.sent + t.sent,
+                    spooled: a.spooled + t.spooled,
+                    dropped: a.dropped + t.dropped,
+                    unsent: a.unsent + t.unsent,
+                }),
+            true,
+        ),
         None => (
-            report.status_sent,
-            report.status_spooled,
-            report.status_dropped,
-            "daemon heartbeats",
+            DaemonTotals {
+                sent: report.status_sent,
+                spooled: report.status_spooled,
+                dropped: report.status_dropped,
+                unsent: 0,
+            },
+            false,
         ),
     };
+    let accounting = if exact {
+        "daemon final reports"
+    } else {
+        "daemon heartbeats"
+    };
+    let DaemonTotals {
+        sent,
+        spooled,
+        dropped,
+        unsent,
+    } = totals;
+    let lost = sent.saturating_sub(report.transitions_received);
     let summary = Summary {
         eval_mean_return: eval_mean,
         eval_std_return: eval_std,
-        eval_episodes: args.eval_episodes,
+        eval_episodes,
         solved: report.solved,
         stop_reason: report.stop_reason.clone(),
         transitions_produced: sent + spooled + dropped,
         transitions_sent: sent,
         transitions_received: report.transitions_received,
-        transitions_dropped: dropped + report.lost_transitions,
+        transitions_dropped: dropped + lost,
         transitions_spooled: spooled,
-        lost_in_transit: report.lost_transitions,
+        lost_in_transit: lost,
+        steps_missing: report.missing_steps,
+        steps_unsent: exact.then_some(unsent),
         duplicates: report.duplicates,
         decode_errors: report.decode_errors,
         robots: args.robots,
@@ -656,22 +771,27 @@ pub fn fleet(args: FleetArgs) -> anyhow::Result<()> {
         "fleet: {} after {:.1}s: greedy eval {:.1} ± {:.1} over {} episodes (policy v{}, {} updates)\n\
          fleet: transitions produced {}, sent {}, received {}, dropped {} (lost in transit {}), \
          spooled {}, duplicates {}; {:.0} transitions/s into the learner\n\
+         fleet: steps missing from the episode streams {} (the daemons sent no transition for {})\n\
          fleet: policy {}",
         if report.solved { "solved" } else { "stopped" },
         summary.wall_s,
         eval_mean,
         eval_std,
-        args.eval_episodes,
+        eval_episodes,
         report.policy_version,
         report.updates,
         summary.transitions_produced,
         sent,
         report.transitions_received,
         summary.transitions_dropped,
-        report.lost_transitions,
+        lost,
         spooled,
         report.duplicates,
         report.transitions_per_s,
+        report.missing_steps,
+        summary
+            .steps_unsent
+            .map_or("an unknown number".to_string(), |n| n.to_string()),
         policy.display()
     );
     println!("{}", serde_json::to_string(&summary)?);
@@ -691,7 +811,7 @@ mod tests {
 
     fn explore_for(args: &[&str]) -> anyhow::Result<Explore> {
         let cli = Cli::try_parse_from(std::iter::once("fleet").chain(args.iter().copied()))?;
-        explore(&cli.fleet, &learner_config(&cli.fleet)?)
+        explore(&cli.fleet, &learner_config(&cli.fleet)?.run)
     }
 
     #[test]
@@ -759,5 +879,90 @@ mod tests {
             explore_for(&["--algo", "ppo"]).is_err(),
             "clap refuses unknown learners"
         );
+    }
+
+    fn setup_for(args: &[&str]) -> anyhow::Result<LearnerSetup> {
+        let cli = Cli::try_parse_from(std::iter::once("fleet").chain(args.iter().copied()))?;
+        learner_config(&cli.fleet)
+    }
+
+    #[test]
+    fn a_config_file_sets_the_learner_and_the_robots_noise() {
+        let dir = std::env::temp_dir().join(format!("reflex-fleet-config-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("learner.toml");
+        fs::write(
+            &file,
+            r#"env = "pendulum"
+algo = "td3"
+seed = 7
+
+[td3.critic]
+hidden = [32, 32]
+
+[td3.noise]
+kind = "ou"
+sigma = { start = 0.4, end = 0.4, fraction = 1.0, shape = "linear" }
+ou_theta = 0.2
+ou_dt = 0.05
+"#,
+        )
+        .unwrap();
+        let path = file.to_str().unwrap();
+        let setup = setup_for(&["--config", path]).unwrap();
+        let run = &setup.run;
+        assert_eq!(
+            (run.env.as_str(), run.algo.as_str(), run.seed),
+            ("pendulum", "td3", 7)
+        );
+        // The file's critic stands; the actor the file leaves alone gets the
+        // fleet's size.
+        assert_eq!(run.td3.critic.hidden, vec![32, 32]);
+        assert_eq!(run.td3.actor.hidden, vec![64, 64]);
+        assert_eq!(setup.sets, vec!["td3.actor.hidden=[64,64]".to_string()]);
+        // The robots explore with the file's OU process, in reflexd's terms.
+        let explore = explore(
+            &Cli::try_parse_from(["fleet", "--config", path])
+                .unwrap()
+                .fleet,
+            run,
+        )
+        .unwrap();
+        assert_eq!(explore.noise, Noise::Ou);
+        assert!(
+            (explore.sigma - 0.4 * 0.05f64.sqrt()).abs() < 1e-12,
+            "{explore:?}"
+        );
+        assert!((explore.ou_theta - 0.01).abs() < 1e-12, "{explore:?}");
+        // Flags and --set apply over the file.
+        let over = setup_for(&[
+            "--config",
+            path,
+            "--seed",
+            "3",
+            "--set",
+            "td3.critic.hidden=[16]",
+        ])
+        .unwrap();
+        assert_eq!(
+            (over.run.seed, over.run.td3.critic.hidden.clone()),
+            (3, vec![16])
+        );
+
+        // Refusals: what the robots must follow cannot go around the fleet.
+        for arg in [
+            "--serve-arg=--config=x.toml",
+            "--serve-arg=--env",
+            "--serve-arg=--set",
+        ] {
+            let err = setup_for(&["--config", path, arg]).unwrap_err().to_string();
+            assert!(err.contains("use the fleet's own --"), "{err}");
+        }
+        fs::write(&file, "algo = \"ppo\"\n").unwrap();
+        assert!(setup_for(&["--config", path]).is_err());
+        fs::write(&file, "[td3]\nno_such_key = 1\n").unwrap();
+        assert!(setup_for(&["--config", path, "--algo", "td3"]).is_err());
+        assert!(setup_for(&["--config", "/no/such/file.toml"]).is_err());
+        fs::remove_dir_all(&dir).ok();
     }
 }

@@ -255,6 +255,9 @@ pub fn fingerprint(batch: &TransitionBatch) -> u64 {
     h
 }
 
+/// Gaps in a robot's episode stream logged (each one after is only counted).
+const GAPS_LOGGED: u64 = 5;
+
 /// Where a transition falls in its robot's stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StepVerdict {
@@ -270,6 +273,10 @@ pub enum StepVerdict {
     },
     /// A step already seen: skip it.
     Stale,
+    /// The first step seen from this robot (or from its restarted daemon) is
+    /// mid-episode: the learner joined late, and the steps before it are not
+    /// missing (as a first `batch_seq` above 0 is no batch gap).
+    Joined,
 }
 
 /// Tracks one robot's `(episode_id, step)` stream.
@@ -286,9 +293,7 @@ impl EpisodeTracker {
     pub fn check(&mut self, episode_id: u64, step: u32, done: bool) -> StepVerdict {
         let verdict = match self.current {
             None if step == 0 => StepVerdict::Continues,
-            None => StepVerdict::Gap {
-                missing: u64::from(step),
-            },
+            None => StepVerdict::Joined,
             Some((ep, next, ended)) if ep == episode_id => {
                 if step < next || ended {
                     return StepVerdict::Stale;
@@ -450,6 +455,8 @@ struct Robot {
     stale_transitions: u64,
     missing_batches: u64,
     missing_steps: u64,
+    /// Gaps in the episode stream (each of `missing` steps).
+    gaps: u64,
     episodes_cut: u64,
     invalid: u64,
     restarts: u64,
@@ -457,7 +464,10 @@ struct Robot {
     last_status: Option<Status>,
     /// Status totals of earlier daemon lives (a restart resets its counters).
     status_base: (u64, u64),
+    /// The current episode's return so far; NaN once a step of it is missing
+    /// or refused (a return with a hole is not reported).
     episode_return: f64,
+    /// Returns of the last 20 whole episodes.
     recent_returns: VecDeque<f64>,
 }
 
@@ -808,6 +818,7 @@ impl Ingest {
                     stale_transitions: 0,
                     missing_batches: 0,
                     missing_steps: 0,
+                    gaps: 0,
                     episodes_cut: 0,
                     invalid: 0,
                     restarts: 0,
@@ -909,15 +920,32 @@ impl Ingest {
                 }
                 StepVerdict::Continues => {}
                 StepVerdict::Gap { missing } => {
+                    robot.gaps += 1;
+                    if robot.gaps <= GAPS_LOGGED {
+                        tracing::warn!(
+                            "robot {id}: episode {} step {} arrived with the {missing} step(s) \
+                             before it missing (lost in transit, or not sent: see the daemon's \
+                             steps_unsent){}",
+                            t.episode_id,
+                            t.step,
+                            if robot.gaps == GAPS_LOGGED {
+                                "; further gaps of this robot are only counted"
+                            } else {
+                                ""
+                            }
+                        );
+                    }
                     robot.missing_steps += missing;
                     store.close(robot);
-                    robot.episode_return = 0.0;
+                    robot.episode_return = f64::NAN;
                 }
                 StepVerdict::EpisodeCut => {
                     robot.episodes_cut += 1;
                     store.close(robot);
                     robot.episode_return = 0.0;
                 }
+                // Nothing is open yet; the episode's return is partial, though.
+                StepVerdict::Joined => robot.episode_return = f64::NAN,
             }
             let action = match (&t.action, actions) {
                 (reflex_msgs::Action::Discrete(a), ActionShape::Discrete { n }) if *a < n => {
@@ -944,16 +972,19 @@ impl Ingest {
                     // sequence may span it.
                     robot.invalid += 1;
                     store.close(robot);
-                    robot.episode_return = 0.0;
+                    robot.episode_return = if t.done() { 0.0 } else { f64::NAN };
                     continue;
                 }
             }
             robot.episode_return += f64::from(t.reward);
             if t.done() {
-                if robot.recent_returns.len() == 20 {
-                    robot.recent_returns.pop_front();
+                // Whole episodes only: one with a hole has no return to report.
+                if robot.episode_return.is_finite() {
+                    if robot.recent_returns.len() == 20 {
+                        robot.recent_returns.pop_front();
+                    }
+                    robot.recent_returns.push_back(robot.episode_return);
                 }
-                robot.recent_returns.push_back(robot.episode_return);
                 robot.episode_return = 0.0;
             }
         }
@@ -1096,8 +1127,10 @@ pub struct LearnerReport {
     pub duplicates: u64,
     /// Batches missing from robots' sequences.
     pub gaps: u64,
-    /// Steps missing inside episodes (transitions lost in transit).
-    pub lost_transitions: u64,
+    /// Steps missing inside episodes: transitions lost in transit, or steps a
+    /// daemon never sent (its `steps_unsent`: a watchdog trip between a step and
+    /// its next observation, an observation it could not act on).
+    pub missing_steps: u64,
     /// Payloads that did not decode.
     pub decode_errors: u64,
     /// Transitions refused by replay (wrong shape, non-finite).
@@ -1563,7 +1596,7 @@ impl Service {
         r.transitions_inserted = t.inserted;
         r.duplicates = t.duplicate_batches;
         r.gaps = t.missing_batches;
-        r.lost_transitions = t.missing_steps;
+        r.missing_steps = t.missing_steps;
         r.invalid_transitions = t.invalid;
         r.robots_seen = self.ingest.robots();
         r.updates = self.updates;
@@ -1614,12 +1647,7 @@ impl Service {
     }
 
     fn eval(&mut self) -> Result<f64, LearnerError> {
-        let seed = self
-            .opts
-            .run
-            .seed
-            .wrapping_mul(1_000)
-            .wrapping_add(1_000_000);
+        let seed = crate::eval::eval_seed(self.opts.run.seed);
         let episodes = self.opts.run.eval_interval_episodes.max(1);
         let (mut mean, _) = evaluate(self.learner.agent(), self.eval_env.as_mut(), episodes, seed)?;
         // A promising screen is confirmed on the full evaluation's episodes.
@@ -1637,13 +1665,13 @@ impl Service {
         self.refresh_report();
         let r = &self.report;
         let line = format!(
-            "robots {} | rx {} ({:.0}/s) | dup {} gap {} lost {} err {} | upd {} ({:.0}/s) | v{} | eval {}",
+            "robots {} | rx {} ({:.0}/s) | dup {} gap {} missing {} err {} | upd {} ({:.0}/s) | v{} | eval {}",
             r.robots_seen,
             r.transitions_received,
             r.transitions_per_s,
             r.duplicates,
             r.gaps,
-            r.lost_transitions,
+            r.missing_steps,
             r.decode_errors,
             r.updates,
             r.updates_per_s,
@@ -2081,9 +2109,10 @@ mod tests {
         assert_eq!(e.check(2, 0, false), StepVerdict::EpisodeCut);
         assert_eq!(e.check(2, 1, true), StepVerdict::Continues);
         assert_eq!(e.check(3, 2, false), StepVerdict::Gap { missing: 2 });
-        // Joining mid-episode.
+        // Joining mid-episode is no gap: those steps were never this learner's.
         let mut late = EpisodeTracker::default();
-        assert_eq!(late.check(9, 3, false), StepVerdict::Gap { missing: 3 });
+        assert_eq!(late.check(9, 3, false), StepVerdict::Joined);
+        assert_eq!(late.check(9, 4, false), StepVerdict::Continues);
     }
 
     #[test]
@@ -2120,8 +2149,13 @@ mod tests {
         assert!(!take(&mut ingest, "a", &batch(1, vec![t(1, 0, false)])));
         // The same batch again: counted, not stored twice.
         assert!(!take(&mut ingest, "a", &batch(1, vec![t(1, 0, false)])));
-        // Batch 2 lost: a batch gap and two missing steps.
-        take(&mut ingest, "a", &batch(3, vec![t(1, 3, false)]));
+        // Batch 2 lost: a batch gap and two missing steps; that episode's
+        // return has a hole and is not reported.
+        take(
+            &mut ingest,
+            "a",
+            &batch(3, vec![t(1, 3, false), t(1, 4, true)]),
+        );
         // Robot b: a short observation and an action out of range are refused.
         let mut short = t(0, 0, false);
         short.obs = vec![0.0];
@@ -2131,16 +2165,16 @@ mod tests {
 
         let totals = ingest.totals();
         assert_eq!(totals.batches, 4);
-        assert_eq!(totals.received, 6);
-        assert_eq!(totals.inserted, 4);
-        assert_eq!(ingest.inserted(), 4);
+        assert_eq!(totals.received, 7);
+        assert_eq!(totals.inserted, 5);
+        assert_eq!(ingest.inserted(), 5);
         assert_eq!(totals.duplicate_batches, 1);
         assert_eq!(totals.missing_batches, 1);
         assert_eq!(totals.missing_steps, 2);
         assert_eq!(totals.invalid, 2);
         assert_eq!(
             replay.len(),
-            4,
+            5,
             "n = 1: every accepted step is stored at once"
         );
         assert_eq!(ingest.robots(), 2);
@@ -2159,8 +2193,24 @@ mod tests {
             reports.iter().map(|r| r.robot.as_str()).collect::<Vec<_>>(),
             ["a", "b", "c"]
         );
-        assert_eq!(reports[0].episodes, 1);
-        assert_eq!(reports[0].transitions_inserted, 4);
+        assert_eq!(reports[0].episodes, 2);
+        assert_eq!(reports[0].transitions_inserted, 5);
+        assert_eq!(
+            reports[0].recent_return,
+            Some(2.0),
+            "the whole episode's return only"
+        );
+        // A robot first seen mid-episode: no gap, and no partial return.
+        ingest
+            .batch(
+                "d",
+                &batch(7, vec![t(4, 10, false), t(4, 11, true)]),
+                &mut replay,
+            )
+            .unwrap();
+        let d = &ingest.reports()[3];
+        assert_eq!((d.missing_steps, d.missing_batches), (0, 0), "{d:?}");
+        assert_eq!((d.episodes, d.recent_return), (1, None), "{d:?}");
         assert!(
             Ingest::new(2, ActionShape::Discrete { n: 2 }, 0, 0.99).is_err(),
             "n = 0 is refused up front"

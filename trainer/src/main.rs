@@ -228,13 +228,18 @@ struct ServeArgs {
 
 #[derive(clap::Args)]
 struct FleetArgs {
-    /// Env the simulated robots run.
-    #[arg(long, default_value = "cartpole")]
-    env: String,
+    /// Env the simulated robots run [default: the --config file's, else cartpole].
+    #[arg(long)]
+    env: Option<String>,
     /// The learner's algorithm: dqn or drqn (recurrent) for discrete actions;
-    /// ddpg, td3 or naf for continuous ones.
-    #[arg(long, default_value = "dqn", value_parser = ["dqn", "drqn", "ddpg", "td3", "naf"])]
-    algo: String,
+    /// ddpg, td3 or naf for continuous ones [default: the --config file's, else dqn].
+    #[arg(long, value_parser = ["dqn", "drqn", "ddpg", "td3", "naf"])]
+    algo: Option<String>,
+    /// The learner's settings from a TOML file (the format `run --config` reads;
+    /// unknown keys are errors), passed to `serve --config`. The robots explore
+    /// with its noise process; --env, --algo, --seed and --set apply over it.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
     /// Number of simulated robots.
     #[arg(long, default_value_t = 2)]
     robots: u32,
@@ -253,9 +258,10 @@ struct FleetArgs {
     /// The learner's port on 127.0.0.1 [default: a free one].
     #[arg(long)]
     port: Option<u16>,
-    /// Seed of the learner and of the robots' exploration.
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
+    /// Seed of the learner and of the robots' exploration [default: the --config
+    /// file's, else 0].
+    #[arg(long)]
+    seed: Option<u64>,
     /// Stop at this greedy mean return [default: 475 for CartPole, −200 for Pendulum].
     #[arg(long)]
     target_return: Option<f64>,
@@ -278,12 +284,14 @@ struct FleetArgs {
     /// Override one learner setting (repeatable), passed to `serve --set`.
     #[arg(long = "set", value_name = "KEY=VALUE")]
     sets: Vec<String>,
-    /// Extra `serve` options, e.g. `--serve-arg=--publish-every=100` (repeatable).
+    /// Extra `serve` options, e.g. `--serve-arg=--publish-every=100` (repeatable);
+    /// not --config, --env, --algo, --seed or --set, which the robots must know too.
     #[arg(long = "serve-arg", allow_hyphen_values = true)]
     serve_args: Vec<String>,
-    /// Greedy episodes of the final evaluation of policy.onnx.
-    #[arg(long, default_value_t = 20)]
-    eval_episodes: u32,
+    /// Greedy episodes of the final evaluation of policy.onnx [default: the
+    /// learner's `eval_episodes` (20), the same episodes its "solved" was decided on].
+    #[arg(long)]
+    eval_episodes: Option<u32>,
     /// Keep the previous run's checkpoints and resume from them.
     #[arg(long)]
     resume: bool,
@@ -806,7 +814,7 @@ fn run_observer(
     label: Option<String>,
 ) -> anyhow::Result<RunObserver> {
     // Evaluation episodes use seeds far from the training ones.
-    let eval_seed = config.seed.wrapping_mul(1_000).wrapping_add(1_000_000);
+    let eval_seed = reflex_trainer::eval::eval_seed(config.seed);
     let metrics_path = out.join("metrics.csv");
     let metrics_file = fs::OpenOptions::new()
         .create(true)

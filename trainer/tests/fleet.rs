@@ -79,6 +79,15 @@ fn fleet_in(out: &std::path::Path, args: &[&str]) -> serde_json::Value {
     );
     assert!(received > 0.0);
     assert_eq!(sent, received + lost, "{summary}");
+    // Loopback loses nothing, and every gap the learner saw in the robots'
+    // episodes is a step their daemons say they did not send (a watchdog trip,
+    // a stale observation): none is unexplained.
+    assert_eq!(lost, 0.0, "{summary}");
+    assert_eq!(summary["accounting"], "daemon final reports", "{summary}");
+    assert!(
+        get("steps_missing") <= get("steps_unsent"),
+        "the learner saw gaps the daemons did not account for: {summary}"
+    );
     assert_eq!(
         get("transitions_produced"),
         sent + get("transitions_spooled") + get("transitions_dropped") - lost,

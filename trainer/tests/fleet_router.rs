@@ -147,7 +147,7 @@ fn learner_robot_and_daemon_as_clients_of_a_router() {
     assert!(sent >= 400, "daemon sent only {sent}: {report}");
     assert_eq!(r.transitions_received, sent, "{learner_json}");
     assert_eq!(r.gaps, 0, "{learner_json}");
-    assert_eq!(r.lost_transitions, 0, "{learner_json}");
+    assert_eq!(r.missing_steps, 0, "{learner_json}");
     assert_eq!(r.duplicates, 0, "{learner_json}");
     assert_eq!(r.decode_errors, 0, "{learner_json}");
     assert_eq!(r.invalid_transitions, 0, "{learner_json}");

@@ -136,7 +136,7 @@ fn learner_inserts_counts_and_publishes_signed_policies() {
     assert_eq!(report.transitions_inserted, 6 * 32);
     assert_eq!(report.duplicates, 1);
     assert_eq!(report.gaps, 1);
-    assert_eq!(report.lost_transitions, 32);
+    assert_eq!(report.missing_steps, 32);
     assert_eq!(report.decode_errors, 1);
     assert_eq!(report.robots_seen, 1);
     assert!(report.updates > 0);
