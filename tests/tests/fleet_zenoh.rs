@@ -79,6 +79,29 @@ fn check_stream(batches: &[TransitionBatch], robot: &str) -> usize {
     all.len()
 }
 
+/// `reflex-sim serve`: a CartPole robot listening on `endpoint`, its log in `dir`.
+fn cartpole_sim(dir: &std::path::Path, fleet: &str, robot: &str, endpoint: &str) -> Proc {
+    Proc::spawn(
+        "reflex-sim serve",
+        Command::new(bin("reflex-sim")).args([
+            "serve",
+            "--env",
+            "cartpole",
+            "--robot",
+            robot,
+            "--fleet",
+            fleet,
+            "--listen",
+            endpoint,
+            "--seed",
+            "3",
+            "--idle-timeout-s",
+            "60",
+        ]),
+        dir.join("sim.log"),
+    )
+}
+
 #[test]
 fn sim_and_daemon_over_zenoh_spool_then_deliver() {
     let dir = tempfile::tempdir().unwrap();
@@ -133,25 +156,7 @@ connect = ["{sim_endpoint}", "{learner_endpoint}"]
         .wait()
         .unwrap();
 
-    let mut sim = Proc::spawn(
-        "reflex-sim serve",
-        Command::new(bin("reflex-sim")).args([
-            "serve",
-            "--env",
-            "cartpole",
-            "--robot",
-            robot,
-            "--fleet",
-            &fleet,
-            "--listen",
-            &sim_endpoint,
-            "--seed",
-            "3",
-            "--idle-timeout-s",
-            "60",
-        ]),
-        dir.path().join("sim.log"),
-    );
+    let mut sim = cartpole_sim(dir.path(), &fleet, robot, &sim_endpoint);
     let mut daemon = Proc::spawn(
         "reflexd run",
         Command::new(bin("reflexd"))
@@ -292,23 +297,7 @@ fn a_command_answering_no_observation_does_not_step_the_sim() {
         .with(FifoChannel::new(1024))
         .wait()
         .unwrap();
-    let sim = Proc::spawn(
-        "reflex-sim serve",
-        Command::new(bin("reflex-sim")).args([
-            "serve",
-            "--env",
-            "cartpole",
-            "--robot",
-            robot,
-            "--fleet",
-            &fleet,
-            "--listen",
-            &sim_endpoint,
-            "--idle-timeout-s",
-            "30",
-        ]),
-        dir.path().join("sim.log"),
-    );
+    let sim = cartpole_sim(dir.path(), &fleet, robot, &sim_endpoint);
     let next = |what: &str| -> Observation {
         let sample = obs
             .recv_timeout(Duration::from_secs(20))
