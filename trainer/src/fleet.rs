@@ -21,7 +21,7 @@ use reflex_daemon::Policy;
 use reflex_trainer::algo::continuous::NoiseKind;
 use reflex_trainer::eval::{eval_seed, evaluate_policy};
 use reflex_trainer::export::POLICY_FILE;
-use reflex_trainer::learner::{read_report, LearnerReport, PUB_FILE};
+use reflex_trainer::learner::{read_report, LearnerReport, CURVE_FILE, METRICS_FILE, PUB_FILE};
 use reflex_trainer::run::RunConfig;
 use serde::Serialize;
 
@@ -461,7 +461,7 @@ pub fn fleet(args: FleetArgs) -> anyhow::Result<()> {
     }
     if !args.resume {
         // A fresh run; the signing key (the fleet's identity) stays.
-        for name in [POLICY_FILE, "config.toml"] {
+        for name in [POLICY_FILE, "config.toml", METRICS_FILE, CURVE_FILE] {
             let _ = fs::remove_file(out.join(name));
         }
         let _ = fs::remove_dir_all(out.join("checkpoints"));
@@ -772,7 +772,7 @@ pub fn fleet(args: FleetArgs) -> anyhow::Result<()> {
          fleet: transitions produced {}, sent {}, received {}, dropped {} (lost in transit {}), \
          spooled {}, duplicates {}; {:.0} transitions/s into the learner\n\
          fleet: steps missing from the episode streams {} (the daemons sent no transition for {})\n\
-         fleet: policy {}",
+         fleet: policy {}, learning curve {}",
         if report.solved { "solved" } else { "stopped" },
         summary.wall_s,
         eval_mean,
@@ -792,7 +792,8 @@ pub fn fleet(args: FleetArgs) -> anyhow::Result<()> {
         summary
             .steps_unsent
             .map_or("an unknown number".to_string(), |n| n.to_string()),
-        policy.display()
+        policy.display(),
+        out.join(CURVE_FILE).display()
     );
     println!("{}", serde_json::to_string(&summary)?);
     Ok(())

@@ -92,6 +92,11 @@ pub const LEARNER_FILE: &str = "learner.json";
 pub const KEY_FILE: &str = "learner.key";
 /// The run's ed25519 public key (64 hex digits): what robots put in `policy.public_key`.
 pub const PUB_FILE: &str = "learner.pub";
+/// The learner's metrics in its run folder: the robots' episodes and the
+/// periodic evaluations, by transitions inserted.
+pub const METRICS_FILE: &str = "metrics.csv";
+/// [`METRICS_FILE`] drawn when the learner stops.
+pub const CURVE_FILE: &str = "curve.png";
 
 /// Why the learner stopped or could not start.
 #[derive(Debug, thiserror::Error)]
@@ -512,6 +517,19 @@ pub struct Ingest {
     /// Recurrent learners: how steps become sequence-replay episodes.
     sequences: Option<(SequenceShape, PrevInput)>,
     robots: BTreeMap<String, Robot>,
+    /// Whole episodes finished since [`take_finished`](Self::take_finished).
+    finished: Vec<FinishedEpisode>,
+}
+
+/// A robot's whole episode, as the learner received it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FinishedEpisode {
+    /// The robot.
+    pub robot: String,
+    /// Its return (the robot explored while it played it).
+    pub episode_return: f64,
+    /// [`Ingest::inserted`] when its last step was taken.
+    pub inserted: u64,
 }
 
 /// How a recurrent network reads the previous action: one-hot for discrete
@@ -773,6 +791,7 @@ impl Ingest {
             gamma,
             sequences: None,
             robots: BTreeMap::new(),
+            finished: Vec::new(),
         })
     }
 
@@ -892,6 +911,7 @@ impl Ingest {
     ) -> Result<bool, LearnerError> {
         let (obs_dim, actions) = (self.obs_dim, self.actions);
         let print = fingerprint(batch);
+        let inserted_before = self.inserted();
         let (robot, fresh) = self.robot(id)?;
         robot.last_seen = Instant::now();
         match robot.seq.check(batch.batch_seq, print) {
@@ -911,6 +931,8 @@ impl Ingest {
             BatchVerdict::Fresh { missing } => robot.missing_batches += missing,
         }
         robot.batches += 1;
+        let robot_before = robot.inserted;
+        let mut finished = Vec::new();
         for t in &batch.transitions {
             robot.received += 1;
             match robot.episodes.check(t.episode_id, t.step, t.done()) {
@@ -984,11 +1006,31 @@ impl Ingest {
                         robot.recent_returns.pop_front();
                     }
                     robot.recent_returns.push_back(robot.episode_return);
+                    finished.push((
+                        robot.episode_return,
+                        inserted_before + robot.inserted - robot_before,
+                    ));
                 }
                 robot.episode_return = 0.0;
             }
         }
+        self.finished
+            .extend(
+                finished
+                    .into_iter()
+                    .map(|(episode_return, inserted)| FinishedEpisode {
+                        robot: id.to_string(),
+                        episode_return,
+                        inserted,
+                    }),
+            );
         Ok(fresh)
+    }
+
+    /// The whole episodes finished since the last call, in the order they
+    /// ended; a long-running caller drains them, or they pile up.
+    pub fn take_finished(&mut self) -> Vec<FinishedEpisode> {
+        std::mem::take(&mut self.finished)
     }
 
     /// Takes robot `id`'s heartbeat; returns whether the robot is new.
@@ -1553,9 +1595,96 @@ struct Service {
     training: Option<(Instant, u64, Instant)>,
     bar: ProgressBar,
     eval_env: Box<dyn Env>,
+    /// `out/metrics.csv`.
+    metrics: csv::Writer<fs::File>,
+    /// Transitions inserted before this learner started (a resumed run's).
+    inserted_base: u64,
+    /// Episodes go to `metrics.csv` (until the final checkpoint: what arrives
+    /// after it is counted, not trained on, and a resumed run's clock starts
+    /// from the checkpoint).
+    recording: bool,
+}
+
+/// One row of the learner's `metrics.csv`: a robot's finished episode or a
+/// periodic evaluation. The first three columns are the local run's, so
+/// [`crate::plot::draw_curve`] draws it.
+#[derive(Serialize)]
+struct FleetMetricsRow<'a> {
+    /// Transitions inserted into replay, over restarts: the fleet's env steps.
+    step: u64,
+    /// A robot's whole episode, as it acted (exploring).
+    episode_return: Option<f64>,
+    /// The learner's greedy evaluation.
+    eval_return: Option<f64>,
+    /// The robot whose episode it was.
+    robot: Option<&'a str>,
+    updates: u64,
+    policy_version: u64,
+    /// Seconds since this learner started.
+    elapsed_s: f64,
+}
+
+/// The learner's metrics file in `out`: appended to when resuming, else new.
+fn open_metrics(out: &Path, resuming: bool) -> Result<csv::Writer<fs::File>, LearnerError> {
+    let path = out.join(METRICS_FILE);
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .append(resuming)
+        .write(true)
+        .truncate(!resuming)
+        .open(&path)
+        .map_err(|e| io_err(&path, e))?;
+    let header = file.metadata().map_err(|e| io_err(&path, e))?.len() == 0;
+    Ok(csv::WriterBuilder::new()
+        .has_headers(header)
+        .from_writer(file))
 }
 
 impl Service {
+    /// Adds a row to `metrics.csv` (a failure is logged: metrics never stop
+    /// training).
+    fn metrics_row(&mut self, episode: Option<&FinishedEpisode>, eval_return: Option<f64>) {
+        let row = FleetMetricsRow {
+            step: self.inserted_base + episode.map_or(self.ingest.inserted(), |e| e.inserted),
+            episode_return: episode.map(|e| e.episode_return),
+            eval_return,
+            robot: episode.map(|e| e.robot.as_str()),
+            updates: self.updates,
+            policy_version: self.report.policy_version,
+            elapsed_s: self.started.elapsed().as_secs_f64(),
+        };
+        if let Err(e) = self.metrics.serialize(row) {
+            self.log(&format!("warning: {METRICS_FILE}: {e}"));
+        }
+    }
+
+    /// Writes the robots' newly finished episodes to `metrics.csv`.
+    fn record_episodes(&mut self) {
+        for episode in self.ingest.take_finished() {
+            if self.recording {
+                self.metrics_row(Some(&episode), None);
+            }
+        }
+    }
+
+    /// Flushes `metrics.csv` and draws it as `curve.png`.
+    fn draw_curve(&mut self) {
+        if let Err(e) = self.metrics.flush() {
+            self.log(&format!("warning: {METRICS_FILE}: {e}"));
+            return;
+        }
+        let title = format!(
+            "{} {}, fleet {:?} (robots exploring; greedy evaluations)",
+            self.opts.run.env, self.opts.run.algo, self.opts.fleet
+        );
+        let out = &self.opts.out;
+        if let Err(e) =
+            crate::plot::draw_curve(&out.join(METRICS_FILE), &out.join(CURVE_FILE), &title)
+        {
+            self.log(&format!("warning: {CURVE_FILE}: {e}"));
+        }
+    }
+
     fn log(&self, line: &str) {
         if self.opts.quiet || self.bar.is_hidden() {
             eprintln!("learner: {line}");
@@ -1570,6 +1699,7 @@ impl Service {
         let (id, fresh, batch) = match msg {
             Incoming::Batch(id, batch) => {
                 let fresh = self.learner.ingest(&mut self.ingest, &id, &batch)?;
+                self.record_episodes();
                 let now = Instant::now();
                 match &mut self.receiving {
                     Some((_, _, last)) => *last = now,
@@ -1626,6 +1756,9 @@ impl Service {
 
     fn write_report(&mut self) -> Result<(), LearnerError> {
         self.refresh_report();
+        if let Err(e) = self.metrics.flush() {
+            self.log(&format!("warning: {METRICS_FILE}: {e}"));
+        }
         let json = serde_json::to_string_pretty(&self.report)
             .map_err(|e| LearnerError::Config(e.to_string()))?;
         write_text(&self.opts.out.join(LEARNER_FILE), &json)
@@ -1658,6 +1791,7 @@ impl Service {
             }
         }
         self.report.eval_mean_return = Some(mean);
+        self.metrics_row(None, Some(mean));
         Ok(mean)
     }
 
@@ -1784,11 +1918,15 @@ pub fn serve(opts: ServeOptions, shutdown: Arc<AtomicBool>) -> Result<LearnerRep
         training: None,
         bar,
         eval_env: reflex_sim::make(&run.env).map_err(TrainError::from)?,
+        metrics: open_metrics(&out, latest.is_some())?,
+        inserted_base: 0,
+        recording: true,
         learner,
     };
     svc.report.fleet = svc.opts.fleet.clone();
     // Inserted transitions are the replay's clock; a resumed learner continues it.
     let inserted_base = svc.learner.agent().steps_done();
+    svc.inserted_base = inserted_base;
 
     // The initial policy, before anyone connects, so daemons can start from it.
     let first = svc.next_policy()?;
@@ -1931,6 +2069,7 @@ pub fn serve(opts: ServeOptions, shutdown: Arc<AtomicBool>) -> Result<LearnerRep
     let steps = inserted(&svc, inserted_base);
     svc.learner.agent_mut().set_steps_done(steps);
     checkpoint::save(&out, svc.learner.agent_mut())?;
+    svc.recording = false;
     svc.report.done = true;
     svc.report.stop_reason = stop_reason.clone();
     svc.write_report()?;
@@ -1965,6 +2104,7 @@ pub fn serve(opts: ServeOptions, shutdown: Arc<AtomicBool>) -> Result<LearnerRep
     }
     svc.report.decode_errors = network.decode_errors();
     svc.write_report()?;
+    svc.draw_curve();
     svc.bar.finish_and_clear();
     network.close();
     Ok(svc.report.clone())
@@ -2211,6 +2351,17 @@ mod tests {
         let d = &ingest.reports()[3];
         assert_eq!((d.missing_steps, d.missing_batches), (0, 0), "{d:?}");
         assert_eq!((d.episodes, d.recent_return), (1, None), "{d:?}");
+        // The whole episodes for metrics.csv: robot a's first (ended when two
+        // steps had been taken in all), not the one with a hole, not d's part.
+        assert_eq!(
+            ingest.take_finished(),
+            vec![FinishedEpisode {
+                robot: "a".into(),
+                episode_return: 2.0,
+                inserted: 2,
+            }]
+        );
+        assert!(ingest.take_finished().is_empty(), "drained");
         assert!(
             Ingest::new(2, ActionShape::Discrete { n: 2 }, 0, 0.99).is_err(),
             "n = 0 is refused up front"

@@ -105,6 +105,28 @@ fn fleet_in(out: &std::path::Path, args: &[&str]) -> serde_json::Value {
         serde_json::from_str(&std::fs::read_to_string(out.join("learner.json")).unwrap()).unwrap();
     summary["learner_inserted"] = learner["transitions_inserted"].clone();
     summary["learner_invalid"] = learner["invalid_transitions"].clone();
+    // The learning curve: the robots' episodes and the learner's evaluations, by
+    // transitions inserted (which only grows), drawn as curve.png.
+    let metrics = std::fs::read_to_string(out.join("metrics.csv")).unwrap();
+    let mut lines = metrics.lines();
+    assert_eq!(
+        lines.next(),
+        Some("step,episode_return,eval_return,robot,updates,policy_version,elapsed_s")
+    );
+    let (mut episodes, mut evals, mut last) = (0u64, 0u64, 0u64);
+    for line in lines {
+        let cols: Vec<&str> = line.split(',').collect();
+        let step: u64 = cols[0].parse().unwrap();
+        assert!(step >= last, "steps go back: {line}");
+        last = step;
+        episodes += u64::from(!cols[1].is_empty() && !cols[3].is_empty());
+        evals += u64::from(!cols[2].is_empty());
+    }
+    assert!(episodes > 0, "{metrics}");
+    summary["metrics_episodes"] = episodes.into();
+    summary["metrics_evals"] = evals.into();
+    let curve = std::fs::metadata(out.join("curve.png")).expect("curve.png");
+    assert!(curve.len() > 10_000, "{curve:?}");
     summary
 }
 
@@ -135,6 +157,8 @@ fn fleet_of_two_learns_cartpole_over_zenoh() {
     );
     assert_eq!(summary["spec_algorithm"], "dqn");
     assert_eq!(summary["spec_continuous"], false);
+    // The evaluation that decided "solved" is on the curve.
+    assert!(summary["metrics_evals"].as_u64().unwrap() >= 1, "{summary}");
 }
 
 #[test]
@@ -201,6 +225,11 @@ fn a_resumed_fleet_continues_from_the_last_checkpoint() {
         "{first}\n{second}"
     );
     assert!(second["policy_version"].as_u64() > first["policy_version"].as_u64());
+    // The resumed learner added to the run's metrics.
+    assert!(
+        second["metrics_episodes"].as_u64() > first["metrics_episodes"].as_u64(),
+        "{first}\n{second}"
+    );
     let log = std::fs::read_to_string(out.join("logs/learner.log")).unwrap();
     assert!(log.contains("resuming from"), "{log}");
     std::fs::remove_dir_all(&out).ok();
