@@ -729,7 +729,16 @@ fn run(
     }
 
     let bar = steps_bar(quiet, config.steps, agent.steps_done())?;
-    let mut observer = run_observer(config, out, quiet, resume, env.as_ref(), bar.clone(), None)?;
+    let resume_from = resume.then(|| agent.steps_done());
+    let mut observer = run_observer(
+        config,
+        out,
+        quiet,
+        resume_from,
+        env.as_ref(),
+        bar.clone(),
+        None,
+    )?;
     if quiet {
         eprintln!(
             "training {} on {} for {} steps (seed {})",
@@ -801,14 +810,15 @@ fn steps_bar(quiet: bool, steps: u64, done: u64) -> anyhow::Result<ProgressBar> 
 }
 
 /// The observer of a run writing into `out`: metrics.csv (appended to when
-/// resuming), periodic evaluations and checkpoints, the best policy so far.
+/// resuming from step `resume_from`, past which its rows go), periodic
+/// evaluations and checkpoints, the best policy so far.
 /// `label` names a population's member in its log lines; a member leaves the
 /// progress bar to the population.
 fn run_observer(
     config: &RunConfig,
     out: &Path,
     quiet: bool,
-    resume: bool,
+    resume_from: Option<u64>,
     env: &dyn Env,
     bar: ProgressBar,
     label: Option<String>,
@@ -816,6 +826,15 @@ fn run_observer(
     // Evaluation episodes use seeds far from the training ones.
     let eval_seed = reflex_trainer::eval::eval_seed(config.seed);
     let metrics_path = out.join("metrics.csv");
+    if let Some(step) = resume_from {
+        let dropped = reflex_trainer::plot::rewind_metrics(&metrics_path, step)?;
+        if dropped > 0 {
+            eprintln!(
+                "{}: dropped {dropped} rows past step {step}, the checkpoint's (they are played again)",
+                metrics_path.display()
+            );
+        }
+    }
     let metrics_file = fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -842,7 +861,7 @@ fn run_observer(
         best: fs::read(out.join(BEST_DIR).join("selected.json"))
             .ok()
             .and_then(|bytes| serde_json::from_slice::<BestSelected>(&bytes).ok())
-            .filter(|_| resume && out.join(BEST_DIR).join(POLICY_FILE).exists())
+            .filter(|_| resume_from.is_some() && out.join(BEST_DIR).join(POLICY_FILE).exists())
             .map(|b| (b.step, b.periodic_mean)),
     })
 }

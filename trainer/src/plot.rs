@@ -54,6 +54,33 @@ fn read_metrics(metrics_csv: &Path) -> Result<(Points, Points), TrainError> {
     Ok((episodes, evals))
 }
 
+/// Drops the rows of a metrics file (the run's or the fleet learner's: step
+/// first) past `step`, the step a run resumes from: after a crash, the rows
+/// written since the last checkpoint are played again, and would otherwise be
+/// there twice. Returns how many rows went; a missing file is no error.
+pub fn rewind_metrics(metrics_csv: &Path, step: u64) -> Result<usize, TrainError> {
+    if !metrics_csv.exists() {
+        return Ok(0);
+    }
+    let mut reader = csv::Reader::from_path(metrics_csv).map_err(plot_error)?;
+    let header = reader.headers().map_err(plot_error)?.clone();
+    let mut kept = csv::Writer::from_writer(Vec::new());
+    kept.write_record(&header).map_err(plot_error)?;
+    let mut dropped = 0;
+    for record in reader.records() {
+        let record = record.map_err(plot_error)?;
+        match record.get(0).and_then(|v| v.parse::<u64>().ok()) {
+            Some(s) if s > step => dropped += 1,
+            _ => kept.write_record(&record).map_err(plot_error)?,
+        }
+    }
+    if dropped > 0 {
+        let bytes = kept.into_inner().map_err(plot_error)?;
+        crate::export::write_atomic(metrics_csv, &bytes)?;
+    }
+    Ok(dropped)
+}
+
 /// The mean of the last [`WINDOW`] episode returns at each episode's end.
 fn moving_average(episodes: &[(u64, f64)]) -> Points {
     episodes
@@ -207,4 +234,34 @@ pub fn draw_population(
             .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLACK.stroke_width(3)));
         Ok(())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rewinding_metrics_drops_the_rows_past_the_checkpoint() {
+        let dir = std::env::temp_dir().join(format!("reflex-rewind-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("metrics.csv");
+        assert_eq!(rewind_metrics(&path, 5).unwrap(), 0, "no file yet");
+        let text = "step,episode_return,eval_return,robot\n\
+                    10,1.5,,r0\n20,,9.0,\n30,2.5,,\"r,1\"\n40,3.0,,r0\n";
+        std::fs::write(&path, text).unwrap();
+        assert_eq!(rewind_metrics(&path, 20).unwrap(), 2);
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            "step,episode_return,eval_return,robot\n10,1.5,,r0\n20,,9.0,\n"
+        );
+        assert_eq!(
+            rewind_metrics(&path, 20).unwrap(),
+            0,
+            "nothing more to drop"
+        );
+        // What is left still draws.
+        let (episodes, evals) = read_metrics(&path).unwrap();
+        assert_eq!((episodes, evals), (vec![(10, 1.5)], vec![(20, 9.0)]));
+        std::fs::remove_dir_all(&dir).ok();
+    }
 }

@@ -217,6 +217,7 @@ fn train_members(
         );
     }
     let bar = steps_bar(quiet, config.steps, population.steps_done())?;
+    let resume_from = resume.then(|| population.steps_done());
     let mut observers = configs
         .iter()
         .zip(dirs)
@@ -227,7 +228,7 @@ fn train_members(
                 c,
                 dir,
                 quiet,
-                resume,
+                resume_from,
                 envs[0].as_ref(),
                 bar.clone(),
                 Some(label),
