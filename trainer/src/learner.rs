@@ -229,7 +229,8 @@ impl SeqTracker {
                 BatchVerdict::Restarted
             }
         };
-        self.next = Some(seq + 1);
+        // Robot-provided numbers: saturate rather than overflow.
+        self.next = Some(seq.saturating_add(1));
         if self.recent.len() == RECENT_BATCHES {
             self.recent.pop_front();
         }
@@ -299,6 +300,9 @@ impl EpisodeTracker {
         let verdict = match self.current {
             None if step == 0 => StepVerdict::Continues,
             None => StepVerdict::Joined,
+            // A robot that does not number its episodes: step 0 after a done
+            // under the same id is the next episode.
+            Some((ep, _, true)) if ep == episode_id && step == 0 => StepVerdict::Continues,
             Some((ep, next, ended)) if ep == episode_id => {
                 if step < next || ended {
                     return StepVerdict::Stale;
@@ -344,6 +348,13 @@ pub struct RobotReport {
     pub missing_batches: u64,
     /// Steps missing inside episodes (lost transitions).
     pub missing_steps: u64,
+    /// Steps already seen (or of an episode already ended) that came again:
+    /// skipped.
+    pub stale_transitions: u64,
+    /// Episodes that ended without a done flag (the next one began first).
+    pub episodes_cut: u64,
+    /// Transitions refused (wrong shape, bad action, non-finite values).
+    pub invalid_transitions: u64,
     /// Daemon restarts seen (batch numbering started over).
     pub restarts: u64,
     /// Episodes received to their end.
@@ -927,8 +938,12 @@ impl Ingest {
                     ..EpisodeTracker::default()
                 };
                 store.close(robot);
+                // The new daemon life starts its own episode (or joins one).
+                robot.episode_return = 0.0;
             }
-            BatchVerdict::Fresh { missing } => robot.missing_batches += missing,
+            BatchVerdict::Fresh { missing } => {
+                robot.missing_batches = robot.missing_batches.saturating_add(missing)
+            }
         }
         robot.batches += 1;
         let robot_before = robot.inserted;
@@ -957,7 +972,7 @@ impl Ingest {
                             }
                         );
                     }
-                    robot.missing_steps += missing;
+                    robot.missing_steps = robot.missing_steps.saturating_add(missing);
                     store.close(robot);
                     robot.episode_return = f64::NAN;
                 }
@@ -1039,8 +1054,8 @@ impl Ingest {
         if let Some(prev) = &robot.last_status {
             if status.heartbeat_seq < prev.heartbeat_seq {
                 // The daemon restarted: its totals start over.
-                robot.status_base.0 += prev.transitions_sent;
-                robot.status_base.1 += prev.transitions_dropped;
+                robot.status_base.0 = robot.status_base.0.saturating_add(prev.transitions_sent);
+                robot.status_base.1 = robot.status_base.1.saturating_add(prev.transitions_dropped);
             }
         }
         robot.last_status = Some(status);
@@ -1066,13 +1081,25 @@ impl Ingest {
             t.received += robot.received;
             t.inserted += robot.inserted;
             t.duplicate_batches += robot.duplicate_batches;
-            t.missing_batches += robot.missing_batches;
+            t.missing_batches = t.missing_batches.saturating_add(robot.missing_batches);
             t.missing_steps += robot.missing_steps;
             t.invalid += robot.invalid;
             t.restarts += robot.restarts;
-            t.status_sent += robot.status_base.0 + status.map_or(0, |s| s.transitions_sent);
-            t.status_dropped += robot.status_base.1 + status.map_or(0, |s| s.transitions_dropped);
-            t.status_spooled += status.map_or(0, |s| s.transitions_spooled);
+            // Heartbeat counters are the robots' word: saturate, never overflow.
+            let sum = |a: u64, b: u64, c: u64| a.saturating_add(b).saturating_add(c);
+            t.status_sent = sum(
+                t.status_sent,
+                robot.status_base.0,
+                status.map_or(0, |s| s.transitions_sent),
+            );
+            t.status_dropped = sum(
+                t.status_dropped,
+                robot.status_base.1,
+                status.map_or(0, |s| s.transitions_dropped),
+            );
+            t.status_spooled = t
+                .status_spooled
+                .saturating_add(status.map_or(0, |s| s.transitions_spooled));
         }
         t
     }
@@ -1091,15 +1118,23 @@ impl Ingest {
                     duplicate_batches: robot.duplicate_batches,
                     missing_batches: robot.missing_batches,
                     missing_steps: robot.missing_steps,
+                    stale_transitions: robot.stale_transitions,
+                    episodes_cut: robot.episodes_cut,
+                    invalid_transitions: robot.invalid,
                     restarts: robot.restarts,
                     episodes: robot.episodes.completed,
                     recent_return: (!robot.recent_returns.is_empty()).then(|| {
                         robot.recent_returns.iter().sum::<f64>() / robot.recent_returns.len() as f64
                     }),
-                    status_sent: robot.status_base.0 + status.map_or(0, |s| s.transitions_sent),
+                    status_sent: robot
+                        .status_base
+                        .0
+                        .saturating_add(status.map_or(0, |s| s.transitions_sent)),
                     status_spooled: status.map_or(0, |s| s.transitions_spooled),
-                    status_dropped: robot.status_base.1
-                        + status.map_or(0, |s| s.transitions_dropped),
+                    status_dropped: robot
+                        .status_base
+                        .1
+                        .saturating_add(status.map_or(0, |s| s.transitions_dropped)),
                     status_policy_version: status.map_or(0, |s| s.policy_version),
                 }
             })
@@ -1624,9 +1659,23 @@ struct FleetMetricsRow<'a> {
     elapsed_s: f64,
 }
 
-/// The learner's metrics file in `out`: appended to when resuming, else new.
-fn open_metrics(out: &Path, resuming: bool) -> Result<csv::Writer<fs::File>, LearnerError> {
+/// The learner's metrics file in `out`: appended to when resuming from
+/// `resume_from` transitions (its rows past them go), else new.
+fn open_metrics(
+    out: &Path,
+    resume_from: Option<u64>,
+) -> Result<csv::Writer<fs::File>, LearnerError> {
     let path = out.join(METRICS_FILE);
+    let resuming = resume_from.is_some();
+    if let Some(step) = resume_from {
+        let dropped = crate::plot::rewind_metrics(&path, step)?;
+        if dropped > 0 {
+            eprintln!(
+                "learner: {}: dropped {dropped} rows past the checkpoint's {step} transitions",
+                path.display()
+            );
+        }
+    }
     let file = fs::OpenOptions::new()
         .create(true)
         .append(resuming)
@@ -1918,7 +1967,7 @@ pub fn serve(opts: ServeOptions, shutdown: Arc<AtomicBool>) -> Result<LearnerRep
         training: None,
         bar,
         eval_env: reflex_sim::make(&run.env).map_err(TrainError::from)?,
-        metrics: open_metrics(&out, latest.is_some())?,
+        metrics: open_metrics(&out, latest.is_some().then(|| learner.agent().steps_done()))?,
         inserted_base: 0,
         recording: true,
         learner,
@@ -2233,6 +2282,16 @@ mod tests {
         // A first batch that is not 0 (the learner started late) is not a gap.
         let mut late = SeqTracker::default();
         assert_eq!(late.check(7, 1), BatchVerdict::Fresh { missing: 0 });
+        // Absurd numbers from a robot saturate instead of overflowing.
+        let mut huge = SeqTracker::default();
+        assert_eq!(huge.check(0, 1), BatchVerdict::Fresh { missing: 0 });
+        assert_eq!(
+            huge.check(u64::MAX, 2),
+            BatchVerdict::Fresh {
+                missing: u64::MAX - 1
+            }
+        );
+        assert_eq!(huge.check(u64::MAX, 3), BatchVerdict::Fresh { missing: 0 });
     }
 
     #[test]
@@ -2249,6 +2308,15 @@ mod tests {
         assert_eq!(e.check(2, 0, false), StepVerdict::EpisodeCut);
         assert_eq!(e.check(2, 1, true), StepVerdict::Continues);
         assert_eq!(e.check(3, 2, false), StepVerdict::Gap { missing: 2 });
+        // A robot that reuses the episode id: step 0 after its done is the next
+        // episode; anything else of the ended episode is stale.
+        let mut same = EpisodeTracker::default();
+        assert_eq!(same.check(0, 0, false), StepVerdict::Continues);
+        assert_eq!(same.check(0, 1, true), StepVerdict::Continues);
+        assert_eq!(same.check(0, 1, false), StepVerdict::Stale);
+        assert_eq!(same.check(0, 0, false), StepVerdict::Continues);
+        assert_eq!(same.check(0, 1, true), StepVerdict::Continues);
+        assert_eq!(same.completed, 2);
         // Joining mid-episode is no gap: those steps were never this learner's.
         let mut late = EpisodeTracker::default();
         assert_eq!(late.check(9, 3, false), StepVerdict::Joined);
@@ -2362,6 +2430,14 @@ mod tests {
             }]
         );
         assert!(ingest.take_finished().is_empty(), "drained");
+        // Heartbeat counters are the robots' word: absurd ones saturate.
+        assert!(ingest.status("e", status(5, u64::MAX)).unwrap());
+        assert!(
+            !ingest.status("e", status(1, u64::MAX)).unwrap(),
+            "a restart"
+        );
+        assert_eq!(ingest.totals().status_sent, u64::MAX);
+        assert_eq!(ingest.reports()[4].status_sent, u64::MAX);
         assert!(
             Ingest::new(2, ActionShape::Discrete { n: 2 }, 0, 0.99).is_err(),
             "n = 0 is refused up front"
