@@ -53,8 +53,8 @@ pub struct Config {
     /// The fleet this robot belongs to (a single key chunk); policies are published
     /// per fleet.
     pub fleet: String,
-    /// Control-loop rate in Hz: one tick every `1 / rate_hz` seconds on absolute
-    /// deadlines.
+    /// Control-loop rate in Hz, 0.01 to 1e6: one tick every `1 / rate_hz`
+    /// seconds on absolute deadlines.
     pub rate_hz: f64,
     /// Busy-wait (yielding) for the last `spin_us` microseconds before each deadline
     /// instead of sleeping, trading CPU for lower jitter; 0 = always sleep.
@@ -414,8 +414,13 @@ impl Config {
         };
         name("robot_id", &self.robot_id)?;
         name("fleet", &self.fleet)?;
-        if !(self.rate_hz.is_finite() && self.rate_hz > 0.0 && self.rate_hz <= 1e6) {
-            return Err(format!("rate_hz = {}: must be in (0, 1e6]", self.rate_hz));
+        // A tick per 100 s at the slowest (a period the clock can hold), a
+        // million per second at the fastest.
+        if !(self.rate_hz.is_finite() && (0.01..=1e6).contains(&self.rate_hz)) {
+            return Err(format!(
+                "rate_hz = {}: must be in [0.01, 1e6]",
+                self.rate_hz
+            ));
         }
         if self.status_interval_ms == 0 {
             return Err("status_interval_ms = 0: must be at least 1".into());
@@ -479,7 +484,7 @@ pub const DEFAULT_CONFIG_TOML: &str = r#"# reflexd configuration (robot.toml). E
 robot_id = "robot-1"
 # The fleet this robot belongs to (one key chunk); policies are published per fleet.
 fleet = "default"
-# Control-loop rate in Hz (ticks on absolute deadlines: no drift).
+# Control-loop rate in Hz, 0.01 to 1e6 (ticks on absolute deadlines: no drift).
 rate_hz = 50.0
 # Busy-wait (yielding) for the last spin_us microseconds before each deadline instead
 # of sleeping: lower jitter for more CPU. 0 = always sleep.
@@ -706,6 +711,7 @@ mod tests {
     fn invalid_values_are_refused() {
         for (text, needle) in [
             ("rate_hz = 0.0", "rate_hz"),
+            ("rate_hz = 1e-20", "rate_hz"),
             ("robot_id = \"a/b\"", "robot_id"),
             ("[policy]\npublic_key = \"abcd\"", "public_key"),
             ("[mode]\nepsilon = 1.5", "epsilon"),

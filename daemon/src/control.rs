@@ -36,7 +36,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use hdrhistogram::Histogram;
 use reflex_msgs::{Action, ActionCommand, Observation, Status, Transition};
 
-use crate::actor::{Actor, Loader};
+use crate::actor::{Actor, ActorOutput, Loader};
 use crate::config::Config;
 use crate::explore::Explorer;
 use crate::safety::{EStop, Safety, SafetyCounters, SafetyError, Watchdog};
@@ -108,10 +108,11 @@ pub struct LoopStats {
     pub policy_errors: u64,
     /// Observations never acted on because a newer one came in the same tick.
     pub skipped_observations: u64,
-    /// Observations of the wrong dimension (→ safe action, no transition).
+    /// Observations of the wrong dimension or with NaN or infinite values (→ safe
+    /// action, no transition).
     pub bad_observations: u64,
     /// Pending steps discarded (skipped observations, episode change without done,
-    /// safe action in between).
+    /// safe action in between, an unusable next observation).
     pub discarded_steps: u64,
     /// The safety layer's totals.
     pub safety: SafetyCounters,
@@ -190,10 +191,12 @@ impl ControlLoop {
         }
         let n = inbox.len();
         let mut newest = None;
+        let mut fresh = 0;
         for (i, obs) in inbox.drain(..).enumerate() {
             if self.last_seq == Some(obs.seq) {
                 continue; // a repeat of what we already saw
             }
+            fresh += 1;
             self.last_seq = Some(obs.seq);
             self.close_pending(&obs);
             if obs.done() {
@@ -207,7 +210,9 @@ impl ControlLoop {
             }
         }
         self.inbox = inbox;
-        if n > 0 {
+        // Only a new observation shows the sensors are alive: a bridge that
+        // keeps republishing a frozen one must not keep the watchdog quiet.
+        if fresh > 0 {
             self.watchdog.feed(now);
         }
         match newest {
@@ -246,12 +251,22 @@ impl ControlLoop {
         }
     }
 
+    /// Whether `values` can be acted on and recorded: the policy's length, and
+    /// finite (a NaN or infinite sensor reading gets the safe action, no
+    /// transition).
+    fn usable(&self, values: &[f32]) -> bool {
+        values.len() == self.obs_dim && values.iter().all(|v| v.is_finite())
+    }
+
     /// Closes the pending step with `obs`, the observation after it.
     fn close_pending(&mut self, obs: &Observation) {
         let Some(p) = self.pending.take() else {
             return;
         };
-        if obs.episode_id != p.episode_id || obs.step != p.step.wrapping_add(1) {
+        if obs.episode_id != p.episode_id
+            || obs.step != p.step.wrapping_add(1)
+            || !self.usable(&obs.values)
+        {
             self.stats.discarded_steps += 1;
             return;
         }
@@ -284,12 +299,16 @@ impl ControlLoop {
             .recurrent_state()
             .map_or((Vec::new(), Vec::new()), |(h, c)| (h.to_vec(), c.to_vec()));
         let version = self.actor.version();
-        let usable = obs.values.len() == self.obs_dim;
+        let usable = self.usable(&obs.values);
         let (action, verdict) = if !usable {
             self.stats.bad_observations += 1;
             self.safety.fallback(false, estop)
         } else {
             match self.actor.step(&obs.values) {
+                // NaN Q-values still have an argmax; it means nothing.
+                Ok(ActorOutput::Discrete { q, .. }) if q.iter().any(|v| !v.is_finite()) => {
+                    self.safety.non_finite(false, estop)
+                }
                 Ok(out) => {
                     let proposed = self.explorer.propose(out, self.safety.space());
                     self.safety.filter(proposed, false, estop)

@@ -264,7 +264,14 @@ impl Safety {
     /// The action to send when the policy produced nothing (it failed, or the
     /// observation was unusable): the safe action, counted as an invalid proposal.
     pub fn fallback(&mut self, watchdog_tripped: bool, estop: bool) -> (Action, Verdict) {
-        self.filter_inner(None, watchdog_tripped, estop)
+        self.filter_inner(Proposal::Nothing, watchdog_tripped, estop)
+    }
+
+    /// The action to send when a discrete policy's Q-values were NaN or
+    /// infinite (their argmax means nothing): the safe action, counted as a
+    /// non-finite proposal.
+    pub fn non_finite(&mut self, watchdog_tripped: bool, estop: bool) -> (Action, Verdict) {
+        self.filter_inner(Proposal::NonFinite, watchdog_tripped, estop)
     }
 
     /// Filters one proposed action into the action to send.
@@ -274,12 +281,12 @@ impl Safety {
         watchdog_tripped: bool,
         estop: bool,
     ) -> (Action, Verdict) {
-        self.filter_inner(Some(proposed), watchdog_tripped, estop)
+        self.filter_inner(Proposal::Action(proposed), watchdog_tripped, estop)
     }
 
     fn filter_inner(
         &mut self,
-        proposed: Option<Action>,
+        proposed: Proposal,
         watchdog_tripped: bool,
         estop: bool,
     ) -> (Action, Verdict) {
@@ -292,10 +299,16 @@ impl Safety {
             self.safe.clone()
         } else {
             match (&self.space, proposed) {
-                (ActionSpace::Discrete { n }, Some(Action::Discrete(index))) if index < *n => {
+                (_, Proposal::NonFinite) => {
+                    verdict.non_finite = true;
+                    self.safe.clone()
+                }
+                (ActionSpace::Discrete { n }, Proposal::Action(Action::Discrete(index)))
+                    if index < *n =>
+                {
                     Action::Discrete(index)
                 }
-                (ActionSpace::Box(bounds), Some(Action::Continuous(mut values)))
+                (ActionSpace::Box(bounds), Proposal::Action(Action::Continuous(mut values)))
                     if values.len() == bounds.dim() =>
                 {
                     if values.iter().any(|v| !v.is_finite()) {
@@ -341,6 +354,16 @@ impl Safety {
         c.estop += u64::from(verdict.estop);
         (out, verdict)
     }
+}
+
+/// What the policy proposed, as the safety layer sees it.
+enum Proposal {
+    /// An action.
+    Action(Action),
+    /// Nothing (it failed, or the observation was unusable).
+    Nothing,
+    /// Values that were NaN or infinite before they became an action.
+    NonFinite,
 }
 
 /// The sensor watchdog: tripped when no fresh observation arrived within a deadline.

@@ -6,11 +6,11 @@
 //!
 //! | stream | direction | congestion control | notes |
 //! |---|---|---|---|
-//! | observations | in | — | bounded FIFO ([`ZenohTransportOptions::observation_queue`]); undecodable messages counted |
+//! | observations | in | — | bounded ring, oldest dropped when full ([`ZenohTransportOptions::observation_queue`]); undecodable messages counted |
 //! | actions | out | `Block`, express | latency first: no batching; blocking only when the link itself is full |
 //! | transitions | out | `Block` | refused with [`TransportError::Disconnected`] while no subscriber matches, so the spool keeps them |
 //! | status | out | `Drop` | best effort heartbeats |
-//! | policies | in | — | small FIFO; undecodable messages counted |
+//! | policies | in | — | small ring, oldest dropped when full (the newest policy is the one that counts); undecodable messages counted |
 //!
 //! zenoh's `put` succeeds when nobody listens (the sample is just not routed). For
 //! transitions that would be silent loss, so [`ZenohTransitions`] asks the publisher's
@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use reflex_msgs::codec::WireMessage;
 use reflex_msgs::keys;
 use reflex_msgs::{ActionCommand, Observation, PolicyUpdate, Status, TransitionBatch};
-use zenoh::handlers::{FifoChannel, FifoChannelHandler};
+use zenoh::handlers::{RingChannel, RingChannelHandler};
 use zenoh::pubsub::{Publisher, Subscriber};
 use zenoh::qos::{CongestionControl, Priority};
 use zenoh::sample::Sample;
@@ -71,10 +71,11 @@ fn put<T: WireMessage>(
 /// Queue sizes of the zenoh transport.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ZenohTransportOptions {
-    /// Observations buffered between two ticks (zenoh's receive thread waits when
-    /// this is full, so it is generous).
+    /// Observations kept between two ticks (a full ring drops its oldest; the
+    /// loop acts on the newest anyway).
     pub observation_queue: usize,
-    /// Policy updates buffered between two polls.
+    /// Policy updates kept while one is being validated (a full ring drops its
+    /// oldest: only the newest policy matters).
     pub policy_queue: usize,
 }
 
@@ -119,23 +120,26 @@ pub fn transports(
     })
 }
 
-/// A subscriber on `key` that queues up to `capacity` samples for polling.
-fn fifo_subscriber(
+/// A subscriber on `key` that keeps up to `capacity` samples for polling.
+fn ring_subscriber(
     session: &zenoh::Session,
     key: &str,
     capacity: usize,
-) -> Result<Subscriber<FifoChannelHandler<Sample>>, TransportError> {
+) -> Result<Subscriber<RingChannelHandler<Sample>>, TransportError> {
     session
         .declare_subscriber(key.to_owned())
-        .with(FifoChannel::new(capacity.max(1)))
+        // A ring, not a FIFO: a full FIFO blocks zenoh's receive thread, and
+        // with it every other message on that link (observations stall behind
+        // policy updates waiting for validation). A full ring drops its oldest.
+        .with(RingChannel::new(capacity.max(1)))
         .wait()
         .map_err(|e| zerr(&format!("subscribing to {key}"), e))
 }
 
-/// A FIFO subscriber whose samples decode to `T`; a sample that does not decode is
+/// A ring subscriber whose samples decode to `T`; a sample that does not decode is
 /// dropped and counted (logged at `warn` for rare messages, `debug` for streams).
 struct Decoding<T> {
-    subscriber: Subscriber<FifoChannelHandler<Sample>>,
+    subscriber: Subscriber<RingChannelHandler<Sample>>,
     decode_errors: AtomicU64,
     what: &'static str,
     warn: bool,
@@ -151,7 +155,7 @@ impl<T: WireMessage> Decoding<T> {
         warn: bool,
     ) -> Result<Self, TransportError> {
         Ok(Self {
-            subscriber: fifo_subscriber(session, key, capacity)?,
+            subscriber: ring_subscriber(session, key, capacity)?,
             decode_errors: AtomicU64::new(0),
             what,
             warn,
@@ -196,7 +200,7 @@ pub struct ZenohObservations {
 }
 
 impl ZenohObservations {
-    /// Subscribes to `key` with a FIFO of `capacity` samples.
+    /// Subscribes to `key` with a ring of `capacity` samples.
     pub fn new(
         session: &zenoh::Session,
         key: &str,
@@ -312,7 +316,7 @@ pub struct ZenohPolicies {
 }
 
 impl ZenohPolicies {
-    /// Subscribes to `key` with a FIFO of `capacity` samples.
+    /// Subscribes to `key` with a ring of `capacity` samples.
     pub fn new(
         session: &zenoh::Session,
         key: &str,

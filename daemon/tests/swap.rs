@@ -199,13 +199,17 @@ struct Rig {
 
 impl Rig {
     fn start(config: Config) -> Self {
+        Self::start_with(config, common::cartpole_controller(1))
+    }
+
+    fn start_with(config: Config, policy: common::Linear) -> Self {
         let (obs, obs_rx) = inproc::observations();
         let (action_tx, actions) = inproc::actions();
         let (transition_tx, _transitions, _link) = inproc::transitions();
         let (policies, policy_rx) = inproc::policies();
         let daemon = Daemon::start(
             &config,
-            Box::new(common::cartpole_controller(1)),
+            Box::new(policy),
             common::loader(),
             Transports {
                 observations: Box::new(obs_rx),
@@ -406,4 +410,76 @@ fn watchdog_sends_the_safe_action_when_observations_stop() {
     assert_eq!(rig.act([0.0, 0.0, 0.1, 0.0]).action, Action::Discrete(1));
     let report = rig.daemon.stop();
     assert!(report.stats.safety.watchdog >= 1);
+}
+
+#[test]
+fn a_nan_or_infinite_observation_gets_the_safe_action_and_no_transition() {
+    let mut config = rig_config();
+    config.safety.safe_action_index = 0;
+    let mut rig = Rig::start(config);
+    assert_eq!(rig.act([0.0, 0.0, 0.1, 0.0]).action, Action::Discrete(1));
+    // A broken sensor: the robot gets the safe action, not one chosen from it.
+    for bad in [f32::NAN, f32::INFINITY] {
+        let c = rig.act([0.0, 0.0, bad, 0.0]);
+        assert_eq!((c.action, c.policy_version), (Action::Discrete(0), 0));
+    }
+    assert_eq!(rig.act([0.0, 0.0, 0.1, 0.0]).action, Action::Discrete(1));
+    assert_eq!(rig.act([0.0, 0.0, 0.1, 0.0]).action, Action::Discrete(1));
+    let report = rig.daemon.stop();
+    assert_eq!(report.stats.bad_observations, 2);
+    // The step before the bad reading has no usable next observation: dropped,
+    // counted. Only the last two good steps make a transition.
+    assert_eq!(report.stats.discarded_steps, 1);
+    assert_eq!(report.transitions.produced, 1);
+}
+
+#[test]
+fn a_frozen_observation_stream_trips_the_watchdog() {
+    let mut config = rig_config();
+    config.safety.watchdog_ms = 20;
+    config.safety.safe_action_index = 0;
+    let mut rig = Rig::start(config);
+    assert_eq!(rig.act([0.0, 0.0, 0.1, 0.0]).action, Action::Discrete(1));
+    // A bridge that keeps republishing the last observation (the same seq):
+    // nothing new is sensed, so the watchdog must trip all the same.
+    let frozen = Observation {
+        seq: rig.seq,
+        step: rig.seq as u32,
+        values: vec![0.0, 0.0, 0.1, 0.0],
+        ..Observation::default()
+    };
+    let start = Instant::now();
+    let tripped = loop {
+        rig.obs.send(frozen.clone()).unwrap();
+        std::thread::sleep(Duration::from_millis(2));
+        let safe = rig
+            .actions
+            .try_iter()
+            .any(|c| c.policy_version == 0 && c.action == Action::Discrete(0));
+        if safe && rig.daemon.status().watchdog_tripped {
+            break true;
+        }
+        if start.elapsed() > Duration::from_secs(5) {
+            break false;
+        }
+    };
+    assert!(tripped, "repeats of one observation kept the watchdog fed");
+    let report = rig.daemon.stop();
+    assert!(report.stats.safety.watchdog >= 1);
+}
+
+#[test]
+fn nan_q_values_get_the_safe_action_not_their_argmax() {
+    let mut config = rig_config();
+    config.safety.safe_action_index = 0;
+    let mut broken = common::cartpole_controller(1);
+    broken.nan = true;
+    let mut rig = Rig::start_with(config, broken);
+    for _ in 0..3 {
+        let c = rig.act([0.0, 0.0, 0.1, 0.0]);
+        assert_eq!((c.action, c.policy_version), (Action::Discrete(0), 0));
+    }
+    let report = rig.daemon.stop();
+    assert_eq!(report.stats.safety.non_finite, 3);
+    assert_eq!(report.stats.safety.invalid, 0);
 }

@@ -18,6 +18,10 @@ pub const POLICY_SIGNING_DOMAIN: &[u8; 16] = b"reflex/policy/v1";
 /// Length of [`PolicyUpdate::signing_message`]: domain, version, digest.
 pub const SIGNING_MESSAGE_LEN: usize = POLICY_SIGNING_DOMAIN.len() + 8 + SHA256_LEN;
 
+/// The largest discrete action count and LSTM width a [`PolicySpec`] may
+/// declare (65,536: far beyond any policy here, small enough to allocate).
+pub const MAX_POLICY_SIZE: u64 = 1 << 16;
+
 /// Why a [`PolicySpec`] or [`PolicyUpdate`] is not valid.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum PolicyError {
@@ -64,6 +68,17 @@ pub enum PolicyError {
         mean: f32,
         /// `obs_std[index]`.
         std: f32,
+    },
+    /// A size in the spec is beyond what any policy here needs (a runtime
+    /// would allocate by it before it could find out the graph is wrong).
+    #[error("policy spec: {what} = {value}, more than {max}")]
+    TooLarge {
+        /// The field.
+        what: &'static str,
+        /// Its value.
+        value: u64,
+        /// The largest accepted.
+        max: u64,
     },
     /// `source_checkpoint_sha256` is neither empty nor 64 lowercase hex digits.
     #[error("source_checkpoint_sha256 {0:?} is not 64 lowercase hex digits")]
@@ -166,6 +181,28 @@ impl PolicySpec {
         for (index, (&mean, &std)) in self.obs_mean.iter().zip(&self.obs_std).enumerate() {
             if !(mean.is_finite() && std.is_finite() && std > 0.0) {
                 return Err(PolicyError::NormalizationValue { index, mean, std });
+            }
+        }
+        let sizes = [
+            (
+                "recurrent_hidden_size",
+                u64::from(self.recurrent_hidden_size),
+            ),
+            (
+                "action_space.n",
+                match self.action_space {
+                    ActionSpace::Discrete { n } => u64::from(n),
+                    ActionSpace::Box(_) => 0,
+                },
+            ),
+        ];
+        for (what, value) in sizes {
+            if value > MAX_POLICY_SIZE {
+                return Err(PolicyError::TooLarge {
+                    what,
+                    value,
+                    max: MAX_POLICY_SIZE,
+                });
             }
         }
         let hash = &self.source_checkpoint_sha256;
@@ -358,6 +395,29 @@ mod tests {
             bad.validate(),
             Err(PolicyError::ActionSpace(SpaceError::NoActions))
         );
+
+        // Sizes a runtime allocates by are bounded.
+        let mut big = spec.clone();
+        big.recurrent_hidden_size = 1 << 16;
+        big.action_space = ActionSpace::Discrete { n: 1 << 16 };
+        assert_eq!(big.validate(), Ok(()));
+        big.recurrent_hidden_size = u32::MAX;
+        assert!(matches!(
+            big.validate(),
+            Err(PolicyError::TooLarge {
+                what: "recurrent_hidden_size",
+                ..
+            })
+        ));
+        big.recurrent_hidden_size = 64;
+        big.action_space = ActionSpace::Discrete { n: (1 << 16) + 1 };
+        assert!(matches!(
+            big.validate(),
+            Err(PolicyError::TooLarge {
+                what: "action_space.n",
+                ..
+            })
+        ));
 
         let mut bad = spec;
         bad.observation_space = BoxSpace::default();

@@ -232,7 +232,8 @@ pub fn valid_policy_spec() -> impl Strategy<Value = PolicySpec> {
                 (1u32..100).prop_map(|n| ActionSpace::Discrete { n }),
                 valid_box_space().prop_map(ActionSpace::Box),
             ],
-            any::<u32>(),
+            // Up to MAX_POLICY_SIZE, the largest valid LSTM width.
+            0u32..=(1 << 16),
         ),
         (
             Just(Vec::new()),
