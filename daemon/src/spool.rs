@@ -66,7 +66,8 @@ pub struct SpoolCounters {
     pub recovered: u64,
     /// Transitions delivered to the sink.
     pub sent: u64,
-    /// Transitions dropped because memory and disk were full (oldest first).
+    /// Transitions dropped because memory and disk were full (oldest first), or
+    /// because one alone was larger than the wire allows.
     pub dropped: u64,
     /// Corrupt or truncated records found on disk (not part of `recovered`).
     pub corrupt: u64,
@@ -164,10 +165,28 @@ impl Spool {
         self.counters.len = self.len();
     }
 
+    /// Removes the `n` oldest transitions: from the disk's head segment when
+    /// they came from there, else from memory.
+    fn remove_front(&mut self, from_disk: bool, n: usize) {
+        if from_disk {
+            if let Some(disk) = self.disk.as_mut() {
+                if let Err(e) = disk.consume(n) {
+                    tracing::warn!("spool: cannot remove a sent segment: {e}");
+                }
+            }
+        } else {
+            self.memory.drain(..n.min(self.memory.len()));
+        }
+    }
+
     /// Sends up to `max_batches` batches of at most `batch_size` transitions, oldest
     /// first (disk, then memory). A transition leaves the spool only once its batch was
     /// delivered; the first failure stops and is returned. `batch_seq` is advanced per
     /// batch delivered. Returns the number of transitions sent.
+    ///
+    /// A batch too large for the wire ([`TransportError::TooLarge`]) is tried again
+    /// at half the size; a single transition too large is dropped (counted, logged):
+    /// it could never leave, and would hold back everything after it.
     pub fn send(
         &mut self,
         sink: &mut dyn TransitionSink,
@@ -176,7 +195,7 @@ impl Spool {
         max_batches: usize,
         batch_seq: &mut u64,
     ) -> Result<u64, TransportError> {
-        let batch_size = batch_size.max(1);
+        let mut batch_size = batch_size.max(1);
         let mut sent = 0;
         for _ in 0..max_batches {
             if self.is_empty() {
@@ -211,19 +230,29 @@ impl Spool {
                 break;
             }
             let n = batch.transitions.len();
-            let result = sink.send(&batch);
-            if let Err(e) = result {
-                self.counters.len = self.len();
-                return Err(e);
-            }
-            if from_disk {
-                let disk = self.disk.as_mut().expect("batch came from disk");
-                if let Err(e) = disk.consume(n) {
-                    tracing::warn!("spool: cannot remove a sent segment: {e}");
+            match sink.send(&batch) {
+                Ok(()) => {}
+                Err(TransportError::TooLarge(why)) if n > 1 => {
+                    tracing::debug!("spool: a batch of {n} is too large ({why}); halving it");
+                    batch_size = n / 2;
+                    continue;
                 }
-            } else {
-                self.memory.drain(..n);
+                Err(TransportError::TooLarge(why)) => {
+                    tracing::warn!(
+                        "spool: dropping a transition too large for the wire ({why}): \
+                         it could never be sent"
+                    );
+                    self.remove_front(from_disk, 1);
+                    self.counters.dropped += 1;
+                    self.counters.len = self.len();
+                    continue;
+                }
+                Err(e) => {
+                    self.counters.len = self.len();
+                    return Err(e);
+                }
             }
+            self.remove_front(from_disk, n);
             *batch_seq += 1;
             sent += n as u64;
             self.counters.sent += n as u64;
@@ -426,12 +455,15 @@ impl Disk {
         n: usize,
         counters: &mut SpoolCounters,
     ) -> Result<impl Iterator<Item = &Transition>, SpoolError> {
-        if self.head.is_none() {
+        while self.head.is_none() {
             if self.segments.len() == 1 && self.writer.is_some() {
                 // Reading the segment being written: close it, new records go to a new one.
                 self.seal()?;
             }
-            let segment = self.segments.front().expect("records > 0 means a segment");
+            let Some(segment) = self.segments.front() else {
+                self.head = Some(VecDeque::new());
+                break;
+            };
             let (records, corrupt) = read_segment(&segment.path)?;
             // Corruption after writing (this run) loses those records: count them.
             let lost = segment.records.saturating_sub(records.len() as u64);
@@ -440,6 +472,14 @@ impl Disk {
                 counters.dropped += lost;
                 self.records -= lost;
                 self.segments[0].records -= lost;
+            }
+            if records.is_empty() {
+                // Nothing readable is left in it: remove it and read the next one
+                // (an empty head would stop the spool until the budget evicted it).
+                let segment = self.segments.pop_front().expect("the head segment");
+                self.bytes -= segment.bytes;
+                fs::remove_file(&segment.path).map_err(io_err(&segment.path))?;
+                continue;
             }
             self.head = Some(records.into());
         }

@@ -16,6 +16,10 @@ pub enum TransportError {
     /// The other end is gone or unreachable (for transitions: they are spooled).
     #[error("transport disconnected: {0}")]
     Disconnected(String),
+    /// The message is larger than the wire allows: it can never be sent as it
+    /// is (a transition batch is sent in smaller ones instead).
+    #[error("message too large for the wire: {0}")]
+    TooLarge(String),
     /// Anything else the transport reports.
     #[error("transport error: {0}")]
     Other(String),

@@ -147,9 +147,13 @@ pub fn cdr_encoding<T: WireMessage>() -> Encoding {
 
 /// Encodes a `msgs` value as a CDR payload (with its encapsulation header).
 pub fn encode_cdr<T: WireMessage>(msg: &T) -> Result<ZBytes, TransportError> {
-    codec::encode(msg)
-        .map(ZBytes::from)
-        .map_err(|e| TransportError::Other(format!("encoding {}: {e}", T::DDS_TYPE)))
+    codec::encode(msg).map(ZBytes::from).map_err(|e| {
+        let what = format!("encoding {}: {e}", T::DDS_TYPE);
+        match e {
+            reflex_msgs::WireError::TooLarge { .. } => TransportError::TooLarge(what),
+            _ => TransportError::Other(what),
+        }
+    })
 }
 
 /// Decodes a sample's payload as a `msgs` value (any zenoh error becomes a string; the

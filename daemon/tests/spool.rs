@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use reflex_daemon::config::{BatchingConfig, SpoolConfig};
 use reflex_daemon::spool::Spool;
-use reflex_daemon::transport::inproc;
+use reflex_daemon::transport::{inproc, TransportError};
 use reflex_daemon::uplink::Uplink;
 use reflex_msgs::{Transition, TransitionBatch};
 
@@ -315,4 +315,112 @@ fn disk_budget_drops_oldest_segment_counted() {
         "contiguous: whole oldest segments dropped"
     );
     assert_eq!(got.len() as u64 + c.dropped, 500);
+}
+
+/// A wire with a size limit: a batch over `max_batch` transitions, or with a
+/// transition carrying more than 100 values, is too large.
+struct Narrow {
+    max_batch: usize,
+    delivered: Vec<TransitionBatch>,
+}
+
+impl reflex_daemon::transport::TransitionSink for Narrow {
+    fn send(&mut self, batch: &TransitionBatch) -> Result<(), TransportError> {
+        let huge = batch.transitions.iter().any(|t| t.obs.len() > 100);
+        if batch.transitions.len() > self.max_batch || huge {
+            return Err(TransportError::TooLarge(format!(
+                "{} transitions",
+                batch.transitions.len()
+            )));
+        }
+        self.delivered.push(batch.clone());
+        Ok(())
+    }
+}
+
+#[test]
+fn batches_too_large_for_the_wire_are_split_and_a_transition_too_large_is_dropped() {
+    for dir in [None, Some(tempfile::tempdir().unwrap())] {
+        // Memory only, and disk (a one-transition memory: the rest spills).
+        let (config, memory) = match &dir {
+            None => (spool_config(None, 100), 100),
+            Some(d) => (spool_config(Some(d.path()), 1), 1),
+        };
+        let mut spool = Spool::open(&config).unwrap();
+        for i in 0..20 {
+            let mut transition = t(i);
+            if i == 7 {
+                transition.obs = vec![0.0; 1000]; // alone too large for this wire
+            }
+            spool.push(transition);
+        }
+        let mut sink = Narrow {
+            max_batch: 3,
+            delivered: Vec::new(),
+        };
+        let mut seq = 0;
+        let mut sent = 0;
+        for _ in 0..50 {
+            sent += spool
+                .send(&mut sink, "r", 16, usize::MAX, &mut seq)
+                .unwrap();
+            if spool.is_empty() {
+                break;
+            }
+        }
+        let expected: Vec<u64> = (0..20).filter(|&i| i != 7).collect();
+        assert_eq!(ids(&sink.delivered), expected, "memory {memory}");
+        assert!(sink.delivered.iter().all(|b| b.transitions.len() <= 3));
+        assert_eq!(sent, 19);
+        let c = spool.counters();
+        assert_eq!((c.sent, c.dropped, c.len), (19, 1, 0), "{c:?}");
+        assert!(c.balanced(), "{c:?}");
+        // Batch numbers count delivered batches only, without gaps.
+        let seqs: Vec<u64> = sink.delivered.iter().map(|b| b.batch_seq).collect();
+        assert_eq!(seqs, (0..seqs.len() as u64).collect::<Vec<_>>());
+    }
+}
+
+#[test]
+fn a_head_segment_emptied_behind_the_spools_back_does_not_stop_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut spool = Spool::open(&spool_config(Some(dir.path()), 1)).unwrap();
+    for i in 0..200 {
+        spool.push(t(i));
+    }
+    let mut segments: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "seg"))
+        .collect();
+    segments.sort();
+    assert!(segments.len() >= 3, "{segments:?}");
+    // Something outside reflexd empties the oldest segment.
+    OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(&segments[0])
+        .unwrap();
+    let mut sink = Narrow {
+        max_batch: 16,
+        delivered: Vec::new(),
+    };
+    let mut seq = 0;
+    for _ in 0..100 {
+        spool
+            .send(&mut sink, "r", 16, usize::MAX, &mut seq)
+            .unwrap();
+        if spool.is_empty() {
+            break;
+        }
+    }
+    let got = ids(&sink.delivered);
+    let c = spool.counters();
+    assert!(spool.is_empty(), "the spool stopped with {c:?}");
+    // The emptied segment's records are counted lost; everything after arrived
+    // in order.
+    assert_eq!(got.len() as u64 + c.dropped, 200, "{c:?}");
+    assert!(c.dropped > 0, "{c:?}");
+    assert_eq!(got, (c.dropped..200).collect::<Vec<_>>());
+    assert!(c.balanced(), "{c:?}");
 }
