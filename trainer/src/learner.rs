@@ -263,6 +263,8 @@ pub fn fingerprint(batch: &TransitionBatch) -> u64 {
 
 /// Gaps in a robot's episode stream logged (each one after is only counted).
 const GAPS_LOGGED: u64 = 5;
+/// Daemon restarts of a robot logged (each one after is only counted).
+const RESTARTS_LOGGED: u64 = 5;
 
 /// Where a transition falls in its robot's stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -933,6 +935,19 @@ impl Ingest {
             }
             BatchVerdict::Restarted => {
                 robot.restarts += 1;
+                if robot.restarts <= RESTARTS_LOGGED {
+                    tracing::warn!(
+                        "robot {id}: batch numbering started over at {} (its daemon \
+                         restarted){}",
+                        batch.batch_seq,
+                        if robot.restarts == RESTARTS_LOGGED {
+                            "; this often, two daemons may share the robot id; \
+                             further restarts are only counted"
+                        } else {
+                            ""
+                        }
+                    );
+                }
                 robot.episodes = EpisodeTracker {
                     completed: robot.episodes.completed,
                     ..EpisodeTracker::default()
