@@ -176,6 +176,19 @@ fn run(config: Config) -> anyhow::Result<()> {
             "transitions_corrupt": t.corrupt,
             "batches": t.batches,
             "steps_unsent": unsent,
+            "bad_observations": s.bad_observations,
+            "skipped_observations": s.skipped_observations,
+            "discarded_steps": s.discarded_steps,
+            "policy_errors": s.policy_errors,
+            "safety": {
+                "interventions": s.safety.interventions,
+                "non_finite": s.safety.non_finite,
+                "invalid": s.safety.invalid,
+                "clamped": s.safety.clamped,
+                "rate_limited": s.safety.rate_limited,
+                "watchdog": s.safety.watchdog,
+                "estop": s.safety.estop,
+            },
         })
     );
     match link {

@@ -251,6 +251,10 @@ connect = ["{sim_endpoint}", "{learner_endpoint}"]
     assert_eq!(spooled, 0, "a learner was there at shutdown: {report}");
     assert_eq!(received, sent, "everything sent arrived: {report}");
     assert_eq!(batches.len() as u64, u(&report, "batches"), "{report}");
+    // What went wrong on the robot side, in the same report: nothing here.
+    assert_eq!(u(&report, "bad_observations"), 0, "{report}");
+    assert_eq!(u(&report, "policy_errors"), 0, "{report}");
+    assert_eq!(u(&report["safety"], "non_finite"), 0, "{report}");
     assert_eq!(
         batches[0].batch_seq, 0,
         "the oldest spooled batch came first"
