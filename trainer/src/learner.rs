@@ -43,8 +43,9 @@
 //!   `out/policy.onnx` atomically, signed with the run's ed25519 key (`out/learner.key`,
 //!   public half in `out/learner.pub`, kept across restarts) and published reliably.
 //! - **Restarts.** Checkpoints (the trainer's format) every N updates and on a clean
-//!   stop; a learner started on a folder with a checkpoint resumes from it while the
-//!   robots keep acting and spooling.
+//!   stop (after the robots' open n-step windows and sequence segments are stored,
+//!   so it holds every step accepted); a learner started on a folder with a
+//!   checkpoint resumes from it while the robots keep acting and spooling.
 //! - **Done.** A periodic greedy evaluation of the acting network on the built-in env
 //!   decides "solved" (`--target-return`); the learner then publishes its final policy,
 //!   writes `out/learner.json` and stops, as it does at `--max-transitions` or on
@@ -898,6 +899,17 @@ impl Ingest {
         replay: &mut SequenceReplay,
         observed: impl FnMut(&[f32]),
     ) -> Result<bool, LearnerError> {
+        self.with_sequences(replay, |ingest, store| {
+            ingest.take(id, batch, store, observed)
+        })?
+    }
+
+    /// Runs `f` with this (recurrent) ingest's sequence store on `replay`.
+    fn with_sequences<R>(
+        &mut self,
+        replay: &mut SequenceReplay,
+        f: impl FnOnce(&mut Self, &mut dyn Store) -> R,
+    ) -> Result<R, LearnerError> {
         let Some((shape, prev)) = self.sequences.take() else {
             return Err(LearnerError::Config(
                 "this ingest path stores transitions, not sequences".into(),
@@ -909,9 +921,27 @@ impl Ingest {
             obs_dim: self.obs_dim,
             prev,
         };
-        let taken = self.take(id, batch, &mut store, observed);
+        let out = f(self, &mut store);
         self.sequences = Some((store.shape, store.prev));
-        taken
+        Ok(out)
+    }
+
+    /// Stores what every robot's open n-step window holds into `replay` (as
+    /// truncated), so a checkpoint made now holds every step accepted.
+    pub fn flush<S: TransitionSink + ?Sized>(&mut self, replay: &mut S) {
+        self.close_all(&mut Flat(replay));
+    }
+
+    /// [`flush`](Self::flush) for a recurrent learner: every robot's open
+    /// segment goes into the sequence `replay`.
+    pub fn flush_sequences(&mut self, replay: &mut SequenceReplay) -> Result<(), LearnerError> {
+        self.with_sequences(replay, |ingest, store| ingest.close_all(store))
+    }
+
+    fn close_all(&mut self, store: &mut dyn Store) {
+        for robot in self.robots.values_mut() {
+            store.close(robot);
+        }
     }
 
     /// The tracking and checks both stores share.
@@ -1573,6 +1603,25 @@ impl FleetLearner {
         }
     }
 
+    /// Stores what the robots' open windows and segments hold (see
+    /// [`Ingest::flush`]): before a final checkpoint.
+    pub fn flush(&mut self, ingest: &mut Ingest) -> Result<(), LearnerError> {
+        let replay = match self {
+            Self::Dqn(l) => &mut l.replay,
+            Self::Drqn(l) => &mut l.replay,
+            Self::ActorCritic(Ddpg { core, .. }) | Self::Naf(Naf { core, .. }) => &mut core.replay,
+            Self::RecurrentActorCritic(RecurrentDdpg { core, .. })
+            | Self::RecurrentNaf(RecurrentNaf { core, .. }) => &mut core.replay,
+        };
+        match replay {
+            Replay::Sequence(sequences) => ingest.flush_sequences(sequences),
+            flat => {
+                ingest.flush(flat);
+                Ok(())
+            }
+        }
+    }
+
     /// One gradient update (moving the targets where the algorithm does so in
     /// every update); `beta` is prioritized replay's importance exponent.
     pub fn update(&mut self, beta: f64) -> Result<(), LearnerError> {
@@ -2132,6 +2181,8 @@ pub fn serve(opts: ServeOptions, shutdown: Arc<AtomicBool>) -> Result<LearnerRep
     }
     let steps = inserted(&svc, inserted_base);
     svc.learner.agent_mut().set_steps_done(steps);
+    // Every accepted step into replay first, so the checkpoint holds them all.
+    svc.learner.flush(&mut svc.ingest)?;
     checkpoint::save(&out, svc.learner.agent_mut())?;
     svc.recording = false;
     svc.report.done = true;
@@ -2358,6 +2409,21 @@ mod tests {
             transitions,
             ..TransitionBatch::default()
         };
+        // n = 3: steps wait in the robot's window until its episode ends, or
+        // until a flush at a clean stop.
+        let mut windowed = Ingest::new(2, ActionShape::Discrete { n: 2 }, 3, 0.99).unwrap();
+        let mut stored = ReplayBuffer::new(100, 2, ActionShape::Discrete { n: 2 }).unwrap();
+        windowed
+            .batch(
+                "a",
+                &batch(0, vec![t(0, 0, false), t(0, 1, false)]),
+                &mut stored,
+            )
+            .unwrap();
+        assert_eq!(stored.len(), 0);
+        windowed.flush(&mut stored);
+        assert_eq!(stored.len(), 2);
+
         let mut ingest = Ingest::new(2, ActionShape::Discrete { n: 2 }, 1, 0.99).unwrap();
         let mut replay = ReplayBuffer::new(100, 2, ActionShape::Discrete { n: 2 }).unwrap();
         let mut take = |ingest: &mut Ingest, robot: &str, b: &TransitionBatch| {
@@ -2777,6 +2843,19 @@ mod tests {
         let expect: std::collections::BTreeSet<u32> =
             [0, 1, 2, 4, 100, 101, 103, 104, 105, 106].into();
         assert_eq!(seen, expect, "every stored step, each once in the replay");
+
+        // A clean stop: the open segment goes into replay too.
+        take(
+            &mut ingest,
+            &mut replay,
+            vec![t(2, 0, false), t(2, 1, false)],
+        );
+        assert_eq!((replay.len(), replay.starts()), (15, 10), "still open");
+        ingest.flush_sequences(&mut replay).unwrap();
+        assert_eq!((replay.len(), replay.starts()), (18, 12));
+        // The flat path refuses a sequence store, and the other way round.
+        let mut flat = Ingest::new(2, ActionShape::Discrete { n: 2 }, 3, 0.99).unwrap();
+        assert!(flat.flush_sequences(&mut replay).is_err());
     }
 
     #[test]
