@@ -85,8 +85,8 @@ enum Command {
         /// ~/observation and ~/action topics).
         #[arg(long, default_value = "zenoh", value_parser = ["zenoh", "ros2"])]
         transport: String,
-        /// ROS 2 domain id (default: ROS_DOMAIN_ID, else 0).
-        #[arg(long)]
+        /// ROS 2 domain id, 0 to 232 (default: ROS_DOMAIN_ID, else 0).
+        #[arg(long, value_parser = clap::value_parser!(u16).range(0..=232))]
         ros_domain: Option<u16>,
         /// ROS 2 namespace reflexd runs in.
         #[arg(long, default_value = "/")]
@@ -128,11 +128,17 @@ fn main() -> ExitCode {
             record,
         } => {
             let idle_timeout = match idle_timeout_s {
-                Some(t) if !(t.is_finite() && t > 0.0) => {
-                    eprintln!("error: --idle-timeout-s must be a positive number, got {t}");
-                    return ExitCode::from(2);
-                }
-                t => t.map(std::time::Duration::from_secs_f64),
+                Some(t) => match std::time::Duration::try_from_secs_f64(t) {
+                    Ok(d) if t > 0.0 && !d.is_zero() => Some(d),
+                    _ => {
+                        eprintln!(
+                            "error: --idle-timeout-s must be a positive number of seconds a \
+                             clock can hold, got {t}"
+                        );
+                        return ExitCode::from(2);
+                    }
+                },
+                None => None,
             };
             if connect.is_empty() && listen.is_empty() {
                 connect.push("tcp/127.0.0.1:7447".into());
@@ -240,7 +246,7 @@ fn run(name: &str, episodes: u32, seed: u64, trace: bool) -> anyhow::Result<()> 
     );
     let mut returns = Vec::new();
     for k in 0..episodes {
-        let obs = env.reset(Some(seed + u64::from(k))).to_vec();
+        let obs = env.reset(Some(seed.wrapping_add(u64::from(k)))).to_vec();
         if trace {
             println!("  reset obs {obs:?}");
         }
@@ -267,7 +273,7 @@ fn run(name: &str, episodes: u32, seed: u64, trace: bool) -> anyhow::Result<()> 
                 };
                 println!(
                     "episode {k} (seed {}): return {total:.3}, length {length}, {end}",
-                    seed + u64::from(k)
+                    seed.wrapping_add(u64::from(k))
                 );
                 break;
             }

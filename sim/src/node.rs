@@ -302,6 +302,9 @@ impl Wire for Ros2Wire {
 }
 
 /// What a node did (printed as JSON by `reflex-sim serve` when it stops).
+/// Episode returns [`NodeReport::returns`] keeps.
+pub const RETURNS_KEPT: usize = 1000;
+
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct NodeReport {
     /// Robot id.
@@ -312,9 +315,10 @@ pub struct NodeReport {
     pub episodes: u64,
     /// Env steps taken (actions applied).
     pub steps: u64,
-    /// Return of each completed episode.
+    /// Returns of the last [`RETURNS_KEPT`] completed episodes, oldest first (a
+    /// node that runs for weeks keeps a bounded report).
     pub returns: Vec<f64>,
-    /// Mean of `returns` (0 when none).
+    /// Mean return of every completed episode (0 when none).
     pub mean_return: f64,
     /// Actions for an observation other than the current one (ignored).
     pub stale_actions: u64,
@@ -385,6 +389,7 @@ pub fn run(config: &NodeConfig, shutdown: &AtomicBool) -> Result<NodeReport, Nod
     // From 1: see the protocol above.
     let mut seq = 1u64;
     let mut episode_return = 0.0;
+    let mut returns_sum = 0.0;
     let mut current = first_observation(&mut *env, config, episode, seq);
     wire.publish(&current)?;
     let mut last_action = Instant::now();
@@ -474,6 +479,10 @@ pub fn run(config: &NodeConfig, shutdown: &AtomicBool) -> Result<NodeReport, Nod
         last_publish = Instant::now();
         if step.done() {
             report.episodes += 1;
+            returns_sum += episode_return;
+            if report.returns.len() == RETURNS_KEPT {
+                report.returns.remove(0);
+            }
             report.returns.push(episode_return);
             episode_return = 0.0;
             if config.max_episodes.is_some_and(|m| report.episodes >= m) {
@@ -486,8 +495,8 @@ pub fn run(config: &NodeConfig, shutdown: &AtomicBool) -> Result<NodeReport, Nod
             last_publish = Instant::now();
         }
     };
-    if !report.returns.is_empty() {
-        report.mean_return = report.returns.iter().sum::<f64>() / report.returns.len() as f64;
+    if report.episodes > 0 {
+        report.mean_return = returns_sum / report.episodes as f64;
     }
     report.decode_errors += wire.decode_errors();
     if let Some(r) = &mut record {

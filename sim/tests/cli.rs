@@ -110,3 +110,30 @@ fn unknown_env_is_a_clear_error() {
     assert!(stderr.contains("unknown env `cartpoel`"), "{stderr}");
     assert!(stderr.contains("cartpole (CartPole-v1)"), "{stderr}");
 }
+
+#[test]
+fn serve_refuses_values_it_cannot_use_before_touching_the_network() {
+    for (args, needle) in [
+        (&["--idle-timeout-s", "1e20"][..], "--idle-timeout-s"),
+        (&["--idle-timeout-s", "0"][..], "--idle-timeout-s"),
+        (&["--transport", "ros2", "--ros-domain", "233"][..], "0..=232"),
+    ] {
+        let mut all = vec!["serve", "--env", "cartpole", "--robot", "r0"];
+        all.extend_from_slice(args);
+        let (code, _, stderr) = reflex_sim(&all);
+        assert_eq!(code, 2, "{args:?}: {stderr}");
+        assert!(stderr.contains(needle), "{args:?}: {stderr}");
+    }
+    // A seed at the top of u64 wraps instead of overflowing.
+    let (code, stdout, stderr) = reflex_sim(&[
+        "run",
+        "--env",
+        "cartpole",
+        "--episodes",
+        "2",
+        "--seed",
+        "18446744073709551615",
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("episode 1 (seed 0)"), "{stdout}");
+}

@@ -177,8 +177,8 @@ struct ServeArgs {
     /// `~/transitions` topic on the domain; policies go to their `~/policy_update`).
     #[arg(long, default_value = "zenoh", value_parser = ["zenoh", "ros2"])]
     transport: String,
-    /// ROS 2 domain id [default: ROS_DOMAIN_ID, else 0].
-    #[arg(long)]
+    /// ROS 2 domain id, 0 to 232 [default: ROS_DOMAIN_ID, else 0].
+    #[arg(long, value_parser = clap::value_parser!(u16).range(0..=232))]
     ros_domain: Option<u16>,
     /// Run folder (policy.onnx, learner.key/.pub, checkpoints, learner.json).
     #[arg(long, default_value = "runs/fleet")]
@@ -300,8 +300,9 @@ struct FleetArgs {
     /// interfaces, so use a domain of your own or a network namespace).
     #[arg(long, default_value = "zenoh", value_parser = ["zenoh", "ros2"])]
     transport: String,
-    /// ROS 2 domain id for --transport ros2 [default: ROS_DOMAIN_ID, else 0].
-    #[arg(long)]
+    /// ROS 2 domain id for --transport ros2, 0 to 232 [default: ROS_DOMAIN_ID,
+    /// else 0].
+    #[arg(long, value_parser = clap::value_parser!(u16).range(0..=232))]
     ros_domain: Option<u16>,
 }
 
