@@ -116,7 +116,10 @@ fn serve_refuses_values_it_cannot_use_before_touching_the_network() {
     for (args, needle) in [
         (&["--idle-timeout-s", "1e20"][..], "--idle-timeout-s"),
         (&["--idle-timeout-s", "0"][..], "--idle-timeout-s"),
-        (&["--transport", "ros2", "--ros-domain", "233"][..], "0..=232"),
+        (
+            &["--transport", "ros2", "--ros-domain", "233"][..],
+            "0..=232",
+        ),
     ] {
         let mut all = vec!["serve", "--env", "cartpole", "--robot", "r0"];
         all.extend_from_slice(args);

@@ -399,7 +399,9 @@ fn main() {
                 explicit.insert("seed".into(), toml::Value::Integer(seed as i64));
             }
             if let Some(steps) = steps {
-                explicit.insert("steps".into(), toml::Value::Integer(steps as i64));
+                // TOML integers are i64: beyond that is "forever" either way.
+                let steps = i64::try_from(steps).unwrap_or(i64::MAX);
+                explicit.insert("steps".into(), toml::Value::Integer(steps));
             }
             threads_from(threads);
             reflex_trainer::device(&device)
@@ -704,6 +706,7 @@ fn run(
     resume: bool,
     device: &Device,
 ) -> anyhow::Result<()> {
+    check_learning_starts(config)?;
     let device = device.clone();
     let mut env = make(&config.env)?;
     let mut agent = learner(config, env.as_ref(), &device)?;
@@ -757,6 +760,21 @@ fn run(
     )?;
     bar.finish_and_clear();
     finish_run(config, out, agent.as_mut(), observer, env.as_mut())?;
+    Ok(())
+}
+
+/// A run whose first update would come after its last step is refused: it
+/// would export an untrained policy without a word.
+fn check_learning_starts(config: &RunConfig) -> anyhow::Result<()> {
+    let starts = config.learning_starts();
+    if config.steps > 0 && starts >= config.steps {
+        bail!(
+            "{algo}.learning_starts = {starts} is not below steps = {steps}: the run would make \
+             no update. Train longer (--steps) or start sooner (--set {algo}.learning_starts=N)",
+            algo = config.algo,
+            steps = config.steps
+        );
+    }
     Ok(())
 }
 

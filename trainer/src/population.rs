@@ -102,6 +102,7 @@ pub(crate) fn run_population(
         .collect();
     let dirs = member_dirs(out, members);
     check_population(config)?;
+    crate::check_learning_starts(config)?;
     start_fresh(out)?;
     for (dir, member_config) in dirs.iter().zip(&configs) {
         fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;

@@ -77,6 +77,19 @@ impl Default for RunConfig {
     }
 }
 
+impl RunConfig {
+    /// Env steps before the first update, for the algorithm the run uses.
+    pub fn learning_starts(&self) -> u64 {
+        match self.algo.as_str() {
+            "drqn" => self.drqn.learning_starts,
+            "ddpg" => self.ddpg.learning_starts,
+            "td3" => self.td3.learning_starts,
+            "naf" => self.naf.learning_starts,
+            _ => self.dqn.learning_starts,
+        }
+    }
+}
+
 /// The presets shipped in `trainer/presets/`, by `<env>-<algo>`.
 const PRESETS: &[(&str, &str)] = &[
     ("cartpole-dqn", include_str!("../presets/cartpole-dqn.toml")),
@@ -239,6 +252,7 @@ pub fn resolve(
             }
         }
     }
+    validate(&config)?;
     match (config.algo.as_str(), discrete) {
         ("dqn" | "drqn", true) | ("ddpg" | "td3" | "naf", false) => Ok(config),
         ("dqn" | "drqn", false) => Err(TrainError::Config(format!(
@@ -253,6 +267,236 @@ pub fn resolve(
             "unknown algo `{other}` (known: {})",
             ALGOS.join(", ")
         ))),
+    }
+}
+
+/// Collects what is wrong with a configuration, by key.
+struct Checks(Vec<String>);
+
+impl Checks {
+    fn fail(&mut self, key: &str, value: impl std::fmt::Display, need: &str) {
+        self.0.push(format!("{key} = {value}: {need}"));
+    }
+
+    /// Finite and above 0.
+    fn positive(&mut self, key: &str, v: f64) {
+        if !(v.is_finite() && v > 0.0) {
+            self.fail(key, v, "must be a finite number above 0");
+        }
+    }
+
+    /// Finite and at least 0.
+    fn non_negative(&mut self, key: &str, v: f64) {
+        if !(v.is_finite() && v >= 0.0) {
+            self.fail(key, v, "must be a finite number, 0 or more");
+        }
+    }
+
+    /// In [lo, hi].
+    fn within(&mut self, key: &str, v: f64, lo: f64, hi: f64) {
+        if !(lo..=hi).contains(&v) {
+            self.fail(key, v, &format!("must be in [{lo}, {hi}]"));
+        }
+    }
+
+    fn at_least_one(&mut self, key: &str, v: u64) {
+        if v == 0 {
+            self.fail(key, v, "must be at least 1");
+        }
+    }
+
+    /// A Polyak rate: in (0, 1].
+    fn tau(&mut self, key: &str, v: f64) {
+        if !(v > 0.0 && v <= 1.0) {
+            self.fail(key, v, "must be in (0, 1]");
+        }
+    }
+
+    fn grad_norm(&mut self, key: &str, v: Option<f64>) {
+        if let Some(v) = v {
+            self.positive(key, v);
+        }
+    }
+
+    fn net(&mut self, key: &str, net: &crate::nn::NetConfig) {
+        if net.hidden.contains(&0) {
+            self.fail(
+                &format!("{key}.hidden"),
+                format!("{:?}", net.hidden),
+                "a layer must have at least 1 unit",
+            );
+        }
+        if !net.final_init_scale.is_finite() {
+            self.fail(
+                &format!("{key}.final_init_scale"),
+                net.final_init_scale,
+                "must be finite",
+            );
+        }
+    }
+
+    /// A schedule of values in [lo, hi].
+    fn schedule(&mut self, key: &str, s: &crate::schedule::Schedule, lo: f64, hi: f64) {
+        self.within(&format!("{key}.start"), s.start, lo, hi);
+        self.within(&format!("{key}.end"), s.end, lo, hi);
+        self.non_negative(&format!("{key}.fraction"), s.fraction);
+    }
+
+    fn noise(&mut self, key: &str, n: &crate::algo::continuous::NoiseConfig) {
+        self.schedule(&format!("{key}.sigma"), &n.sigma, 0.0, f64::MAX);
+        self.non_negative(&format!("{key}.ou_theta"), n.ou_theta);
+        self.positive(&format!("{key}.ou_dt"), n.ou_dt);
+    }
+
+    /// The settings every off-policy learner shares.
+    #[allow(clippy::too_many_arguments)]
+    fn rounds(
+        &mut self,
+        algo: &str,
+        batch_size: usize,
+        train_freq: u64,
+        gradient_steps: u64,
+        tau: f64,
+        per_beta0: f64,
+        max_grad_norm: Option<f64>,
+    ) {
+        self.at_least_one(&format!("{algo}.batch_size"), batch_size as u64);
+        self.at_least_one(&format!("{algo}.train_freq"), train_freq);
+        self.at_least_one(&format!("{algo}.gradient_steps"), gradient_steps);
+        self.tau(&format!("{algo}.tau"), tau);
+        self.within(&format!("{algo}.per_beta0"), per_beta0, 0.0, 1.0);
+        self.grad_norm(&format!("{algo}.max_grad_norm"), max_grad_norm);
+    }
+}
+
+/// The checks `serde` cannot make: values in range, sizes of at least 1, for
+/// the sections `config.algo` uses. Every problem is reported, by key.
+fn validate(config: &RunConfig) -> Result<(), TrainError> {
+    let mut c = Checks(Vec::new());
+    c.at_least_one("eval_episodes", u64::from(config.eval_episodes));
+    if config.eval_interval > 0 {
+        c.at_least_one(
+            "eval_interval_episodes",
+            u64::from(config.eval_interval_episodes),
+        );
+    }
+    let window = |burn_in: usize, seq_len: usize, n_step: usize| burn_in + seq_len + n_step;
+    match config.algo.as_str() {
+        "dqn" => {
+            let d = &config.dqn;
+            c.positive("dqn.learning_rate", d.learning_rate);
+            c.rounds(
+                "dqn",
+                d.batch_size,
+                d.train_freq,
+                d.gradient_steps,
+                d.tau,
+                d.per_beta0,
+                d.max_grad_norm,
+            );
+            c.at_least_one("dqn.target_update_interval", d.target_update_interval);
+            c.schedule("dqn.exploration", &d.exploration, 0.0, 1.0);
+            c.net("dqn.net", &d.net);
+        }
+        "drqn" => {
+            let d = &config.drqn;
+            c.positive("drqn.learning_rate", d.learning_rate);
+            c.rounds(
+                "drqn",
+                d.batch_size,
+                d.train_freq,
+                d.gradient_steps,
+                d.tau,
+                d.per_beta0,
+                d.max_grad_norm,
+            );
+            c.at_least_one("drqn.target_update_interval", d.target_update_interval);
+            c.schedule("drqn.exploration", &d.exploration, 0.0, 1.0);
+            c.at_least_one("drqn.seq_len", d.seq_len as u64);
+            let need = window(d.burn_in, d.seq_len, d.n_step);
+            if d.buffer_size < need {
+                c.fail(
+                    "drqn.buffer_size",
+                    d.buffer_size,
+                    &format!("must hold one window, burn_in + seq_len + n_step = {need} steps"),
+                );
+            }
+            c.net("drqn.net", &d.net);
+        }
+        algo @ ("ddpg" | "td3") => {
+            let d = if algo == "ddpg" {
+                &config.ddpg
+            } else {
+                &config.td3
+            };
+            c.positive(
+                &format!("{algo}.actor_learning_rate"),
+                d.actor_learning_rate,
+            );
+            c.positive(
+                &format!("{algo}.critic_learning_rate"),
+                d.critic_learning_rate,
+            );
+            c.rounds(
+                algo,
+                d.batch_size,
+                d.train_freq,
+                d.gradient_steps,
+                d.tau,
+                d.per_beta0,
+                d.max_grad_norm,
+            );
+            c.non_negative(&format!("{algo}.target_noise"), d.target_noise);
+            c.non_negative(&format!("{algo}.target_noise_clip"), d.target_noise_clip);
+            c.noise(&format!("{algo}.noise"), &d.noise);
+            c.net(&format!("{algo}.actor"), &d.actor);
+            c.net(&format!("{algo}.critic"), &d.critic);
+            if config.recurrent {
+                let need = window(config.lstm.burn_in, config.lstm.seq_len, d.n_step);
+                if d.buffer_size < need {
+                    c.fail(
+                        &format!("{algo}.buffer_size"),
+                        d.buffer_size,
+                        &format!("must hold one window, lstm.burn_in + lstm.seq_len + n_step = {need} steps"),
+                    );
+                }
+            }
+        }
+        "naf" => {
+            let d = &config.naf;
+            c.positive("naf.learning_rate", d.learning_rate);
+            c.rounds(
+                "naf",
+                d.batch_size,
+                d.train_freq,
+                d.gradient_steps,
+                d.tau,
+                d.per_beta0,
+                d.max_grad_norm,
+            );
+            c.non_negative("naf.mu_penalty", d.mu_penalty);
+            c.noise("naf.noise", &d.noise);
+            c.net("naf.net", &d.net);
+            if config.recurrent {
+                let need = window(config.lstm.burn_in, config.lstm.seq_len, d.n_step);
+                if d.buffer_size < need {
+                    c.fail(
+                        "naf.buffer_size",
+                        d.buffer_size,
+                        &format!("must hold one window, lstm.burn_in + lstm.seq_len + n_step = {need} steps"),
+                    );
+                }
+            }
+        }
+        _ => {}
+    }
+    if config.recurrent {
+        c.at_least_one("lstm.seq_len", config.lstm.seq_len as u64);
+    }
+    if c.0.is_empty() {
+        Ok(())
+    } else {
+        Err(TrainError::Config(c.0.join("; ")))
     }
 }
 
@@ -313,6 +557,67 @@ mod tests {
             err.to_string().contains("cannot read /nonexistent.toml"),
             "{err}"
         );
+    }
+
+    /// Values that used to panic at the first update, train on nothing or
+    /// write NaN are refused up front, each by its key, all at once.
+    #[test]
+    fn out_of_range_values_are_refused_by_key() {
+        let refused = |env: &str, algo: &str, sets: &[&str]| -> String {
+            let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
+            resolve(None, &sets, &named(env, algo))
+                .unwrap_err()
+                .to_string()
+        };
+        let err = refused(
+            "cartpole",
+            "dqn",
+            &[
+                "dqn.net.hidden=[64,0]",
+                "dqn.train_freq=0",
+                "dqn.learning_rate=nan",
+                "dqn.tau=0",
+                "dqn.per_beta0=-5",
+                "dqn.batch_size=0",
+                "dqn.target_update_interval=0",
+            ],
+        );
+        for key in [
+            "dqn.net.hidden = [64, 0]",
+            "dqn.train_freq = 0",
+            "dqn.learning_rate = NaN",
+            "dqn.tau = 0",
+            "dqn.per_beta0 = -5",
+            "dqn.batch_size = 0",
+            "dqn.target_update_interval = 0",
+        ] {
+            assert!(err.contains(key), "{key} missing from: {err}");
+        }
+        let err = refused(
+            "pendulum",
+            "td3",
+            &[
+                "td3.target_noise_clip=-0.5",
+                "td3.noise.ou_dt=-0.01",
+                "td3.actor_learning_rate=-1",
+                "td3.max_grad_norm=0",
+            ],
+        );
+        for key in [
+            "td3.target_noise_clip",
+            "td3.noise.ou_dt",
+            "td3.actor_learning_rate",
+            "td3.max_grad_norm",
+        ] {
+            assert!(err.contains(key), "{key} missing from: {err}");
+        }
+        assert!(refused("cartpole-masked", "drqn", &["drqn.buffer_size=1"])
+            .contains("must hold one window"));
+        assert!(refused("pendulum-masked", "td3", &["td3.buffer_size=3"])
+            .contains("must hold one window"));
+        assert!(refused("cartpole", "dqn", &["eval_episodes=0"]).contains("eval_episodes"));
+        // A section the algorithm does not use is not judged.
+        resolve(None, &["td3.tau=5".into()], &named("cartpole", "dqn")).unwrap();
     }
 
     #[test]

@@ -492,6 +492,21 @@ fn bad_settings_are_clear_errors() {
             "continuous actions",
         ),
         (vec!["run", "--quiet", "--env", "cartpoel"], "unknown env"),
+        // TD3's Pendulum preset starts learning at 10k steps: 5k would train nothing.
+        (
+            vec![
+                "run", "--quiet", "--env", "pendulum", "--algo", "td3", "--steps", "5000",
+            ],
+            "td3.learning_starts = 10000 is not below steps = 5000",
+        ),
+        (
+            vec!["run", "--quiet", "--set", "dqn.net.hidden=[64,0]"],
+            "dqn.net.hidden = [64, 0]: a layer must have at least 1 unit",
+        ),
+        (
+            vec!["serve", "--quiet", "--set", "dqn.tau=0"],
+            "dqn.tau = 0: must be in (0, 1]",
+        ),
         // Without the `cuda` feature (CI, default builds) a GPU is a clear refusal.
         #[cfg(not(feature = "cuda"))]
         (
