@@ -355,14 +355,14 @@ impl Checks {
         algo: &str,
         batch_size: usize,
         train_freq: u64,
-        gradient_steps: u64,
         tau: f64,
         per_beta0: f64,
         max_grad_norm: Option<f64>,
     ) {
         self.at_least_one(&format!("{algo}.batch_size"), batch_size as u64);
         self.at_least_one(&format!("{algo}.train_freq"), train_freq);
-        self.at_least_one(&format!("{algo}.gradient_steps"), gradient_steps);
+        // gradient_steps = 0 is allowed: an acting-only run (scripts/bench-dqn.sh
+        // measures the loop without updates so).
         self.tau(&format!("{algo}.tau"), tau);
         self.within(&format!("{algo}.per_beta0"), per_beta0, 0.0, 1.0);
         self.grad_norm(&format!("{algo}.max_grad_norm"), max_grad_norm);
@@ -389,7 +389,6 @@ fn validate(config: &RunConfig) -> Result<(), TrainError> {
                 "dqn",
                 d.batch_size,
                 d.train_freq,
-                d.gradient_steps,
                 d.tau,
                 d.per_beta0,
                 d.max_grad_norm,
@@ -405,7 +404,6 @@ fn validate(config: &RunConfig) -> Result<(), TrainError> {
                 "drqn",
                 d.batch_size,
                 d.train_freq,
-                d.gradient_steps,
                 d.tau,
                 d.per_beta0,
                 d.max_grad_norm,
@@ -441,7 +439,6 @@ fn validate(config: &RunConfig) -> Result<(), TrainError> {
                 algo,
                 d.batch_size,
                 d.train_freq,
-                d.gradient_steps,
                 d.tau,
                 d.per_beta0,
                 d.max_grad_norm,
@@ -469,7 +466,6 @@ fn validate(config: &RunConfig) -> Result<(), TrainError> {
                 "naf",
                 d.batch_size,
                 d.train_freq,
-                d.gradient_steps,
                 d.tau,
                 d.per_beta0,
                 d.max_grad_norm,
