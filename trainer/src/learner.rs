@@ -1582,16 +1582,7 @@ impl FleetLearner {
         id: &str,
         batch: &TransitionBatch,
     ) -> Result<bool, LearnerError> {
-        let mut no_norm = None;
-        let (replay, norm) = match self {
-            Self::Dqn(l) => (&mut l.replay, &mut no_norm),
-            Self::Drqn(l) => (&mut l.replay, &mut l.norm),
-            Self::ActorCritic(Ddpg { core, .. }) | Self::Naf(Naf { core, .. }) => {
-                (&mut core.replay, &mut core.norm)
-            }
-            Self::RecurrentActorCritic(RecurrentDdpg { core, .. })
-            | Self::RecurrentNaf(RecurrentNaf { core, .. }) => (&mut core.replay, &mut core.norm),
-        };
+        let (replay, mut norm) = self.replay_and_norm();
         let observed = |obs: &[f32]| {
             if let Some(norm) = norm.as_mut() {
                 norm.update(obs);
@@ -1606,18 +1597,27 @@ impl FleetLearner {
     /// Stores what the robots' open windows and segments hold (see
     /// [`Ingest::flush`]): before a final checkpoint.
     pub fn flush(&mut self, ingest: &mut Ingest) -> Result<(), LearnerError> {
-        let replay = match self {
-            Self::Dqn(l) => &mut l.replay,
-            Self::Drqn(l) => &mut l.replay,
-            Self::ActorCritic(Ddpg { core, .. }) | Self::Naf(Naf { core, .. }) => &mut core.replay,
-            Self::RecurrentActorCritic(RecurrentDdpg { core, .. })
-            | Self::RecurrentNaf(RecurrentNaf { core, .. }) => &mut core.replay,
-        };
-        match replay {
+        match self.replay_and_norm().0 {
             Replay::Sequence(sequences) => ingest.flush_sequences(sequences),
             flat => {
                 ingest.flush(flat);
                 Ok(())
+            }
+        }
+    }
+
+    /// The replay robots' steps go into, and the running observation
+    /// statistics they update (learners that normalize).
+    fn replay_and_norm(&mut self) -> (&mut Replay, Option<&mut crate::algo::RunningNorm>) {
+        match self {
+            Self::Dqn(l) => (&mut l.replay, None),
+            Self::Drqn(l) => (&mut l.replay, l.norm.as_mut()),
+            Self::ActorCritic(Ddpg { core, .. }) | Self::Naf(Naf { core, .. }) => {
+                (&mut core.replay, core.norm.as_mut())
+            }
+            Self::RecurrentActorCritic(RecurrentDdpg { core, .. })
+            | Self::RecurrentNaf(RecurrentNaf { core, .. }) => {
+                (&mut core.replay, core.norm.as_mut())
             }
         }
     }

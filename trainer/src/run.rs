@@ -348,6 +348,27 @@ impl Checks {
         self.positive(&format!("{key}.ou_dt"), n.ou_dt);
     }
 
+    /// A sequence replay of `buffer_size` steps holds one window: `burn_in +
+    /// seq_len + n_step` (the first two under `prefix`).
+    fn window(
+        &mut self,
+        algo: &str,
+        buffer_size: usize,
+        (burn_in, seq_len, n_step): (usize, usize, usize),
+        prefix: &str,
+    ) {
+        let need = burn_in + seq_len + n_step;
+        if buffer_size < need {
+            self.fail(
+                &format!("{algo}.buffer_size"),
+                buffer_size,
+                &format!(
+                    "must hold one window, {prefix}burn_in + {prefix}seq_len + n_step = {need} steps"
+                ),
+            );
+        }
+    }
+
     /// The settings every off-policy learner shares.
     #[allow(clippy::too_many_arguments)]
     fn rounds(
@@ -380,46 +401,35 @@ fn validate(config: &RunConfig) -> Result<(), TrainError> {
             u64::from(config.eval_interval_episodes),
         );
     }
-    let window = |burn_in: usize, seq_len: usize, n_step: usize| burn_in + seq_len + n_step;
-    match config.algo.as_str() {
-        "dqn" => {
-            let d = &config.dqn;
-            c.positive("dqn.learning_rate", d.learning_rate);
+    // DqnConfig and DrqnConfig name these fields alike.
+    macro_rules! dqn_family {
+        ($name:literal, $d:expr) => {{
+            let d = $d;
+            c.positive(concat!($name, ".learning_rate"), d.learning_rate);
             c.rounds(
-                "dqn",
+                $name,
                 d.batch_size,
                 d.train_freq,
                 d.tau,
                 d.per_beta0,
                 d.max_grad_norm,
             );
-            c.at_least_one("dqn.target_update_interval", d.target_update_interval);
-            c.schedule("dqn.exploration", &d.exploration, 0.0, 1.0);
-            c.net("dqn.net", &d.net);
-        }
+            c.at_least_one(
+                concat!($name, ".target_update_interval"),
+                d.target_update_interval,
+            );
+            c.schedule(concat!($name, ".exploration"), &d.exploration, 0.0, 1.0);
+            c.net(concat!($name, ".net"), &d.net);
+        }};
+    }
+    let lstm = &config.lstm;
+    match config.algo.as_str() {
+        "dqn" => dqn_family!("dqn", &config.dqn),
         "drqn" => {
             let d = &config.drqn;
-            c.positive("drqn.learning_rate", d.learning_rate);
-            c.rounds(
-                "drqn",
-                d.batch_size,
-                d.train_freq,
-                d.tau,
-                d.per_beta0,
-                d.max_grad_norm,
-            );
-            c.at_least_one("drqn.target_update_interval", d.target_update_interval);
-            c.schedule("drqn.exploration", &d.exploration, 0.0, 1.0);
+            dqn_family!("drqn", d);
             c.at_least_one("drqn.seq_len", d.seq_len as u64);
-            let need = window(d.burn_in, d.seq_len, d.n_step);
-            if d.buffer_size < need {
-                c.fail(
-                    "drqn.buffer_size",
-                    d.buffer_size,
-                    &format!("must hold one window, burn_in + seq_len + n_step = {need} steps"),
-                );
-            }
-            c.net("drqn.net", &d.net);
+            c.window("drqn", d.buffer_size, (d.burn_in, d.seq_len, d.n_step), "");
         }
         algo @ ("ddpg" | "td3") => {
             let d = if algo == "ddpg" {
@@ -449,14 +459,8 @@ fn validate(config: &RunConfig) -> Result<(), TrainError> {
             c.net(&format!("{algo}.actor"), &d.actor);
             c.net(&format!("{algo}.critic"), &d.critic);
             if config.recurrent {
-                let need = window(config.lstm.burn_in, config.lstm.seq_len, d.n_step);
-                if d.buffer_size < need {
-                    c.fail(
-                        &format!("{algo}.buffer_size"),
-                        d.buffer_size,
-                        &format!("must hold one window, lstm.burn_in + lstm.seq_len + n_step = {need} steps"),
-                    );
-                }
+                let shape = (lstm.burn_in, lstm.seq_len, d.n_step);
+                c.window(algo, d.buffer_size, shape, "lstm.");
             }
         }
         "naf" => {
@@ -474,14 +478,8 @@ fn validate(config: &RunConfig) -> Result<(), TrainError> {
             c.noise("naf.noise", &d.noise);
             c.net("naf.net", &d.net);
             if config.recurrent {
-                let need = window(config.lstm.burn_in, config.lstm.seq_len, d.n_step);
-                if d.buffer_size < need {
-                    c.fail(
-                        "naf.buffer_size",
-                        d.buffer_size,
-                        &format!("must hold one window, lstm.burn_in + lstm.seq_len + n_step = {need} steps"),
-                    );
-                }
+                let shape = (lstm.burn_in, lstm.seq_len, d.n_step);
+                c.window("naf", d.buffer_size, shape, "lstm.");
             }
         }
         _ => {}
