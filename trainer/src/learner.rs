@@ -1339,6 +1339,21 @@ fn write_text(path: &Path, text: &str) -> Result<(), LearnerError> {
     fs::rename(&tmp, path).map_err(|e| io_err(path, e))
 }
 
+/// `$body` with `$l` bound to the learner inside each [`FleetLearner`]
+/// variant (the arms differ only in type).
+macro_rules! each_learner {
+    ($learner:expr, $l:ident => $body:expr) => {
+        match $learner {
+            FleetLearner::Dqn($l) => $body,
+            FleetLearner::ActorCritic($l) => $body,
+            FleetLearner::Naf($l) => $body,
+            FleetLearner::Drqn($l) => $body,
+            FleetLearner::RecurrentActorCritic($l) => $body,
+            FleetLearner::RecurrentNaf($l) => $body,
+        }
+    };
+}
+
 /// What the learner service trains: DQN or DRQN for discrete actions; DDPG,
 /// TD3 or NAF, feed-forward or recurrent (`recurrent = true`), for continuous
 /// ones. The recurrent learners learn from sequences the ingest path assembles
@@ -1462,26 +1477,12 @@ impl FleetLearner {
     /// The learner as the shared training code sees it (checkpoints, export,
     /// evaluation).
     pub fn agent(&self) -> &dyn Agent {
-        match self {
-            Self::Dqn(l) => l,
-            Self::ActorCritic(l) => l,
-            Self::Naf(l) => l,
-            Self::Drqn(l) => l,
-            Self::RecurrentActorCritic(l) => l,
-            Self::RecurrentNaf(l) => l,
-        }
+        each_learner!(self, l => l)
     }
 
     /// [`agent`](Self::agent), mutably.
     pub fn agent_mut(&mut self) -> &mut dyn Agent {
-        match self {
-            Self::Dqn(l) => l,
-            Self::ActorCritic(l) => l,
-            Self::Naf(l) => l,
-            Self::Drqn(l) => l,
-            Self::RecurrentActorCritic(l) => l,
-            Self::RecurrentNaf(l) => l,
-        }
+        each_learner!(self, l => l)
     }
 
     /// Its replay and update schedule.
@@ -1625,14 +1626,7 @@ impl FleetLearner {
     /// One gradient update (moving the targets where the algorithm does so in
     /// every update); `beta` is prioritized replay's importance exponent.
     pub fn update(&mut self, beta: f64) -> Result<(), LearnerError> {
-        match self {
-            Self::Dqn(l) => l.update(beta)?,
-            Self::ActorCritic(l) => l.update(beta)?,
-            Self::Naf(l) => l.update(beta)?,
-            Self::Drqn(l) => l.update(beta)?,
-            Self::RecurrentActorCritic(l) => l.update(beta)?,
-            Self::RecurrentNaf(l) => l.update(beta)?,
-        };
+        each_learner!(self, l => l.update(beta)?);
         Ok(())
     }
 
