@@ -1724,27 +1724,14 @@ fn open_metrics(
     resume_from: Option<u64>,
 ) -> Result<csv::Writer<fs::File>, LearnerError> {
     let path = out.join(METRICS_FILE);
-    let resuming = resume_from.is_some();
-    if let Some(step) = resume_from {
-        let dropped = crate::plot::rewind_metrics(&path, step)?;
-        if dropped > 0 {
-            eprintln!(
-                "learner: {}: dropped {dropped} rows past the checkpoint's {step} transitions",
-                path.display()
-            );
-        }
+    let (writer, dropped) = crate::plot::open_metrics(&path, resume_from)?;
+    if let (Some(step), true) = (resume_from, dropped > 0) {
+        eprintln!(
+            "learner: {}: dropped {dropped} rows past the checkpoint's {step} transitions",
+            path.display()
+        );
     }
-    let file = fs::OpenOptions::new()
-        .create(true)
-        .append(resuming)
-        .write(true)
-        .truncate(!resuming)
-        .open(&path)
-        .map_err(|e| io_err(&path, e))?;
-    let header = file.metadata().map_err(|e| io_err(&path, e))?.len() == 0;
-    Ok(csv::WriterBuilder::new()
-        .has_headers(header)
-        .from_writer(file))
+    Ok(writer)
 }
 
 impl Service {

@@ -845,25 +845,15 @@ fn run_observer(
     // Evaluation episodes use seeds far from the training ones.
     let eval_seed = reflex_trainer::eval::eval_seed(config.seed);
     let metrics_path = out.join("metrics.csv");
-    if let Some(step) = resume_from {
-        let dropped = reflex_trainer::plot::rewind_metrics(&metrics_path, step)?;
-        if dropped > 0 {
-            eprintln!(
-                "{}: dropped {dropped} rows past step {step}, the checkpoint's (they are played again)",
-                metrics_path.display()
-            );
-        }
+    let (metrics, dropped) = reflex_trainer::plot::open_metrics(&metrics_path, resume_from)?;
+    if let (Some(step), true) = (resume_from, dropped > 0) {
+        eprintln!(
+            "{}: dropped {dropped} rows past step {step}, the checkpoint's (they are played again)",
+            metrics_path.display()
+        );
     }
-    let metrics_file = fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&metrics_path)
-        .with_context(|| format!("opening {}", metrics_path.display()))?;
-    let header = metrics_file.metadata()?.len() == 0;
     Ok(RunObserver {
-        metrics: csv::WriterBuilder::new()
-            .has_headers(header)
-            .from_writer(metrics_file),
+        metrics,
         run_dir: out.to_path_buf(),
         eval_interval: config.eval_interval,
         checkpoint_interval: config.checkpoint_interval,

@@ -81,6 +81,34 @@ pub fn rewind_metrics(metrics_csv: &Path, step: u64) -> Result<usize, TrainError
     Ok(dropped)
 }
 
+/// Opens a metrics file (step first) for writing rows: emptied for a fresh
+/// run; for a run resuming from step `resume_from`, rewound to it
+/// ([`rewind_metrics`]) and appended to. The header goes only into an empty
+/// file. Returns the writer and how many rows the rewind dropped.
+pub fn open_metrics(
+    path: &Path,
+    resume_from: Option<u64>,
+) -> Result<(csv::Writer<std::fs::File>, usize), TrainError> {
+    let dropped = match resume_from {
+        Some(step) => rewind_metrics(path, step)?,
+        None => 0,
+    };
+    let resuming = resume_from.is_some();
+    let opened = |e: std::io::Error| plot_error(format!("{}: {e}", path.display()));
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .append(resuming)
+        .truncate(!resuming)
+        .open(path)
+        .map_err(opened)?;
+    let header = file.metadata().map_err(opened)?.len() == 0;
+    let writer = csv::WriterBuilder::new()
+        .has_headers(header)
+        .from_writer(file);
+    Ok((writer, dropped))
+}
+
 /// The mean of the last [`WINDOW`] episode returns at each episode's end.
 fn moving_average(episodes: &[(u64, f64)]) -> Points {
     episodes
