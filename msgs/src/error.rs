@@ -127,3 +127,36 @@ pub struct CapacityError {
     /// The capacity of the fixed-capacity type.
     pub capacity: usize,
 }
+
+/// One line for an error and its chain of causes, each cause written once.
+///
+/// Many error types show their cause in their own message (`"replay: {0}"`) *and*
+/// return it from [`source`](std::error::Error::source), so walking the chain naively
+/// prints it twice (`replay: bad state: bad state`). This joins the chain with `": "`
+/// and skips a cause whose text the line already holds. The binaries print their
+/// fatal errors with it.
+///
+/// ```
+/// use std::io;
+/// #[derive(Debug, thiserror::Error)]
+/// #[error("replay: {0}")]
+/// struct Outer(#[from] io::Error);
+///
+/// let e = Outer(io::Error::other("disk full"));
+/// assert_eq!(reflex_msgs::error_report(&e), "replay: disk full");
+/// ```
+#[cfg(feature = "std")]
+pub fn error_report(error: &(dyn std::error::Error + 'static)) -> std::string::String {
+    use std::string::ToString;
+    let mut line = error.to_string();
+    let mut cause = error.source();
+    while let Some(e) = cause {
+        let text = e.to_string();
+        if !text.is_empty() && !line.contains(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+        cause = e.source();
+    }
+    line
+}

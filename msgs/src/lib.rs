@@ -92,6 +92,8 @@ pub use codec::{
     decode_from_slice, encode_to_slice, peek_version, WireMessage, ENCAPSULATION_CDR_BE,
     ENCAPSULATION_CDR_LE, MAX_MESSAGE_BYTES,
 };
+#[cfg(feature = "std")]
+pub use error::error_report;
 pub use error::{CapacityError, Reason, WireError, REASON_CAPACITY};
 pub use fixed::{ActionCommandN, ActionN, ObservationN, RobotId, TransitionN, ROBOT_ID_CAPACITY};
 

@@ -172,7 +172,7 @@ fn main() -> ExitCode {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", reflex_msgs::error_report(e.as_ref()));
             ExitCode::from(2)
         }
     }

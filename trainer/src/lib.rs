@@ -165,3 +165,24 @@ mod device_tests {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A wrapped error shows its cause once on the binaries' error line, where
+    /// anyhow's alternate form repeats it (the message holds it and `source` returns it).
+    #[test]
+    fn an_error_line_names_each_cause_once() {
+        let e = anyhow::Error::from(TrainError::from(replay::ReplayError::BadState("truncated")))
+            .context("resuming runs/a");
+        assert_eq!(
+            format!("{e:#}"),
+            "resuming runs/a: replay: bad replay state: truncated: bad replay state: truncated"
+        );
+        assert_eq!(
+            reflex_msgs::error_report(e.as_ref()),
+            "resuming runs/a: replay: bad replay state: truncated"
+        );
+    }
+}

@@ -463,7 +463,7 @@ fn main() {
         Command::Gpu(args) => gpu(args),
     };
     if let Err(e) = result {
-        eprintln!("error: {e:#}");
+        eprintln!("error: {}", reflex_msgs::error_report(e.as_ref()));
         std::process::exit(2);
     }
 }

@@ -480,6 +480,22 @@ fn a_killed_run_resumes_from_its_last_checkpoint() {
         .parse()
         .unwrap();
     assert!(last_step > 5000, "metrics continue to the end: {last_step}");
+
+    // A damaged checkpoint is one clear line that names the file and says what is
+    // wrong with it once (not `truncated: truncated`).
+    let newest = out.join("checkpoints/step-0000006000/replay.bin");
+    std::fs::write(&newest, b"junk").unwrap();
+    let output = train_cmd()
+        .arg("resume")
+        .arg(&out)
+        .arg("--quiet")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    let line = stderr.lines().find(|l| l.starts_with("error: ")).unwrap();
+    assert!(line.contains("step-0000006000/replay.bin"), "{line}");
+    assert_eq!(line.matches("truncated").count(), 1, "{line}");
     std::fs::remove_dir_all(&out).ok();
 }
 
