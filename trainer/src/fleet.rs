@@ -71,6 +71,21 @@ impl Proc {
         matches!(self.child.try_wait(), Ok(None))
     }
 
+    /// Why a process that should still run is gone: its exit status and the
+    /// tail of its log.
+    fn death(&mut self) -> String {
+        let status = match self.child.try_wait() {
+            Ok(Some(status)) => status.to_string(),
+            _ => "status unknown".into(),
+        };
+        format!(
+            "{} exited unexpectedly ({status}); {}:\n{}",
+            self.name,
+            self.log.display(),
+            self.tail()
+        )
+    }
+
     /// SIGTERM, wait up to `grace`, then SIGKILL.
     fn stop(&mut self, grace: Duration) {
         if !self.alive() {
@@ -632,22 +647,11 @@ pub fn fleet(args: FleetArgs) -> anyhow::Result<()> {
             break;
         }
         if !learner.alive() {
-            failure = Some(format!(
-                "the learner exited unexpectedly ({:?}); {}:\n{}",
-                learner.child.try_wait().ok().flatten(),
-                learner.log.display(),
-                learner.tail()
-            ));
+            failure = Some(learner.death());
             break;
         }
         if let Some(dead) = robots.iter_mut().find_map(|p| (!p.alive()).then_some(p)) {
-            failure = Some(format!(
-                "{} exited unexpectedly ({:?}); {}:\n{}",
-                dead.name,
-                dead.child.try_wait().ok().flatten(),
-                dead.log.display(),
-                dead.tail()
-            ));
+            failure = Some(dead.death());
             break;
         }
         let report = read_report(&out).ok();

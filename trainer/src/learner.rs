@@ -77,7 +77,7 @@ use crate::algo::drqn::Drqn;
 use crate::algo::naf::Naf;
 use crate::algo::recurrent_ddpg::RecurrentDdpg;
 use crate::algo::recurrent_naf::RecurrentNaf;
-use crate::algo::{learning_rate_at, Agent, Scheduled};
+use crate::algo::{learning_rate_at, Agent, Scheduled, UpdateStats};
 use crate::checkpoint;
 use crate::export::{spec_for, write_atomic, POLICY_FILE};
 use crate::replay::{
@@ -1625,9 +1625,8 @@ impl FleetLearner {
 
     /// One gradient update (moving the targets where the algorithm does so in
     /// every update); `beta` is prioritized replay's importance exponent.
-    pub fn update(&mut self, beta: f64) -> Result<(), LearnerError> {
-        each_learner!(self, l => l.update(beta)?);
-        Ok(())
+    pub fn update(&mut self, beta: f64) -> Result<UpdateStats, LearnerError> {
+        Ok(each_learner!(self, l => l.update(beta)?))
     }
 
     /// Sets DQN's or DRQN's learning rate for `inserted` transitions of a run of
@@ -2098,7 +2097,10 @@ pub fn serve(opts: ServeOptions, shutdown: Arc<AtomicBool>) -> Result<LearnerRep
                 let beta = schedule.per_beta0 + (1.0 - schedule.per_beta0) * progress;
                 svc.learner
                     .set_learning_rate_at(total_inserted, svc.opts.run.steps);
-                svc.learner.update(beta)?;
+                let updates = svc.updates + 1;
+                svc.learner
+                    .update(beta)?
+                    .finite(|| format!("update {updates}"))?;
                 svc.updates += 1;
                 let now = Instant::now();
                 match &mut svc.training {

@@ -84,6 +84,21 @@ pub enum TrainError {
     /// A policy could not be exported to ONNX.
     #[error("export: {0}")]
     Export(String),
+    /// An update's loss was NaN or infinite: the weights are lost, so training
+    /// stopped rather than save or publish them.
+    #[error(
+        "training diverged at {when}: the loss is {loss} (gradient norm before clipping \
+         {grad_norm}). Nothing after the last checkpoint was saved. Lower the learning \
+         rate, set max_grad_norm, or scale the rewards down"
+    )]
+    Diverged {
+        /// Where it happened (`step 1200`, `member 2, step 1200`, `update 300`).
+        when: String,
+        /// The update's loss.
+        loss: f32,
+        /// Its gradient norm before clipping.
+        grad_norm: f64,
+    },
 }
 
 /// Why `--device` cannot be used.

@@ -561,3 +561,43 @@ fn bad_settings_are_clear_errors() {
         assert!(stderr.contains(expected), "{args:?}: {stderr}");
     }
 }
+
+/// A run whose loss goes NaN stops with a clear error at that step instead of
+/// training on, and exporting, NaN weights; its checkpoints from before stay.
+#[test]
+fn a_diverging_run_stops_with_a_clear_error() {
+    for (algo_args, expected) in [
+        (
+            vec!["--set", "dqn.learning_rate=1e30"],
+            "training diverged at step",
+        ),
+        (
+            vec!["--population", "2", "--set", "dqn.learning_rate=1e30"],
+            "training diverged at member 0, step",
+        ),
+    ] {
+        let out = out_dir("diverge");
+        let output = train_cmd()
+            .args(["run", "--quiet", "--env", "cartpole", "--steps", "3000"])
+            .args(["--set", "checkpoint_interval=500", "--out"])
+            .arg(&out)
+            .args(&algo_args)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{algo_args:?}: {stderr}");
+        assert!(stderr.contains(expected), "{algo_args:?}: {stderr}");
+        assert!(stderr.contains("the loss is"), "{stderr}");
+        let run = if algo_args.contains(&"--population") {
+            out.join("member-0")
+        } else {
+            out.clone()
+        };
+        assert!(
+            !run.join("policy.onnx").exists(),
+            "no policy from NaN weights"
+        );
+        assert!(run.join("checkpoints/step-0000000500").exists());
+        std::fs::remove_dir_all(&out).ok();
+    }
+}

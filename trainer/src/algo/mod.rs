@@ -50,6 +50,26 @@ pub struct UpdateStats {
     pub grad_norm: f64,
 }
 
+impl UpdateStats {
+    /// These stats, or [`TrainError::Diverged`] if the loss is NaN or infinite.
+    ///
+    /// Once the loss is not finite the weights are (or are about to be) NaN and
+    /// stay so, and everything saved after would be garbage, so training stops
+    /// there. `when` says where, e.g. `"step 1200"`. The loss is read back for
+    /// the stats anyway, so the check costs no synchronisation.
+    pub fn finite(self, when: impl FnOnce() -> String) -> Result<Self, TrainError> {
+        if self.loss.is_finite() {
+            Ok(self)
+        } else {
+            Err(TrainError::Diverged {
+                when: when(),
+                loss: self.loss,
+                grad_norm: self.grad_norm,
+            })
+        }
+    }
+}
+
 /// An optimizer as a checkpoint sees it: its parameters' names (with `prefix`
 /// in front) and the Adam state.
 pub struct OptimizerSlot<'a> {
@@ -516,7 +536,7 @@ pub fn train(
             obs.copy_from_slice(&next_obs);
         }
         if let Some(stats) = agent.train_after(step, total_steps)? {
-            last_update = Some(stats);
+            last_update = Some(stats.finite(|| format!("step {step}"))?);
             observer.trained(&progress(last_update));
         }
         if periodic_every > 0 && step.is_multiple_of(periodic_every) {
