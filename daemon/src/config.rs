@@ -282,6 +282,12 @@ pub struct SafetyConfig {
     /// Start with the emergency stop engaged (the safe action is sent until an
     /// operator clears it).
     pub start_estopped: bool,
+    /// Treat an observation outside the policy's observation space (each finite
+    /// bound of its spec) like a NaN one: the safe action, no transition, counted in
+    /// `bad_observations`. The bounds are the training env's, so a reading past
+    /// them is a sensor fault or a state the policy never saw. `false` = check only
+    /// the length and that every value is finite.
+    pub observation_bounds: bool,
 }
 
 impl Default for SafetyConfig {
@@ -292,6 +298,7 @@ impl Default for SafetyConfig {
             max_rate_per_s: Vec::new(),
             watchdog_ms: 200,
             start_estopped: false,
+            observation_bounds: true,
         }
     }
 }
@@ -536,6 +543,10 @@ max_rate_per_s = []
 watchdog_ms = 200
 # Start with the emergency stop engaged (safe action until an operator clears it).
 start_estopped = false
+# An observation outside the policy's observation space (its finite bounds, those of
+# the env it was trained on) gets the safe action and no transition, like a NaN one;
+# false = check only its length and that it is finite.
+observation_bounds = true
 
 [spool]
 # Transitions kept in memory while the trainer is unreachable; beyond this the oldest

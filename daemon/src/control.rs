@@ -34,7 +34,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use hdrhistogram::Histogram;
-use reflex_msgs::{Action, ActionCommand, Observation, Status, Transition};
+use reflex_msgs::{Action, ActionCommand, BoxSpace, Observation, Status, Transition};
 
 use crate::actor::{Actor, ActorOutput, Loader};
 use crate::config::Config;
@@ -108,8 +108,9 @@ pub struct LoopStats {
     pub policy_errors: u64,
     /// Observations never acted on because a newer one came in the same tick.
     pub skipped_observations: u64,
-    /// Observations of the wrong dimension or with NaN or infinite values (→ safe
-    /// action, no transition).
+    /// Observations of the wrong dimension, with NaN or infinite values, or (with
+    /// `[safety] observation_bounds`) outside the policy's observation space (→
+    /// safe action, no transition).
     pub bad_observations: u64,
     /// Pending steps discarded (skipped observations, episode change without done,
     /// safe action in between, an unusable next observation).
@@ -137,11 +138,16 @@ struct Pending {
     recurrent_c: Vec<f32>,
 }
 
+/// Unusable observations logged one by one; the rest are only counted.
+const LOGGED_BAD_OBSERVATIONS: u64 = 5;
+
 /// The control loop's state (lives on the control thread).
 pub struct ControlLoop {
     robot_id: String,
     actor: Box<dyn Actor>,
     obs_dim: usize,
+    /// The policy's observation bounds, when `[safety] observation_bounds` is on.
+    obs_bounds: Option<BoxSpace>,
     explorer: Explorer,
     safety: Safety,
     watchdog: Watchdog,
@@ -251,11 +257,35 @@ impl ControlLoop {
         }
     }
 
-    /// Whether `values` can be acted on and recorded: the policy's length, and
-    /// finite (a NaN or infinite sensor reading gets the safe action, no
-    /// transition).
+    /// Whether `values` can be acted on and recorded (see [`unusable`](Self::unusable)).
     fn usable(&self, values: &[f32]) -> bool {
-        values.len() == self.obs_dim && values.iter().all(|v| v.is_finite())
+        self.unusable(values).is_none()
+    }
+
+    /// Why `values` cannot be acted on and recorded, if so: not the policy's
+    /// length, a NaN or infinite value, or (with `[safety] observation_bounds`) a
+    /// value outside the policy's observation space. Such an observation gets the
+    /// safe action and no transition.
+    fn unusable(&self, values: &[f32]) -> Option<String> {
+        if values.len() != self.obs_dim {
+            return Some(format!(
+                "{} values, the policy takes {}",
+                values.len(),
+                self.obs_dim
+            ));
+        }
+        if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+            return Some(format!("value {i} is {}", values[i]));
+        }
+        let space = self.obs_bounds.as_ref()?;
+        let (i, v) = values
+            .iter()
+            .enumerate()
+            .find(|&(i, v)| *v < space.low[i] || *v > space.high[i])?;
+        Some(format!(
+            "value {i} = {v} is outside the policy's observation space [{}, {}]",
+            space.low[i], space.high[i]
+        ))
     }
 
     /// Closes the pending step with `obs`, the observation after it.
@@ -299,9 +329,21 @@ impl ControlLoop {
             .recurrent_state()
             .map_or((Vec::new(), Vec::new()), |(h, c)| (h.to_vec(), c.to_vec()));
         let version = self.actor.version();
-        let usable = self.usable(&obs.values);
-        let (action, verdict) = if !usable {
+        let why = self.unusable(&obs.values);
+        let usable = why.is_none();
+        let (action, verdict) = if let Some(why) = why {
             self.stats.bad_observations += 1;
+            if self.stats.bad_observations <= LOGGED_BAD_OBSERVATIONS {
+                let more = if self.stats.bad_observations == LOGGED_BAD_OBSERVATIONS {
+                    " (no more of these are logged; the count goes on in the status)"
+                } else {
+                    ""
+                };
+                tracing::warn!(
+                    seq = obs.seq,
+                    "unusable observation: {why}; safe action, no transition{more}"
+                );
+            }
             self.safety.fallback(false, estop)
         } else {
             match self.actor.step(&obs.values) {
@@ -563,6 +605,10 @@ impl Daemon {
         let control = ControlLoop {
             robot_id: config.robot_id.clone(),
             obs_dim: spec.observation_space.dim(),
+            obs_bounds: config
+                .safety
+                .observation_bounds
+                .then(|| spec.observation_space.clone()),
             explorer: Explorer::new(&config.mode, &spec.action_space),
             actor,
             safety,

@@ -433,6 +433,36 @@ fn a_nan_or_infinite_observation_gets_the_safe_action_and_no_transition() {
     assert_eq!(report.transitions.produced, 1);
 }
 
+/// CartPole's spec bounds the pole angle to ±0.419 rad: a reading past it (a
+/// sensor fault, or a state training never saw) gets the safe action and no
+/// transition, unless `observation_bounds` is off.
+#[test]
+fn an_observation_outside_the_policys_space_gets_the_safe_action() {
+    for bounds in [true, false] {
+        let mut config = rig_config();
+        config.safety.safe_action_index = 0;
+        config.safety.observation_bounds = bounds;
+        let mut rig = Rig::start(config);
+        assert_eq!(rig.act([0.0, 0.0, 0.1, 0.0]).action, Action::Discrete(1));
+        // Just inside the bound the policy drives; past it, the safety layer.
+        assert_eq!(rig.act([0.0, 0.0, 0.41, 0.0]).action, Action::Discrete(1));
+        let c = rig.act([0.0, 0.0, 0.5, 0.0]);
+        let expected = if bounds {
+            (Action::Discrete(0), 0)
+        } else {
+            (Action::Discrete(1), 1)
+        };
+        assert_eq!((c.action, c.policy_version), expected, "bounds {bounds}");
+        assert_eq!(rig.act([0.0, 0.0, 0.1, 0.0]).action, Action::Discrete(1));
+        let report = rig.daemon.stop();
+        let bad = u64::from(bounds);
+        assert_eq!(report.stats.bad_observations, bad, "bounds {bounds}");
+        // The step into the bad reading and the bad one itself make no transition.
+        assert_eq!(report.stats.discarded_steps, bad, "bounds {bounds}");
+        assert_eq!(report.transitions.produced, 3 - 2 * bad, "bounds {bounds}");
+    }
+}
+
 #[test]
 fn a_frozen_observation_stream_trips_the_watchdog() {
     let mut config = rig_config();
