@@ -458,6 +458,10 @@ pub fn subscribe(
     ))
 }
 
+/// A robot that sends nothing for this long has its open n-step window or
+/// sequence segment stored into replay ([`Ingest::flush_idle`]).
+pub const IDLE_FLUSH: Duration = Duration::from_secs(10);
+
 /// One robot as the learner sees it.
 #[derive(Debug)]
 struct Robot {
@@ -734,6 +738,21 @@ impl Sequences<'_> {
     }
 }
 
+impl Segment {
+    /// Gives back the buffers of an emptied segment.
+    fn release(&mut self) {
+        for v in [
+            &mut self.obs,
+            &mut self.prev,
+            &mut self.state,
+            &mut self.actions,
+            &mut self.rewards,
+        ] {
+            v.shrink_to_fit();
+        }
+    }
+}
+
 impl Store for Sequences<'_> {
     fn close(&mut self, robot: &mut Robot) {
         self.write(&mut robot.segment, false);
@@ -942,6 +961,46 @@ impl Ingest {
         for robot in self.robots.values_mut() {
             store.close(robot);
         }
+    }
+
+    /// Stores the open n-step window of every robot that sent nothing for
+    /// `idle` or longer into `replay` (as truncated); returns how many robots'
+    /// steps went in. A robot that stops (powered off, e-stopped, cut off) would
+    /// otherwise keep its last steps out of replay until the learner stops, and
+    /// a robot id never seen again would hold them for the learner's whole life.
+    /// A robot that comes back continues its episode in a new window.
+    pub fn flush_idle<S: TransitionSink + ?Sized>(
+        &mut self,
+        replay: &mut S,
+        idle: Duration,
+    ) -> usize {
+        self.close_idle(&mut Flat(replay), idle)
+    }
+
+    /// [`flush_idle`](Self::flush_idle) for a recurrent learner: the open
+    /// segments of idle robots go into the sequence `replay`, and their
+    /// buffers are given back (a long recurrent segment holds the LSTM state of
+    /// every step).
+    pub fn flush_idle_sequences(
+        &mut self,
+        replay: &mut SequenceReplay,
+        idle: Duration,
+    ) -> Result<usize, LearnerError> {
+        self.with_sequences(replay, |ingest, store| ingest.close_idle(store, idle))
+    }
+
+    fn close_idle(&mut self, store: &mut dyn Store, idle: Duration) -> usize {
+        let now = Instant::now();
+        let mut closed = 0;
+        for robot in self.robots.values_mut() {
+            let open = !robot.segment.rewards.is_empty() || robot.nstep.pending(0).unwrap_or(0) > 0;
+            if open && now.saturating_duration_since(robot.last_seen) >= idle {
+                store.close(robot);
+                robot.segment.release();
+                closed += 1;
+            }
+        }
+        closed
     }
 
     /// The tracking and checks both stores share.
@@ -1607,6 +1666,19 @@ impl FleetLearner {
         }
     }
 
+    /// Stores the open windows or segments of robots silent for `idle` into
+    /// replay ([`Ingest::flush_idle`]); returns how many robots'.
+    pub fn flush_idle(
+        &mut self,
+        ingest: &mut Ingest,
+        idle: Duration,
+    ) -> Result<usize, LearnerError> {
+        match self.replay_and_norm().0 {
+            Replay::Sequence(sequences) => ingest.flush_idle_sequences(sequences, idle),
+            flat => Ok(ingest.flush_idle(flat, idle)),
+        }
+    }
+
     /// The replay robots' steps go into, and the running observation
     /// statistics they update (learners that normalize).
     fn replay_and_norm(&mut self) -> (&mut Replay, Option<&mut crate::algo::RunningNorm>) {
@@ -2051,6 +2123,7 @@ pub fn serve(opts: ServeOptions, shutdown: Arc<AtomicBool>) -> Result<LearnerRep
     let mut current = Some(first);
     let mut last_progress = Instant::now();
     let mut last_report = Instant::now();
+    let mut last_idle_check = Instant::now();
     let inserted = |svc: &Service, base: u64| base + svc.ingest.inserted();
     let mut new_robot = false;
 
@@ -2075,6 +2148,13 @@ pub fn serve(opts: ServeOptions, shutdown: Arc<AtomicBool>) -> Result<LearnerRep
             if let Some(update) = &current {
                 let update = update.clone();
                 publish(&mut svc, &update)?;
+            }
+        }
+        if last_idle_check.elapsed() >= Duration::from_secs(1) {
+            last_idle_check = Instant::now();
+            let flushed = svc.learner.flush_idle(&mut svc.ingest, IDLE_FLUSH)?;
+            if flushed > 0 {
+                tracing::debug!("{flushed} silent robots' open steps went into replay");
             }
         }
         let total_inserted = inserted(&svc, inserted_base);
@@ -2406,6 +2486,33 @@ mod tests {
         assert_eq!(stored.len(), 0);
         windowed.flush(&mut stored);
         assert_eq!(stored.len(), 2);
+        // A robot that goes quiet: its open window goes into replay once it has
+        // been silent long enough, not before.
+        windowed
+            .batch("b", &batch(0, vec![t(0, 0, false)]), &mut stored)
+            .unwrap();
+        assert_eq!(
+            windowed.flush_idle(&mut stored, Duration::from_secs(3600)),
+            0
+        );
+        assert_eq!(stored.len(), 2);
+        assert_eq!(windowed.flush_idle(&mut stored, Duration::ZERO), 1);
+        assert_eq!(stored.len(), 3);
+        assert_eq!(
+            windowed.flush_idle(&mut stored, Duration::ZERO),
+            0,
+            "nothing open"
+        );
+        // It comes back mid-episode: a new window, no gap.
+        windowed
+            .batch(
+                "b",
+                &batch(1, vec![t(0, 1, false), t(0, 2, true)]),
+                &mut stored,
+            )
+            .unwrap();
+        assert_eq!(stored.len(), 5);
+        assert_eq!(windowed.totals().missing_steps, 0);
 
         let mut ingest = Ingest::new(2, ActionShape::Discrete { n: 2 }, 1, 0.99).unwrap();
         let mut replay = ReplayBuffer::new(100, 2, ActionShape::Discrete { n: 2 }).unwrap();
@@ -2836,6 +2943,22 @@ mod tests {
         assert_eq!((replay.len(), replay.starts()), (15, 10), "still open");
         ingest.flush_sequences(&mut replay).unwrap();
         assert_eq!((replay.len(), replay.starts()), (18, 12));
+        // A robot gone silent: its open segment goes in, and its buffers go back.
+        take(&mut ingest, &mut replay, vec![t(2, 2, false)]);
+        assert_eq!((replay.len(), replay.starts()), (18, 12), "still open");
+        let idle = Duration::from_secs(3600);
+        assert_eq!(ingest.flush_idle_sequences(&mut replay, idle).unwrap(), 0);
+        assert_eq!(
+            ingest
+                .flush_idle_sequences(&mut replay, Duration::ZERO)
+                .unwrap(),
+            1
+        );
+        assert_eq!((replay.len(), replay.starts()), (20, 13));
+        assert!(ingest
+            .robots
+            .values()
+            .all(|r| r.segment.state.capacity() == 0));
         // The flat path refuses a sequence store, and the other way round.
         let mut flat = Ingest::new(2, ActionShape::Discrete { n: 2 }, 3, 0.99).unwrap();
         assert!(flat.flush_sequences(&mut replay).is_err());
