@@ -610,7 +610,8 @@ joints = []
 # velocity (rad/s or m/s), effort (N m or N).
 fields = ["position", "velocity"]
 # joint_state / float64_multi_array: the StepInfo topic (reward, terminated,
-# truncated per sensor message, joined on header.stamp; arrays in arrival order).
+# truncated per sensor message, joined on header.stamp; arrays in arrival order,
+# so one message lost on a best-effort link shifts every later reward by a step).
 # "" = none: reward 0 and episodes never end (deployment without learning).
 step_info_topic = "~/step_info"
 # A sensor message without its StepInfo (or a StepInfo without its sensor message)
