@@ -339,7 +339,9 @@ impl Default for SpoolConfig {
 pub struct BatchingConfig {
     /// Transitions per `TransitionBatch` (a batch is sent as soon as it is full).
     pub transitions_per_batch: usize,
-    /// A partial batch is sent once its oldest transition is this old, milliseconds.
+    /// A partial batch is sent once its oldest transition is this old,
+    /// milliseconds; at most 5000 (a learner takes a robot silent for 10 s as
+    /// gone and stores its open steps).
     pub max_latency_ms: u64,
 }
 
@@ -464,6 +466,14 @@ impl Config {
         if self.batching.transitions_per_batch == 0 {
             return Err("batching.transitions_per_batch = 0: must be at least 1".into());
         }
+        // reflex-train's learner takes a robot silent for 10 s as gone and stores
+        // its open steps; batches must come well before that.
+        if self.batching.max_latency_ms > 5000 {
+            return Err(format!(
+                "batching.max_latency_ms = {}: must be at most 5000",
+                self.batching.max_latency_ms
+            ));
+        }
         if self.transport.kind == TransportKind::Zenoh {
             self.transport
                 .zenoh
@@ -565,7 +575,7 @@ retry_ms = 500
 [batching]
 # Transitions per TransitionBatch (sent as soon as it is full).
 transitions_per_batch = 64
-# A partial batch is sent once its oldest transition is this old, ms.
+# A partial batch is sent once its oldest transition is this old, ms (at most 5000).
 max_latency_ms = 100
 
 [transport]
@@ -733,6 +743,10 @@ mod tests {
             (
                 "[batching]\ntransitions_per_batch = 0",
                 "transitions_per_batch",
+            ),
+            (
+                "[batching]\nmax_latency_ms = 60000",
+                "max_latency_ms = 60000: must be at most 5000",
             ),
             ("[transport]\nkind = \"carrier-pigeon\"", "carrier-pigeon"),
             ("[transport.zenoh]\nmode = \"mesh\"", "mesh"),

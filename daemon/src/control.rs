@@ -245,6 +245,10 @@ impl ControlLoop {
         if let Some(mut actor) = newest {
             actor.reset();
             tracing::info!("policy v{} -> v{}", self.actor.version(), actor.version());
+            // The bounds observations are checked against are the running policy's.
+            if let Some(bounds) = &mut self.obs_bounds {
+                bounds.clone_from(&actor.spec().observation_space);
+            }
             self.actor = actor;
             self.explorer.reset();
             self.stats.swaps += 1;
@@ -257,16 +261,19 @@ impl ControlLoop {
         }
     }
 
-    /// Whether `values` can be acted on and recorded (see [`unusable`](Self::unusable)).
-    fn usable(&self, values: &[f32]) -> bool {
-        self.unusable(values).is_none()
+    /// Whether `obs` can close the pending step as its next observation (see
+    /// [`unusable`](Self::unusable)). A terminal one skips the bounds: the
+    /// learner does not bootstrap from it, and a robot may well end an episode
+    /// past the training env's bounds (a pole that fell further).
+    fn usable_next(&self, obs: &Observation) -> bool {
+        self.unusable(&obs.values, !obs.terminated).is_none()
     }
 
     /// Why `values` cannot be acted on and recorded, if so: not the policy's
-    /// length, a NaN or infinite value, or (with `[safety] observation_bounds`) a
-    /// value outside the policy's observation space. Such an observation gets the
-    /// safe action and no transition.
-    fn unusable(&self, values: &[f32]) -> Option<String> {
+    /// length, a NaN or infinite value, or (with `[safety] observation_bounds`,
+    /// when `bounds`) a value outside the policy's observation space. Such an
+    /// observation gets the safe action and no transition.
+    fn unusable(&self, values: &[f32], bounds: bool) -> Option<String> {
         if values.len() != self.obs_dim {
             return Some(format!(
                 "{} values, the policy takes {}",
@@ -277,7 +284,7 @@ impl ControlLoop {
         if let Some(i) = values.iter().position(|v| !v.is_finite()) {
             return Some(format!("value {i} is {}", values[i]));
         }
-        let space = self.obs_bounds.as_ref()?;
+        let space = self.obs_bounds.as_ref().filter(|_| bounds)?;
         let (i, v) = values
             .iter()
             .enumerate()
@@ -295,7 +302,7 @@ impl ControlLoop {
         };
         if obs.episode_id != p.episode_id
             || obs.step != p.step.wrapping_add(1)
-            || !self.usable(&obs.values)
+            || !self.usable_next(obs)
         {
             self.stats.discarded_steps += 1;
             return;
@@ -329,7 +336,7 @@ impl ControlLoop {
             .recurrent_state()
             .map_or((Vec::new(), Vec::new()), |(h, c)| (h.to_vec(), c.to_vec()));
         let version = self.actor.version();
-        let why = self.unusable(&obs.values);
+        let why = self.unusable(&obs.values, true);
         let usable = why.is_none();
         let (action, verdict) = if let Some(why) = why {
             self.stats.bad_observations += 1;

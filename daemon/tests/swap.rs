@@ -454,12 +454,26 @@ fn an_observation_outside_the_policys_space_gets_the_safe_action() {
         };
         assert_eq!((c.action, c.policy_version), expected, "bounds {bounds}");
         assert_eq!(rig.act([0.0, 0.0, 0.1, 0.0]).action, Action::Discrete(1));
+        // A terminal observation past the bounds still ends its step: the
+        // learner does not bootstrap from it, and the pole did fall.
+        rig.seq += 1;
+        rig.obs
+            .send(Observation {
+                seq: rig.seq,
+                step: rig.seq as u32,
+                values: vec![0.0, 0.0, 0.5, 0.0],
+                terminated: true,
+                ..Observation::default()
+            })
+            .unwrap();
+        // (The next one's action shows the terminal one was taken.)
+        assert_eq!(rig.act([0.0, 0.0, 0.1, 0.0]).action, Action::Discrete(1));
         let report = rig.daemon.stop();
         let bad = u64::from(bounds);
         assert_eq!(report.stats.bad_observations, bad, "bounds {bounds}");
         // The step into the bad reading and the bad one itself make no transition.
         assert_eq!(report.stats.discarded_steps, bad, "bounds {bounds}");
-        assert_eq!(report.transitions.produced, 3 - 2 * bad, "bounds {bounds}");
+        assert_eq!(report.transitions.produced, 4 - 2 * bad, "bounds {bounds}");
     }
 }
 

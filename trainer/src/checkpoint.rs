@@ -83,6 +83,8 @@ fn prefixed(prefix: &str, params: &dyn Params) -> Vec<String> {
 /// Writes a checkpoint of `agent` under `run_dir/checkpoints/` and prunes old
 /// ones; returns its folder.
 pub fn save(run_dir: &Path, agent: &mut dyn Agent) -> Result<PathBuf, TrainError> {
+    let at = format!("checkpoint at step {}", agent.steps_done());
+    crate::algo::check_weights(agent, &at)?;
     let root = run_dir.join("checkpoints");
     fs::create_dir_all(&root).map_err(|e| bad(&root, e))?;
     let name = format!("step-{:010}", agent.steps_done());

@@ -458,8 +458,8 @@ pub fn subscribe(
     ))
 }
 
-/// A robot that sends nothing for this long has its open n-step window or
-/// sequence segment stored into replay ([`Ingest::flush_idle`]).
+/// A robot that sends no transitions for this long has its open n-step window
+/// or sequence segment stored into replay ([`Ingest::flush_idle`]).
 pub const IDLE_FLUSH: Duration = Duration::from_secs(10);
 
 /// One robot as the learner sees it.
@@ -626,6 +626,12 @@ trait Store {
     /// The robot's stream broke (missing steps, a cut episode, a restarted
     /// daemon): what its open window holds is stored as truncated.
     fn close(&mut self, robot: &mut Robot);
+    /// The robot went quiet, its stream unbroken: what its open window holds is
+    /// stored as truncated, and its next step continues the episode (a
+    /// recurrent segment keeps the last action as that step's input).
+    fn pause(&mut self, robot: &mut Robot) {
+        self.close(robot);
+    }
     /// Stores one checked step; `false` refuses it (counted invalid).
     fn step(
         &mut self,
@@ -757,6 +763,10 @@ impl Store for Sequences<'_> {
     fn close(&mut self, robot: &mut Robot) {
         self.write(&mut robot.segment, false);
         robot.segment.last_action = None;
+    }
+
+    fn pause(&mut self, robot: &mut Robot) {
+        self.write(&mut robot.segment, false);
     }
 
     fn step(
@@ -963,9 +973,9 @@ impl Ingest {
         }
     }
 
-    /// Stores the open n-step window of every robot that sent nothing for
-    /// `idle` or longer into `replay` (as truncated); returns how many robots'
-    /// steps went in. A robot that stops (powered off, e-stopped, cut off) would
+    /// Stores the open n-step window of every robot that sent no transitions
+    /// for `idle` or longer into `replay` (as truncated); returns how many
+    /// robots' steps went in. A robot that stops (powered off, e-stopped, cut off) would
     /// otherwise keep its last steps out of replay until the learner stops, and
     /// a robot id never seen again would hold them for the learner's whole life.
     /// A robot that comes back continues its episode in a new window.
@@ -995,7 +1005,7 @@ impl Ingest {
         for robot in self.robots.values_mut() {
             let open = !robot.segment.rewards.is_empty() || robot.nstep.pending(0).unwrap_or(0) > 0;
             if open && now.saturating_duration_since(robot.last_seen) >= idle {
-                store.close(robot);
+                store.pause(robot);
                 robot.segment.release();
                 closed += 1;
             }
@@ -1935,6 +1945,8 @@ impl Service {
         let mut spec = self.spec.clone();
         spec.policy_version = self.report.policy_version + 1;
         spec.training_step = self.updates;
+        let at = format!("policy v{} at update {}", spec.policy_version, self.updates);
+        crate::algo::check_weights(self.learner.agent(), &at)?;
         let bytes = self.learner.agent().to_onnx(&spec)?;
         write_atomic(&self.opts.out.join(POLICY_FILE), &bytes)?;
         self.report.policy_version = spec.policy_version;
@@ -2959,6 +2971,14 @@ mod tests {
             .robots
             .values()
             .all(|r| r.segment.state.capacity() == 0));
+        // It comes back with no step missing: the resumed step's previous-action
+        // input is step 2's action (one-hot of 2 % 2 = 0), not zeros.
+        take(&mut ingest, &mut replay, vec![t(2, 3, true)]);
+        let batch = one_step_windows(&replay, 256);
+        let resumed = (0..batch.batch)
+            .find(|&i| batch.obs[i * 2 * 2] as u32 == 203)
+            .expect("step 3 of episode 2 is stored");
+        assert_eq!(&batch.prev_actions[resumed * 2 * 2..][..2], [1.0, 0.0]);
         // The flat path refuses a sequence store, and the other way round.
         let mut flat = Ingest::new(2, ActionShape::Discrete { n: 2 }, 3, 0.99).unwrap();
         assert!(flat.flush_sequences(&mut replay).is_err());

@@ -89,7 +89,8 @@ pub enum TrainError {
     #[error(
         "training diverged at {when}: the loss is {loss} (gradient norm before clipping \
          {grad_norm}). Nothing after the last checkpoint was saved. Lower the learning \
-         rate, set max_grad_norm, or scale the rewards down"
+         rate, set max_grad_norm, or scale the rewards down (a resumed run reads them \
+         from its config.toml)"
     )]
     Diverged {
         /// Where it happened (`step 1200`, `member 2, step 1200`, `update 300`).
@@ -98,6 +99,18 @@ pub enum TrainError {
         loss: f32,
         /// Its gradient norm before clipping.
         grad_norm: f64,
+    },
+    /// A network's weights hold NaN or infinite values when they were to be
+    /// saved, exported or published.
+    #[error(
+        "training diverged: {tensor} holds NaN or infinite values ({when}); nothing was \
+         written. Lower the learning rate, set max_grad_norm, or scale the rewards down"
+    )]
+    NonFiniteWeights {
+        /// The first tensor found bad (`online.trunk.0.weight`).
+        tensor: String,
+        /// What was being done (`checkpoint at step 1200`).
+        when: String,
     },
 }
 

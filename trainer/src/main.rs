@@ -591,6 +591,7 @@ impl RunObserver {
             .map_err(|e| TrainError::Export(format!("{}: {e}", dir.display())))?;
         let mut spec = self.spec.clone();
         spec.training_step = agent.updates();
+        reflex_trainer::algo::check_weights(agent, &format!("best policy at step {step}"))?;
         let bytes = agent.to_onnx(&spec)?;
         reflex_trainer::export::write_atomic(&dir.join(POLICY_FILE), &bytes)?;
         let selected = BestSelected {

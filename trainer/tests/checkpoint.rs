@@ -264,3 +264,32 @@ fn damaged_checkpoints_are_refused_with_the_file_named() {
     assert!(err.contains("state.json"), "{err}");
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// NaN weights are never written: a checkpoint of them (which a resume would
+/// pick up and fail on again) is refused, naming the tensor, and nothing is left
+/// in the checkpoints folder.
+#[test]
+fn nan_weights_are_not_checkpointed() {
+    reflex_trainer::set_compute_threads(1);
+    let dir = std::env::temp_dir().join(format!("reflex-ckpt-nan-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let device = Device::Cpu;
+    let mut dqn = Dqn::new(small_config(false), 4, 2, 1, &device).unwrap();
+    let (prefix, net) = dqn.networks()[0];
+    let (name, var) = net.named_vars().pop().unwrap();
+    let mut values = var
+        .as_tensor()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    values[0] = f32::NAN;
+    var.set(&Tensor::from_vec(values, var.as_tensor().shape(), &device).unwrap())
+        .unwrap();
+    let err = checkpoint::save(&dir, &mut dqn).unwrap_err().to_string();
+    assert!(err.contains(&format!("{prefix}.{name}")), "{err}");
+    assert!(err.contains("NaN"), "{err}");
+    let left = std::fs::read_dir(dir.join("checkpoints")).map_or(0, |d| d.count());
+    assert_eq!(left, 0, "no checkpoint directory written");
+    std::fs::remove_dir_all(&dir).ok();
+}

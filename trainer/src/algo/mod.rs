@@ -51,14 +51,17 @@ pub struct UpdateStats {
 }
 
 impl UpdateStats {
-    /// These stats, or [`TrainError::Diverged`] if the loss is NaN or infinite.
+    /// These stats, or [`TrainError::Diverged`] if the loss or the gradient
+    /// norm is NaN or infinite.
     ///
-    /// Once the loss is not finite the weights are (or are about to be) NaN and
-    /// stay so, and everything saved after would be garbage, so training stops
-    /// there. `when` says where, e.g. `"step 1200"`. The loss is read back for
-    /// the stats anyway, so the check costs no synchronisation.
+    /// A non-finite gradient makes the weights NaN in this very update (the clip
+    /// scale times an infinite gradient, or Adam's inf/inf), a non-finite loss
+    /// shows they already are, and they stay so: everything saved after would
+    /// be garbage, so training stops there. `when` says where, e.g. `"step
+    /// 1200"`. Both are read back for the stats anyway, so the check costs no
+    /// synchronisation.
     pub fn finite(self, when: impl FnOnce() -> String) -> Result<Self, TrainError> {
-        if self.loss.is_finite() {
+        if self.loss.is_finite() && self.grad_norm.is_finite() {
             Ok(self)
         } else {
             Err(TrainError::Diverged {
@@ -68,6 +71,29 @@ impl UpdateStats {
             })
         }
     }
+}
+
+/// `Ok` if every weight of `agent`'s networks is finite, else
+/// [`TrainError::NonFiniteWeights`] naming the first bad tensor. Checkpoints,
+/// exports and published policies call it: NaN weights saved or sent to robots
+/// would poison a resume and drive robots on the safe action.
+pub fn check_weights(agent: &dyn Agent, when: &str) -> Result<(), TrainError> {
+    for (prefix, net) in agent.networks() {
+        for (name, var) in net.named_vars() {
+            let values = var
+                .as_tensor()
+                .flatten_all()?
+                .to_dtype(candle_core::DType::F32)?
+                .to_vec1::<f32>()?;
+            if values.iter().any(|v| !v.is_finite()) {
+                return Err(TrainError::NonFiniteWeights {
+                    tensor: format!("{prefix}.{name}"),
+                    when: when.to_string(),
+                });
+            }
+        }
+    }
+    Ok(())
 }
 
 /// An optimizer as a checkpoint sees it: its parameters' names (with `prefix`
