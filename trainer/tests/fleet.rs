@@ -33,10 +33,8 @@ fn fleet(name: &str, args: &[&str]) -> serde_json::Value {
     summary
 }
 
-/// Runs `reflex-train fleet` with `args` on the run folder `out`; checks that it
-/// succeeded, that nothing was lost silently and that a policy was published;
-/// returns the summary, with the published policy's algorithm and action kind.
-fn fleet_in(out: &std::path::Path, args: &[&str]) -> serde_json::Value {
+/// Builds `reflex-sim` and `reflexd` if they are not next to `reflex-train`.
+fn robot_binaries() {
     if !(sibling("reflex-sim").exists() && sibling("reflexd").exists()) {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let status = Command::new(cargo)
@@ -48,6 +46,13 @@ fn fleet_in(out: &std::path::Path, args: &[&str]) -> serde_json::Value {
             "build the robot binaries: cargo build -p reflex-sim -p reflex-daemon"
         );
     }
+}
+
+/// Runs `reflex-train fleet` with `args` on the run folder `out`; checks that it
+/// succeeded, that nothing was lost silently and that a policy was published;
+/// returns the summary, with the published policy's algorithm and action kind.
+fn fleet_in(out: &std::path::Path, args: &[&str]) -> serde_json::Value {
+    robot_binaries();
     let output = Command::new(env!("CARGO_BIN_EXE_reflex-train"))
         .arg("fleet")
         .args(args)
@@ -296,4 +301,31 @@ fn a_recurrent_td3_fleet_trains_on_sequences_of_continuous_actions() {
         ],
     );
     assert_trained_on_sequences(&summary, "td3", true);
+}
+
+/// A learner whose updates go NaN stops the fleet, and the fleet says why
+/// instead of publishing NaN policies to the robots.
+#[test]
+fn a_diverging_learner_stops_the_fleet_with_the_reason() {
+    let _one = FLEET.lock().unwrap_or_else(|e| e.into_inner());
+    robot_binaries();
+    let out = std::env::temp_dir().join(format!("reflex-fleet-test-nan-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&out);
+    let output = Command::new(env!("CARGO_BIN_EXE_reflex-train"))
+        .args(["fleet", "--env", "cartpole", "--robots", "1"])
+        .args([
+            "--max-transitions",
+            "20000",
+            "--set",
+            "dqn.learning_starts=300",
+        ])
+        .args(["--set", "dqn.learning_rate=1e30", "--out"])
+        .arg(&out)
+        .output()
+        .expect("running reflex-train fleet");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(stderr.contains("learner exited unexpectedly"), "{stderr}");
+    assert!(stderr.contains("training diverged at update"), "{stderr}");
+    std::fs::remove_dir_all(&out).ok();
 }
