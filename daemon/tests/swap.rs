@@ -477,6 +477,30 @@ fn an_observation_outside_the_policys_space_gets_the_safe_action() {
     }
 }
 
+/// The bounds observations are checked against are the running policy's: one
+/// swapped in that was trained on a wider space acts on a reading the first
+/// policy's bounds refused.
+#[test]
+fn observation_bounds_follow_a_swapped_policy() {
+    let mut config = rig_config();
+    config.safety.safe_action_index = 0;
+    let mut rig = Rig::start(config);
+    let c = rig.act([0.0, 0.0, 0.5, 0.0]);
+    assert_eq!((c.action, c.policy_version), (Action::Discrete(0), 0));
+    let mut wide = common::cartpole_controller(2);
+    wide.spec.observation_space = reflex_msgs::BoxSpace::new(
+        vec![-4.8, f32::MIN, -1.0, f32::MIN],
+        vec![4.8, f32::MAX, 1.0, f32::MAX],
+    )
+    .unwrap();
+    rig.policies
+        .send(PolicyMessage::Update(Box::new(update(&wide))))
+        .unwrap();
+    rig.until_version(2);
+    let c = rig.act([0.0, 0.0, 0.5, 0.0]);
+    assert_eq!((c.action, c.policy_version), (Action::Discrete(1), 2));
+}
+
 #[test]
 fn a_frozen_observation_stream_trips_the_watchdog() {
     let mut config = rig_config();
