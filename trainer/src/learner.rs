@@ -956,21 +956,17 @@ impl Ingest {
     }
 
     /// Stores what every robot's open n-step window holds into `replay` (as
-    /// truncated), so a checkpoint made now holds every step accepted.
+    /// truncated), so a checkpoint made now holds every step accepted: a
+    /// [`flush_idle`](Self::flush_idle) of every robot.
     pub fn flush<S: TransitionSink + ?Sized>(&mut self, replay: &mut S) {
-        self.close_all(&mut Flat(replay));
+        self.flush_idle(replay, Duration::ZERO);
     }
 
     /// [`flush`](Self::flush) for a recurrent learner: every robot's open
     /// segment goes into the sequence `replay`.
     pub fn flush_sequences(&mut self, replay: &mut SequenceReplay) -> Result<(), LearnerError> {
-        self.with_sequences(replay, |ingest, store| ingest.close_all(store))
-    }
-
-    fn close_all(&mut self, store: &mut dyn Store) {
-        for robot in self.robots.values_mut() {
-            store.close(robot);
-        }
+        self.flush_idle_sequences(replay, Duration::ZERO)
+            .map(|_| ())
     }
 
     /// Stores the open n-step window of every robot that sent no transitions
@@ -1667,13 +1663,7 @@ impl FleetLearner {
     /// Stores what the robots' open windows and segments hold (see
     /// [`Ingest::flush`]): before a final checkpoint.
     pub fn flush(&mut self, ingest: &mut Ingest) -> Result<(), LearnerError> {
-        match self.replay_and_norm().0 {
-            Replay::Sequence(sequences) => ingest.flush_sequences(sequences),
-            flat => {
-                ingest.flush(flat);
-                Ok(())
-            }
-        }
+        self.flush_idle(ingest, Duration::ZERO).map(|_| ())
     }
 
     /// Stores the open windows or segments of robots silent for `idle` into

@@ -453,12 +453,15 @@ fn a_killed_run_resumes_from_its_last_checkpoint() {
     child.wait().unwrap();
     assert!(!out.join("eval.json").exists(), "killed before the end");
 
-    let output = train_cmd()
-        .arg("resume")
-        .arg(&out)
-        .arg("--quiet")
-        .output()
-        .unwrap();
+    let resume = || {
+        train_cmd()
+            .arg("resume")
+            .arg(&out)
+            .arg("--quiet")
+            .output()
+            .unwrap()
+    };
+    let output = resume();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "{stderr}");
     assert!(stderr.contains("resuming"), "{stderr}");
@@ -485,12 +488,7 @@ fn a_killed_run_resumes_from_its_last_checkpoint() {
     // wrong with it once (not `truncated: truncated`).
     let newest = out.join("checkpoints/step-0000006000/replay.bin");
     std::fs::write(&newest, b"junk").unwrap();
-    let output = train_cmd()
-        .arg("resume")
-        .arg(&out)
-        .arg("--quiet")
-        .output()
-        .unwrap();
+    let output = resume();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(2), "{stderr}");
     let line = stderr.lines().find(|l| l.starts_with("error: ")).unwrap();
