@@ -342,7 +342,8 @@ impl ControlLoop {
             self.stats.bad_observations += 1;
             if self.stats.bad_observations <= LOGGED_BAD_OBSERVATIONS {
                 let more = if self.stats.bad_observations == LOGGED_BAD_OBSERVATIONS {
-                    " (no more of these are logged; the count goes on in the status)"
+                    " (no more of these are logged: they are counted as `bad_observations` in \
+                     the stop report and as safety interventions in the status)"
                 } else {
                     ""
                 };
