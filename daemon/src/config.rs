@@ -282,11 +282,12 @@ pub struct SafetyConfig {
     /// Start with the emergency stop engaged (the safe action is sent until an
     /// operator clears it).
     pub start_estopped: bool,
-    /// Treat an observation outside the policy's observation space (each finite
-    /// bound of its spec) like a NaN one: the safe action, no transition, counted in
-    /// `bad_observations`. The bounds are the training env's, so a reading past
-    /// them is a sensor fault or a state the policy never saw. `false` = check only
-    /// the length and that every value is finite.
+    /// Treat an observation outside the running policy's observation space (each
+    /// finite bound of its spec) like a NaN one: the safe action, no transition,
+    /// counted in `bad_observations`. The bounds are the training env's, so a
+    /// reading past them is a sensor fault or a state the policy never saw. A
+    /// terminal observation still ends its step, clamped into the bounds. `false`
+    /// = check only the length and that every value is finite.
     pub observation_bounds: bool,
 }
 
@@ -553,9 +554,10 @@ max_rate_per_s = []
 watchdog_ms = 200
 # Start with the emergency stop engaged (safe action until an operator clears it).
 start_estopped = false
-# An observation outside the policy's observation space (its finite bounds, those of
-# the env it was trained on) gets the safe action and no transition, like a NaN one;
-# false = check only its length and that it is finite.
+# An observation outside the running policy's observation space (its finite bounds,
+# those of the env it was trained on) gets the safe action and no transition, like a
+# NaN one (a terminal one still ends its step, clamped into the bounds); false =
+# check only its length and that it is finite.
 observation_bounds = true
 
 [spool]

@@ -269,6 +269,19 @@ impl ControlLoop {
         self.unusable(&obs.values, !obs.terminated).is_none()
     }
 
+    /// `obs`'s values as the next observation of a transition: a terminal one
+    /// past the bounds is clamped into them, since a huge value would still
+    /// reach a learner's network (and its 0 · Q(next) = 0 · ∞ would be NaN).
+    fn next_values(&self, obs: &Observation) -> Vec<f32> {
+        let mut values = obs.values.clone();
+        if let Some(space) = self.obs_bounds.as_ref().filter(|_| obs.terminated) {
+            for ((v, &low), &high) in values.iter_mut().zip(&space.low).zip(&space.high) {
+                *v = v.clamp(low, high);
+            }
+        }
+        values
+    }
+
     /// Why `values` cannot be acted on and recorded, if so: not the policy's
     /// length, a NaN or infinite value, or (with `[safety] observation_bounds`,
     /// when `bounds`) a value outside the policy's observation space. Such an
@@ -314,7 +327,7 @@ impl ControlLoop {
             obs: p.obs,
             action: p.action,
             reward: obs.reward,
-            next_obs: obs.values.clone(),
+            next_obs: self.next_values(obs),
             terminated: obs.terminated,
             truncated: obs.truncated,
             policy_version: p.policy_version,

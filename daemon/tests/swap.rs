@@ -194,6 +194,7 @@ struct Rig {
     obs: std::sync::mpsc::Sender<Observation>,
     actions: Receiver<ActionCommand>,
     policies: std::sync::mpsc::Sender<PolicyMessage>,
+    transitions: Receiver<reflex_msgs::TransitionBatch>,
     seq: u64,
 }
 
@@ -205,7 +206,7 @@ impl Rig {
     fn start_with(config: Config, policy: common::Linear) -> Self {
         let (obs, obs_rx) = inproc::observations();
         let (action_tx, actions) = inproc::actions();
-        let (transition_tx, _transitions, _link) = inproc::transitions();
+        let (transition_tx, transitions, _link) = inproc::transitions();
         let (policies, policy_rx) = inproc::policies();
         let daemon = Daemon::start(
             &config,
@@ -225,6 +226,7 @@ impl Rig {
             obs,
             actions,
             policies,
+            transitions,
             seq: 0,
         }
     }
@@ -466,9 +468,18 @@ fn an_observation_outside_the_policys_space_gets_the_safe_action() {
                 ..Observation::default()
             })
             .unwrap();
-        // (The next one's action shows the terminal one was taken.)
+        // (The next one's answer means the terminal one was taken in.)
         assert_eq!(rig.act([0.0, 0.0, 0.1, 0.0]).action, Action::Discrete(1));
         let report = rig.daemon.stop();
+        // With the check on, its value past the bound is clamped into it.
+        let terminal = rig
+            .transitions
+            .try_iter()
+            .flat_map(|b| b.transitions)
+            .find(|t| t.terminated)
+            .expect("the terminal step was sent");
+        let angle = if bounds { 0.418_879 } else { 0.5 };
+        assert_eq!(terminal.next_obs, [0.0, 0.0, angle, 0.0], "bounds {bounds}");
         let bad = u64::from(bounds);
         assert_eq!(report.stats.bad_observations, bad, "bounds {bounds}");
         // The step into the bad reading and the bad one itself make no transition.

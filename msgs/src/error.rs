@@ -133,7 +133,7 @@ pub struct CapacityError {
 /// Many error types show their cause in their own message (`"replay: {0}"`) *and*
 /// return it from [`source`](std::error::Error::source), so walking the chain naively
 /// prints it twice (`replay: bad state: bad state`). This joins the chain with `": "`
-/// and skips a cause whose text the line already ends with. The binaries print their
+/// and skips a cause whose text already ends the line as a whole word. The binaries print their
 /// fatal errors with it.
 ///
 /// ```
@@ -152,7 +152,11 @@ pub fn error_report(error: &(dyn std::error::Error + 'static)) -> std::string::S
     let mut cause = error.source();
     while let Some(e) = cause {
         let text = e.to_string();
-        if !text.is_empty() && !line.ends_with(&text) {
+        let shown = line == text
+            || line
+                .strip_suffix(text.as_str())
+                .is_some_and(|head| head.ends_with(": ") || head.ends_with(' '));
+        if !text.is_empty() && !shown {
             line.push_str(": ");
             line.push_str(&text);
         }

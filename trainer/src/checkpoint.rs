@@ -83,7 +83,7 @@ fn prefixed(prefix: &str, params: &dyn Params) -> Vec<String> {
 /// Writes a checkpoint of `agent` under `run_dir/checkpoints/` and prunes old
 /// ones; returns its folder.
 pub fn save(run_dir: &Path, agent: &mut dyn Agent) -> Result<PathBuf, TrainError> {
-    let at = format!("checkpoint at step {}", agent.steps_done());
+    let at = format!("checkpoint at step {}, not written", agent.steps_done());
     crate::algo::check_weights(agent, &at)?;
     let root = run_dir.join("checkpoints");
     fs::create_dir_all(&root).map_err(|e| bad(&root, e))?;
@@ -267,5 +267,10 @@ pub fn load(checkpoint: &Path, agent: &mut dyn Agent, device: &Device) -> Result
     *act = act_rng;
     *replay = replay_rng;
     agent.set_steps_done(state.step);
-    Ok(())
+    // One written before checkpoints refused NaN weights.
+    let at = format!(
+        "in checkpoint {}: move it aside to resume from the one before",
+        checkpoint.display()
+    );
+    crate::algo::check_weights(agent, &at)
 }

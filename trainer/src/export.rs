@@ -320,6 +320,8 @@ pub fn policy_for_checkpoint(
     let weights = checkpoint.join("weights.safetensors");
     let bytes = fs::read(&weights)
         .map_err(|e| TrainError::Export(format!("{}: {e}", weights.display())))?;
+    let at = format!("exporting {}, not exported", checkpoint.display());
+    crate::algo::check_weights(agent, &at)?;
     let mut spec = template.clone();
     spec.training_step = agent.updates();
     spec.source_checkpoint_sha256 = reflex_msgs::hash::to_hex(&reflex_msgs::hash::sha256(&bytes));

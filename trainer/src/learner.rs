@@ -1935,7 +1935,10 @@ impl Service {
         let mut spec = self.spec.clone();
         spec.policy_version = self.report.policy_version + 1;
         spec.training_step = self.updates;
-        let at = format!("policy v{} at update {}", spec.policy_version, self.updates);
+        let at = format!(
+            "policy v{} at update {}, not published",
+            spec.policy_version, self.updates
+        );
         crate::algo::check_weights(self.learner.agent(), &at)?;
         let bytes = self.learner.agent().to_onnx(&spec)?;
         write_atomic(&self.opts.out.join(POLICY_FILE), &bytes)?;
@@ -2152,7 +2155,9 @@ pub fn serve(opts: ServeOptions, shutdown: Arc<AtomicBool>) -> Result<LearnerRep
                 publish(&mut svc, &update)?;
             }
         }
-        if last_idle_check.elapsed() >= Duration::from_secs(1) {
+        // Not while a backlog is still queued (after a stall): the robots in it
+        // only look silent.
+        if drained < 4096 && last_idle_check.elapsed() >= Duration::from_secs(1) {
             last_idle_check = Instant::now();
             let flushed = svc.learner.flush_idle(&mut svc.ingest, IDLE_FLUSH)?;
             if flushed > 0 {

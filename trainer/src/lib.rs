@@ -90,7 +90,7 @@ pub enum TrainError {
         "training diverged at {when}: the loss is {loss} (gradient norm before clipping \
          {grad_norm}). Nothing after the last checkpoint was saved. Lower the learning \
          rate, set max_grad_norm, or scale the rewards down (a resumed run reads them \
-         from its config.toml)"
+         from its config.toml; a population's, from every member's)"
     )]
     Diverged {
         /// Where it happened (`step 1200`, `member 2, step 1200`, `update 300`).
@@ -101,15 +101,16 @@ pub enum TrainError {
         grad_norm: f64,
     },
     /// A network's weights hold NaN or infinite values when they were to be
-    /// saved, exported or published.
+    /// saved, exported, published or resumed from.
     #[error(
-        "training diverged: {tensor} holds NaN or infinite values ({when}); nothing was \
-         written. Lower the learning rate, set max_grad_norm, or scale the rewards down"
+        "training diverged: {tensor} holds NaN or infinite values ({when}). Lower the \
+         learning rate, set max_grad_norm, or scale the rewards down"
     )]
     NonFiniteWeights {
         /// The first tensor found bad (`online.trunk.0.weight`).
         tensor: String,
-        /// What was being done (`checkpoint at step 1200`).
+        /// What was being done, and what became of it (`checkpoint at step
+        /// 1200, not written`).
         when: String,
     },
 }

@@ -591,7 +591,8 @@ impl RunObserver {
             .map_err(|e| TrainError::Export(format!("{}: {e}", dir.display())))?;
         let mut spec = self.spec.clone();
         spec.training_step = agent.updates();
-        reflex_trainer::algo::check_weights(agent, &format!("best policy at step {step}"))?;
+        let at = format!("best policy at step {step}, not exported");
+        reflex_trainer::algo::check_weights(agent, &at)?;
         let bytes = agent.to_onnx(&spec)?;
         reflex_trainer::export::write_atomic(&dir.join(POLICY_FILE), &bytes)?;
         let selected = BestSelected {

@@ -291,5 +291,22 @@ fn nan_weights_are_not_checkpointed() {
     assert!(err.contains("NaN"), "{err}");
     let left = std::fs::read_dir(dir.join("checkpoints")).map_or(0, |d| d.count());
     assert_eq!(left, 0, "no checkpoint directory written");
+
+    // One with NaN weights from elsewhere (an older build) is refused on load,
+    // with what to do about it.
+    let mut good = Dqn::new(small_config(false), 4, 2, 1, &device).unwrap();
+    let saved = checkpoint::save(&dir, &mut good).unwrap();
+    let path = saved.join("weights.safetensors");
+    let mut tensors = candle_core::safetensors::load(&path, &device).unwrap();
+    let key = format!("{prefix}.{name}");
+    let t = &tensors[&key];
+    let nan = Tensor::full(f32::NAN, t.shape(), &device).unwrap();
+    tensors.insert(key.clone(), nan);
+    candle_core::safetensors::save(&tensors, &path).unwrap();
+    let mut fresh = Dqn::new(small_config(false), 4, 2, 1, &device).unwrap();
+    let err = checkpoint::load(&saved, &mut fresh, &device)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains(&key) && err.contains("move it aside"), "{err}");
     std::fs::remove_dir_all(&dir).ok();
 }

@@ -690,7 +690,7 @@ macro_rules! forward_to_core {
             // Each eager update runs inside candle's CPU thread pool itself.
             let mut last = None;
             for _ in 0..due {
-                last = Some(self.update(beta)?);
+                last = Some(super::Checked::checked(self.update(beta)?, step)?);
             }
             Ok(Some(last.expect("at least one update")))
         }

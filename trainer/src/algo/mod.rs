@@ -73,6 +73,29 @@ impl UpdateStats {
     }
 }
 
+/// What one update returns, checked for divergence after every update of a
+/// round ([`UpdateStats::finite`]): a learner's stats, or a population's, one
+/// per member.
+pub(crate) trait Checked: Sized {
+    /// `self`, or [`TrainError::Diverged`] naming env step `step`.
+    fn checked(self, step: u64) -> Result<Self, TrainError>;
+}
+
+impl Checked for UpdateStats {
+    fn checked(self, step: u64) -> Result<Self, TrainError> {
+        self.finite(|| format!("step {step}"))
+    }
+}
+
+impl Checked for Vec<UpdateStats> {
+    fn checked(self, step: u64) -> Result<Self, TrainError> {
+        for (k, stats) in self.iter().enumerate() {
+            stats.finite(|| format!("member {k}, step {step}"))?;
+        }
+        Ok(self)
+    }
+}
+
 /// `Ok` if every weight of `agent`'s networks is finite, else
 /// [`TrainError::NonFiniteWeights`] naming the first bad tensor. Checkpoints,
 /// exports and published policies call it: NaN weights saved or sent to robots
@@ -403,7 +426,7 @@ pub(crate) use schedule_rounds;
 /// learner, or a [population](population) of them in lockstep.
 pub(crate) trait Scheduled {
     /// What one update reports.
-    type Stats;
+    type Stats: Checked;
     /// The schedule's numbers.
     fn rounds(&self) -> Rounds;
     /// Sets the optimizer's learning rate.
@@ -449,9 +472,10 @@ pub(crate) fn scheduled<L: Scheduled>(
 /// The value-based learners' update schedule (DQN, DRQN): a round of
 /// `gradient_steps` calls of `update(β)` every `train_freq` steps once past
 /// `learning_starts`, with PER's β annealed linearly from `per_beta0` to 1 over
-/// the run. Returns the last update's stats.
+/// the run. Returns the last update's stats; stops at the first update that
+/// diverged ([`Checked`]).
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn update_round<T>(
+pub(crate) fn update_round<T: Checked>(
     step: u64,
     total: u64,
     learning_starts: u64,
@@ -464,7 +488,7 @@ pub(crate) fn update_round<T>(
     if step > learning_starts && step.is_multiple_of(train_freq) {
         let beta = per_beta0 + (1.0 - per_beta0) * (step as f64 / total.max(1) as f64);
         for _ in 0..gradient_steps {
-            last = Some(update(beta.min(1.0))?);
+            last = Some(update(beta.min(1.0))?.checked(step)?);
         }
     }
     Ok(last)
@@ -562,7 +586,7 @@ pub fn train(
             obs.copy_from_slice(&next_obs);
         }
         if let Some(stats) = agent.train_after(step, total_steps)? {
-            last_update = Some(stats.finite(|| format!("step {step}"))?);
+            last_update = Some(stats);
             observer.trained(&progress(last_update));
         }
         if periodic_every > 0 && step.is_multiple_of(periodic_every) {

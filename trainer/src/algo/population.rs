@@ -714,7 +714,7 @@ pub fn train_population(
         }
         if let Some(stats) = population.train_after(step, total_steps)? {
             for (k, s) in stats.into_iter().enumerate() {
-                last_update[k] = Some(s.finite(|| format!("member {k}, step {step}"))?);
+                last_update[k] = Some(s);
                 observers[k].trained(&Progress {
                     step,
                     exploration,

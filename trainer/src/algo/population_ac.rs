@@ -410,7 +410,7 @@ impl Population for DdpgPopulation {
         let beta = core.beta(step, total);
         let mut last = None;
         for _ in 0..due {
-            last = Some(self.update(beta)?);
+            last = Some(super::Checked::checked(self.update(beta)?, step)?);
         }
         Ok(last)
     }
