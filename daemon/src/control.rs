@@ -3,7 +3,8 @@
 //! Tick `k` is due at `start + k · period` (never "last tick + period", so there is
 //! no drift). Each tick:
 //!
-//! 1. swaps in a policy the swap thread has validated, if any (recurrent state reset);
+//! 1. swaps in a policy the swap thread has validated, if any (recurrent state reset, the
+//!    episode's last action kept as the policy's previous action);
 //! 2. takes the newest observation;
 //! 3. if it is fresh, closes the previous step's transition with it (reward and
 //!    `terminated` / `truncated` come from this observation, the one *after* the
@@ -158,6 +159,10 @@ pub struct ControlLoop {
     uplink: UplinkSender,
     swaps: Receiver<Box<dyn Actor>>,
     pending: Option<Pending>,
+    /// The last action sent in the current episode (`None` after a reset): a
+    /// swapped-in recurrent policy gets it as its previous action, as the learner
+    /// assumes when it replays the episode.
+    applied: Option<Action>,
     last_seq: Option<u64>,
     inbox: Vec<Observation>,
     latency: Histogram<u64>,
@@ -207,8 +212,7 @@ impl ControlLoop {
             self.close_pending(&obs);
             if obs.done() {
                 // The episode is over: no action; the robot resets.
-                self.actor.reset();
-                self.explorer.reset();
+                self.reset_episode();
             } else if i + 1 == n {
                 newest = Some(obs);
             } else {
@@ -231,6 +235,7 @@ impl ControlLoop {
                     // count from 1), so a simulator does not take it for an answer.
                     let (action, _) = self.safety.fallback(tripped, estop);
                     self.discard_pending();
+                    self.observe_applied(&action);
                     self.send_action(self.last_seq.unwrap_or(0), 0, action);
                 }
             }
@@ -244,6 +249,11 @@ impl ControlLoop {
         }
         if let Some(mut actor) = newest {
             actor.reset();
+            // The state starts afresh, but the episode goes on: the learner
+            // replays this step with the action before it as the previous action.
+            if let Some(action) = &self.applied {
+                actor.observe_applied(action);
+            }
             tracing::info!("policy v{} -> v{}", self.actor.version(), actor.version());
             // The bounds observations are checked against are the running policy's.
             if let Some(bounds) = &mut self.obs_bounds {
@@ -253,6 +263,19 @@ impl ControlLoop {
             self.explorer.reset();
             self.stats.swaps += 1;
         }
+    }
+
+    /// Forgets the episode: recurrent state, exploration noise, last action.
+    fn reset_episode(&mut self) {
+        self.actor.reset();
+        self.explorer.reset();
+        self.applied = None;
+    }
+
+    /// Records `action` as sent: the recurrent policy's next previous action.
+    fn observe_applied(&mut self, action: &Action) {
+        self.actor.observe_applied(action);
+        self.applied = Some(action.clone());
     }
 
     fn discard_pending(&mut self) {
@@ -341,8 +364,7 @@ impl ControlLoop {
     fn act(&mut self, obs: Observation, now: Instant, estop: bool) {
         if obs.step == 0 {
             // A new episode (possibly without a done flag before it).
-            self.actor.reset();
-            self.explorer.reset();
+            self.reset_episode();
         }
         let (h, c) = self
             .actor
@@ -385,7 +407,7 @@ impl ControlLoop {
         };
         let version = if verdict.safe_action() { 0 } else { version };
         // A recurrent policy's next prev_action is what the robot was told to do.
-        self.actor.observe_applied(&action);
+        self.observe_applied(&action);
         self.send_action(obs.seq, version, action.clone());
         self.stats.acting_ticks += 1;
         let _ = self.latency.record(now.elapsed().as_nanos().max(1) as u64);
@@ -641,6 +663,7 @@ impl Daemon {
             uplink: uplink_tx,
             swaps,
             pending: None,
+            applied: None,
             last_seq: None,
             inbox: Vec::new(),
             latency: histogram(),

@@ -512,6 +512,49 @@ fn observation_bounds_follow_a_swapped_policy() {
     assert_eq!((c.action, c.policy_version), (Action::Discrete(1), 2));
 }
 
+/// A policy swapped in mid-episode starts from a zero recurrent state but is told
+/// the action sent before it, the same previous action the learner's replay
+/// gives that step (it takes it from the episode's previous transition).
+#[test]
+fn a_swapped_recurrent_policy_keeps_the_episodes_last_action() {
+    let mut config = rig_config();
+    config.batching.max_latency_ms = 1;
+    let mut rig = Rig::start(config);
+    for _ in 0..3 {
+        rig.act([0.0, 0.0, 0.1, 0.0]);
+    }
+    rig.policies
+        .send(PolicyMessage::Update(Box::new(update(
+            &common::cartpole_controller(2),
+        ))))
+        .unwrap();
+    let first = rig.until_version(2);
+    // One more observation closes the first v2 step's transition.
+    rig.act([0.0, 0.0, 0.1, 0.0]);
+    let report = rig.daemon.stop();
+    assert_eq!(report.stats.swaps, 1);
+    let transitions: Vec<_> = rig
+        .transitions
+        .try_iter()
+        .flat_map(|b| b.transitions)
+        .collect();
+    let at = |step: u64| {
+        transitions
+            .iter()
+            .find(|t| u64::from(t.step) == step)
+            .unwrap_or_else(|| panic!("no transition for step {step}"))
+    };
+    let (before, swapped) = (at(first.seq - 1), at(first.seq));
+    assert_eq!((before.policy_version, swapped.policy_version), (1, 2));
+    let Action::Discrete(a) = before.action else {
+        panic!("a discrete action")
+    };
+    // The test actor's `h` is the previous action it was told (`[-1]` = none),
+    // its `c` counts steps since its reset.
+    assert_eq!(swapped.recurrent_h, vec![a as f32], "previous action kept");
+    assert_eq!(swapped.recurrent_c, vec![0.0], "state reset on the swap");
+}
+
 #[test]
 fn a_frozen_observation_stream_trips_the_watchdog() {
     let mut config = rig_config();
