@@ -170,15 +170,28 @@ impl Norm {
     }
 
     /// Built from differentiable primitives (candle's fused layer-norm op has no
-    /// backward pass).
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    /// backward pass). `frozen` detaches the gain and offset, as
+    /// [`Dense::forward_with`] does its weights, so that a loss through a frozen
+    /// network computes no gradients for them.
+    fn forward(&self, x: &Tensor, frozen: bool) -> Result<Tensor> {
         let mean = x.mean_keepdim(D::Minus1)?;
         let centered = x.broadcast_sub(&mean)?;
         let var = centered.sqr()?.mean_keepdim(D::Minus1)?;
+        let (gain, offset) = if frozen {
+            (
+                self.gain.as_tensor().detach(),
+                self.offset.as_tensor().detach(),
+            )
+        } else {
+            (
+                self.gain.as_tensor().clone(),
+                self.offset.as_tensor().clone(),
+            )
+        };
         centered
             .broadcast_div(&(var + Self::EPS)?.sqrt()?)?
-            .broadcast_mul(self.gain.as_tensor())?
-            .broadcast_add(self.offset.as_tensor())
+            .broadcast_mul(&gain)?
+            .broadcast_add(&offset)
     }
 }
 
@@ -298,7 +311,7 @@ impl Trunk {
                 None => dense.forward_with(&x, act, frozen)?,
                 Some(norm) => {
                     let affine = dense.forward_with(&x, fused::Act::Identity, frozen)?;
-                    act.apply(norm.forward(&affine)?)?
+                    act.apply(norm.forward(&affine, frozen)?)?
                 }
             };
         }
@@ -900,6 +913,39 @@ mod tests {
             .to_vec2::<f32>()
             .unwrap();
         assert_eq!(q, vec![vec![-1.0, 1.0, 3.0], vec![-4.0, -4.0, 2.0]]);
+    }
+
+    /// The actor's loss goes through a frozen critic: ∂Q/∂a flows, but no
+    /// gradient is computed for any of the critic's parameters, LayerNorm's
+    /// gain and offset included.
+    #[test]
+    fn a_frozen_critic_passes_gradients_to_the_action_only() {
+        let dev = Device::Cpu;
+        let config = NetConfig {
+            hidden: vec![8, 8],
+            layer_norm: true,
+            ..NetConfig::default()
+        };
+        let critic = Critic::new(&config, 3, 2, &mut SimRng::seed(3), &dev).unwrap();
+        let obs = Tensor::new(&[[0.1f32, -0.4, 0.9], [1.0, 0.2, -0.3]], &dev).unwrap();
+        let action = Var::new(&[[0.5f32, -0.5], [0.1, 0.9]], &dev).unwrap();
+        for frozen in [false, true] {
+            let q = if frozen {
+                critic.forward_frozen(&obs, action.as_tensor())
+            } else {
+                critic.forward(&obs, action.as_tensor())
+            }
+            .unwrap();
+            let grads = q.sum_all().unwrap().backward().unwrap();
+            assert!(grads.get(action.as_tensor()).is_some(), "∂Q/∂a");
+            for (name, var) in critic.named_vars() {
+                assert_eq!(
+                    grads.get(var.as_tensor()).is_some(),
+                    !frozen,
+                    "{name}: frozen = {frozen}"
+                );
+            }
+        }
     }
 
     #[test]
