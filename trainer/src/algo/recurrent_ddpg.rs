@@ -150,7 +150,10 @@ impl RecurrentDdpg {
         let (q, td_error, critic_h) = first.expect("at least one critic");
 
         // The actor climbs Q₁(h^Q_t, μ(h^μ_t)) through a frozen critic; the
-        // targets follow.
+        // targets follow. h^Q_t are the critic's states from before its step
+        // just now (its head is the stepped one): a deliberate shortcut that
+        // saves a second unroll of the critic, at the cost of one Adam step of
+        // staleness in its LSTM. The feed-forward learners have no such gap.
         if self.critic_optimizer.steps().is_multiple_of(c.policy_delay) {
             let h = w
                 .states(&self.actor, true)?
