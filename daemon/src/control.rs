@@ -200,23 +200,25 @@ impl ControlLoop {
         if let Err(e) = self.observations.poll(&mut inbox) {
             tracing::warn!("observation source: {e}");
         }
-        let n = inbox.len();
-        let mut newest = None;
+        // The newest fresh observation is acted on; a repeat after it (a bridge
+        // republishing it) does not displace it.
+        let mut newest: Option<Observation> = None;
         let mut fresh = 0;
-        for (i, obs) in inbox.drain(..).enumerate() {
+        for obs in inbox.drain(..) {
             if self.last_seq == Some(obs.seq) {
                 continue; // a repeat of what we already saw
             }
             fresh += 1;
             self.last_seq = Some(obs.seq);
+            if newest.take().is_some() {
+                self.stats.skipped_observations += 1;
+            }
             self.close_pending(&obs);
             if obs.done() {
                 // The episode is over: no action; the robot resets.
                 self.reset_episode();
-            } else if i + 1 == n {
-                newest = Some(obs);
             } else {
-                self.stats.skipped_observations += 1;
+                newest = Some(obs);
             }
         }
         self.inbox = inbox;

@@ -590,6 +590,38 @@ fn a_frozen_observation_stream_trips_the_watchdog() {
     assert!(report.stats.safety.watchdog >= 1);
 }
 
+/// A bridge that republishes each reading until the next: the new observation
+/// and its repeat often land in one tick. The new one is acted on (the loop used
+/// to act only on the last message of a tick, and ignored it as a repeat).
+#[test]
+fn an_observation_and_its_repeat_in_one_tick_get_an_action() {
+    let mut config = rig_config();
+    // A long period, so that both messages land in the same tick.
+    config.rate_hz = 20.0;
+    let mut rig = Rig::start(config);
+    for _ in 0..3 {
+        rig.seq += 1;
+        let obs = Observation {
+            seq: rig.seq,
+            step: rig.seq as u32,
+            values: vec![0.0, 0.0, 0.1, 0.0],
+            ..Observation::default()
+        };
+        rig.obs.send(obs.clone()).unwrap();
+        rig.obs.send(obs).unwrap();
+        let answered = loop {
+            match rig.actions.recv_timeout(Duration::from_secs(2)) {
+                Ok(c) if c.seq == rig.seq => break true,
+                Ok(_) => continue,
+                Err(_) => break false,
+            }
+        };
+        assert!(answered, "no action for observation {}", rig.seq);
+    }
+    let report = rig.daemon.stop();
+    assert_eq!(report.stats.skipped_observations, 0);
+}
+
 #[test]
 fn nan_q_values_get_the_safe_action_not_their_argmax() {
     let mut config = rig_config();
