@@ -30,7 +30,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Receiver;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -107,6 +107,9 @@ pub struct LoopStats {
     pub swaps: u64,
     /// Policy steps that returned an error (→ safe action).
     pub policy_errors: u64,
+    /// Times the policy's recurrent state went NaN or infinite and was reset
+    /// to zeros mid-episode.
+    pub recurrent_resets: u64,
     /// Observations never acted on because a newer one came in the same tick.
     pub skipped_observations: u64,
     /// Observations of the wrong dimension, with NaN or infinite values, or (with
@@ -163,6 +166,9 @@ pub struct ControlLoop {
     /// swapped-in recurrent policy gets it as its previous action, as the learner
     /// assumes when it replays the episode.
     applied: Option<Action>,
+    /// The running policy panicked in a step: it is not stepped again, and the
+    /// robot gets the safe action until another policy is swapped in.
+    broken: bool,
     last_seq: Option<u64>,
     inbox: Vec<Observation>,
     latency: Histogram<u64>,
@@ -262,6 +268,7 @@ impl ControlLoop {
                 bounds.clone_from(&actor.spec().observation_space);
             }
             self.actor = actor;
+            self.broken = false;
             self.explorer.reset();
             self.stats.swaps += 1;
         }
@@ -390,8 +397,26 @@ impl ControlLoop {
                 );
             }
             self.safety.fallback(false, estop)
+        } else if self.broken {
+            self.stats.policy_errors += 1;
+            self.safety.fallback(false, estop)
         } else {
-            match self.actor.step(&obs.values) {
+            // A panic inside the policy (a runtime fault a crafted file can
+            // reach) must not take the control thread, and with it the safe
+            // action and the watchdog, down.
+            let actor = &mut self.actor;
+            let values = &obs.values;
+            let mut panicked = false;
+            let stepped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+                // Moved in, so that the output may borrow the actor.
+                let actor = actor;
+                actor.step(values)
+            }))
+            .unwrap_or_else(|payload| {
+                panicked = true;
+                Err(crate::policy::panic_message(payload).into())
+            });
+            match stepped {
                 // NaN Q-values still have an argmax; it means nothing.
                 Ok(ActorOutput::Discrete { q, .. }) if q.iter().any(|v| !v.is_finite()) => {
                     self.safety.non_finite(false, estop)
@@ -399,6 +424,15 @@ impl ControlLoop {
                 Ok(out) => {
                     let proposed = self.explorer.propose(out, self.safety.space());
                     self.safety.filter(proposed, false, estop)
+                }
+                Err(e) if panicked => {
+                    self.stats.policy_errors += 1;
+                    self.broken = true;
+                    tracing::error!(
+                        "policy v{version} panicked in a step: {e}; safe action until another \
+                         policy is swapped in (counted as policy_errors)"
+                    );
+                    self.safety.fallback(false, estop)
                 }
                 Err(e) => {
                     self.stats.policy_errors += 1;
@@ -408,6 +442,24 @@ impl ControlLoop {
             }
         };
         let version = if verdict.safe_action() { 0 } else { version };
+        // A recurrent state gone NaN or infinite would hold every later step of
+        // the episode on the safe action: start it afresh (the previous action,
+        // set just below, is kept).
+        let state_broken = self
+            .actor
+            .recurrent_state()
+            .is_some_and(|(h, c)| h.iter().chain(c).any(|v| !v.is_finite()));
+        if state_broken {
+            self.actor.reset();
+            self.stats.recurrent_resets += 1;
+            if self.stats.recurrent_resets <= LOGGED_BAD_OBSERVATIONS {
+                tracing::warn!(
+                    seq = obs.seq,
+                    "the policy's recurrent state went non-finite; reset to zeros \
+                     (counted as recurrent_resets)"
+                );
+            }
+        }
         // A recurrent policy's next prev_action is what the robot was told to do.
         self.observe_applied(&action);
         self.send_action(obs.seq, version, action.clone());
@@ -490,8 +542,16 @@ impl ControlLoop {
         if let Err(e) = self.status_sink.publish(&status) {
             tracing::debug!("status sink: {e}");
         }
-        *self.shared.status.lock().expect("status lock") = status;
-        *self.shared.stats.lock().expect("stats lock") = self.stats();
+        *self
+            .shared
+            .status
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = status;
+        *self
+            .shared
+            .stats
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = self.stats();
     }
 
     /// Runs ticks at `period` on absolute deadlines until `stop` is set, then sends
@@ -571,6 +631,9 @@ pub struct Report {
     pub policies_accepted: u64,
     /// Policies refused by the swap thread.
     pub policies_rejected: u64,
+    /// Why the control thread died, if it did (a panic outside the policy step,
+    /// which is guarded); `stats` are then its last published ones.
+    pub control_failure: Option<String>,
 }
 
 /// A running daemon: control, uplink and swap threads.
@@ -666,6 +729,7 @@ impl Daemon {
             swaps,
             pending: None,
             applied: None,
+            broken: false,
             last_seq: None,
             inbox: Vec::new(),
             latency: histogram(),
@@ -705,12 +769,20 @@ impl Daemon {
 
     /// The latest status (refreshed every `status_interval_ms`).
     pub fn status(&self) -> Status {
-        self.shared.status.lock().expect("status lock").clone()
+        self.shared
+            .status
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// The latest loop statistics (refreshed with the status).
     pub fn stats(&self) -> LoopStats {
-        self.shared.stats.lock().expect("stats lock").clone()
+        self.shared
+            .stats
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// Transition accounting right now.
@@ -738,12 +810,30 @@ impl Daemon {
     /// disk spool.
     pub fn stop(self) -> Report {
         self.stop.store(true, Ordering::SeqCst);
-        let stats = self.control.join().expect("the control thread panicked");
+        let (stats, control_failure) = match self.control.join() {
+            Ok(stats) => (stats, None),
+            Err(payload) => {
+                let why = crate::policy::panic_message(payload);
+                tracing::error!("the control thread panicked: {why}");
+                let stats = self
+                    .shared
+                    .stats
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .clone();
+                (stats, Some(why))
+            }
+        };
         self.swapper.stop();
         // The control loop (and with it the last uplink sender) is gone: the uplink
         // flushes and exits.
         let uplink = self.uplink.join();
-        let status = self.shared.status.lock().expect("status lock").clone();
+        let status = self
+            .shared
+            .status
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
         Report {
             status,
             stats,
@@ -751,7 +841,13 @@ impl Daemon {
             uplink,
             policies_accepted: self.swap_stats.accepted.load(Ordering::SeqCst),
             policies_rejected: self.swap_stats.rejected.load(Ordering::SeqCst),
+            control_failure,
         }
+    }
+
+    /// Whether the control thread has ended without being stopped (it died).
+    pub fn control_died(&self) -> bool {
+        self.control.is_finished() && !self.stop.load(Ordering::SeqCst)
     }
 }
 
@@ -771,6 +867,11 @@ pub fn serve(
     while !shutdown.load(Ordering::SeqCst) {
         if report.swap(false, Ordering::SeqCst) {
             log_status(&daemon.status());
+        }
+        if daemon.control_died() {
+            // Nothing drives the robot any more: stop, and say why (the
+            // report's `control_failure`), rather than look healthy.
+            break;
         }
         std::thread::sleep(Duration::from_millis(20));
     }

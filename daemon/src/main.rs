@@ -192,6 +192,8 @@ fn run(config: Config) -> anyhow::Result<()> {
             "skipped_observations": s.skipped_observations,
             "discarded_steps": s.discarded_steps,
             "policy_errors": s.policy_errors,
+            "recurrent_resets": s.recurrent_resets,
+            "control_failure": report.control_failure,
             "safety": {
                 "interventions": s.safety.interventions,
                 "non_finite": s.safety.non_finite,
@@ -212,6 +214,9 @@ fn run(config: Config) -> anyhow::Result<()> {
         }
         #[cfg(feature = "ros2")]
         Link::Ros2(node) => drop(node),
+    }
+    if let Some(why) = report.control_failure {
+        bail!("the control loop died: {why} (the robot got no commands from then on)");
     }
     Ok(())
 }

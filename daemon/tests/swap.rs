@@ -622,6 +622,31 @@ fn an_observation_and_its_repeat_in_one_tick_get_an_action() {
     assert_eq!(report.stats.skipped_observations, 0);
 }
 
+/// A policy that panics inside its step (tract has panicking paths a crafted
+/// file can reach) must not kill the control thread: the robot gets the safe
+/// action, the policy is not stepped again, and the next policy takes over.
+#[test]
+fn a_policy_that_panics_gets_the_safe_action_and_the_next_policy_takes_over() {
+    let mut config = rig_config();
+    config.safety.safe_action_index = 0;
+    let mut broken = common::cartpole_controller(1);
+    broken.panic = true;
+    let mut rig = Rig::start_with(config, broken);
+    for _ in 0..3 {
+        let c = rig.act([0.0, 0.0, 0.1, 0.0]);
+        assert_eq!((c.action, c.policy_version), (Action::Discrete(0), 0));
+    }
+    rig.policies
+        .send(PolicyMessage::Update(Box::new(update(
+            &common::cartpole_controller(2),
+        ))))
+        .unwrap();
+    assert_eq!(rig.until_version(2).action, Action::Discrete(1));
+    let report = rig.daemon.stop();
+    assert!(report.control_failure.is_none());
+    assert!(report.stats.policy_errors >= 3, "{:?}", report.stats);
+}
+
 #[test]
 fn nan_q_values_get_the_safe_action_not_their_argmax() {
     let mut config = rig_config();
@@ -636,4 +661,16 @@ fn nan_q_values_get_the_safe_action_not_their_argmax() {
     let report = rig.daemon.stop();
     assert_eq!(report.stats.safety.non_finite, 3);
     assert_eq!(report.stats.safety.invalid, 0);
+    assert_eq!(report.stats.recurrent_resets, 3);
+    // The NaN state the policy left behind was reset, not carried on: every
+    // step starts from a finite state (which the learner would refuse otherwise).
+    let transitions: Vec<_> = rig
+        .transitions
+        .try_iter()
+        .flat_map(|b| b.transitions)
+        .collect();
+    assert_eq!(transitions.len(), 2);
+    for t in &transitions {
+        assert_eq!(t.recurrent_c, vec![0.0], "step {}", t.step);
+    }
 }

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 /// A linear policy `y = W · obs + b`: Q-values (argmax = action) for a discrete spec,
 /// the action itself for a continuous one. `nan` makes every output NaN (a broken
-/// policy); `fail_load` makes the loader refuse it.
+/// policy); `fail_load` makes the loader refuse it; `panic` makes every step panic.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Linear {
     pub spec: PolicySpec,
@@ -20,6 +20,9 @@ pub struct Linear {
     pub nan: bool,
     #[serde(default)]
     pub fail_load: bool,
+    /// Panic in every step (a runtime fault inside a policy).
+    #[serde(default)]
+    pub panic: bool,
     #[serde(skip)]
     out: Vec<f32>,
     /// Episode-local step counter, standing in for recurrent state (reset() zeroes it).
@@ -50,6 +53,7 @@ impl Linear {
             b,
             nan: false,
             fail_load: false,
+            panic: false,
             out: Vec::new(),
             steps_since_reset: 0,
             state_h: no_action(),
@@ -72,8 +76,15 @@ impl Actor for Linear {
         if obs.len() != self.spec.observation_space.dim() {
             return Err(format!("obs has {} values", obs.len()).into());
         }
+        assert!(!self.panic, "this policy panics in every step");
         self.steps_since_reset += 1;
-        self.state_c = vec![self.steps_since_reset as f32];
+        // A broken policy's state goes NaN with its outputs.
+        let c = if self.nan {
+            f32::NAN
+        } else {
+            self.steps_since_reset as f32
+        };
+        self.state_c = vec![c];
         self.out.clear();
         for (row, b) in self.w.iter().zip(&self.b) {
             let y: f32 = row.iter().zip(obs).map(|(w, x)| w * x).sum::<f32>() + b;
