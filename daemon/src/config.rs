@@ -312,7 +312,8 @@ pub struct SpoolConfig {
     /// set) or are dropped (counted).
     pub memory_capacity: usize,
     /// Directory for append-only spool segments (checksummed records, kept across
-    /// restarts); empty = memory only.
+    /// restarts); empty = memory only, and what is unsent at shutdown is lost
+    /// (counted as dropped).
     pub dir: PathBuf,
     /// Size at which a disk segment is closed and a new one started, bytes.
     pub segment_bytes: u64,

@@ -135,6 +135,11 @@ impl Spool {
         self.memory.len() as u64 + self.disk.as_ref().map_or(0, |d| d.records)
     }
 
+    /// Whether this spool has a disk part (`spool.dir` set).
+    pub fn on_disk(&self) -> bool {
+        self.disk.is_some()
+    }
+
     /// Whether nothing is waiting.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
@@ -211,7 +216,8 @@ impl Spool {
                 Some(disk) if disk.records > 0 => match disk.head(batch_size, &mut self.counters) {
                     Ok(head) => {
                         batch.transitions.extend(head.cloned());
-                        true
+                        // Nothing readable left on disk: memory is next.
+                        !batch.transitions.is_empty()
                     }
                     Err(e) => {
                         tracing::warn!("spool: cannot read disk segment: {e}");
@@ -263,19 +269,36 @@ impl Spool {
     }
 
     /// Writes everything still waiting in memory to disk (and the unsent rest of a
-    /// partly sent segment back to its file), so it survives a restart. Without a disk
-    /// this does nothing and returns the number of transitions that will be lost.
-    pub fn persist(&mut self) -> Result<u64, SpoolError> {
+    /// partly sent segment back to its file), so it survives a restart. Returns
+    /// the number of transitions lost instead: all of memory without a disk, and
+    /// with one, those the disk refused (logged). They are counted as dropped, so
+    /// what stays counted as waiting is what is really on disk.
+    pub fn persist(&mut self) -> u64 {
         let Some(disk) = self.disk.as_mut() else {
-            return Ok(self.memory.len() as u64);
+            let lost = self.memory.len() as u64;
+            self.memory.clear();
+            self.counters.dropped += lost;
+            self.counters.len = self.len();
+            return lost;
         };
-        disk.rewrite_head()?;
-        while let Some(t) = self.memory.pop_front() {
-            disk.append(&t, &mut self.counters)?;
+        if let Err(e) = disk.rewrite_head() {
+            // The file still holds every record, the sent ones too: they will be
+            // sent again after a restart (at-least-once), not lost.
+            tracing::warn!("spool: cannot rewrite the partly sent segment: {e}");
         }
-        disk.sync()?;
+        let mut lost = 0;
+        while let Some(t) = self.memory.pop_front() {
+            if let Err(e) = disk.append(&t, &mut self.counters) {
+                lost = 1 + self.memory.len() as u64;
+                tracing::error!("spool: cannot write to disk at shutdown ({e}); {lost} lost");
+                self.memory.clear();
+                break;
+            }
+        }
+        lost += disk.sync();
+        self.counters.dropped += lost;
         self.counters.len = self.len();
-        Ok(0)
+        lost
     }
 }
 
@@ -421,13 +444,30 @@ impl Disk {
         Ok(())
     }
 
-    fn sync(&mut self) -> Result<(), SpoolError> {
-        if let Some(writer) = self.writer.as_mut() {
-            let path = &self.segments.back().expect("writer has a segment").path;
-            writer.flush().map_err(io_err(path))?;
-            writer.get_ref().sync_all().map_err(io_err(path))?;
-        }
-        Ok(())
+    /// Flushes the open segment to the device. Returns the records lost when
+    /// that fails: the segment's records past what its file holds (they are
+    /// no longer counted as on disk).
+    fn sync(&mut self) -> u64 {
+        let Some(mut writer) = self.writer.take() else {
+            return 0;
+        };
+        let segment = self.segments.back_mut().expect("writer has a segment");
+        let synced = writer
+            .flush()
+            .and_then(|()| writer.get_ref().sync_all())
+            .map_err(io_err(&segment.path));
+        let Err(e) = synced else {
+            self.writer = Some(writer);
+            return 0;
+        };
+        // What reached the file is what a restart will find.
+        let _ = writer.into_parts();
+        let on_file = read_segment(&segment.path).map_or(0, |(r, _)| r.len() as u64);
+        let lost = segment.records.saturating_sub(on_file);
+        tracing::error!("spool: {e}; {lost} record(s) of the last segment lost");
+        segment.records -= lost;
+        self.records -= lost;
+        lost
     }
 
     fn drop_oldest(&mut self, counters: &mut SpoolCounters) -> Result<(), SpoolError> {
@@ -435,10 +475,9 @@ impl Disk {
             self.seal()?;
         }
         let segment = self.segments.pop_front().expect("a segment to drop");
-        let lost = match self.head.take() {
-            Some(head) => head.len() as u64,
-            None => segment.records,
-        };
+        // A loaded head is this segment's unsent records: `records` counts them.
+        self.head = None;
+        let lost = segment.records;
         tracing::warn!(
             "spool: disk full, dropping {lost} transitions ({})",
             segment.path.display()
@@ -446,7 +485,7 @@ impl Disk {
         counters.dropped += lost;
         self.records -= lost;
         self.bytes -= segment.bytes;
-        fs::remove_file(&segment.path).map_err(io_err(&segment.path))
+        remove_segment(&segment.path)
     }
 
     /// Up to `n` of the oldest unsent records (reading the head segment if needed).
@@ -460,11 +499,20 @@ impl Disk {
                 // Reading the segment being written: close it, new records go to a new one.
                 self.seal()?;
             }
+            // No segment left: nothing is cached, so that the next records
+            // written are read from their segment.
             let Some(segment) = self.segments.front() else {
-                self.head = Some(VecDeque::new());
                 break;
             };
-            let (records, corrupt) = read_segment(&segment.path)?;
+            let (records, corrupt) = match read_segment(&segment.path) {
+                Ok(read) => read,
+                // Deleted behind the spool's back: its records are lost, the
+                // ones after it are not (they would wait forever behind it).
+                Err(SpoolError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
+                    (Vec::new(), 0)
+                }
+                Err(e) => return Err(e),
+            };
             // Corruption after writing (this run) loses those records: count them.
             let lost = segment.records.saturating_sub(records.len() as u64);
             if corrupt > 0 || lost > 0 {
@@ -478,12 +526,12 @@ impl Disk {
                 // (an empty head would stop the spool until the budget evicted it).
                 let segment = self.segments.pop_front().expect("the head segment");
                 self.bytes -= segment.bytes;
-                fs::remove_file(&segment.path).map_err(io_err(&segment.path))?;
+                remove_segment(&segment.path)?;
                 continue;
             }
             self.head = Some(records.into());
         }
-        Ok(self.head.as_ref().expect("head loaded").iter().take(n))
+        Ok(self.head.iter().flatten().take(n))
     }
 
     /// Marks the first `n` head records as sent; removes the segment when done.
@@ -496,7 +544,7 @@ impl Disk {
             self.head = None;
             let segment = self.segments.pop_front().expect("head segment");
             self.bytes -= segment.bytes;
-            fs::remove_file(&segment.path).map_err(io_err(&segment.path))?;
+            remove_segment(&segment.path)?;
         }
         Ok(())
     }
@@ -516,6 +564,14 @@ impl Disk {
             let _ = segment.index;
         }
         Ok(())
+    }
+}
+
+/// Removes a segment file; one already gone is fine.
+fn remove_segment(path: &Path) -> Result<(), SpoolError> {
+    match fs::remove_file(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(io_err(path)(e)),
+        _ => Ok(()),
     }
 }
 

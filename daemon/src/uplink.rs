@@ -276,16 +276,15 @@ fn run(
         );
     }
     // ...and whatever could not be sent goes to disk (or is reported lost).
-    let lost_at_shutdown = match spool.persist() {
-        Ok(lost) => lost,
-        Err(e) => {
-            tracing::error!("spool: cannot persist at shutdown: {e}");
-            spool.len()
-        }
-    };
+    let lost_at_shutdown = spool.persist();
     if lost_at_shutdown > 0 {
         tracing::warn!(
-            "{lost_at_shutdown} unsent transitions lost at shutdown (no spool.dir configured)"
+            "{lost_at_shutdown} unsent transitions lost at shutdown ({}; counted as dropped)",
+            if spool.on_disk() {
+                "the disk spool failed, see above"
+            } else {
+                "no spool.dir configured"
+            }
         );
     }
     stats.publish(&spool.counters());

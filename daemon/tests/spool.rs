@@ -219,7 +219,7 @@ fn partly_drained_segment_is_rewritten_at_shutdown() {
     let mut seq = 0;
     // Send 2 batches of 10 (from the oldest disk segment), then stop.
     assert_eq!(spool.send(&mut sink, "r", 10, 2, &mut seq).unwrap(), 20);
-    spool.persist().unwrap();
+    assert_eq!(spool.persist(), 0);
     assert!(spool.counters().balanced());
     drop(spool);
     let mut spool = Spool::open(&config).unwrap();
@@ -241,7 +241,7 @@ fn corrupt_and_truncated_segments_are_counted_not_fatal() {
     for i in 0..40 {
         spool.push(t(i));
     }
-    spool.persist().unwrap();
+    assert_eq!(spool.persist(), 0);
     drop(spool);
     let mut segments: Vec<_> = std::fs::read_dir(dir.path())
         .unwrap()
@@ -422,5 +422,75 @@ fn a_head_segment_emptied_behind_the_spools_back_does_not_stop_it() {
     assert_eq!(got.len() as u64 + c.dropped, 200, "{c:?}");
     assert!(c.dropped > 0, "{c:?}");
     assert_eq!(got, (c.dropped..200).collect::<Vec<_>>());
+    assert!(c.balanced(), "{c:?}");
+}
+
+/// The last segment on disk emptied (a disk that filled up under it) or deleted
+/// behind the spool's back: its records are counted lost, and the spool goes on
+/// with what comes after. It used to remember the empty head and send nothing,
+/// disk or memory, from then on; a deleted head stalled the disk backlog.
+#[test]
+fn a_last_segment_emptied_or_deleted_does_not_jam_the_spool() {
+    for damage in ["truncated", "deleted"] {
+        let dir = tempfile::tempdir().unwrap();
+        let config = spool_config(Some(dir.path()), 1);
+        let mut spool = Spool::open(&config).unwrap();
+        for i in 0..10 {
+            spool.push(t(i));
+        }
+        assert_eq!(spool.persist(), 0);
+        drop(spool);
+        let segments: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        assert_eq!(segments.len(), 1, "{segments:?}");
+        let mut spool = Spool::open(&config).unwrap();
+        assert_eq!(spool.counters().recovered, 10);
+        match damage {
+            "truncated" => {
+                OpenOptions::new()
+                    .write(true)
+                    .truncate(true)
+                    .open(&segments[0])
+                    .unwrap();
+            }
+            _ => std::fs::remove_file(&segments[0]).unwrap(),
+        }
+        let (mut sink, rx, _link) = inproc::transitions();
+        let mut seq = 0;
+        spool
+            .send(&mut sink, "r", 16, usize::MAX, &mut seq)
+            .unwrap();
+        // New transitions: nine spill to a new segment, one stays in memory.
+        for i in 10..20 {
+            spool.push(t(i));
+        }
+        for _ in 0..10 {
+            spool.send(&mut sink, "r", 4, usize::MAX, &mut seq).unwrap();
+        }
+        let c = spool.counters();
+        assert!(spool.is_empty(), "{damage}: the spool stopped with {c:?}");
+        assert_eq!(c.dropped, 10, "{damage}: the damaged segment counted lost");
+        assert!(c.balanced(), "{damage}: {c:?}");
+        assert_eq!(
+            ids(&rx.try_iter().collect::<Vec<_>>()),
+            (10..20).collect::<Vec<_>>(),
+            "{damage}"
+        );
+    }
+}
+
+/// Without a disk, what is still in memory at shutdown is lost: counted as
+/// dropped, not reported as waiting.
+#[test]
+fn memory_left_at_shutdown_is_counted_lost() {
+    let mut spool = Spool::in_memory(100);
+    for i in 0..7 {
+        spool.push(t(i));
+    }
+    assert_eq!(spool.persist(), 7);
+    let c = spool.counters();
+    assert_eq!((c.len, c.dropped), (0, 7));
     assert!(c.balanced(), "{c:?}");
 }
