@@ -221,9 +221,33 @@ fn overrides(args: &RosArgs) -> Result<Mapping, RosParamsError> {
 }
 
 /// The node name and namespace these parameters (and remaps) give.
+///
+/// Only the settings that name the node are read: a typo or a bad value
+/// elsewhere in an entry must not make it look like another node's entry and
+/// be skipped unseen (applied, it is reported by the full check).
 fn node_identity(params: &Mapping, args: &RosArgs) -> (String, String) {
-    let partial: Config =
-        serde_yaml_ng::from_value(Value::Mapping(params.clone())).unwrap_or_default();
+    let text = |name: &str| {
+        let mut at = params;
+        let mut parts = name.split('.').peekable();
+        while let Some(part) = parts.next() {
+            let value = at.get(Value::from(part))?;
+            if parts.peek().is_none() {
+                return value.as_str().map(str::to_owned);
+            }
+            at = value.as_mapping()?;
+        }
+        None
+    };
+    let mut partial = Config::default();
+    if let Some(id) = text("robot_id") {
+        partial.robot_id = id;
+    }
+    if let Some(node) = text("transport.ros2.node_name") {
+        partial.transport.ros2.node_name = node;
+    }
+    if let Some(ns) = text("transport.ros2.namespace") {
+        partial.transport.ros2.namespace = ns;
+    }
     let node = args
         .node_name
         .clone()
@@ -502,6 +526,18 @@ other_node:
             .unwrap_err()
             .to_string();
         assert!(not_params.contains("ros__parameters"), "{not_params}");
+        // A typo in an entry named after this node is reported, not taken for
+        // another node's entry and skipped unseen.
+        let node_typo = from_texts(
+            &texts(
+                "/**:\n  ros__parameters:\n    robot_id: robot-2\nreflexd_robot_2:\n  \
+                 ros__parameters:\n    safety.start_estoped: true\n",
+            ),
+            &RosArgs::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(node_typo.contains("start_estoped"), "{node_typo}");
         assert!(RosArgs::parse(&["-r", "chatter:=talk"]).is_err());
         assert!(RosArgs::parse(&["-p", "rate_hz"]).is_err());
         assert!(RosArgs::parse(&["--enclave", "x"]).is_err());
