@@ -662,6 +662,13 @@ impl Daemon {
         spec.validate()
             .map_err(|e| DaemonError::Policy(e.to_string()))?;
         let safety = Safety::new(&spec.action_space, &config.safety, config.rate_hz)?;
+        if config.transport.kind == crate::config::TransportKind::Ros2 {
+            config
+                .transport
+                .ros2
+                .fits(&spec)
+                .map_err(DaemonError::Config)?;
+        }
         let verifier = Verifier::new(
             config
                 .policy

@@ -386,6 +386,47 @@ impl Ros2Config {
         Ok(())
     }
 
+    /// Checks that the policy's spaces fit the messages: a joint_state
+    /// observation of joints × fields values, a Twist action of one continuous
+    /// value per `twist_fields` entry. Found at start, not as a failed send
+    /// (of the safe action too) on every tick.
+    pub fn fits(&self, spec: &reflex_msgs::PolicySpec) -> Result<(), String> {
+        let obs = &self.observation;
+        let obs_dim = spec.observation_space.dim();
+        if obs.source == ObservationSourceKind::JointState
+            && obs.joints.len() * obs.fields.len() != obs_dim
+        {
+            return Err(format!(
+                "transport.ros2.observation: {} joints × {} fields make {} values, the \
+                 policy observes {obs_dim}",
+                obs.joints.len(),
+                obs.fields.len(),
+                obs.joints.len() * obs.fields.len()
+            ));
+        }
+        if self.action.sink == ActionSinkKind::Twist {
+            let fields = self.action.twist_fields.len();
+            match &spec.action_space {
+                reflex_msgs::ActionSpace::Box(b) if b.dim() == fields => {}
+                reflex_msgs::ActionSpace::Box(b) => {
+                    return Err(format!(
+                        "transport.ros2.action.twist_fields names {fields} fields, the \
+                         policy's action has {} dimensions",
+                        b.dim()
+                    ))
+                }
+                _ => {
+                    return Err(
+                        "transport.ros2.action.sink = \"twist\" needs a policy with \
+                         continuous actions; this one's are discrete"
+                            .into(),
+                    )
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Resolves a topic name the way rcl does: `~/x` → `<namespace>/<node>/x`, `x` →
     /// `<namespace>/x`, `/x` stays.
     pub fn resolve(&self, robot_id: &str, topic: &str) -> String {
@@ -510,6 +551,38 @@ mod tests {
             },
             "twist_fields",
         );
+    }
+
+    #[test]
+    fn the_policy_must_fit_the_messages() {
+        use reflex_msgs::{ActionSpace, BoxSpace, PolicySpec};
+        let spec = |obs: usize, action: ActionSpace| PolicySpec {
+            observation_space: BoxSpace::new(vec![-1.0; obs], vec![1.0; obs]).unwrap(),
+            action_space: action,
+            ..PolicySpec::default()
+        };
+        let continuous =
+            |n: usize| ActionSpace::Box(BoxSpace::new(vec![-1.0; n], vec![1.0; n]).unwrap());
+        let mut c = Ros2Config::default();
+        assert!(c.fits(&spec(4, ActionSpace::Discrete { n: 2 })).is_ok());
+        c.observation.source = ObservationSourceKind::JointState;
+        c.observation.joints = vec!["cart".into(), "pole".into()];
+        assert!(c.fits(&spec(4, ActionSpace::Discrete { n: 2 })).is_ok());
+        let e = c
+            .fits(&spec(3, ActionSpace::Discrete { n: 2 }))
+            .unwrap_err();
+        assert!(
+            e.contains("2 joints × 2 fields make 4 values, the policy observes 3"),
+            "{e}"
+        );
+        c.action.sink = ActionSinkKind::Twist;
+        assert!(c.fits(&spec(4, continuous(2))).is_ok());
+        let e = c.fits(&spec(4, continuous(1))).unwrap_err();
+        assert!(e.contains("twist_fields names 2 fields"), "{e}");
+        let e = c
+            .fits(&spec(4, ActionSpace::Discrete { n: 2 }))
+            .unwrap_err();
+        assert!(e.contains("continuous actions"), "{e}");
     }
 
     #[test]
