@@ -9,8 +9,9 @@
 //! 2. with a public key configured, the ed25519 signature over
 //!    `PolicyUpdate::signing_message()` (domain, version, sha256) must verify
 //!    (strict verification); unsigned or wrongly signed updates are refused;
-//! 3. updates must be newer than the last accepted one (a replayed, validly signed
-//!    old policy cannot roll a robot back);
+//! 3. updates must be newer than every policy accepted before (a replayed, validly
+//!    signed old policy cannot roll a robot back, even after an operator rolled it
+//!    back by file);
 //! 4. the bytes are loaded by the [`Loader`] (the ONNX runtime validates the graph);
 //! 5. the loaded spec must validate, match the update's version, and be compatible
 //!    with the running one (same observation dimension, same action space: the safety
@@ -163,7 +164,7 @@ pub struct Validator {
     verifier: Verifier,
     loader: Loader,
     compat: Compat,
-    /// Version of the last accepted policy (updates must be newer).
+    /// Newest version accepted so far (updates must be newer).
     current_version: u64,
 }
 
@@ -188,7 +189,7 @@ impl Validator {
         }
     }
 
-    /// The version of the last accepted policy.
+    /// The newest version accepted so far (a rollback by file keeps it).
     pub fn current_version(&self) -> u64 {
         self.current_version
     }
@@ -254,7 +255,10 @@ impl Validator {
             message,
         })?;
         actor.reset();
-        self.current_version = actor.version();
+        // An operator's file may roll the robot back to an older version; the
+        // updates it must be newer than stay the newest accepted, or an old,
+        // validly signed update could be replayed after the rollback.
+        self.current_version = self.current_version.max(actor.version());
         Ok(actor)
     }
 }

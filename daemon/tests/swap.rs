@@ -53,6 +53,39 @@ fn signed_update_is_accepted() {
     assert_eq!(v.current_version(), 2);
 }
 
+/// An operator may roll a robot back by file; an old signed update replayed
+/// after that is still refused.
+#[test]
+fn a_rollback_by_file_does_not_reopen_old_updates_to_replay() {
+    let k = key(1);
+    let mut v = validator(Some(k.verifying_key().to_bytes()));
+    let old = signed(&common::cartpole_controller(3), &k);
+    assert_eq!(
+        offer(&mut v, signed(&common::cartpole_controller(5), &k)).unwrap(),
+        5
+    );
+    let file = PolicyMessage::File {
+        path: "policy.json".into(),
+        bytes: common::cartpole_controller(2).to_bytes(),
+    };
+    assert_eq!(v.validate(&file).unwrap().version(), 2, "the rollback runs");
+    let err = offer(&mut v, old).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            SwapError::NotNewer {
+                version: 3,
+                current: 5
+            }
+        ),
+        "{err}"
+    );
+    assert_eq!(
+        offer(&mut v, signed(&common::cartpole_controller(6), &k)).unwrap(),
+        6
+    );
+}
+
 #[test]
 fn unsigned_update_refused_when_a_key_is_configured() {
     let k = key(1);
