@@ -427,7 +427,15 @@ impl Disk {
         record.extend_from_slice(&(payload.len() as u32).to_le_bytes());
         record.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
         record.extend_from_slice(&payload);
-        writer.write_all(&record).map_err(io_err(&segment.path))?;
+        if let Err(e) = writer.write_all(&record) {
+            // Part of the record may be in the file: nothing more goes after it
+            // (a reader stops at a torn record). The next record starts a new
+            // segment; what this one's buffer held is counted lost when read.
+            if let Some(writer) = self.writer.take() {
+                let _ = writer.into_parts();
+            }
+            return Err(io_err(&segment.path)(e));
+        }
         segment.records += 1;
         segment.bytes += len;
         self.records += 1;

@@ -494,3 +494,38 @@ fn memory_left_at_shutdown_is_counted_lost() {
     assert_eq!((c.len, c.dropped), (0, 7));
     assert!(c.balanced(), "{c:?}");
 }
+
+/// A write that fails part-way (here: a segment that is `/dev/full`) leaves
+/// that segment behind: the next record starts a new one. Every record after
+/// the failure used to go on into the failing segment and be lost with it.
+#[test]
+fn a_failed_disk_write_moves_on_to_a_new_segment() {
+    if !Path::new("/dev/full").exists() {
+        eprintln!("no /dev/full here: skipped");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut spool = Spool::open(&spool_config(Some(dir.path()), 1)).unwrap();
+    let first = dir.path().join(format!("{:020}.seg", 0));
+    std::os::unix::fs::symlink("/dev/full", &first).unwrap();
+    // Records larger than the writer's buffer, so each write reaches the file.
+    let big = |i: u64| Transition {
+        obs: vec![i as f32; 4000],
+        ..t(i)
+    };
+    for i in 0..6 {
+        spool.push(big(i));
+    }
+    let c = spool.counters();
+    assert_eq!(c.dropped, 1, "only the record the full disk refused: {c:?}");
+    assert!(c.balanced(), "{c:?}");
+    std::fs::remove_file(&first).unwrap();
+    let (mut sink, rx, _link) = inproc::transitions();
+    spool.send(&mut sink, "r", 2, usize::MAX, &mut 0).unwrap();
+    assert!(spool.is_empty(), "{:?}", spool.counters());
+    assert_eq!(
+        ids(&rx.try_iter().collect::<Vec<_>>()),
+        (1..6).collect::<Vec<_>>()
+    );
+    assert!(spool.counters().balanced());
+}
