@@ -310,6 +310,8 @@ struct Segment {
     /// Records in the file not yet sent.
     records: u64,
     bytes: u64,
+    /// Corrupt records in the file already counted (a repair that failed).
+    known_corrupt: u64,
 }
 
 /// The on-disk part of the spool.
@@ -340,10 +342,14 @@ impl Disk {
         let mut found = Vec::new();
         for entry in fs::read_dir(dir).map_err(io_err(dir))? {
             let path = entry.map_err(io_err(dir))?.path();
-            let index = path
-                .file_name()
-                .and_then(|n| n.to_str())
-                .and_then(|n| n.strip_suffix(".seg"))
+            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            if name.ends_with(".seg.tmp") {
+                // A repair interrupted by a crash: the segment itself is intact.
+                let _ = fs::remove_file(&path);
+                continue;
+            }
+            let index = name
+                .strip_suffix(".seg")
                 .and_then(|n| n.parse::<u64>().ok());
             if let Some(index) = index {
                 found.push((index, path));
@@ -362,16 +368,31 @@ impl Disk {
             next_index: found.last().map_or(0, |(i, _)| i + 1),
         };
         for (index, path) in found {
-            let (records, corrupt) = read_segment(&path)?;
+            // A segment that cannot be read must not keep the robot from being
+            // controlled: it is left where it is, and said so.
+            let (records, corrupt) = match read_segment(&path) {
+                Ok(read) => read,
+                Err(e) => {
+                    tracing::error!("{e}; left in place, its records are not sent");
+                    continue;
+                }
+            };
             counters.corrupt += corrupt;
             if records.is_empty() {
-                fs::remove_file(&path).map_err(io_err(&path))?;
+                remove_segment(&path)?;
                 continue;
             }
+            let mut known_corrupt = 0;
             if corrupt > 0 {
                 // Keep only the valid records, so the damage is counted once.
                 tracing::warn!("spool: {corrupt} corrupt record(s) in {}", path.display());
-                write_segment(&path, &records)?;
+                if let Err(e) = write_segment(&path, &records) {
+                    // E.g. the disk is full (what may have torn the record): the
+                    // valid records are still read from the file as it is.
+                    tracing::warn!("spool: cannot repair it ({e}); reading around the damage");
+                    let _ = fs::remove_file(path.with_extension("seg.tmp"));
+                    known_corrupt = corrupt;
+                }
             }
             let bytes = fs::metadata(&path).map_err(io_err(&path))?.len();
             counters.recovered += records.len() as u64;
@@ -382,6 +403,7 @@ impl Disk {
                 path,
                 records: records.len() as u64,
                 bytes,
+                known_corrupt,
             });
         }
         Ok(disk)
@@ -419,6 +441,7 @@ impl Disk {
                 path,
                 records: 0,
                 bytes: 0,
+                known_corrupt: 0,
             });
         }
         let segment = self.segments.back_mut().expect("a segment is open");
@@ -523,6 +546,7 @@ impl Disk {
             };
             // Corruption after writing (this run) loses those records: count them.
             let lost = segment.records.saturating_sub(records.len() as u64);
+            let corrupt = corrupt.saturating_sub(segment.known_corrupt);
             if corrupt > 0 || lost > 0 {
                 counters.corrupt += corrupt;
                 counters.dropped += lost;
@@ -568,6 +592,7 @@ impl Disk {
                 .len();
             self.bytes = self.bytes - segment.bytes + bytes;
             segment.bytes = bytes;
+            segment.known_corrupt = 0;
             debug_assert_eq!(segment.records, records.len() as u64);
             let _ = segment.index;
         }

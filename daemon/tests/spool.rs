@@ -529,3 +529,50 @@ fn a_failed_disk_write_moves_on_to_a_new_segment() {
     );
     assert!(spool.counters().balanced());
 }
+
+/// What a crash on a full disk leaves behind must not keep reflexd from
+/// starting: a segment that cannot be read is left in place (logged), and a
+/// torn segment that cannot be repaired (no room for the repaired copy; here
+/// its temporary path is taken) is read around its damage, counted once.
+#[test]
+fn unreadable_or_unrepairable_segments_do_not_stop_the_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = spool_config(Some(dir.path()), 4);
+    let mut spool = Spool::open(&config).unwrap();
+    for i in 0..40 {
+        spool.push(t(i));
+    }
+    assert_eq!(spool.persist(), 0);
+    drop(spool);
+    let mut segments: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    segments.sort();
+    let last = segments.last().unwrap();
+    OpenOptions::new()
+        .append(true)
+        .open(last)
+        .unwrap()
+        .write_all(&[42, 0, 0])
+        .unwrap();
+    std::fs::create_dir(last.with_extension("seg.tmp")).unwrap();
+    // Something that is not a segment file, named like one.
+    std::fs::create_dir(dir.path().join(format!("{:020}.seg", 99))).unwrap();
+
+    let mut spool = Spool::open(&config).unwrap();
+    let c = spool.counters();
+    assert_eq!((c.recovered, c.corrupt), (40, 1), "{c:?}");
+    let (mut sink, rx, _link) = inproc::transitions();
+    spool.send(&mut sink, "r", 16, usize::MAX, &mut 0).unwrap();
+    let c = spool.counters();
+    assert_eq!(
+        (c.sent, c.corrupt, c.dropped, c.len),
+        (40, 1, 0, 0),
+        "{c:?}"
+    );
+    assert_eq!(
+        ids(&rx.try_iter().collect::<Vec<_>>()),
+        (0..40).collect::<Vec<_>>()
+    );
+}
