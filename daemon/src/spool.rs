@@ -92,7 +92,14 @@ pub struct Spool {
     capacity: usize,
     disk: Option<Disk>,
     counters: SpoolCounters,
+    /// The batch size the wire last took after refusing a larger one
+    /// (`usize::MAX`: no refusal seen), and the batches sent since.
+    wire_fits: usize,
+    sent_at_fit: u32,
 }
+
+/// Batches sent at a reduced size before a larger one is tried again.
+const RETRY_LARGER_AFTER: u32 = 16;
 
 impl Spool {
     /// A spool as configured; with a directory it is created if needed and the
@@ -115,6 +122,8 @@ impl Spool {
             capacity: config.memory_capacity.max(1),
             disk,
             counters,
+            wire_fits: usize::MAX,
+            sent_at_fit: 0,
         };
         spool.counters.len = spool.len();
         Ok(spool)
@@ -127,6 +136,8 @@ impl Spool {
             capacity: capacity.max(1),
             disk: None,
             counters: SpoolCounters::default(),
+            wire_fits: usize::MAX,
+            sent_at_fit: 0,
         }
     }
 
@@ -190,7 +201,9 @@ impl Spool {
     /// batch delivered. Returns the number of transitions sent.
     ///
     /// A batch too large for the wire ([`TransportError::TooLarge`]) is tried again
-    /// at half the size; a single transition too large is dropped (counted, logged):
+    /// at half the size (that retry uses no round of `max_batches`), and later
+    /// calls start from the size that went through, trying twice that again
+    /// after a while; a single transition too large is dropped (counted, logged):
     /// it could never leave, and would hold back everything after it.
     pub fn send(
         &mut self,
@@ -200,9 +213,10 @@ impl Spool {
         max_batches: usize,
         batch_seq: &mut u64,
     ) -> Result<u64, TransportError> {
-        let mut batch_size = batch_size.max(1);
+        let mut batch_size = batch_size.max(1).min(self.wire_fits);
         let mut sent = 0;
-        for _ in 0..max_batches {
+        let mut delivered = 0;
+        while delivered < max_batches {
             if self.is_empty() {
                 break;
             }
@@ -241,6 +255,7 @@ impl Spool {
                 Err(TransportError::TooLarge(why)) if n > 1 => {
                     tracing::debug!("spool: a batch of {n} is too large ({why}); halving it");
                     batch_size = n / 2;
+                    (self.wire_fits, self.sent_at_fit) = (batch_size, 0);
                     continue;
                 }
                 Err(TransportError::TooLarge(why)) => {
@@ -251,6 +266,8 @@ impl Spool {
                     self.remove_front(from_disk, 1);
                     self.counters.dropped += 1;
                     self.counters.len = self.len();
+                    // One outsized transition says nothing of the others.
+                    (self.wire_fits, self.sent_at_fit) = (usize::MAX, 0);
                     continue;
                 }
                 Err(e) => {
@@ -259,6 +276,14 @@ impl Spool {
                 }
             }
             self.remove_front(from_disk, n);
+            delivered += 1;
+            if self.wire_fits != usize::MAX {
+                self.sent_at_fit += 1;
+                if self.sent_at_fit >= RETRY_LARGER_AFTER {
+                    // The transitions may have shrunk: try a larger batch again.
+                    (self.wire_fits, self.sent_at_fit) = (self.wire_fits.saturating_mul(2), 0);
+                }
+            }
             *batch_seq += 1;
             sent += n as u64;
             self.counters.sent += n as u64;

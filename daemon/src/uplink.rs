@@ -250,11 +250,14 @@ fn run(
                 full_batches
             };
             match spool.send(sink, robot_id, batch_size, max_batches, &mut batch_seq) {
-                Ok(_) => {
+                Ok(sent) => {
                     if sink_down_since.take().is_some() {
                         tracing::info!("transition sink back; spool drained to {}", spool.len());
                     }
-                    oldest = (!spool.is_empty()).then_some(now);
+                    // The clock of what waits restarts only once something left.
+                    if sent > 0 || spool.is_empty() {
+                        oldest = (!spool.is_empty()).then_some(now);
+                    }
                 }
                 Err(e) => {
                     if sink_down_since.is_none() {

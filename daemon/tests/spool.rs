@@ -319,15 +319,19 @@ fn disk_budget_drops_oldest_segment_counted() {
 
 /// A wire with a size limit: a batch over `max_batch` transitions, or with a
 /// transition carrying more than 100 values, is too large.
+#[derive(Default)]
 struct Narrow {
     max_batch: usize,
     delivered: Vec<TransitionBatch>,
+    /// Batches refused as too large.
+    refused: usize,
 }
 
 impl reflex_daemon::transport::TransitionSink for Narrow {
     fn send(&mut self, batch: &TransitionBatch) -> Result<(), TransportError> {
         let huge = batch.transitions.iter().any(|t| t.obs.len() > 100);
         if batch.transitions.len() > self.max_batch || huge {
+            self.refused += 1;
             return Err(TransportError::TooLarge(format!(
                 "{} transitions",
                 batch.transitions.len()
@@ -356,7 +360,7 @@ fn batches_too_large_for_the_wire_are_split_and_a_transition_too_large_is_droppe
         }
         let mut sink = Narrow {
             max_batch: 3,
-            delivered: Vec::new(),
+            ..Narrow::default()
         };
         let mut seq = 0;
         let mut sent = 0;
@@ -381,6 +385,32 @@ fn batches_too_large_for_the_wire_are_split_and_a_transition_too_large_is_droppe
     }
 }
 
+/// The uplink asks for one batch at a time when only one full batch waits.
+/// Halving a batch the wire refused used to take that one round, so such a
+/// call sent nothing, and every call started again from the refused size.
+#[test]
+fn a_refused_batch_size_is_remembered_and_halving_costs_no_round() {
+    let mut spool = Spool::in_memory(1000);
+    for i in 0..100 {
+        spool.push(t(i));
+    }
+    let mut sink = Narrow {
+        max_batch: 3,
+        ..Narrow::default()
+    };
+    let mut seq = 0;
+    let mut calls = 0;
+    while !spool.is_empty() {
+        calls += 1;
+        assert!(calls <= 100, "no progress: {:?}", spool.counters());
+        let sent = spool.send(&mut sink, "r", 16, 1, &mut seq).unwrap();
+        assert!(sent > 0, "call {calls} sent nothing");
+    }
+    assert_eq!(ids(&sink.delivered), (0..100).collect::<Vec<_>>());
+    // 16 → 8 → 4 → 2 once, then one larger try per 16 batches sent.
+    assert!(sink.refused <= 3 + 50 / 16, "refused {}", sink.refused);
+}
+
 #[test]
 fn a_head_segment_emptied_behind_the_spools_back_does_not_stop_it() {
     let dir = tempfile::tempdir().unwrap();
@@ -403,7 +433,7 @@ fn a_head_segment_emptied_behind_the_spools_back_does_not_stop_it() {
         .unwrap();
     let mut sink = Narrow {
         max_batch: 16,
-        delivered: Vec::new(),
+        ..Narrow::default()
     };
     let mut seq = 0;
     for _ in 0..100 {
