@@ -264,6 +264,15 @@ pub fn fingerprint(batch: &TransitionBatch) -> u64 {
 
 /// Gaps in a robot's episode stream logged (each one after is only counted).
 const GAPS_LOGGED: u64 = 5;
+
+/// Refused transitions logged per robot (with the reason); the rest are counted.
+const INVALID_LOGGED: u64 = 5;
+
+/// The largest magnitude an observation or reward value may have. Past it a
+/// value is taken for a faulty sensor: a network fed it learns nothing, and
+/// squared in a loss it overflows f32 and stops training (one robot would end
+/// the service). Scale such signals before they reach the policy.
+pub const MAX_ABS_VALUE: f32 = 1e6;
 /// Daemon restarts of a robot logged (each one after is only counted).
 const RESTARTS_LOGGED: u64 = 5;
 
@@ -534,6 +543,9 @@ pub struct Ingest {
     gamma: f32,
     /// Recurrent learners: how steps become sequence-replay episodes.
     sequences: Option<(SequenceShape, PrevInput)>,
+    /// Continuous actions' bounds (env units), when known: reflexd clamps into
+    /// them, so an action outside comes from a faulty robot.
+    action_bounds: Option<(Vec<f32>, Vec<f32>)>,
     robots: BTreeMap<String, Robot>,
     /// Whole episodes finished since [`take_finished`](Self::take_finished).
     finished: Vec<FinishedEpisode>,
@@ -833,6 +845,7 @@ impl Ingest {
             n_step,
             gamma,
             sequences: None,
+            action_bounds: None,
             robots: BTreeMap::new(),
             finished: Vec::new(),
         })
@@ -858,6 +871,77 @@ impl Ingest {
         Ok(ingest)
     }
 
+    /// Refuses continuous actions outside `[low, high]` (by more than rounding).
+    pub fn bound_actions(mut self, low: &[f32], high: &[f32]) -> Self {
+        self.action_bounds = Some((low.to_vec(), high.to_vec()));
+        self
+    }
+}
+
+/// Why transition `t` cannot be stored for a learner of `obs_dim`
+/// observations and `actions` (within `action_bounds`), if it cannot.
+fn refusal(
+    obs_dim: usize,
+    actions: ActionShape,
+    action_bounds: Option<&(Vec<f32>, Vec<f32>)>,
+    t: &reflex_msgs::Transition,
+) -> Option<String> {
+    let plausible = |x: f32| x.is_finite() && x.abs() <= MAX_ABS_VALUE;
+    let dim = obs_dim;
+    if t.obs.len() != dim || t.next_obs.len() != dim {
+        return Some(format!(
+            "observations of {} and {} values, expected {dim}",
+            t.obs.len(),
+            t.next_obs.len()
+        ));
+    }
+    for (name, values) in [("obs", &t.obs), ("next_obs", &t.next_obs)] {
+        if let Some((i, v)) = values.iter().enumerate().find(|(_, v)| !plausible(**v)) {
+            return Some(format!(
+                "{name}[{i}] = {v} (non-finite, or past ±{MAX_ABS_VALUE:e})"
+            ));
+        }
+    }
+    if !plausible(t.reward) {
+        return Some(format!(
+            "reward {} (non-finite, or past ±{MAX_ABS_VALUE:e})",
+            t.reward
+        ));
+    }
+    match (&t.action, actions) {
+        (reflex_msgs::Action::Discrete(a), ActionShape::Discrete { n }) if *a >= n => {
+            Some(format!("action {a} of {n}"))
+        }
+        (reflex_msgs::Action::Discrete(_), ActionShape::Discrete { .. }) => None,
+        (reflex_msgs::Action::Continuous(a), ActionShape::Continuous { dim }) => {
+            if a.len() != dim {
+                return Some(format!("an action of {} values, expected {dim}", a.len()));
+            }
+            if let Some((i, v)) = a.iter().enumerate().find(|(_, v)| !v.is_finite()) {
+                return Some(format!("action[{i}] = {v}"));
+            }
+            let (low, high) = action_bounds?;
+            a.iter()
+                .zip(low.iter().zip(high))
+                .enumerate()
+                .find(|(_, (&v, (&lo, &hi)))| {
+                    let slack = 1e-4 * (hi - lo).abs().max(1.0);
+                    v < lo - slack || v > hi + slack
+                })
+                .map(|(i, (v, (lo, hi)))| {
+                    format!("action[{i}] = {v} outside the action space [{lo}, {hi}]")
+                })
+        }
+        (reflex_msgs::Action::Discrete(_), ActionShape::Continuous { .. }) => {
+            Some("a discrete action for continuous ones".into())
+        }
+        (reflex_msgs::Action::Continuous(_), ActionShape::Discrete { .. }) => {
+            Some("a continuous action for discrete ones".into())
+        }
+    }
+}
+
+impl Ingest {
     /// Robot `id`, created on first sight; also whether it was new.
     fn robot(&mut self, id: &str) -> Result<(&mut Robot, bool), LearnerError> {
         let fresh = !self.robots.contains_key(id);
@@ -1018,6 +1102,8 @@ impl Ingest {
         mut observed: impl FnMut(&[f32]),
     ) -> Result<bool, LearnerError> {
         let (obs_dim, actions) = (self.obs_dim, self.actions);
+        let bounds = self.action_bounds.clone();
+        let refusal = |t: &reflex_msgs::Transition| refusal(obs_dim, actions, bounds.as_ref(), t);
         let print = fingerprint(batch);
         let inserted_before = self.inserted();
         let (robot, fresh) = self.robot(id)?;
@@ -1094,30 +1180,40 @@ impl Ingest {
                 // Nothing is open yet; the episode's return is partial, though.
                 StepVerdict::Joined => robot.episode_return = f64::NAN,
             }
-            let action = match (&t.action, actions) {
-                (reflex_msgs::Action::Discrete(a), ActionShape::Discrete { n }) if *a < n => {
-                    Some(ActionRef::Discrete(*a))
-                }
-                (reflex_msgs::Action::Continuous(a), ActionShape::Continuous { dim })
-                    if a.len() == dim && a.iter().all(|x| x.is_finite()) =>
-                {
-                    Some(ActionRef::Continuous(a))
-                }
-                _ => None,
+            let refusal = refusal(t);
+            let action = match &t.action {
+                reflex_msgs::Action::Discrete(a) => ActionRef::Discrete(*a),
+                reflex_msgs::Action::Continuous(a) => ActionRef::Continuous(a),
             };
-            let valid = t.obs.len() == obs_dim
-                && t.next_obs.len() == obs_dim
-                && t.reward.is_finite()
-                && t.obs.iter().chain(&t.next_obs).all(|x| x.is_finite());
-            match action {
-                Some(action) if valid && store.step(robot, t, action) => {
+            let stored = match &refusal {
+                None => store.step(robot, t, action),
+                Some(_) => false,
+            };
+            match stored {
+                true => {
                     observed(&t.obs);
                     robot.inserted += 1;
                 }
-                _ => {
+                false => {
                     // A refused step is a hole in the stream: no return or
                     // sequence may span it.
                     robot.invalid += 1;
+                    if robot.invalid <= INVALID_LOGGED {
+                        tracing::warn!(
+                            "robot {id}: episode {} step {} refused: {}{}",
+                            t.episode_id,
+                            t.step,
+                            refusal
+                                .as_deref()
+                                .unwrap_or("its recurrent state is unusable"),
+                            if robot.invalid == INVALID_LOGGED {
+                                "; further refusals of this robot are only counted \
+                                 (invalid_transitions)"
+                            } else {
+                                ""
+                            }
+                        );
+                    }
                     store.close(robot);
                     robot.episode_return = if t.done() { 0.0 } else { f64::NAN };
                     continue;
@@ -2069,7 +2165,12 @@ pub fn serve(opts: ServeOptions, shutdown: Arc<AtomicBool>) -> Result<LearnerRep
             run: run.clone(),
             ..opts
         },
-        ingest: learner.ingest_path(env.observation_space().dim())?,
+        ingest: match env.action_space() {
+            reflex_msgs::ActionSpace::Box(b) => learner
+                .ingest_path(env.observation_space().dim())?
+                .bound_actions(&b.low, &b.high),
+            _ => learner.ingest_path(env.observation_space().dim())?,
+        },
         spec,
         key,
         report: LearnerReport {
@@ -2457,6 +2558,60 @@ mod tests {
         let mut late = EpisodeTracker::default();
         assert_eq!(late.check(9, 3, false), StepVerdict::Joined);
         assert_eq!(late.check(9, 4, false), StepVerdict::Continues);
+    }
+
+    /// A faulty robot's implausible values are refused one transition at a
+    /// time: huge or non-finite observations and rewards (squared in a loss
+    /// they overflow and stop training) and actions past the action space
+    /// (reflexd clamps into it).
+    #[test]
+    fn implausible_transitions_are_refused_not_trained_on() {
+        use crate::replay::ReplayBuffer;
+        use reflex_msgs::{Action, Transition};
+
+        let shape = ActionShape::Continuous { dim: 1 };
+        let t = |step: u32, a: f32| Transition {
+            step,
+            obs: vec![0.1, 0.2],
+            action: Action::Continuous(vec![a]),
+            reward: -1.0,
+            next_obs: vec![0.3, 0.4],
+            ..Transition::default()
+        };
+        let mut ingest = Ingest::new(2, shape, 1, 0.99)
+            .unwrap()
+            .bound_actions(&[-2.0], &[2.0]);
+        let mut replay = ReplayBuffer::new(100, 2, shape).unwrap();
+        let mut huge_reward = t(1, 0.0);
+        huge_reward.reward = 1e20;
+        let mut huge_obs = t(2, 0.0);
+        huge_obs.next_obs[1] = -1e30;
+        let mut plausible = t(6, 1.0);
+        plausible.reward = -MAX_ABS_VALUE;
+        let steps = vec![
+            t(0, 2.0),
+            huge_reward,
+            huge_obs,
+            t(3, 2.5),
+            t(4, f32::NAN),
+            t(5, -2.0),
+            plausible,
+        ];
+        let batch = TransitionBatch {
+            transitions: steps,
+            ..TransitionBatch::default()
+        };
+        ingest.batch("a", &batch, &mut replay).unwrap();
+        let totals = ingest.totals();
+        assert_eq!((totals.inserted, totals.invalid), (3, 4));
+        assert_eq!(replay.len(), 3);
+        let check = |t: &Transition| refusal(2, shape, Some(&(vec![-2.0], vec![2.0])), t);
+        assert!(check(&t(0, 2.5))
+            .unwrap()
+            .contains("outside the action space"));
+        assert!(check(&t(0, 2.0)).is_none());
+        // Without bounds (none known), only finiteness is asked of an action.
+        assert!(refusal(2, shape, None, &t(0, 7.0)).is_none());
     }
 
     #[test]
