@@ -58,17 +58,40 @@ fn read_metrics(metrics_csv: &Path) -> Result<(Points, Points), TrainError> {
 /// first) past `step`, the step a run resumes from: after a crash, the rows
 /// written since the last checkpoint are played again, and would otherwise be
 /// there twice. Returns how many rows went; a missing file is no error.
+///
+/// A crash can also tear the last row (the writer's buffer reaches the file
+/// in pieces): a final line without its newline, or a row short of fields, is
+/// dropped too, so the rows appended next start on a line of their own.
 pub fn rewind_metrics(metrics_csv: &Path, step: u64) -> Result<usize, TrainError> {
-    if !metrics_csv.exists() {
+    let bytes = match std::fs::read(metrics_csv) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(plot_error(format!("{}: {e}", metrics_csv.display()))),
+    };
+    let complete = match bytes.iter().rposition(|&b| b == b'\n') {
+        Some(end) => &bytes[..=end],
+        None => &[][..],
+    };
+    let mut dropped = usize::from(complete.len() < bytes.len());
+    if complete.is_empty() {
+        // Not even the header is whole: start the file afresh.
+        if dropped > 0 {
+            crate::export::write_atomic(metrics_csv, &[])?;
+        }
         return Ok(0);
     }
-    let mut reader = csv::Reader::from_path(metrics_csv).map_err(plot_error)?;
+    let mut reader = csv::ReaderBuilder::new()
+        .flexible(true)
+        .from_reader(complete);
     let header = reader.headers().map_err(plot_error)?.clone();
     let mut kept = csv::Writer::from_writer(Vec::new());
     kept.write_record(&header).map_err(plot_error)?;
-    let mut dropped = 0;
     for record in reader.records() {
         let record = record.map_err(plot_error)?;
+        if record.len() != header.len() {
+            dropped += 1; // torn
+            continue;
+        }
         match record.get(0).and_then(|v| v.parse::<u64>().ok()) {
             Some(s) if s > step => dropped += 1,
             _ => kept.write_record(&record).map_err(plot_error)?,
@@ -290,6 +313,30 @@ mod tests {
         // What is left still draws.
         let (episodes, evals) = read_metrics(&path).unwrap();
         assert_eq!((episodes, evals), (vec![(10, 1.5)], vec![(20, 9.0)]));
+
+        // A crash tore the last row: short of fields, or cut inside its last
+        // field (no newline): either is dropped, and a resumed run appends on
+        // a line of its own.
+        for torn in ["10,1.5,,r0\n20,,9", "10,1.5,,r0\n20,,9.0,r"] {
+            let text = format!("step,episode_return,eval_return,robot\n{torn}");
+            std::fs::write(&path, text).unwrap();
+            assert_eq!(rewind_metrics(&path, 100).unwrap(), 1, "{torn:?}");
+            let (mut w, _) = open_metrics(&path, Some(100)).unwrap();
+            w.write_record(["30", "2.0", "", "r0"]).unwrap();
+            drop(w);
+            assert_eq!(
+                std::fs::read_to_string(&path).unwrap(),
+                "step,episode_return,eval_return,robot\n10,1.5,,r0\n30,2.0,,r0\n",
+                "{torn:?}"
+            );
+        }
+        std::fs::write(&path, "step,episode_ret").unwrap();
+        assert_eq!(rewind_metrics(&path, 100).unwrap(), 0);
+        assert_eq!(std::fs::read(&path).unwrap(), b"", "a torn header: afresh");
+        // A row short of fields with its newline (a tear glued to the next row
+        // by an older build) is dropped as well.
+        std::fs::write(&path, "step,a,b\n1,2,3\n2,3\n").unwrap();
+        assert_eq!(rewind_metrics(&path, 100).unwrap(), 1);
         std::fs::remove_dir_all(&dir).ok();
     }
 }
