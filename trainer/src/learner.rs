@@ -1389,6 +1389,35 @@ pub struct ServeOptions {
     pub linger: bool,
 }
 
+/// The newest policy version a learner in `out` published, from its policy
+/// file and from its last report, whichever is newer: the robots refuse any
+/// update not newer than what they run, so counting again from 1 would leave
+/// them on the old policy for good. Either may be missing (a crash) or
+/// unreadable; that is said, and 0 only when both are.
+fn last_published(out: &Path) -> u64 {
+    let path = out.join(POLICY_FILE);
+    let from_file = match reflex_daemon::Policy::load(&path) {
+        Ok(policy) => Some(policy.spec().policy_version),
+        Err(e) => {
+            if path.exists() {
+                tracing::warn!("learner: {}: {e}; its version is not known", path.display());
+            }
+            None
+        }
+    };
+    let from_report = fs::read_to_string(out.join(LEARNER_FILE))
+        .ok()
+        .and_then(|text| serde_json::from_str::<LearnerReport>(&text).ok())
+        .map(|r| r.policy_version);
+    from_file.max(from_report).unwrap_or_else(|| {
+        tracing::warn!(
+            "learner: no {POLICY_FILE} or {LEARNER_FILE} to tell the last version published; \
+             numbering from 1 (robots running a higher version refuse the updates)"
+        );
+        0
+    })
+}
+
 /// `learner.json`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct LearnerReport {
@@ -2118,9 +2147,7 @@ pub fn serve(opts: ServeOptions, shutdown: Arc<AtomicBool>) -> Result<LearnerRep
     let mut policy_version = 0;
     if let Some(dir) = &latest {
         checkpoint::load(dir, learner.agent_mut(), &device)?;
-        policy_version = reflex_daemon::Policy::load(out.join(POLICY_FILE))
-            .map(|p| p.spec().policy_version)
-            .unwrap_or(0);
+        policy_version = last_published(&out);
         eprintln!(
             "learner: resuming from {} ({} transitions, {} updates, policy v{policy_version})",
             dir.display(),
@@ -2612,6 +2639,29 @@ mod tests {
         assert!(check(&t(0, 2.0)).is_none());
         // Without bounds (none known), only finiteness is asked of an action.
         assert!(refusal(2, shape, None, &t(0, 7.0)).is_none());
+    }
+
+    /// A resumed learner numbers on from the last version it published, from
+    /// its report when the policy file is gone or unreadable.
+    #[test]
+    fn a_resumed_learner_numbers_on_from_its_report_without_a_policy_file() {
+        let dir =
+            std::env::temp_dir().join(format!("reflex-last-published-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        assert_eq!(last_published(&dir), 0);
+        let report = LearnerReport {
+            policy_version: 7,
+            ..LearnerReport::default()
+        };
+        std::fs::write(
+            dir.join(LEARNER_FILE),
+            serde_json::to_string(&report).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(last_published(&dir), 7);
+        std::fs::write(dir.join(POLICY_FILE), b"not an onnx file").unwrap();
+        assert_eq!(last_published(&dir), 7);
+        std::fs::remove_dir_all(&dir).ok();
     }
 
     #[test]
