@@ -79,8 +79,10 @@ pub struct RobotKey<'a> {
 }
 
 /// Splits `reflex/<fleet>/<robot>/<suffix>` into its parts; `None` if `key` is not a
-/// per-robot reflex key with a known suffix (e.g. a learner subscribed to
-/// [`all_robots_key`] uses this to learn which robot a sample came from).
+/// per-robot reflex key with a known suffix, or its fleet or robot is not a valid
+/// name ([`validate_name`]: a learner keys its per-robot state by it, so an
+/// oversized or odd one from the network is refused here). A learner subscribed
+/// to [`all_robots_key`] uses this to learn which robot a sample came from.
 pub fn parse_robot_key(key: &str) -> Option<RobotKey<'_>> {
     let mut chunks = key.split('/');
     let (prefix, fleet, robot, suffix) = (
@@ -91,8 +93,8 @@ pub fn parse_robot_key(key: &str) -> Option<RobotKey<'_>> {
     );
     if chunks.next().is_some()
         || prefix != PREFIX
-        || fleet.is_empty()
-        || robot.is_empty()
+        || validate_name(fleet).is_err()
+        || validate_name(robot).is_err()
         || !ROBOT_SUFFIXES.contains(&suffix)
     {
         return None;
@@ -153,6 +155,7 @@ pub use build::*;
 #[cfg(all(test, feature = "alloc"))]
 mod tests {
     use super::*;
+    use alloc::format;
 
     #[test]
     fn keys_have_the_documented_shape() {
@@ -185,6 +188,18 @@ mod tests {
         assert_eq!(parse_robot_key("other/lab/r1/obs"), None);
         assert_eq!(parse_robot_key("reflex/lab/r1/obs/extra"), None);
         assert_eq!(parse_robot_key("reflex//r1/obs"), None);
+        assert_eq!(parse_robot_key("reflex/lab/r 1/obs"), None);
+        assert_eq!(parse_robot_key("reflex/lab/r\n1/obs"), None);
+        let long = format!(
+            "reflex/lab/{}/obs",
+            alloc::string::String::from("r").repeat(MAX_NAME_LEN + 1)
+        );
+        assert_eq!(parse_robot_key(&long), None);
+        let longest = format!(
+            "reflex/lab/{}/obs",
+            alloc::string::String::from("r").repeat(MAX_NAME_LEN)
+        );
+        assert!(parse_robot_key(&longest).is_some());
     }
 
     #[test]

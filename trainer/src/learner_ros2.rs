@@ -10,7 +10,7 @@
 //! reliable and transient-local (depth 1): a daemon that starts later gets the
 //! current policy from DDS, and a new robot also gets it at once from here.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -77,6 +77,8 @@ struct Shared {
     robots: Mutex<Vec<RobotTopics>>,
     current: Mutex<Option<PolicyUpdate>>,
     stop: AtomicBool,
+    /// Messages dropped for a robot id that is not a valid name.
+    bad_ids: AtomicU64,
 }
 
 /// The learner's ROS 2 side: subscriptions found by discovery, and policy
@@ -98,6 +100,7 @@ impl Ros2Fleet {
             robots: Mutex::new(Vec::new()),
             current: Mutex::new(None),
             stop: AtomicBool::new(false),
+            bad_ids: AtomicU64::new(0),
         });
         let (tx, rx) = channel();
         let thread = {
@@ -134,7 +137,8 @@ impl Ros2Fleet {
         lock(&self.shared.robots)
             .iter()
             .map(|r| r.transitions.errors() + r.status.errors())
-            .sum()
+            .sum::<u64>()
+            + self.shared.bad_ids.load(Ordering::Relaxed)
     }
 
     /// The learner's node name (`/ns/name`).
@@ -159,6 +163,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// The discovery-and-drain loop.
 fn pump(link: &Link, shared: &Shared, tx: &Sender<Incoming>) {
     let mut known: Vec<String> = Vec::new();
+    let mut failed: Vec<String> = Vec::new();
     let mut last_scan: Option<Instant> = None;
     let mut batches = Vec::new();
     let mut statuses = Vec::new();
@@ -172,7 +177,6 @@ fn pump(link: &Link, shared: &Shared, tx: &Sender<Incoming>) {
                 if known.contains(&topic) {
                     continue;
                 }
-                known.push(topic.clone());
                 match robot_topics(link, prefix) {
                     Ok(robot) => {
                         if let Some(update) = lock(&shared.current).clone() {
@@ -182,8 +186,14 @@ fn pump(link: &Link, shared: &Shared, tx: &Sender<Incoming>) {
                         }
                         eprintln!("learner: robot found on {prefix}");
                         lock(&shared.robots).push(robot);
+                        known.push(topic);
                     }
-                    Err(e) => eprintln!("learner: cannot subscribe to {prefix}: {e}"),
+                    // Tried again at the next scan; said once.
+                    Err(e) if !failed.contains(&topic) => {
+                        eprintln!("learner: cannot subscribe to {prefix} (retrying): {e}");
+                        failed.push(topic);
+                    }
+                    Err(_) => {}
                 }
             }
         }
@@ -191,13 +201,24 @@ fn pump(link: &Link, shared: &Shared, tx: &Sender<Incoming>) {
             robot.transitions.drain(&mut batches);
             robot.status.drain(&mut statuses);
         }
+        // The learner keys its per-robot state by the id a message carries:
+        // one that is not a valid name (empty, oversized, odd characters) is
+        // dropped and counted with the undecodable ones.
+        let valid = |id: &str| {
+            let ok = reflex_msgs::keys::validate_name(id).is_ok();
+            if !ok && shared.bad_ids.fetch_add(1, Ordering::Relaxed) < 5 {
+                let shown: String = id.chars().take(40).collect();
+                eprintln!("learner: dropped a message from robot id {shown:?}: not a valid name");
+            }
+            ok
+        };
         for b in batches.drain(..) {
-            if tx.send(Incoming::Batch(b.robot_id.clone(), b)).is_err() {
+            if valid(&b.robot_id) && tx.send(Incoming::Batch(b.robot_id.clone(), b)).is_err() {
                 return;
             }
         }
         for s in statuses.drain(..) {
-            if tx.send(Incoming::Status(s.robot_id.clone(), s)).is_err() {
+            if valid(&s.robot_id) && tx.send(Incoming::Status(s.robot_id.clone(), s)).is_err() {
                 return;
             }
         }
