@@ -42,11 +42,19 @@ fn fleet_nets(algo: &str) -> Vec<String> {
 
 use crate::FleetArgs;
 
-/// A child process with its role and log file.
+/// A child process with its role and log file. One still running when it is
+/// dropped (the fleet returned early, on an error) is stopped, so that no
+/// learner, simulator or daemon is left behind holding ports and the run folder.
 struct Proc {
     name: String,
     child: Child,
     log: PathBuf,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.stop(Duration::from_secs(5));
+    }
 }
 
 impl Proc {
@@ -109,7 +117,8 @@ impl Proc {
     }
 
     fn tail(&self) -> String {
-        let text = fs::read_to_string(&self.log).unwrap_or_default();
+        // Lossy: one stray byte in a log must not hide why a process died.
+        let text = String::from_utf8_lossy(&fs::read(&self.log).unwrap_or_default()).into_owned();
         let lines: Vec<&str> = text.lines().collect();
         lines[lines.len().saturating_sub(15)..].join("\n")
     }
@@ -378,7 +387,7 @@ struct DaemonTotals {
 /// A daemon's final totals from its log (`reflexd stopped … sent=N spooled=N
 /// dropped=N unsent=N`).
 fn daemon_totals(log: &Path) -> Option<DaemonTotals> {
-    let text = fs::read_to_string(log).ok()?;
+    let text = String::from_utf8_lossy(&fs::read(log).ok()?).into_owned();
     let line = text.lines().rev().find(|l| l.contains("reflexd stopped"))?;
     let field = |name: &str| -> Option<u64> {
         line.split_whitespace()
@@ -806,6 +815,29 @@ pub fn fleet(args: FleetArgs) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A fleet that returns early (an error) leaves no child running.
+    #[test]
+    fn a_dropped_process_is_stopped() {
+        let dir = std::env::temp_dir().join(format!("reflex-proc-drop-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let mut cmd = Command::new("sleep");
+        cmd.arg("60");
+        let proc = Proc::spawn("sleeper", &mut cmd, dir.join("sleep.log")).unwrap();
+        let pid = proc.child.id().to_string();
+        let alive = || {
+            Command::new("kill")
+                .args(["-0", &pid])
+                .stderr(Stdio::null())
+                .status()
+                .unwrap()
+                .success()
+        };
+        assert!(alive());
+        drop(proc);
+        assert!(!alive(), "the child outlived its Proc");
+        fs::remove_dir_all(&dir).ok();
+    }
     use clap::Parser;
 
     #[derive(Parser)]
