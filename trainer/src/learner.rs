@@ -1389,6 +1389,44 @@ pub struct ServeOptions {
     pub linger: bool,
 }
 
+/// The settings (dotted names, with both values) in which `given` differs
+/// from `resumed`.
+fn differing_settings(given: &RunConfig, resumed: &RunConfig) -> Vec<String> {
+    fn flatten(prefix: &str, value: &toml::Value, out: &mut BTreeMap<String, String>) {
+        match value {
+            toml::Value::Table(table) => {
+                for (k, v) in table {
+                    let name = if prefix.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{prefix}.{k}")
+                    };
+                    flatten(&name, v, out);
+                }
+            }
+            other => {
+                out.insert(prefix.to_string(), other.to_string());
+            }
+        }
+    }
+    let table = |run: &RunConfig| {
+        let mut out = BTreeMap::new();
+        if let Ok(value) = toml::Value::try_from(run) {
+            flatten("", &value, &mut out);
+        }
+        out
+    };
+    let (given, resumed) = (table(given), table(resumed));
+    given
+        .iter()
+        .filter(|(k, v)| resumed.get(*k) != Some(*v))
+        .map(|(k, v)| {
+            let was = resumed.get(k).map_or("unset", String::as_str);
+            format!("{k} = {v} (the run's: {was})")
+        })
+        .collect()
+}
+
 /// The newest policy version a learner in `out` published, from its policy
 /// file and from its last report, whichever is newer: the robots refuse any
 /// update not newer than what they run, so counting again from 1 would leave
@@ -2138,6 +2176,15 @@ pub fn serve(opts: ServeOptions, shutdown: Arc<AtomicBool>) -> Result<LearnerRep
     if latest.is_some() && config_path.exists() {
         let text = fs::read_to_string(&config_path).map_err(|e| io_err(&config_path, e))?;
         run = toml::from_str(&text).map_err(|e| io_err(&config_path, e))?;
+        let ignored = differing_settings(&opts.run, &run);
+        if !ignored.is_empty() {
+            tracing::warn!(
+                "learner: resuming with {}; settings given now that differ from it are \
+                 ignored: {}",
+                config_path.display(),
+                ignored.join(", ")
+            );
+        }
     } else {
         let text = toml::to_string(&run).map_err(|e| LearnerError::Config(e.to_string()))?;
         write_text(&config_path, &text)?;
@@ -2662,6 +2709,27 @@ mod tests {
         std::fs::write(dir.join(POLICY_FILE), b"not an onnx file").unwrap();
         assert_eq!(last_published(&dir), 7);
         std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn a_resume_names_the_settings_it_ignores() {
+        let resumed = RunConfig::default();
+        assert!(differing_settings(&resumed, &resumed).is_empty());
+        let mut given = resumed.clone();
+        given.dqn.learning_rate = 0.5;
+        given.seed = 9;
+        let ignored = differing_settings(&given, &resumed);
+        assert_eq!(ignored.len(), 2, "{ignored:?}");
+        assert!(
+            ignored
+                .iter()
+                .any(|s| s.starts_with("dqn.learning_rate = 0.5")),
+            "{ignored:?}"
+        );
+        assert!(
+            ignored.iter().any(|s| s.starts_with("seed = 9")),
+            "{ignored:?}"
+        );
     }
 
     #[test]
