@@ -882,7 +882,14 @@ pub fn serve(
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    tracing::info!("shutting down: safe action out, flushing the spool");
+    if daemon.control_died() {
+        tracing::error!(
+            "the control loop died: the robot gets no further command, not even the safe \
+             action; flushing the spool"
+        );
+    } else {
+        tracing::info!("shutting down: safe action out, flushing the spool");
+    }
     Ok(daemon.stop())
 }
 

@@ -311,19 +311,19 @@ impl Spool {
             // sent again after a restart (at-least-once), not lost.
             tracing::warn!("spool: cannot rewrite the partly sent segment: {e}");
         }
-        let mut lost = 0;
+        let dropped_before = self.counters.dropped;
         while let Some(t) = self.memory.pop_front() {
             if let Err(e) = disk.append(&t, &mut self.counters) {
-                lost = 1 + self.memory.len() as u64;
+                let lost = 1 + self.memory.len() as u64;
                 tracing::error!("spool: cannot write to disk at shutdown ({e}); {lost} lost");
+                self.counters.dropped += lost;
                 self.memory.clear();
                 break;
             }
         }
-        lost += disk.sync();
-        self.counters.dropped += lost;
+        self.counters.dropped += disk.sync();
         self.counters.len = self.len();
-        lost
+        self.counters.dropped - dropped_before
     }
 }
 
@@ -348,6 +348,9 @@ struct Disk {
     segments: VecDeque<Segment>,
     /// Open writer on the last segment, while it is below `segment_bytes`.
     writer: Option<BufWriter<File>>,
+    /// Records of the last segment that may still sit in the writer's buffer
+    /// (lost with it if the file refuses them).
+    buffered: u64,
     /// The unsent records of `segments[0]`, once it was read for sending.
     head: Option<VecDeque<Transition>>,
     /// Records on disk not yet sent.
@@ -387,6 +390,7 @@ impl Disk {
             max_bytes,
             segments: VecDeque::new(),
             writer: None,
+            buffered: 0,
             head: None,
             records: 0,
             bytes: 0,
@@ -404,7 +408,9 @@ impl Disk {
             };
             counters.corrupt += corrupt;
             if records.is_empty() {
-                remove_segment(&path)?;
+                if let Err(e) = remove_segment(&path) {
+                    tracing::error!("{e}; an empty segment left in place");
+                }
                 continue;
             }
             let mut known_corrupt = 0;
@@ -419,7 +425,13 @@ impl Disk {
                     known_corrupt = corrupt;
                 }
             }
-            let bytes = fs::metadata(&path).map_err(io_err(&path))?.len();
+            let bytes = match fs::metadata(&path) {
+                Ok(m) => m.len(),
+                Err(e) => {
+                    tracing::error!("spool {}: {e}; left in place, not sent", path.display());
+                    continue;
+                }
+            };
             counters.recovered += records.len() as u64;
             disk.records += records.len() as u64;
             disk.bytes += bytes;
@@ -451,7 +463,7 @@ impl Disk {
             .back()
             .is_none_or(|s| s.bytes >= self.segment_bytes);
         if self.writer.is_none() || full {
-            self.seal()?;
+            self.seal(counters)?;
             let index = self.next_index;
             self.next_index += 1;
             let path = self.segment_path(index);
@@ -461,6 +473,7 @@ impl Disk {
                 .open(&path)
                 .map_err(io_err(&path))?;
             self.writer = Some(BufWriter::new(file));
+            self.buffered = 0;
             self.segments.push_back(Segment {
                 index,
                 path,
@@ -478,12 +491,26 @@ impl Disk {
         if let Err(e) = writer.write_all(&record) {
             // Part of the record may be in the file: nothing more goes after it
             // (a reader stops at a torn record). The next record starts a new
-            // segment; what this one's buffer held is counted lost when read.
+            // segment. The records still in the buffer are lost with it.
             if let Some(writer) = self.writer.take() {
                 let _ = writer.into_parts();
             }
+            let lost = std::mem::take(&mut self.buffered);
+            if lost > 0 {
+                tracing::error!("spool: {lost} buffered record(s) lost with the failed write");
+            }
+            segment.records -= lost;
+            self.records -= lost;
+            counters.dropped += lost;
             return Err(io_err(&segment.path)(e));
         }
+        // BufWriter either flushed its buffer before this record (then holds
+        // it alone), wrote it straight through (holds nothing), or added it.
+        self.buffered = match writer.buffer().len() {
+            0 => 0,
+            n if n == record.len() => 1,
+            _ => self.buffered + 1,
+        };
         segment.records += 1;
         segment.bytes += len;
         self.records += 1;
@@ -492,10 +519,19 @@ impl Disk {
     }
 
     /// Flushes and closes the writer (the last segment is complete).
-    fn seal(&mut self) -> Result<(), SpoolError> {
+    fn seal(&mut self, counters: &mut SpoolCounters) -> Result<(), SpoolError> {
         if let Some(mut writer) = self.writer.take() {
-            let path = &self.segments.back().expect("writer has a segment").path;
-            writer.flush().map_err(io_err(path))?;
+            let segment = self.segments.back_mut().expect("writer has a segment");
+            if let Err(e) = writer.flush() {
+                // The records still buffered are lost with the writer.
+                let _ = writer.into_parts();
+                let lost = std::mem::take(&mut self.buffered);
+                segment.records -= lost;
+                self.records -= lost;
+                counters.dropped += lost;
+                return Err(io_err(&segment.path)(e));
+            }
+            self.buffered = 0;
         }
         Ok(())
     }
@@ -508,27 +544,30 @@ impl Disk {
             return 0;
         };
         let segment = self.segments.back_mut().expect("writer has a segment");
-        let synced = writer
-            .flush()
-            .and_then(|()| writer.get_ref().sync_all())
-            .map_err(io_err(&segment.path));
-        let Err(e) = synced else {
-            self.writer = Some(writer);
-            return 0;
-        };
-        // What reached the file is what a restart will find.
-        let _ = writer.into_parts();
-        let on_file = read_segment(&segment.path).map_or(0, |(r, _)| r.len() as u64);
-        let lost = segment.records.saturating_sub(on_file);
-        tracing::error!("spool: {e}; {lost} record(s) of the last segment lost");
-        segment.records -= lost;
-        self.records -= lost;
-        lost
+        if let Err(e) = writer.flush() {
+            // What reached the file is what a restart will find.
+            let _ = writer.into_parts();
+            let lost = std::mem::take(&mut self.buffered);
+            tracing::error!(
+                "spool {}: {e}; {lost} record(s) of the last segment lost",
+                segment.path.display()
+            );
+            segment.records -= lost;
+            self.records -= lost;
+            return lost;
+        }
+        self.buffered = 0;
+        if let Err(e) = writer.get_ref().sync_all() {
+            // Written, but perhaps not yet on the device.
+            tracing::warn!("spool {}: {e}", segment.path.display());
+        }
+        self.writer = Some(writer);
+        0
     }
 
     fn drop_oldest(&mut self, counters: &mut SpoolCounters) -> Result<(), SpoolError> {
         if self.segments.len() == 1 {
-            self.seal()?;
+            self.seal(counters)?;
         }
         let segment = self.segments.pop_front().expect("a segment to drop");
         // A loaded head is this segment's unsent records: `records` counts them.
@@ -553,7 +592,7 @@ impl Disk {
         while self.head.is_none() {
             if self.segments.len() == 1 && self.writer.is_some() {
                 // Reading the segment being written: close it, new records go to a new one.
-                self.seal()?;
+                self.seal(counters)?;
             }
             // No segment left: nothing is cached, so that the next records
             // written are read from their segment.

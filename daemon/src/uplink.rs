@@ -250,14 +250,11 @@ fn run(
                 full_batches
             };
             match spool.send(sink, robot_id, batch_size, max_batches, &mut batch_seq) {
-                Ok(sent) => {
+                Ok(_) => {
                     if sink_down_since.take().is_some() {
                         tracing::info!("transition sink back; spool drained to {}", spool.len());
                     }
-                    // The clock of what waits restarts only once something left.
-                    if sent > 0 || spool.is_empty() {
-                        oldest = (!spool.is_empty()).then_some(now);
-                    }
+                    oldest = (!spool.is_empty()).then_some(now);
                 }
                 Err(e) => {
                     if sink_down_since.is_none() {

@@ -558,6 +558,36 @@ fn a_failed_disk_write_moves_on_to_a_new_segment() {
         (1..6).collect::<Vec<_>>()
     );
     assert!(spool.counters().balanced());
+
+    // Small records wait in the writer's buffer: when the full disk refuses
+    // it, they are lost with it, and counted so at once (not left counted as
+    // waiting on disk).
+    let dir = tempfile::tempdir().unwrap();
+    let mut spool = Spool::open(&spool_config(Some(dir.path()), 1)).unwrap();
+    let first = dir.path().join(format!("{:020}.seg", 0));
+    std::os::unix::fs::symlink("/dev/full", &first).unwrap();
+    for i in 0..200 {
+        spool.push(t(i));
+        let c = spool.counters();
+        assert!(c.balanced(), "after {i}: {c:?}");
+    }
+    let lost = spool.counters().dropped;
+    assert!(
+        lost > 1,
+        "the buffered records went too: {:?}",
+        spool.counters()
+    );
+    std::fs::remove_file(&first).unwrap();
+    let (mut sink, rx, _link) = inproc::transitions();
+    spool.send(&mut sink, "r", 16, usize::MAX, &mut 0).unwrap();
+    let c = spool.counters();
+    assert!(spool.is_empty(), "{c:?}");
+    assert_eq!(c.dropped, lost, "nothing more found lost on reading: {c:?}");
+    assert_eq!(
+        ids(&rx.try_iter().collect::<Vec<_>>()),
+        (lost..200).collect::<Vec<_>>()
+    );
+    assert!(c.balanced());
 }
 
 /// What a crash on a full disk leaves behind must not keep reflexd from

@@ -1205,7 +1205,7 @@ impl Ingest {
                             t.step,
                             refusal
                                 .as_deref()
-                                .unwrap_or("its recurrent state is unusable"),
+                                .unwrap_or("replay refused it (its recurrent state?)"),
                             if robot.invalid == INVALID_LOGGED {
                                 "; further refusals of this robot are only counted \
                                  (invalid_transitions)"
@@ -1387,11 +1387,15 @@ pub struct ServeOptions {
     /// After finishing, keep receiving (counting, not training) until SIGINT/SIGTERM,
     /// so the final counts include what robots flush when they stop.
     pub linger: bool,
+    /// The settings named on the command line or in `--config` (dotted names;
+    /// a table's name covers its keys): on a resume, the ones that differ from
+    /// the run's own configuration are named as ignored.
+    pub given: Vec<String>,
 }
 
-/// The settings (dotted names, with both values) in which `given` differs
-/// from `resumed`.
-fn differing_settings(given: &RunConfig, resumed: &RunConfig) -> Vec<String> {
+/// The settings (dotted names, with both values) among `names` (a table's
+/// name covers its keys) in which `given` differs from `resumed`.
+fn differing_settings(given: &RunConfig, resumed: &RunConfig, names: &[String]) -> Vec<String> {
     fn flatten(prefix: &str, value: &toml::Value, out: &mut BTreeMap<String, String>) {
         match value {
             toml::Value::Table(table) => {
@@ -1417,9 +1421,16 @@ fn differing_settings(given: &RunConfig, resumed: &RunConfig) -> Vec<String> {
         out
     };
     let (given, resumed) = (table(given), table(resumed));
+    let named = |k: &str| {
+        names.iter().any(|n| {
+            k == n
+                || k.strip_prefix(n.as_str())
+                    .is_some_and(|rest| rest.starts_with('.'))
+        })
+    };
     given
         .iter()
-        .filter(|(k, v)| resumed.get(*k) != Some(*v))
+        .filter(|(k, v)| named(k) && resumed.get(*k) != Some(*v))
         .map(|(k, v)| {
             let was = resumed.get(k).map_or("unset", String::as_str);
             format!("{k} = {v} (the run's: {was})")
@@ -1458,6 +1469,7 @@ fn last_published(out: &Path) -> u64 {
 
 /// `learner.json`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
 pub struct LearnerReport {
     /// Training is over (solved, budget reached or stopped).
     pub done: bool,
@@ -2176,7 +2188,7 @@ pub fn serve(opts: ServeOptions, shutdown: Arc<AtomicBool>) -> Result<LearnerRep
     if latest.is_some() && config_path.exists() {
         let text = fs::read_to_string(&config_path).map_err(|e| io_err(&config_path, e))?;
         run = toml::from_str(&text).map_err(|e| io_err(&config_path, e))?;
-        let ignored = differing_settings(&opts.run, &run);
+        let ignored = differing_settings(&opts.run, &run, &opts.given);
         if !ignored.is_empty() {
             tracing::warn!(
                 "learner: resuming with {}; settings given now that differ from it are \
@@ -2714,12 +2726,20 @@ mod tests {
     #[test]
     fn a_resume_names_the_settings_it_ignores() {
         let resumed = RunConfig::default();
-        assert!(differing_settings(&resumed, &resumed).is_empty());
+        let names = |n: &[&str]| n.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let all = names(&["seed", "dqn", "env"]);
+        assert!(differing_settings(&resumed, &resumed, &all).is_empty());
         let mut given = resumed.clone();
         given.dqn.learning_rate = 0.5;
+        given.dqn.gamma = 0.5;
         given.seed = 9;
-        let ignored = differing_settings(&given, &resumed);
+        given.eval_interval += 1;
+        // Only what was named counts: `eval_interval` differs (a preset's,
+        // say) but nobody gave it now; `dqn.gamma` is covered by `dqn`.
+        let ignored = differing_settings(&given, &resumed, &names(&["seed", "dqn.learning_rate"]));
         assert_eq!(ignored.len(), 2, "{ignored:?}");
+        assert_eq!(differing_settings(&given, &resumed, &all).len(), 3);
+        assert!(differing_settings(&given, &resumed, &[]).is_empty());
         assert!(
             ignored
                 .iter()

@@ -1136,6 +1136,20 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     threads_from(args.threads);
     let device = reflex_trainer::device(&args.device)?;
     let run = resolve(args.config.as_deref(), &args.sets, &explicit)?;
+    // What was named now (not filled in from a preset or the defaults).
+    let mut given: Vec<String> = explicit.keys().cloned().collect();
+    given.extend(
+        args.sets
+            .iter()
+            .map(|set| set.split('=').next().unwrap_or(set).trim().to_string()),
+    );
+    if let Some(path) = &args.config {
+        let text =
+            fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let file: toml::Table =
+            toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+        given.extend(file.keys().cloned());
+    }
     if run.dqn.n_step == 0 {
         bail!("dqn.n_step must be at least 1");
     }
@@ -1205,6 +1219,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             target_return,
             quiet: args.quiet,
             linger: args.linger,
+            given,
         },
         shutdown,
     )?;

@@ -72,6 +72,7 @@ fn learner_inserts_counts_and_publishes_signed_policies() {
         target_return: None,
         quiet: true,
         linger: false,
+        given: Vec::new(),
     };
     let shutdown = Arc::new(AtomicBool::new(false));
     let learner = {
