@@ -61,6 +61,11 @@ impl Proc {
     fn spawn(name: &str, cmd: &mut Command, log: PathBuf) -> anyhow::Result<Self> {
         let file = fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
         let out = file.try_clone()?;
+        // A process group of its own: Ctrl-C in the terminal reaches only the
+        // fleet, which then stops the daemons first (their spools flush into
+        // the learner), then the simulators, then the learner. Sent to the
+        // whole group, it stopped the learner before the daemons had flushed.
+        std::os::unix::process::CommandExt::process_group(&mut *cmd, 0);
         let child = cmd
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
@@ -834,6 +839,16 @@ mod tests {
                 .success()
         };
         assert!(alive());
+        // In a process group of its own (Ctrl-C reaches only the fleet).
+        let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        let pgrp = stat
+            .rsplit(')')
+            .next()
+            .unwrap()
+            .split_whitespace()
+            .nth(2)
+            .unwrap();
+        assert_eq!(pgrp, pid, "{stat}");
         drop(proc);
         assert!(!alive(), "the child outlived its Proc");
         fs::remove_dir_all(&dir).ok();
