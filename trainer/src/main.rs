@@ -781,15 +781,64 @@ fn check_learning_starts(config: &RunConfig) -> anyhow::Result<()> {
 }
 
 /// Makes `out` the folder of a new run. A folder that already holds a run
-/// (config.toml, metrics.csv, checkpoints, or a population's members) is
-/// moved aside to `OUT.previous`, replacing an older one there: a new run
-/// never appends to an old run's metrics or resumes from its checkpoints,
-/// and the old run is kept, one generation deep.
+/// with a checkpoint (its own, or a population member's) is moved aside to
+/// `OUT.previous`, replacing an older one there (said so): a new run never
+/// appends to an old run's metrics or resumes from its checkpoints, and the
+/// last resumable run is kept, one generation deep. A run that stopped before
+/// its first checkpoint has nothing to resume: its files are removed instead,
+/// so that it cannot push a good run out of `OUT.previous`; other files in the
+/// folder stay.
 fn start_fresh(out: &Path) -> anyhow::Result<()> {
-    let holds_run = ["config.toml", "metrics.csv", "checkpoints", "member-0"]
-        .iter()
-        .any(|name| out.join(name).exists());
-    if holds_run {
+    const RUN_FILES: [&str; 6] = [
+        "config.toml",
+        "metrics.csv",
+        "curve.png",
+        "eval.json",
+        reflex_trainer::export::POLICY_FILE,
+        BEST_DIR,
+    ];
+    let resumable = |dir: &Path| {
+        reflex_trainer::checkpoint::latest(dir)
+            .ok()
+            .flatten()
+            .is_some()
+    };
+    let members = fs::read_dir(out)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("member-") && e.path().is_dir());
+    let mut resumable_run = resumable(out);
+    let mut member_dirs = Vec::new();
+    for member in members {
+        resumable_run |= resumable(&member.path());
+        member_dirs.push(member.path());
+    }
+    let holds_run = RUN_FILES.iter().any(|name| out.join(name).exists())
+        || out.join("checkpoints").exists()
+        || !member_dirs.is_empty();
+    if holds_run && !resumable_run {
+        for name in RUN_FILES.iter().chain(&["checkpoints"]) {
+            let path = out.join(name);
+            let removed = if path.is_dir() {
+                fs::remove_dir_all(&path)
+            } else {
+                fs::remove_file(&path)
+            };
+            if let Err(e) = removed {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    return Err(e).with_context(|| format!("removing {}", path.display()));
+                }
+            }
+        }
+        for dir in &member_dirs {
+            fs::remove_dir_all(dir).with_context(|| format!("removing {}", dir.display()))?;
+        }
+        eprintln!(
+            "{} held a run that stopped before its first checkpoint: its files were removed",
+            out.display()
+        );
+    } else if holds_run {
         let Some(name) = out.file_name() else {
             bail!(
                 "{} already holds a run; give --out a folder of its own",
@@ -799,17 +848,26 @@ fn start_fresh(out: &Path) -> anyhow::Result<()> {
         let mut previous_name = name.to_os_string();
         previous_name.push(".previous");
         let previous = out.with_file_name(previous_name);
-        if previous.exists() {
+        let replaced = previous.exists();
+        if replaced {
             fs::remove_dir_all(&previous)
                 .with_context(|| format!("removing {}", previous.display()))?;
         }
         fs::rename(out, &previous)
             .with_context(|| format!("moving {} aside to {}", out.display(), previous.display()))?;
         eprintln!(
-            "{} held a run: moved it to {}",
+            "{} held a run: moved it to {}{}",
             out.display(),
-            previous.display()
+            previous.display(),
+            if replaced {
+                " (the older run there was deleted)"
+            } else {
+                ""
+            }
         );
+    }
+    if out.exists() && !out.is_dir() {
+        bail!("--out {}: a file, not a folder", out.display());
     }
     fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))
 }

@@ -170,6 +170,23 @@ fn a_new_run_moves_an_old_one_aside_instead_of_mixing_with_it() {
         first
     );
     assert_eq!(read_json(&previous.join("eval.json"))["seed"], 1);
+
+    // A run that stopped before its first checkpoint (here: its checkpoints
+    // removed) has nothing to resume: it does not push the kept run out of
+    // OUT.previous, and the folder's other files stay.
+    std::fs::remove_dir_all(out.join("checkpoints")).unwrap();
+    std::fs::write(out.join("notes.txt"), "mine").unwrap();
+    run("3");
+    assert_eq!(read_json(&out.join("eval.json"))["seed"], 3);
+    assert_eq!(
+        std::fs::read_to_string(previous.join("metrics.csv")).unwrap(),
+        first,
+        "the resumable run is still kept"
+    );
+    assert_eq!(
+        std::fs::read_to_string(out.join("notes.txt")).unwrap(),
+        "mine"
+    );
     std::fs::remove_dir_all(&out).ok();
     std::fs::remove_dir_all(&previous).ok();
 }
