@@ -572,6 +572,49 @@ struct RunObserver {
 /// Where a run keeps the policy of its best periodic evaluation.
 const BEST_DIR: &str = "best";
 
+/// Set by the first SIGINT or SIGTERM of a run: training stops after the
+/// current step and saves a checkpoint (a second SIGINT ends the process at
+/// once, with status 130).
+static STOP: std::sync::OnceLock<std::sync::Arc<std::sync::atomic::AtomicBool>> =
+    std::sync::OnceLock::new();
+
+/// Installs the run's SIGINT/SIGTERM handling (once per process).
+fn stop_on_signal() -> anyhow::Result<()> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    if STOP.get().is_some() {
+        return Ok(());
+    }
+    let flag = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // A second Ctrl-C while the checkpoint is written: out at once.
+    signal_hook::flag::register_conditional_shutdown(SIGINT, 130, flag.clone())
+        .context("installing the SIGINT handler")?;
+    for signal in [SIGINT, SIGTERM] {
+        signal_hook::flag::register(signal, flag.clone()).context("installing signal handlers")?;
+    }
+    let _ = STOP.set(flag);
+    Ok(())
+}
+
+/// Whether a SIGINT or SIGTERM asked the run to stop.
+fn stop_requested() -> bool {
+    STOP.get()
+        .is_some_and(|f| f.load(std::sync::atomic::Ordering::Relaxed))
+}
+
+/// The end of an interrupted run: a checkpoint at the step it reached (with
+/// its policy beside it) and the metrics so far; then the process exits with
+/// status 130, as an interrupted command does.
+fn save_interrupted(
+    out: &Path,
+    agent: &mut dyn Agent,
+    observer: &mut RunObserver,
+) -> anyhow::Result<PathBuf> {
+    observer.metrics.flush()?;
+    let saved = checkpoint::save(out, agent)?;
+    export_beside_checkpoint(&saved, agent, &observer.spec)?;
+    Ok(saved)
+}
+
 /// `best/selected.json`: which periodic evaluation picked `best/policy.onnx`.
 #[derive(Serialize, Deserialize)]
 struct BestSelected {
@@ -625,6 +668,10 @@ impl RunObserver {
 }
 
 impl Observer for RunObserver {
+    fn interrupted(&self) -> bool {
+        stop_requested()
+    }
+
     fn episode(&mut self, progress: &Progress, episode_return: f64, _length: u32) {
         self.row(progress, Some(episode_return), None);
         self.recent_returns.push(episode_return);
@@ -752,6 +799,7 @@ fn run(
         );
     }
     let periodic = gcd(config.eval_interval, config.checkpoint_interval);
+    stop_on_signal()?;
     train(
         agent.as_mut(),
         env.as_mut(),
@@ -761,6 +809,17 @@ fn run(
         &mut observer,
     )?;
     bar.finish_and_clear();
+    if stop_requested() && agent.steps_done() < config.steps {
+        let saved = save_interrupted(out, agent.as_mut(), &mut observer)?;
+        eprintln!(
+            "interrupted at step {} of {}: checkpoint {}; `reflex-train resume {}` goes on",
+            agent.steps_done(),
+            config.steps,
+            saved.display(),
+            out.display()
+        );
+        std::process::exit(130);
+    }
     finish_run(config, out, agent.as_mut(), observer, env.as_mut())?;
     Ok(())
 }

@@ -80,6 +80,10 @@ impl Observer for Member<'_> {
     fn periodic(&mut self, progress: &Progress, agent: &mut dyn Agent) -> Result<(), TrainError> {
         self.inner.periodic(progress, agent)
     }
+
+    fn interrupted(&self) -> bool {
+        self.inner.interrupted()
+    }
 }
 
 /// Trains `members` seeds of `config` (DQN, DDPG or TD3) together into
@@ -261,6 +265,7 @@ fn train_members(
         let mut refs: Vec<&mut dyn Observer> =
             wrapped.iter_mut().map(|m| m as &mut dyn Observer).collect();
         let periodic = gcd(config.eval_interval, config.checkpoint_interval);
+        stop_on_signal()?;
         train_population(
             population.as_mut(),
             &mut envs,
@@ -271,6 +276,19 @@ fn train_members(
         )?;
     }
     bar.finish_and_clear();
+    if stop_requested() && population.steps_done() < config.steps {
+        for (k, observer) in observers.iter_mut().enumerate() {
+            save_interrupted(&dirs[k], population.member(k), observer)?;
+        }
+        eprintln!(
+            "interrupted at step {} of {}: every member checkpointed; `reflex-train resume {}` \
+             goes on",
+            population.steps_done(),
+            config.steps,
+            out.display()
+        );
+        std::process::exit(130);
+    }
     let mut summaries = Vec::with_capacity(members);
     for (k, (observer, env)) in observers.into_iter().zip(&mut envs).enumerate() {
         let mean = finish_run(

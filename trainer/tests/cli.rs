@@ -444,6 +444,70 @@ fn a_population_resumes_from_the_newest_step_all_members_saved() {
     std::fs::remove_dir_all(&out).ok();
 }
 
+/// Ctrl-C (SIGINT) stops a run after the step it is on, with a checkpoint at
+/// that step (not only the last periodic one), and `resume` goes on from it.
+#[test]
+fn an_interrupted_run_checkpoints_where_it_stopped() {
+    let out = out_dir("sigint");
+    let child = train_cmd()
+        .args([
+            "run", "--env", "cartpole", "--steps", "1000000", "--quiet", "--out",
+        ])
+        .arg(&out)
+        .args(SMALL)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Past the first periodic checkpoint, then interrupted.
+    let start = Instant::now();
+    while !out.join("checkpoints/step-0000001000").exists() {
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "no checkpoint appeared"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(130), "{stderr}");
+    let line = stderr
+        .lines()
+        .find(|l| l.starts_with("interrupted at step"))
+        .unwrap();
+    let step: u64 = line["interrupted at step ".len()..]
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let saved = out.join(format!("checkpoints/step-{step:010}"));
+    assert!(saved.join("weights.safetensors").exists(), "{line}");
+    assert!(saved.join("policy.onnx").exists(), "its policy beside it");
+
+    // Resume from it, for a few hundred steps more.
+    let config = std::fs::read_to_string(out.join("config.toml")).unwrap();
+    let config = config.replace("steps = 1000000", &format!("steps = {}", step + 300));
+    std::fs::write(out.join("config.toml"), config).unwrap();
+    let output = train_cmd()
+        .arg("resume")
+        .arg(&out)
+        .arg("--quiet")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(stderr.contains(&format!("(step {step})")), "{stderr}");
+    assert_eq!(read_json(&out.join("eval.json"))["steps"], step + 300);
+    std::fs::remove_dir_all(&out).ok();
+}
+
 #[test]
 fn a_killed_run_resumes_from_its_last_checkpoint() {
     let out = out_dir("resume");

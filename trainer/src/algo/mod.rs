@@ -540,13 +540,19 @@ pub trait Observer {
     fn periodic(&mut self, _progress: &Progress, _agent: &mut dyn Agent) -> Result<(), TrainError> {
         Ok(())
     }
+    /// Whether training should stop after the current step (e.g. on Ctrl-C);
+    /// checked once a step, so keep it cheap.
+    fn interrupted(&self) -> bool {
+        false
+    }
 }
 
 /// Trains until `total_steps` env steps have been taken on `env`, continuing
 /// from `agent.steps_done()` (0 for a fresh learner), and calls
 /// `observer.periodic` every `periodic_every` steps (never when 0). A fresh run's
 /// first episode uses `seed`; a resumed run starts a new episode seeded by
-/// `seed + steps_done`.
+/// `seed + steps_done`. Returns early, after a whole step, once
+/// `observer.interrupted()`.
 pub fn train(
     agent: &mut dyn Agent,
     env: &mut dyn Env,
@@ -591,6 +597,9 @@ pub fn train(
         }
         if periodic_every > 0 && step.is_multiple_of(periodic_every) {
             observer.periodic(&progress(last_update), agent)?;
+        }
+        if observer.interrupted() {
+            break;
         }
     }
     Ok(())

@@ -733,6 +733,9 @@ pub fn train_population(
                 observer.periodic(&progress, population.member(k))?;
             }
         }
+        if observers.iter().any(|o| o.interrupted()) {
+            break;
+        }
     }
     population.sync_members()
 }
