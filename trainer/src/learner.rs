@@ -2188,6 +2188,9 @@ pub fn serve(opts: ServeOptions, shutdown: Arc<AtomicBool>) -> Result<LearnerRep
     if latest.is_some() && config_path.exists() {
         let text = fs::read_to_string(&config_path).map_err(|e| io_err(&config_path, e))?;
         run = toml::from_str(&text).map_err(|e| io_err(&config_path, e))?;
+        // It may have been edited since: the same checks as a fresh start.
+        crate::run::check(&run)
+            .map_err(|e| LearnerError::Config(format!("{}: {e}", config_path.display())))?;
         let ignored = differing_settings(&opts.run, &run, &opts.given);
         if !ignored.is_empty() {
             tracing::warn!(

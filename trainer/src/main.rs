@@ -732,7 +732,11 @@ impl Observer for RunObserver {
 fn read_config(dir: &Path) -> anyhow::Result<RunConfig> {
     let path = dir.join("config.toml");
     let text = fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-    toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+    let config: RunConfig =
+        toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    // It may have been edited since the run wrote it: the same checks as `run`.
+    reflex_trainer::run::check(&config).with_context(|| format!("checking {}", path.display()))?;
+    Ok(config)
 }
 
 /// A fresh learner for `config`'s algorithm and env.

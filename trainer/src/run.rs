@@ -232,6 +232,15 @@ pub fn resolve(
     let config: RunConfig = toml::Value::Table(table)
         .try_into()
         .map_err(|e: toml::de::Error| TrainError::Config(e.to_string()))?;
+    check(&config)?;
+    Ok(config)
+}
+
+/// Every check a resolved configuration must pass: the env exists, the
+/// algorithm fits its actions, every value is in range (each problem named by
+/// key). `resolve` runs it, and so must whatever reads a run's `config.toml`
+/// back (a resume), since people edit that file.
+pub fn check(config: &RunConfig) -> Result<(), TrainError> {
     let env = reflex_sim::make(&config.env)?;
     let discrete = matches!(
         env.action_space(),
@@ -252,9 +261,9 @@ pub fn resolve(
             }
         }
     }
-    validate(&config)?;
+    validate(config)?;
     match (config.algo.as_str(), discrete) {
-        ("dqn" | "drqn", true) | ("ddpg" | "td3" | "naf", false) => Ok(config),
+        ("dqn" | "drqn", true) | ("ddpg" | "td3" | "naf", false) => Ok(()),
         ("dqn" | "drqn", false) => Err(TrainError::Config(format!(
             "{} has continuous actions; {} needs discrete ones (try ddpg, td3 or naf)",
             config.env, config.algo
@@ -369,6 +378,29 @@ impl Checks {
         }
     }
 
+    /// Replay and returns: γ in [0, 1], n ≥ 1, a buffer of at least one step
+    /// that holds a whole batch (unless batches are of windows, checked by
+    /// [`Self::window`]).
+    fn replay(
+        &mut self,
+        algo: &str,
+        gamma: f64,
+        n_step: usize,
+        (batch_size, buffer_size): (usize, usize),
+        windows: bool,
+    ) {
+        self.within(&format!("{algo}.gamma"), gamma, 0.0, 1.0);
+        self.at_least_one(&format!("{algo}.n_step"), n_step as u64);
+        self.at_least_one(&format!("{algo}.buffer_size"), buffer_size as u64);
+        if !windows && batch_size > buffer_size {
+            self.fail(
+                &format!("{algo}.batch_size"),
+                batch_size,
+                &format!("must not exceed {algo}.buffer_size = {buffer_size}"),
+            );
+        }
+    }
+
     /// The settings every off-policy learner shares.
     #[allow(clippy::too_many_arguments)]
     fn rounds(
@@ -424,10 +456,27 @@ fn validate(config: &RunConfig) -> Result<(), TrainError> {
     }
     let lstm = &config.lstm;
     match config.algo.as_str() {
-        "dqn" => dqn_family!("dqn", &config.dqn),
+        "dqn" => {
+            let d = &config.dqn;
+            dqn_family!("dqn", d);
+            c.replay(
+                "dqn",
+                d.gamma,
+                d.n_step,
+                (d.batch_size, d.buffer_size),
+                false,
+            );
+        }
         "drqn" => {
             let d = &config.drqn;
             dqn_family!("drqn", d);
+            c.replay(
+                "drqn",
+                d.gamma,
+                d.n_step,
+                (d.batch_size, d.buffer_size),
+                true,
+            );
             c.at_least_one("drqn.seq_len", d.seq_len as u64);
             c.window("drqn", d.buffer_size, (d.burn_in, d.seq_len, d.n_step), "");
         }
@@ -453,6 +502,13 @@ fn validate(config: &RunConfig) -> Result<(), TrainError> {
                 d.per_beta0,
                 d.max_grad_norm,
             );
+            c.replay(
+                algo,
+                d.gamma,
+                d.n_step,
+                (d.batch_size, d.buffer_size),
+                config.recurrent,
+            );
             c.non_negative(&format!("{algo}.target_noise"), d.target_noise);
             c.non_negative(&format!("{algo}.target_noise_clip"), d.target_noise_clip);
             c.noise(&format!("{algo}.noise"), &d.noise);
@@ -473,6 +529,13 @@ fn validate(config: &RunConfig) -> Result<(), TrainError> {
                 d.tau,
                 d.per_beta0,
                 d.max_grad_norm,
+            );
+            c.replay(
+                "naf",
+                d.gamma,
+                d.n_step,
+                (d.batch_size, d.buffer_size),
+                config.recurrent,
             );
             c.non_negative("naf.mu_penalty", d.mu_penalty);
             c.noise("naf.noise", &d.noise);

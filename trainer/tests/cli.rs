@@ -602,6 +602,21 @@ fn bad_settings_are_clear_errors() {
             vec!["serve", "--quiet", "--set", "dqn.tau=0"],
             "dqn.tau = 0: must be in (0, 1]",
         ),
+        (
+            vec!["run", "--quiet", "--set", "dqn.gamma=1.5"],
+            "dqn.gamma = 1.5: must be in [0, 1]",
+        ),
+        (
+            vec![
+                "run",
+                "--quiet",
+                "--set",
+                "dqn.batch_size=200",
+                "--set",
+                "dqn.buffer_size=100",
+            ],
+            "dqn.batch_size = 200: must not exceed dqn.buffer_size = 100",
+        ),
         // Without the `cuda` feature (CI, default builds) a GPU is a clear refusal.
         #[cfg(not(feature = "cuda"))]
         (
@@ -639,6 +654,41 @@ fn bad_settings_are_clear_errors() {
         assert_eq!(output.status.code(), Some(2), "{args:?}: {stderr}");
         assert!(stderr.contains(expected), "{args:?}: {stderr}");
     }
+}
+
+/// `config.toml` is there to be edited before a resume: an edit out of range
+/// is refused as `run` refuses it, not trained on.
+#[test]
+fn a_resume_checks_the_edited_config() {
+    let out = out_dir("edited");
+    let status = train_cmd()
+        .args(["run", "--steps", "1500", "--quiet", "--out"])
+        .arg(&out)
+        .args(SMALL)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let path = out.join("config.toml");
+    let config = std::fs::read_to_string(&path).unwrap();
+    let edited = config.replacen("learning_rate = ", "learning_rate = -", 1);
+    assert_ne!(config, edited);
+    std::fs::write(&path, edited).unwrap();
+    let output = train_cmd()
+        .args(["resume", "--quiet"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("config.toml"), "{stderr}");
+    assert!(stderr.contains("learning_rate = -"), "{stderr}");
+    assert!(
+        stderr.contains("must be a finite number above 0"),
+        "{stderr}"
+    );
+    std::fs::remove_dir_all(&out).ok();
 }
 
 /// A run whose loss goes NaN stops with a clear error at that step instead of
