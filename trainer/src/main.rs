@@ -557,6 +557,8 @@ struct RunObserver {
     /// the progress bar).
     label: Option<String>,
     started: Instant,
+    /// The step this process started from (a resume's checkpoint; else 0).
+    started_at_step: u64,
     eval_env: Box<dyn Env>,
     eval_episodes: u32,
     eval_seed: u64,
@@ -659,7 +661,9 @@ impl RunObserver {
             loss: update.map(|u| u.loss),
             q_mean: update.map(|u| u.q_mean),
             exploration: progress.exploration,
-            steps_per_s: progress.step as f64 / self.started.elapsed().as_secs_f64().max(1e-9),
+            // This process's rate: a resumed run's earlier steps took their own time.
+            steps_per_s: progress.step.saturating_sub(self.started_at_step) as f64
+                / self.started.elapsed().as_secs_f64().max(1e-9),
         };
         if let Err(e) = self.metrics.serialize(row) {
             eprintln!("warning: metrics.csv: {e}");
@@ -984,6 +988,7 @@ fn run_observer(
         quiet,
         label,
         started: Instant::now(),
+        started_at_step: resume_from.unwrap_or(0),
         eval_env: make(&config.env)?,
         eval_episodes: config.eval_interval_episodes,
         eval_seed,
