@@ -515,21 +515,41 @@ struct EvalReport<'a> {
     episodes: u32,
     env: &'a str,
     algo: &'a str,
-    steps: u64,
-    seed: u64,
+    /// Env steps the evaluated weights trained for (not known for an ONNX
+    /// file: see `updates`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    steps: Option<u64>,
+    /// Gradient updates they trained for, where known (an ONNX file's spec
+    /// says, as its `training_step`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    updates: Option<u64>,
+    /// The run's training seed (not known for an ONNX file).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    seed: Option<u64>,
+    /// Seed of the first evaluation episode (episode k: eval_seed + k).
+    eval_seed: u64,
 }
 
 impl<'a> EvalReport<'a> {
-    /// The record for `config`'s run from `episodes` greedy episodes.
-    fn new(config: &'a RunConfig, (mean_return, std_return): (f64, f64), episodes: u32) -> Self {
+    /// The record for `config`'s run from `episodes` greedy episodes seeded
+    /// from `eval_seed`, of weights trained for `steps` env steps.
+    fn new(
+        config: &'a RunConfig,
+        (mean_return, std_return): (f64, f64),
+        episodes: u32,
+        steps: u64,
+        eval_seed: u64,
+    ) -> Self {
         Self {
             mean_return,
             std_return,
             episodes,
             env: &config.env,
             algo: &config.algo,
-            steps: config.steps,
-            seed: config.seed,
+            steps: Some(steps),
+            updates: None,
+            seed: Some(config.seed),
+            eval_seed,
         }
     }
 }
@@ -1028,7 +1048,16 @@ fn finish_run(
     }
     let eval_seed = observer.eval_seed;
     let stats = evaluate(agent, env, config.eval_episodes, eval_seed)?;
-    let report = EvalReport::new(config, stats, config.eval_episodes);
+    let report = EvalReport {
+        updates: Some(agent.updates()),
+        ..EvalReport::new(
+            config,
+            stats,
+            config.eval_episodes,
+            agent.steps_done(),
+            eval_seed,
+        )
+    };
     let json = serde_json::to_string_pretty(&report)?;
     write_atomic(&out.join("eval.json"), json.as_bytes())?;
     println!("{}", serde_json::to_string(&report)?);
@@ -1095,7 +1124,14 @@ fn eval(
     let agent = learner(&config, env.as_ref(), &device)?;
     checkpoint::load_weights(&checkpoint_dir, agent.as_ref(), &device)?;
     let stats = evaluate(agent.as_ref(), env.as_mut(), episodes, seed)?;
-    let report = EvalReport::new(&config, stats, episodes);
+    // The checkpoint's folder says at which step it was made.
+    let steps = checkpoint_dir
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.strip_prefix("step-"))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(config.steps);
+    let report = EvalReport::new(&config, stats, episodes, steps, seed);
     println!("{}", serde_json::to_string(&report)?);
     Ok(())
 }
@@ -1126,7 +1162,7 @@ fn evaluate_best(
         Policy::load(&path).with_context(|| format!("refusing policy {}", path.display()))?;
     let stats = evaluate_policy(&mut policy, env, config.eval_episodes, eval_seed)?;
     let report = BestReport {
-        eval: EvalReport::new(config, stats, config.eval_episodes),
+        eval: EvalReport::new(config, stats, config.eval_episodes, step, eval_seed),
         selected_step: step,
         selected_periodic_mean: periodic_mean,
     };
@@ -1175,8 +1211,10 @@ fn eval_policy(
         episodes,
         env: &env_name,
         algo: &spec.algorithm,
-        steps: spec.training_step,
-        seed,
+        steps: None,
+        updates: Some(spec.training_step),
+        seed: None,
+        eval_seed: seed,
     };
     println!("{}", serde_json::to_string(&report)?);
     Ok(())

@@ -81,12 +81,17 @@ fn run_writes_its_folder_and_eval_reads_it_back() {
         "env",
         "algo",
         "steps",
+        "updates",
         "seed",
+        "eval_seed",
     ] {
         assert!(eval.get(key).is_some(), "eval.json lacks {key}: {eval}");
     }
     assert_eq!(eval["episodes"], 20);
     assert_eq!(eval["seed"], 3);
+    assert_eq!(eval["steps"], 2500);
+    // Evaluation episodes are seeded far from training's: 1,000,000 + 1000 · 3.
+    assert_eq!(eval["eval_seed"], 1_003_000);
     let metrics = std::fs::read_to_string(out.join("metrics.csv")).unwrap();
     let mut lines = metrics.lines();
     assert_eq!(
@@ -133,9 +138,27 @@ fn run_writes_its_folder_and_eval_reads_it_back() {
         "{again} vs {best_eval}"
     );
 
-    let printed = eval_json(&["--episodes", "3", "--checkpoint"], &out);
+    // Each field means the same in every record: `steps` are env steps, the
+    // checkpoint's; `seed` is the run's training seed, `eval_seed` this
+    // evaluation's; an ONNX file knows its updates, not its steps or seed.
+    assert_eq!(again["eval_seed"], 1_003_000, "{again}");
+    assert!(
+        again.get("steps").is_none() && again.get("seed").is_none(),
+        "{again}"
+    );
+    assert!(again["updates"].as_u64().is_some(), "{again}");
+    let printed = eval_json(&["--episodes", "3", "--seed", "5", "--checkpoint"], &out);
     assert_eq!(printed["episodes"], 3);
     assert_eq!(printed["env"], "cartpole");
+    assert_eq!(
+        (&printed["steps"], &printed["seed"], &printed["eval_seed"]),
+        (&2500.into(), &3.into(), &5.into()),
+        "{printed}"
+    );
+    // An older checkpoint (the newest two are kept) says its own step.
+    let at_2000 = out.join("checkpoints/step-0000002000");
+    let printed = eval_json(&["--episodes", "1", "--checkpoint"], &at_2000);
+    assert_eq!(printed["steps"], 2000, "{printed}");
     std::fs::remove_dir_all(&out).ok();
 }
 
