@@ -1226,8 +1226,21 @@ fn export(
     checkpoint_path: Option<PathBuf>,
     output: Option<PathBuf>,
 ) -> anyhow::Result<()> {
+    let given_run = run_dir;
     let (run_dir, checkpoint_dir) =
         run_and_checkpoint(checkpoint_path.as_deref().unwrap_or(run_dir))?;
+    let same = |a: &Path, b: &Path| match (a.canonicalize(), b.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => a == b,
+    };
+    if !same(given_run, &run_dir) {
+        bail!(
+            "--checkpoint {} belongs to the run {}, not to {}: name that run",
+            checkpoint_dir.display(),
+            run_dir.display(),
+            given_run.display()
+        );
+    }
     let config = read_config(&run_dir)?;
     let device = Device::Cpu;
     let env = make(&config.env)?;

@@ -159,6 +159,38 @@ fn run_writes_its_folder_and_eval_reads_it_back() {
     let at_2000 = out.join("checkpoints/step-0000002000");
     let printed = eval_json(&["--episodes", "1", "--checkpoint"], &at_2000);
     assert_eq!(printed["steps"], 2000, "{printed}");
+
+    // `export RUN --checkpoint C`: C must be RUN's (the output goes into RUN).
+    let exported = out.join("exported.onnx");
+    let output = train_cmd()
+        .arg("export")
+        .arg(&out)
+        .arg("--checkpoint")
+        .arg(&at_2000)
+        .arg("-o")
+        .arg(&exported)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(exported.exists());
+    let other = out_dir("other-run");
+    std::fs::create_dir_all(&other).unwrap();
+    let output = train_cmd()
+        .arg("export")
+        .arg(&other)
+        .arg("--checkpoint")
+        .arg(&at_2000)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("belongs to the run"), "{stderr}");
+    assert!(!other.join("policy.onnx").exists() && !out.join("policy.onnx.tmp").exists());
+    std::fs::remove_dir_all(&other).ok();
     std::fs::remove_dir_all(&out).ok();
 }
 
