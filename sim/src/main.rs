@@ -35,7 +35,7 @@ enum Command {
         #[arg(long, default_value = "cartpole")]
         env: String,
         /// Number of episodes.
-        #[arg(long, default_value_t = 3)]
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
         episodes: u32,
         /// Seed of the first episode (episode k uses seed + k); actions use their own stream.
         #[arg(long, default_value_t = 0)]

@@ -111,7 +111,7 @@ enum Command {
         #[arg(long)]
         env: Option<String>,
         /// Greedy episodes.
-        #[arg(long, default_value_t = 20)]
+        #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..))]
         episodes: u32,
         /// Seed of the first episode (episode k uses seed + k).
         #[arg(long, default_value_t = 1_000_000)]
@@ -368,6 +368,8 @@ fn main() {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("off,reflex_trainer=warn")),
         )
         .with_writer(std::io::stderr)
+        // No colour codes in a log file (fleet's, or a service's journal).
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
     let result = match cli.command {

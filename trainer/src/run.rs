@@ -426,6 +426,7 @@ impl Checks {
 /// the sections `config.algo` uses. Every problem is reported, by key.
 fn validate(config: &RunConfig) -> Result<(), TrainError> {
     let mut c = Checks(Vec::new());
+    c.at_least_one("steps", config.steps);
     c.at_least_one("eval_episodes", u64::from(config.eval_episodes));
     if config.eval_interval > 0 {
         c.at_least_one(

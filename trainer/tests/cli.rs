@@ -662,6 +662,14 @@ fn bad_settings_are_clear_errors() {
             "dqn.gamma = 1.5: must be in [0, 1]",
         ),
         (
+            vec!["run", "--quiet", "--steps", "0"],
+            "steps = 0: must be at least 1",
+        ),
+        (
+            vec!["eval", "--episodes", "0", "--policy", "x.onnx"],
+            "--episodes",
+        ),
+        (
             vec![
                 "run",
                 "--quiet",
