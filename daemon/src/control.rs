@@ -648,6 +648,24 @@ pub struct Daemon {
     swap_stats: Arc<SwapStats>,
 }
 
+/// Whether a policy with `spec` can run under `config`: its spec is valid, the
+/// safety settings fit its action space, and a ROS 2 transport's messages fit
+/// its spaces. [`Daemon::start`] checks this, and so does `reflexd
+/// check-config`. Returns the safety layer built for it.
+pub fn check_fit(config: &Config, spec: &reflex_msgs::PolicySpec) -> Result<Safety, DaemonError> {
+    spec.validate()
+        .map_err(|e| DaemonError::Policy(e.to_string()))?;
+    let safety = Safety::new(&spec.action_space, &config.safety, config.rate_hz)?;
+    if config.transport.kind == crate::config::TransportKind::Ros2 {
+        config
+            .transport
+            .ros2
+            .fits(spec)
+            .map_err(DaemonError::Config)?;
+    }
+    Ok(safety)
+}
+
 impl Daemon {
     /// Starts the daemon with `actor` as the initial policy; `loader` loads the
     /// policies offered later (file changes and updates).
@@ -659,16 +677,7 @@ impl Daemon {
     ) -> Result<Self, DaemonError> {
         config.validate().map_err(DaemonError::Config)?;
         let spec = actor.spec().clone();
-        spec.validate()
-            .map_err(|e| DaemonError::Policy(e.to_string()))?;
-        let safety = Safety::new(&spec.action_space, &config.safety, config.rate_hz)?;
-        if config.transport.kind == crate::config::TransportKind::Ros2 {
-            config
-                .transport
-                .ros2
-                .fits(&spec)
-                .map_err(DaemonError::Config)?;
-        }
+        let safety = check_fit(config, &spec)?;
         let verifier = Verifier::new(
             config
                 .policy

@@ -47,6 +47,6 @@ pub use zenoh;
 
 pub use actor::{Actor, ActorError, ActorOutput, Loader};
 pub use config::{Config, ConfigError, DEFAULT_CONFIG_TOML};
-pub use control::{serve, Daemon, DaemonError, LoopStats, Report, Transports};
+pub use control::{check_fit, serve, Daemon, DaemonError, LoopStats, Report, Transports};
 pub use policy::{Engine, LoadOptions, Policy, PolicyLoadError, PolicyOutput};
 pub use safety::EStop;

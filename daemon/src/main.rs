@@ -112,14 +112,30 @@ fn start() -> anyhow::Result<()> {
         }
         Command::CheckConfig { source } => {
             let (parsed, from) = source.load()?;
+            // The policy too, as `run` would load it: a check that passes
+            // must mean `run` starts (systemd runs it as ExecStartPre).
+            let path = &parsed.policy.path;
+            let shown = std::path::absolute(path).unwrap_or_else(|_| path.clone());
+            let policy = if path.exists() {
+                let (actor, _) = policy_runtime(&parsed)
+                    .with_context(|| format!("policy.path = {}", shown.display()))?;
+                reflex_daemon::check_fit(&parsed, actor.spec())
+                    .with_context(|| format!("the policy {} under this config", shown.display()))?;
+                format!("policy {} v{} fits", shown.display(), actor.version())
+            } else {
+                format!(
+                    "policy {} not found, so not checked: `run` needs it",
+                    shown.display()
+                )
+            };
             println!(
-                "{}: ok (robot {} in fleet {}, {} Hz, {:?} mode, transport {:?})",
+                "{}: ok (robot {} in fleet {}, {} Hz, {:?} mode, transport {:?}; {policy})",
                 from,
                 parsed.robot_id,
                 parsed.fleet,
                 parsed.rate_hz,
                 parsed.mode.kind,
-                parsed.transport.kind
+                parsed.transport.kind,
             );
             Ok(())
         }
