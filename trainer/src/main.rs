@@ -1119,6 +1119,22 @@ fn eval(
     let (run_dir, checkpoint_dir) = run_and_checkpoint(checkpoint_path)?;
     let mut config = read_config(&run_dir)?;
     if let Some(name) = env_name {
+        // Another env the run's networks fit (e.g. its -noisy variant).
+        let (trained, other) = (make(&config.env)?, make(&name)?);
+        if trained.observation_space().dim() != other.observation_space().dim()
+            || trained.action_space() != other.action_space()
+        {
+            bail!(
+                "{} was trained on {} ({} observations, {}); {name} ({} observations, {}) \
+                 does not fit it",
+                checkpoint_dir.display(),
+                config.env,
+                trained.observation_space().dim(),
+                describe_actions(trained.action_space()),
+                other.observation_space().dim(),
+                describe_actions(other.action_space())
+            );
+        }
         config.env = name;
     }
     let device = device.clone();
@@ -1181,6 +1197,15 @@ fn evaluate_best(
     Ok(())
 }
 
+/// An action space in words: "2 discrete actions", "1-dimensional
+/// continuous actions".
+fn describe_actions(space: &reflex_msgs::ActionSpace) -> String {
+    match space {
+        reflex_msgs::ActionSpace::Discrete { n } => format!("{n} discrete actions"),
+        reflex_msgs::ActionSpace::Box(b) => format!("{}-dimensional continuous actions", b.dim()),
+    }
+}
+
 /// `reflex-train eval --policy`: runs an exported policy with the daemon's
 /// runtime, so the number is what a robot would get.
 fn eval_policy(
@@ -1198,11 +1223,14 @@ fn eval_policy(
         || env.action_space() != &spec.action_space
     {
         bail!(
-            "{} was trained for {} ({} obs, {:?}); {env_name} does not match",
+            "{} was trained for {} ({} observations, {}); {env_name} ({} observations, {}) \
+             does not match",
             path.display(),
             spec.env_id,
             spec.observation_space.dim(),
-            spec.action_space
+            describe_actions(&spec.action_space),
+            env.observation_space().dim(),
+            describe_actions(env.action_space())
         );
     }
     let (mean_return, std_return) = evaluate_policy(&mut policy, env.as_mut(), episodes, seed)?;

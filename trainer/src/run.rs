@@ -217,6 +217,9 @@ pub fn resolve(
             .to_string()
     };
     let (env, algo) = (pick("env", &defaults.env), pick("algo", &defaults.algo));
+    for section in unused_sections(&overlay, &algo) {
+        tracing::warn!("[{section}] settings are not used by a {algo} run; ignored");
+    }
 
     // Every field starts at its default (so a partial `[td3]` table keeps TD3's
     // defaults for what it leaves out), then the preset and the overlay.
@@ -234,6 +237,15 @@ pub fn resolve(
         .map_err(|e: toml::de::Error| TrainError::Config(e.to_string()))?;
     check(&config)?;
     Ok(config)
+}
+
+/// The algorithm sections `overlay` (a config file and `--set`s) sets that
+/// an `algo` run does not read.
+fn unused_sections(overlay: &toml::Table, algo: &str) -> Vec<&'static str> {
+    ["dqn", "drqn", "ddpg", "td3", "naf"]
+        .into_iter()
+        .filter(|section| *section != algo && overlay.contains_key(*section))
+        .collect()
 }
 
 /// Every check a resolved configuration must pass: the env exists, the
@@ -571,6 +583,16 @@ mod tests {
 
     fn named(env: &str, algo: &str) -> toml::Table {
         explicit(&[("env", env.into()), ("algo", algo.into())])
+    }
+
+    #[test]
+    fn settings_for_another_algorithm_are_named() {
+        let overlay: toml::Table =
+            toml::from_str("[dqn]\ngamma = 0.9\n[td3]\ntau = 0.01\n[lstm]\nseq_len = 8\n").unwrap();
+        assert_eq!(unused_sections(&overlay, "td3"), ["dqn"]);
+        assert_eq!(unused_sections(&overlay, "dqn"), ["td3"]);
+        assert_eq!(unused_sections(&overlay, "naf"), ["dqn", "td3"]);
+        assert!(unused_sections(&toml::Table::new(), "naf").is_empty());
     }
 
     #[test]

@@ -160,6 +160,26 @@ fn run_writes_its_folder_and_eval_reads_it_back() {
     let printed = eval_json(&["--episodes", "1", "--checkpoint"], &at_2000);
     assert_eq!(printed["steps"], 2000, "{printed}");
 
+    // Another env that does not fit the networks is a clear refusal.
+    let output = train_cmd()
+        .args([
+            "eval",
+            "--episodes",
+            "1",
+            "--env",
+            "pendulum",
+            "--checkpoint",
+        ])
+        .arg(&out)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("(4 observations, 2 discrete actions); pendulum (3 observations"),
+        "{stderr}"
+    );
+
     // `export RUN --checkpoint C`: C must be RUN's (the output goes into RUN).
     let exported = out.join("exported.onnx");
     let output = train_cmd()
