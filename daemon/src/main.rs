@@ -112,8 +112,10 @@ fn start() -> anyhow::Result<()> {
         }
         Command::CheckConfig { source } => {
             let (parsed, from) = source.load()?;
-            // The policy too, as `run` would load it: a check that passes
-            // must mean `run` starts (systemd runs it as ExecStartPre).
+            // The transport and the policy too, as `run` checks them: with the
+            // policy file in place, a check that passes means `run` starts
+            // (systemd runs it as ExecStartPre).
+            check_transport(&parsed)?;
             let path = &parsed.policy.path;
             let shown = std::path::absolute(path).unwrap_or_else(|_| path.clone());
             let policy = if path.exists() {
@@ -154,21 +156,7 @@ fn run(config: Config) -> anyhow::Result<()> {
     signal_hook::flag::register(signal_hook::consts::SIGUSR1, report_now.clone())
         .context("installing the SIGUSR1 handler")?;
     // Refuse a transport reflexd cannot run before touching the policy or the network.
-    match config.transport.kind {
-        TransportKind::Zenoh => {}
-        #[cfg(feature = "ros2")]
-        TransportKind::Ros2 => {}
-        #[cfg(not(feature = "ros2"))]
-        TransportKind::Ros2 => bail!(
-            "this reflexd was built without the ROS 2 transport (cargo feature `ros2`): \
-             rebuild with it, or set [transport] kind = \"zenoh\""
-        ),
-        TransportKind::Inproc => bail!(
-            "transport \"inproc\" only connects within one process (tests, reflex-train's local loop); \
-             `reflexd run` needs a network transport: set [transport] kind = \"zenoh\" or \"ros2\""
-        ),
-        kind => bail!("transport {kind:?} is not built into this reflexd yet"),
-    }
+    check_transport(&config)?;
     let (actor, loader) = policy_runtime(&config)?;
     let (transports, link) = transports(&config)?;
     let report = reflex_daemon::serve(&config, actor, loader, transports, &shutdown, &report_now)?;
@@ -285,6 +273,27 @@ fn zenoh_transports(config: &Config) -> anyhow::Result<(Transports, zenoh::Sessi
         ZenohTransportOptions::default(),
     )?;
     Ok((transports, session))
+}
+
+/// Refuses a transport this reflexd cannot run (one not built in, or the
+/// in-process one), for `run` and `check-config` alike.
+fn check_transport(config: &Config) -> anyhow::Result<()> {
+    match config.transport.kind {
+        TransportKind::Zenoh => {}
+        #[cfg(feature = "ros2")]
+        TransportKind::Ros2 => {}
+        #[cfg(not(feature = "ros2"))]
+        TransportKind::Ros2 => bail!(
+            "this reflexd was built without the ROS 2 transport (cargo feature `ros2`): \
+             rebuild with it, or set [transport] kind = \"zenoh\""
+        ),
+        TransportKind::Inproc => bail!(
+            "transport \"inproc\" only connects within one process (tests, reflex-train's local loop); \
+             `reflexd run` needs a network transport: set [transport] kind = \"zenoh\" or \"ros2\""
+        ),
+        kind => bail!("transport {kind:?} is not built into this reflexd yet"),
+    }
+    Ok(())
 }
 
 /// The initial policy (from `policy.path`) and the loader for later ones: the ONNX

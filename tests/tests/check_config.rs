@@ -47,6 +47,10 @@ fn check_config_checks_the_policy_against_the_settings() {
         check("[transport]\nkind = \"ros2\"\n[transport.ros2.action]\nsink = \"twist\"\n");
     assert!(!ok, "{text}");
     assert!(text.contains("continuous actions"), "{text}");
+    // A transport `run` refuses, refused here too.
+    let (ok, text) = check("[transport]\nkind = \"inproc\"\n");
+    assert!(!ok, "{text}");
+    assert!(text.contains("one process"), "{text}");
     // No policy file: said, not passed off as checked.
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("robot.toml");

@@ -480,9 +480,10 @@ pub fn fleet(args: FleetArgs) -> anyhow::Result<()> {
         }
     }
     let out = &args.out;
-    fs::create_dir_all(out.join("robots"))?;
-    fs::create_dir_all(out.join("logs"))
-        .with_context(|| format!("--out {}: cannot make its logs folder", out.display()))?;
+    for sub in ["robots", "logs"] {
+        fs::create_dir_all(out.join(sub))
+            .with_context(|| format!("--out {}: cannot make its {sub} folder", out.display()))?;
+    }
     let out = out.canonicalize()?;
     // The last run's reports go either way: a finished run's learner.json says
     // `done`, which would stop a resumed learner as soon as it started.

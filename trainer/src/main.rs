@@ -609,9 +609,12 @@ fn stop_on_signal() -> anyhow::Result<()> {
         return Ok(());
     }
     let flag = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    // A second Ctrl-C while the checkpoint is written: out at once.
-    signal_hook::flag::register_conditional_shutdown(SIGINT, 130, flag.clone())
-        .context("installing the SIGINT handler")?;
+    // A second signal (during the checkpoint, or the final evaluation after
+    // the last step): out at once.
+    for (signal, status) in [(SIGINT, 130), (SIGTERM, 143)] {
+        signal_hook::flag::register_conditional_shutdown(signal, status, flag.clone())
+            .context("installing signal handlers")?;
+    }
     for signal in [SIGINT, SIGTERM] {
         signal_hook::flag::register(signal, flag.clone()).context("installing signal handlers")?;
     }
@@ -634,6 +637,13 @@ fn save_interrupted(
     observer: &mut RunObserver,
 ) -> anyhow::Result<PathBuf> {
     observer.metrics.flush()?;
+    // Interrupted right on a periodic checkpoint's step: it is saved already.
+    let there = out
+        .join("checkpoints")
+        .join(format!("step-{:010}", agent.steps_done()));
+    if there.join(POLICY_FILE).exists() {
+        return Ok(there);
+    }
     let saved = checkpoint::save(out, agent)?;
     export_beside_checkpoint(&saved, agent, &observer.spec)?;
     Ok(saved)
@@ -874,9 +884,9 @@ fn check_learning_starts(config: &RunConfig) -> anyhow::Result<()> {
 /// `OUT.previous`, replacing an older one there (said so): a new run never
 /// appends to an old run's metrics or resumes from its checkpoints, and the
 /// last resumable run is kept, one generation deep. A run that stopped before
-/// its first checkpoint has nothing to resume: its files are removed instead,
-/// so that it cannot push a good run out of `OUT.previous`; other files in the
-/// folder stay.
+/// its first checkpoint (and has no results: `eval.json`, a policy, `best/`)
+/// has nothing worth keeping: its files are removed instead, so that it cannot
+/// push a good run out of `OUT.previous`; other files in the folder stay.
 fn start_fresh(out: &Path) -> anyhow::Result<()> {
     const RUN_FILES: [&str; 6] = [
         "config.toml",
@@ -897,31 +907,45 @@ fn start_fresh(out: &Path) -> anyhow::Result<()> {
         .flatten()
         .flatten()
         .filter(|e| e.file_name().to_string_lossy().starts_with("member-") && e.path().is_dir());
-    let mut resumable_run = resumable(out);
+    // Worth keeping: something to resume, or a finished run's results (its
+    // checkpoints may have been deleted to free the disk).
+    let keep = |dir: &Path| {
+        resumable(dir)
+            || ["eval.json", reflex_trainer::export::POLICY_FILE, BEST_DIR]
+                .iter()
+                .any(|name| dir.join(name).exists())
+    };
+    let mut resumable_run = keep(out);
     let mut member_dirs = Vec::new();
     for member in members {
-        resumable_run |= resumable(&member.path());
+        resumable_run |= keep(&member.path());
         member_dirs.push(member.path());
     }
     let holds_run = RUN_FILES.iter().any(|name| out.join(name).exists())
         || out.join("checkpoints").exists()
         || !member_dirs.is_empty();
     if holds_run && !resumable_run {
-        for name in RUN_FILES.iter().chain(&["checkpoints"]) {
-            let path = out.join(name);
-            let removed = if path.is_dir() {
-                fs::remove_dir_all(&path)
-            } else {
-                fs::remove_file(&path)
-            };
-            if let Err(e) = removed {
-                if e.kind() != std::io::ErrorKind::NotFound {
-                    return Err(e).with_context(|| format!("removing {}", path.display()));
+        let remove_run_files = |dir: &Path| -> anyhow::Result<()> {
+            for name in RUN_FILES.iter().chain(&["checkpoints", "population.json"]) {
+                let path = dir.join(name);
+                let removed = if path.is_dir() {
+                    fs::remove_dir_all(&path)
+                } else {
+                    fs::remove_file(&path)
+                };
+                if let Err(e) = removed {
+                    if e.kind() != std::io::ErrorKind::NotFound {
+                        return Err(e).with_context(|| format!("removing {}", path.display()));
+                    }
                 }
             }
-        }
+            Ok(())
+        };
+        remove_run_files(out)?;
         for dir in &member_dirs {
-            fs::remove_dir_all(dir).with_context(|| format!("removing {}", dir.display()))?;
+            remove_run_files(dir)?;
+            // Gone if nothing else is in it.
+            let _ = fs::remove_dir(dir);
         }
         eprintln!(
             "{} held a run that stopped before its first checkpoint: its files were removed",
@@ -1180,7 +1204,10 @@ fn evaluate_best(
         Policy::load(&path).with_context(|| format!("refusing policy {}", path.display()))?;
     let stats = evaluate_policy(&mut policy, env, config.eval_episodes, eval_seed)?;
     let report = BestReport {
-        eval: EvalReport::new(config, stats, config.eval_episodes, step, eval_seed),
+        eval: EvalReport {
+            updates: Some(policy.spec().training_step),
+            ..EvalReport::new(config, stats, config.eval_episodes, step, eval_seed)
+        },
         selected_step: step,
         selected_periodic_mean: periodic_mean,
     };
@@ -1257,13 +1284,14 @@ fn export(
     output: Option<PathBuf>,
 ) -> anyhow::Result<()> {
     let given_run = run_dir;
+    let explicit_checkpoint = checkpoint_path.is_some();
     let (run_dir, checkpoint_dir) =
         run_and_checkpoint(checkpoint_path.as_deref().unwrap_or(run_dir))?;
     let same = |a: &Path, b: &Path| match (a.canonicalize(), b.canonicalize()) {
         (Ok(a), Ok(b)) => a == b,
         _ => a == b,
     };
-    if !same(given_run, &run_dir) {
+    if explicit_checkpoint && !same(given_run, &run_dir) {
         bail!(
             "--checkpoint {} belongs to the run {}, not to {}: name that run",
             checkpoint_dir.display(),

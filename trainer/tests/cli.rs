@@ -197,6 +197,19 @@ fn run_writes_its_folder_and_eval_reads_it_back() {
         String::from_utf8_lossy(&output.stderr)
     );
     assert!(exported.exists());
+    // A checkpoint folder as the positional argument stands for its run.
+    let output = train_cmd()
+        .arg("export")
+        .arg(&at_2000)
+        .arg("-o")
+        .arg(&exported)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     let other = out_dir("other-run");
     std::fs::create_dir_all(&other).unwrap();
     let output = train_cmd()
@@ -247,9 +260,14 @@ fn a_new_run_moves_an_old_one_aside_instead_of_mixing_with_it() {
     assert_eq!(read_json(&previous.join("eval.json"))["seed"], 1);
 
     // A run that stopped before its first checkpoint (here: its checkpoints
-    // removed) has nothing to resume: it does not push the kept run out of
-    // OUT.previous, and the folder's other files stay.
-    std::fs::remove_dir_all(out.join("checkpoints")).unwrap();
+    // and results removed) has nothing to keep: it does not push the kept run
+    // out of OUT.previous, and the folder's other files stay.
+    for results in ["checkpoints", "best"] {
+        std::fs::remove_dir_all(out.join(results)).unwrap();
+    }
+    for results in ["eval.json", "policy.onnx", "curve.png"] {
+        std::fs::remove_file(out.join(results)).unwrap();
+    }
     std::fs::write(out.join("notes.txt"), "mine").unwrap();
     run("3");
     assert_eq!(read_json(&out.join("eval.json"))["seed"], 3);
@@ -262,6 +280,13 @@ fn a_new_run_moves_an_old_one_aside_instead_of_mixing_with_it() {
         std::fs::read_to_string(out.join("notes.txt")).unwrap(),
         "mine"
     );
+
+    // A finished run whose checkpoints were deleted (to free the disk) still
+    // has its results: it is kept, moved aside.
+    std::fs::remove_dir_all(out.join("checkpoints")).unwrap();
+    run("4");
+    assert_eq!(read_json(&previous.join("eval.json"))["seed"], 3);
+    assert_eq!(read_json(&out.join("eval.json"))["seed"], 4);
     std::fs::remove_dir_all(&out).ok();
     std::fs::remove_dir_all(&previous).ok();
 }
@@ -534,9 +559,18 @@ fn an_interrupted_run_checkpoints_where_it_stopped() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    // Past the first periodic checkpoint, then interrupted.
+    // Past the first periodic checkpoint (any: the newest two are kept), then
+    // interrupted.
     let start = Instant::now();
-    while !out.join("checkpoints/step-0000001000").exists() {
+    let checkpointed = || {
+        std::fs::read_dir(out.join("checkpoints"))
+            .map(|d| {
+                d.flatten()
+                    .any(|e| e.file_name().to_string_lossy().starts_with("step-"))
+            })
+            .unwrap_or(false)
+    };
+    while !checkpointed() {
         assert!(
             start.elapsed() < Duration::from_secs(120),
             "no checkpoint appeared"
