@@ -51,6 +51,28 @@ fn spool_config(dir: Option<&Path>, memory_capacity: usize) -> SpoolConfig {
     }
 }
 
+/// The segment files in `dir`, oldest first.
+fn segment_files(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut segments: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "seg"))
+        .collect();
+    segments.sort();
+    segments
+}
+
+/// Transitions `0..n` pushed into a spool in `dir` (`memory` of them kept in
+/// memory) and persisted at shutdown; the segment files they left, oldest first.
+fn persisted(dir: &Path, memory: usize, n: u64) -> Vec<std::path::PathBuf> {
+    let mut spool = Spool::open(&spool_config(Some(dir), memory)).unwrap();
+    for i in 0..n {
+        spool.push(t(i));
+    }
+    assert_eq!(spool.persist(), 0);
+    segment_files(dir)
+}
+
 fn wait(what: &str, mut done: impl FnMut() -> bool) {
     let start = Instant::now();
     while !done() {
@@ -237,17 +259,7 @@ fn partly_drained_segment_is_rewritten_at_shutdown() {
 fn corrupt_and_truncated_segments_are_counted_not_fatal() {
     let dir = tempfile::tempdir().unwrap();
     let config = spool_config(Some(dir.path()), 4);
-    let mut spool = Spool::open(&config).unwrap();
-    for i in 0..40 {
-        spool.push(t(i));
-    }
-    assert_eq!(spool.persist(), 0);
-    drop(spool);
-    let mut segments: Vec<_> = std::fs::read_dir(dir.path())
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    segments.sort();
+    let segments = persisted(dir.path(), 4, 40);
     assert!(segments.len() >= 2);
     // A torn write at the end of the last segment.
     let last = segments.last().unwrap();
@@ -418,12 +430,7 @@ fn a_head_segment_emptied_behind_the_spools_back_does_not_stop_it() {
     for i in 0..200 {
         spool.push(t(i));
     }
-    let mut segments: Vec<_> = std::fs::read_dir(dir.path())
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|x| x == "seg"))
-        .collect();
-    segments.sort();
+    let segments = segment_files(dir.path());
     assert!(segments.len() >= 3, "{segments:?}");
     // Something outside reflexd empties the oldest segment.
     OpenOptions::new()
@@ -464,16 +471,7 @@ fn a_last_segment_emptied_or_deleted_does_not_jam_the_spool() {
     for damage in ["truncated", "deleted"] {
         let dir = tempfile::tempdir().unwrap();
         let config = spool_config(Some(dir.path()), 1);
-        let mut spool = Spool::open(&config).unwrap();
-        for i in 0..10 {
-            spool.push(t(i));
-        }
-        assert_eq!(spool.persist(), 0);
-        drop(spool);
-        let segments: Vec<_> = std::fs::read_dir(dir.path())
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .collect();
+        let segments = persisted(dir.path(), 1, 10);
         assert_eq!(segments.len(), 1, "{segments:?}");
         let mut spool = Spool::open(&config).unwrap();
         assert_eq!(spool.counters().recovered, 10);
@@ -598,17 +596,7 @@ fn a_failed_disk_write_moves_on_to_a_new_segment() {
 fn unreadable_or_unrepairable_segments_do_not_stop_the_start() {
     let dir = tempfile::tempdir().unwrap();
     let config = spool_config(Some(dir.path()), 4);
-    let mut spool = Spool::open(&config).unwrap();
-    for i in 0..40 {
-        spool.push(t(i));
-    }
-    assert_eq!(spool.persist(), 0);
-    drop(spool);
-    let mut segments: Vec<_> = std::fs::read_dir(dir.path())
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    segments.sort();
+    let segments = persisted(dir.path(), 4, 40);
     let last = segments.last().unwrap();
     OpenOptions::new()
         .append(true)

@@ -70,6 +70,15 @@ impl Default for NetConfig {
     }
 }
 
+/// A parameter as a tensor, detached when `frozen` (gradients then skip it).
+fn param(var: &Var, frozen: bool) -> Tensor {
+    if frozen {
+        var.as_tensor().detach()
+    } else {
+        var.as_tensor().clone()
+    }
+}
+
 /// An affine layer `x Wᵀ + b`.
 #[derive(Debug, Clone)]
 pub(crate) struct Dense {
@@ -110,17 +119,7 @@ impl Dense {
     /// `frozen`: gradients then flow to `x` only, and the backward pass skips
     /// this layer's weight and bias products.
     fn forward_with(&self, x: &Tensor, act: fused::Act, frozen: bool) -> Result<Tensor> {
-        let (w, b) = if frozen {
-            (
-                self.weight.as_tensor().detach(),
-                self.bias.as_tensor().detach(),
-            )
-        } else {
-            (
-                self.weight.as_tensor().clone(),
-                self.bias.as_tensor().clone(),
-            )
-        };
+        let (w, b) = (param(&self.weight, frozen), param(&self.bias, frozen));
         // Rank 3: a population's stacked layer (see `stack`).
         if fused::available(x) && (x.rank() == 2 || (x.rank() == 3 && w.rank() == 3)) {
             return fused::dense(x, &w, &b, act);
@@ -177,17 +176,7 @@ impl Norm {
         let mean = x.mean_keepdim(D::Minus1)?;
         let centered = x.broadcast_sub(&mean)?;
         let var = centered.sqr()?.mean_keepdim(D::Minus1)?;
-        let (gain, offset) = if frozen {
-            (
-                self.gain.as_tensor().detach(),
-                self.offset.as_tensor().detach(),
-            )
-        } else {
-            (
-                self.gain.as_tensor().clone(),
-                self.offset.as_tensor().clone(),
-            )
-        };
+        let (gain, offset) = (param(&self.gain, frozen), param(&self.offset, frozen));
         centered
             .broadcast_div(&(var + Self::EPS)?.sqrt()?)?
             .broadcast_mul(&gain)?
