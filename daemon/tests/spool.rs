@@ -73,6 +73,16 @@ fn persisted(dir: &Path, memory: usize, n: u64) -> Vec<std::path::PathBuf> {
     segment_files(dir)
 }
 
+/// A torn write at the end of `segment`: three bytes of a record header.
+fn tear(segment: &Path) {
+    OpenOptions::new()
+        .append(true)
+        .open(segment)
+        .unwrap()
+        .write_all(&[42, 0, 0])
+        .unwrap();
+}
+
 fn wait(what: &str, mut done: impl FnMut() -> bool) {
     let start = Instant::now();
     while !done() {
@@ -263,12 +273,7 @@ fn corrupt_and_truncated_segments_are_counted_not_fatal() {
     assert!(segments.len() >= 2);
     // A torn write at the end of the last segment.
     let last = segments.last().unwrap();
-    OpenOptions::new()
-        .append(true)
-        .open(last)
-        .unwrap()
-        .write_all(&[42, 0, 0])
-        .unwrap();
+    tear(last);
     // A flipped byte in the middle of the first segment's second record.
     let first = &segments[0];
     let mut bytes = std::fs::read(first).unwrap();
@@ -598,12 +603,7 @@ fn unreadable_or_unrepairable_segments_do_not_stop_the_start() {
     let config = spool_config(Some(dir.path()), 4);
     let segments = persisted(dir.path(), 4, 40);
     let last = segments.last().unwrap();
-    OpenOptions::new()
-        .append(true)
-        .open(last)
-        .unwrap()
-        .write_all(&[42, 0, 0])
-        .unwrap();
+    tear(last);
     std::fs::create_dir(last.with_extension("seg.tmp")).unwrap();
     // Something that is not a segment file, named like one.
     std::fs::create_dir(dir.path().join(format!("{:020}.seg", 99))).unwrap();

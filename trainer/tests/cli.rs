@@ -26,6 +26,19 @@ const SMALL: [&str; 6] = [
     "eval_interval=1000",
 ];
 
+/// `reflex-train export RUN [--checkpoint C] [-o OUTPUT]`.
+fn export(run: &Path, checkpoint: Option<&Path>, output: Option<&Path>) -> std::process::Output {
+    let mut cmd = train_cmd();
+    cmd.arg("export").arg(run);
+    if let Some(c) = checkpoint {
+        cmd.arg("--checkpoint").arg(c);
+    }
+    if let Some(o) = output {
+        cmd.arg("-o").arg(o);
+    }
+    cmd.output().unwrap()
+}
+
 /// The periodic-evaluation rows of a metrics.csv.
 fn eval_rows(metrics: &str) -> usize {
     metrics
@@ -182,15 +195,7 @@ fn run_writes_its_folder_and_eval_reads_it_back() {
 
     // `export RUN --checkpoint C`: C must be RUN's (the output goes into RUN).
     let exported = out.join("exported.onnx");
-    let output = train_cmd()
-        .arg("export")
-        .arg(&out)
-        .arg("--checkpoint")
-        .arg(&at_2000)
-        .arg("-o")
-        .arg(&exported)
-        .output()
-        .unwrap();
+    let output = export(&out, Some(&at_2000), Some(&exported));
     assert!(
         output.status.success(),
         "{}",
@@ -198,13 +203,7 @@ fn run_writes_its_folder_and_eval_reads_it_back() {
     );
     assert!(exported.exists());
     // A checkpoint folder as the positional argument stands for its run.
-    let output = train_cmd()
-        .arg("export")
-        .arg(&at_2000)
-        .arg("-o")
-        .arg(&exported)
-        .output()
-        .unwrap();
+    let output = export(&at_2000, None, Some(&exported));
     assert!(
         output.status.success(),
         "{}",
@@ -212,13 +211,7 @@ fn run_writes_its_folder_and_eval_reads_it_back() {
     );
     let other = out_dir("other-run");
     std::fs::create_dir_all(&other).unwrap();
-    let output = train_cmd()
-        .arg("export")
-        .arg(&other)
-        .arg("--checkpoint")
-        .arg(&at_2000)
-        .output()
-        .unwrap();
+    let output = export(&other, Some(&at_2000), None);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("belongs to the run"), "{stderr}");
