@@ -134,7 +134,30 @@ pub fn open(config: &ZenohConfig) -> Result<zenoh::Session, TransportError> {
 
 /// A TCP port on 127.0.0.1 that is free now (bound, read, released), for loopback
 /// endpoints chosen at run time (`reflex-train fleet`, tests, benchmarks).
+///
+/// It is drawn at random below the kernel's ephemeral range
+/// (`ip_local_port_range`): a port from that range (what binding port 0 gives)
+/// can be taken by any process's outgoing connection before the caller binds
+/// it, which made a fleet test fail with "address in use" under load. Port 0's
+/// answer is the fallback when nothing below the range is free.
 pub fn free_loopback_port() -> std::io::Result<u16> {
+    use std::hash::{BuildHasher, Hasher};
+    const FROM: u16 = 10_000;
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32_768);
+    if ephemeral_low > FROM {
+        let span = u64::from(ephemeral_low - FROM);
+        let mut random = std::collections::hash_map::RandomState::new().build_hasher();
+        for attempt in 0..64u64 {
+            random.write_u64(attempt);
+            let port = FROM + (random.finish() % span) as u16;
+            if let Ok(listener) = std::net::TcpListener::bind(("127.0.0.1", port)) {
+                return Ok(listener.local_addr()?.port());
+            }
+        }
+    }
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port())
@@ -207,6 +230,20 @@ pub fn has_subscribers(publisher: &zenoh::pubsub::Publisher<'_>) -> Result<bool,
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_free_port_is_bindable_and_outside_the_ephemeral_range() {
+        let low: Option<u16> = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+            .ok()
+            .and_then(|s| s.split_whitespace().next()?.parse().ok());
+        for _ in 0..20 {
+            let port = free_loopback_port().unwrap();
+            if let Some(low) = low.filter(|&l| l > 10_000) {
+                assert!((10_000..low).contains(&port), "{port}");
+            }
+            std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+        }
+    }
 
     #[test]
     fn defaults() {
