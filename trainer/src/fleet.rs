@@ -66,6 +66,7 @@ impl Proc {
         // the learner), then the simulators, then the learner. Sent to the
         // whole group, it stopped the learner before the daemons had flushed.
         std::os::unix::process::CommandExt::process_group(&mut *cmd, 0);
+        die_with_parent(cmd);
         let child = cmd
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
@@ -128,6 +129,37 @@ impl Proc {
         lines[lines.len().saturating_sub(15)..].join("\n")
     }
 }
+
+/// Asks the kernel to send the child SIGTERM when the fleet dies, so that a
+/// fleet killed with SIGKILL (or by the OOM killer), which runs no `Drop`, leaves
+/// no learner, simulator or daemon behind holding ports and the run folder. The
+/// daemons still get SIGTERM, so they persist their spools as on any stop.
+///
+/// The signal follows the *thread* that spawned the child: the fleet spawns
+/// from its main thread, which lives as long as the process.
+#[cfg(target_os = "linux")]
+fn die_with_parent(cmd: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    let parent = std::process::id() as libc::pid_t;
+    // SAFETY: the closure runs in the child between fork and exec, and calls
+    // only async-signal-safe functions (prctl, getppid); it does not allocate.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The fleet died between fork and prctl: nobody would send the
+            // signal, so do not start at all.
+            if libc::getppid() != parent {
+                return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
+            }
+            Ok(())
+        });
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn die_with_parent(_cmd: &mut Command) {}
 
 /// A free TCP port on 127.0.0.1.
 fn free_port() -> anyhow::Result<u16> {

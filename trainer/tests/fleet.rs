@@ -329,3 +329,91 @@ fn a_diverging_learner_stops_the_fleet_with_the_reason() {
     assert!(stderr.contains("training diverged at update"), "{stderr}");
     std::fs::remove_dir_all(&out).ok();
 }
+
+/// The processes whose parent is `pid`, from /proc.
+fn children_of(pid: u32) -> Vec<u32> {
+    let mut kids = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(child) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        if let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) {
+            // pid (comm) state ppid ...: comm may hold spaces, so split after ')'.
+            let after = &stat[stat.rfind(')').unwrap() + 1..];
+            let ppid: u32 = after.split_whitespace().nth(1).unwrap().parse().unwrap();
+            if ppid == pid {
+                kids.push(child);
+            }
+        }
+    }
+    kids
+}
+
+/// Whether `pid` is still a running process (a zombie waiting to be reaped counts
+/// as gone: it holds no port and runs nothing).
+fn running(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => {
+            let after = &stat[stat.rfind(')').unwrap() + 1..];
+            after.split_whitespace().next() != Some("Z")
+        }
+        Err(_) => false,
+    }
+}
+
+/// A fleet killed with SIGKILL runs no cleanup of its own: its learner,
+/// simulators and daemons must still stop rather than run on, orphaned, holding
+/// the ports and the run folder (the kernel signals them when the fleet dies).
+#[test]
+fn a_killed_fleet_leaves_no_process_behind() {
+    let _one = FLEET.lock().unwrap_or_else(|e| e.into_inner());
+    robot_binaries();
+    let out = std::env::temp_dir().join(format!("reflex-fleet-test-killed-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&out);
+    let mut fleet = Command::new(env!("CARGO_BIN_EXE_reflex-train"))
+        .args(["fleet", "--robots", "1", "--max-transitions", "100000000"])
+        .arg("--out")
+        .arg(&out)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("starting reflex-train fleet");
+    // The learner, one simulator and one daemon (the fleet gives its learner up
+    // to 120 s to write its first policy before it starts the robots).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(150);
+    let kids = loop {
+        let kids = children_of(fleet.id());
+        if kids.len() >= 3 {
+            break kids;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the fleet started {} processes in 150 s",
+            kids.len()
+        );
+        assert!(
+            fleet.try_wait().unwrap().is_none(),
+            "the fleet exited early"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    fleet.kill().unwrap();
+    fleet.wait().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let left: Vec<u32> = kids.iter().copied().filter(|&p| running(p)).collect();
+        if left.is_empty() {
+            break;
+        }
+        if std::time::Instant::now() > deadline {
+            for &pid in &left {
+                let _ = Command::new("kill")
+                    .args(["-KILL", &pid.to_string()])
+                    .status();
+            }
+            panic!("30 s after the fleet was killed, {left:?} of {kids:?} still run");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    std::fs::remove_dir_all(&out).ok();
+}
