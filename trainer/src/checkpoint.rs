@@ -72,6 +72,13 @@ fn write_file(path: &Path, bytes: &[u8]) -> Result<(), TrainError> {
     file.sync_all().map_err(|e| bad(path, e))
 }
 
+/// Flushes a file (or a folder's entries) to disk.
+fn sync(path: &Path) -> Result<(), TrainError> {
+    fs::File::open(path)
+        .and_then(|file| file.sync_all())
+        .map_err(|e| bad(path, e))
+}
+
 fn prefixed(prefix: &str, params: &dyn Params) -> Vec<String> {
     params
         .names()
@@ -101,6 +108,7 @@ pub fn save(run_dir: &Path, agent: &mut dyn Agent) -> Result<PathBuf, TrainError
         }
     }
     candle_core::safetensors::save(&weights, partial.join("weights.safetensors"))?;
+    sync(&partial.join("weights.safetensors"))?;
     let mut optimizer: HashMap<String, Tensor> = HashMap::new();
     let mut adam_steps = Vec::new();
     for slot in agent.optimizers() {
@@ -108,6 +116,7 @@ pub fn save(run_dir: &Path, agent: &mut dyn Agent) -> Result<PathBuf, TrainError
         adam_steps.push(slot.adam.steps());
     }
     candle_core::safetensors::save(&optimizer, partial.join("optimizer.safetensors"))?;
+    sync(&partial.join("optimizer.safetensors"))?;
     write_file(&partial.join("replay.bin"), &agent.replay().to_bytes())?;
     let obs_norm = agent.obs_norm().cloned();
     let step = agent.steps_done();
@@ -124,6 +133,9 @@ pub fn save(run_dir: &Path, agent: &mut dyn Agent) -> Result<PathBuf, TrainError
     let json = serde_json::to_vec_pretty(&state).map_err(|e| bad(&partial, e))?;
     write_file(&partial.join("state.json"), &json)?;
 
+    // The files' contents on disk before the name that says they are complete:
+    // after a power cut, a renamed folder must not hold empty files.
+    sync(&partial)?;
     let done = root.join(&name);
     if done.exists() {
         fs::remove_dir_all(&done).map_err(|e| bad(&done, e))?;
@@ -160,6 +172,85 @@ pub fn list(run_dir: &Path) -> Result<Vec<PathBuf>, TrainError> {
 /// The newest complete checkpoint of a run.
 pub fn latest(run_dir: &Path) -> Result<Option<PathBuf>, TrainError> {
     Ok(list(run_dir)?.pop())
+}
+
+/// Suffix given to a checkpoint folder that failed to load when a run resumed
+/// from an older one: [`list`] no longer sees it, and it is kept to look at.
+pub const DAMAGED_SUFFIX: &str = ".damaged";
+
+/// Resumes from the newest checkpoint of `run_dir` that loads: `fresh` builds
+/// an agent, `load` restores a checkpoint into it. A checkpoint that fails to
+/// load (a disk fault, a file truncated or edited by hand) while an older one
+/// loads is renamed with [`DAMAGED_SUFFIX`] (numbered if that name is taken),
+/// after a warning that names it and why, and the run goes on from the older
+/// one, built afresh: one damaged folder does not stop a run that has a good
+/// checkpoint.
+///
+/// `Ok(None)` when the run has no checkpoint. When none loads (the usual case
+/// for a cause that is not the files, such as settings that no longer fit them)
+/// nothing is renamed: every older one's error is warned about, and the newest
+/// one's is returned.
+pub fn load_newest<A, E>(
+    run_dir: &Path,
+    mut fresh: impl FnMut() -> Result<A, E>,
+    mut load: impl FnMut(&Path, &mut A) -> Result<(), E>,
+) -> Result<Option<(PathBuf, A)>, E>
+where
+    E: std::fmt::Display + From<TrainError>,
+{
+    let all = list(run_dir)?;
+    let mut failed: Vec<(&PathBuf, E)> = Vec::new();
+    for path in all.iter().rev() {
+        let mut agent = fresh()?;
+        match load(path, &mut agent) {
+            Ok(()) => {
+                for (damaged, error) in &failed {
+                    let kept = match set_aside(damaged) {
+                        Ok(renamed) => format!("kept as {}", renamed.display()),
+                        Err(e) => format!("could not be renamed: {e}"),
+                    };
+                    tracing::warn!(
+                        "checkpoint {} does not load ({error}); resuming from the one before \
+                         it, {} ({kept})",
+                        damaged.display(),
+                        path.display()
+                    );
+                }
+                return Ok(Some((path.clone(), agent)));
+            }
+            Err(e) => failed.push((path, e)),
+        }
+    }
+    let mut failed = failed.into_iter();
+    let newest = failed.next();
+    for (older, error) in failed {
+        tracing::warn!(
+            "checkpoint {} does not load either: {error}",
+            older.display()
+        );
+    }
+    match newest {
+        Some((_, error)) => Err(error),
+        None => Ok(None),
+    }
+}
+
+/// Renames a checkpoint folder that does not load to `<name>.damaged`, or
+/// `<name>.damaged-2`, … when an earlier one of the same step is there.
+fn set_aside(damaged: &Path) -> std::io::Result<PathBuf> {
+    for n in 1u32.. {
+        let mut name = damaged.as_os_str().to_owned();
+        name.push(DAMAGED_SUFFIX);
+        if n > 1 {
+            name.push(format!("-{n}"));
+        }
+        let renamed = PathBuf::from(name);
+        if !renamed.exists() {
+            fs::rename(damaged, &renamed)?;
+            return Ok(renamed);
+        }
+    }
+    unreachable!("a free name among 2^32")
 }
 
 fn load_net(

@@ -2205,10 +2205,23 @@ pub fn serve(opts: ServeOptions, shutdown: Arc<AtomicBool>) -> Result<LearnerRep
         write_text(&config_path, &text)?;
     }
     let env = reflex_sim::make(&run.env).map_err(TrainError::from)?;
-    let mut learner = FleetLearner::build(&run, env.as_ref(), &device)?;
     let mut policy_version = 0;
+    // The newest checkpoint that loads (a damaged one is set aside, warned about).
+    let resumed = match latest {
+        Some(_) => checkpoint::load_newest(
+            &out,
+            || FleetLearner::build(&run, env.as_ref(), &device),
+            |dir, learner: &mut FleetLearner| {
+                Ok(checkpoint::load(dir, learner.agent_mut(), &device)?)
+            },
+        )?,
+        None => None,
+    };
+    let (latest, learner) = match resumed {
+        Some((dir, learner)) => (Some(dir), learner),
+        None => (None, FleetLearner::build(&run, env.as_ref(), &device)?),
+    };
     if let Some(dir) = &latest {
-        checkpoint::load(dir, learner.agent_mut(), &device)?;
         policy_version = last_published(&out);
         eprintln!(
             "learner: resuming from {} ({} transitions, {} updates, policy v{policy_version})",
@@ -2957,7 +2970,7 @@ mod tests {
         };
         let mut update = PolicyUpdate::new(spec, vec![1, 2, 3]);
         sign(&mut update, &key);
-        let verifier = reflex_daemon::swap::Verifier::new(Some(public)).unwrap();
+        let verifier = reflex_daemon::swap::Verifier::new(public).unwrap();
         verifier.verify(&update).unwrap();
         update.onnx_sha256[0] ^= 1;
         assert!(verifier.verify(&update).is_err());

@@ -798,15 +798,20 @@ fn run(
     check_learning_starts(config)?;
     let device = device.clone();
     let mut env = make(&config.env)?;
-    let mut agent = learner(config, env.as_ref(), &device)?;
+    let mut agent;
     if resume {
-        let latest = checkpoint::latest(out)?.with_context(|| {
+        let latest;
+        (latest, agent) = checkpoint::load_newest(
+            out,
+            || learner(config, env.as_ref(), &device),
+            |path, agent| Ok(checkpoint::load(path, agent.as_mut(), &device)?),
+        )?
+        .with_context(|| {
             format!(
                 "{} has no complete checkpoint to resume from",
                 out.display()
             )
         })?;
-        checkpoint::load(&latest, agent.as_mut(), &device)?;
         eprintln!(
             "resuming {} from {} (step {})",
             out.display(),
@@ -814,6 +819,7 @@ fn run(
             agent.steps_done()
         );
     } else {
+        agent = learner(config, env.as_ref(), &device)?;
         start_fresh(out)?;
         write_atomic(
             &out.join("config.toml"),

@@ -667,16 +667,52 @@ fn a_killed_run_resumes_from_its_last_checkpoint() {
         .unwrap();
     assert!(last_step > 5000, "metrics continue to the end: {last_step}");
 
-    // A damaged checkpoint is one clear line that names the file and says what is
-    // wrong with it once (not `truncated: truncated`).
-    let newest = out.join("checkpoints/step-0000006000/replay.bin");
-    std::fs::write(&newest, b"junk").unwrap();
+    // A damaged newest checkpoint (here a truncated weights file, as a power cut
+    // or a full disk leaves) is set aside with a warning that names it, and the
+    // run resumes from the one before it; the end of the run is done again.
+    std::fs::remove_file(out.join("eval.json")).unwrap();
+    let damaged = out.join("checkpoints/step-0000006000");
+    let weights = std::fs::read(damaged.join("weights.safetensors")).unwrap();
+    std::fs::write(
+        damaged.join("weights.safetensors"),
+        &weights[..weights.len() / 2],
+    )
+    .unwrap();
+    let output = resume();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    let warning = stderr
+        .lines()
+        .find(|l| l.contains("does not load"))
+        .unwrap_or_else(|| panic!("a warning about the damaged checkpoint: {stderr}"));
+    assert!(
+        warning.contains("step-0000006000/weights.safetensors")
+            && warning.contains("step-0000005000")
+            && warning.contains("step-0000006000.damaged"),
+        "{warning}"
+    );
+    assert!(stderr.contains("(step 5000)"), "{stderr}");
+    assert!(out.join("checkpoints/step-0000006000.damaged").exists());
+    assert!(out
+        .join("checkpoints/step-0000006000/weights.safetensors")
+        .exists());
+    assert_eq!(read_json(&out.join("eval.json"))["steps"], 6000);
+
+    // When no checkpoint loads, it is one clear line that names the newest's
+    // file and says what is wrong with it once (not `truncated: truncated`), and
+    // nothing is set aside.
+    for step in [5000, 6000] {
+        let replay = out.join(format!("checkpoints/step-{step:010}/replay.bin"));
+        std::fs::write(&replay, b"junk").unwrap();
+    }
     let output = resume();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(2), "{stderr}");
     let line = stderr.lines().find(|l| l.starts_with("error: ")).unwrap();
     assert!(line.contains("step-0000006000/replay.bin"), "{line}");
     assert_eq!(line.matches("truncated").count(), 1, "{line}");
+    assert!(out.join("checkpoints/step-0000006000/replay.bin").exists());
+    assert!(out.join("checkpoints/step-0000005000/replay.bin").exists());
     std::fs::remove_dir_all(&out).ok();
 }
 
