@@ -104,8 +104,15 @@ pub struct PolicyConfig {
     /// its contents change; 0 = never reload from the file.
     pub reload_poll_ms: u64,
     /// ed25519 public key (64 hex digits) that must have signed every `PolicyUpdate`
-    /// message; empty = updates need not be signed (sha256 is still checked).
+    /// message: the learner's `learner.pub`. Empty = no key, and then updates
+    /// over the network are refused unless `accept_unsigned` is true.
     pub public_key: String,
+    /// With no `public_key`: accept unsigned `PolicyUpdate`s, checked by their
+    /// sha256 only, so anyone who can publish on the fleet's keys (zenoh) or
+    /// topics (ROS 2) can change what this robot runs. For a bench or a closed
+    /// network; an error together with `public_key`. The policy file itself
+    /// (`path`, reloaded from disk) is trusted either way.
+    pub accept_unsigned: bool,
 }
 
 impl Default for PolicyConfig {
@@ -114,6 +121,7 @@ impl Default for PolicyConfig {
             path: PathBuf::from("policy.onnx"),
             reload_poll_ms: 1000,
             public_key: String::new(),
+            accept_unsigned: false,
         }
     }
 }
@@ -436,9 +444,17 @@ impl Config {
         if self.status_interval_ms == 0 {
             return Err("status_interval_ms = 0: must be at least 1".into());
         }
-        self.policy
+        let key = self
+            .policy
             .public_key_bytes()
             .map_err(|e| format!("policy.public_key: {e}"))?;
+        if key.is_some() && self.policy.accept_unsigned {
+            return Err(
+                "policy.accept_unsigned = true with a policy.public_key: with a key, \
+                 every update must be signed; remove one of the two"
+                    .into(),
+            );
+        }
         self.mode.validate()?;
         if let Some(v) = self.safety.safe_action.iter().find(|v| !v.is_finite()) {
             return Err(format!("safety.safe_action contains {v}: must be finite"));
@@ -517,9 +533,14 @@ path = "policy.onnx"
 # Poll the policy file this often (ms) and hot-swap it when its contents change;
 # 0 = never reload from the file.
 reload_poll_ms = 1000
-# ed25519 public key (64 hex digits) that must have signed every PolicyUpdate;
-# "" = updates need not be signed (their sha256 is still checked).
+# ed25519 public key (64 hex digits) that must have signed every PolicyUpdate: the
+# learner's learner.pub. "" = no key: updates over the network are then refused,
+# unless accept_unsigned = true.
 public_key = ""
+# With no public_key, accept unsigned PolicyUpdates checked by sha256 only: anyone
+# who can publish on the fleet's keys or topics can change what this robot runs.
+# For a bench or a closed network. The policy file (path) is trusted either way.
+accept_unsigned = false
 
 [mode]
 # "deploy" (greedy) or "explore".
@@ -739,6 +760,10 @@ mod tests {
             ("rate_hz = 1e-20", "rate_hz"),
             ("robot_id = \"a/b\"", "robot_id"),
             ("[policy]\npublic_key = \"abcd\"", "public_key"),
+            (
+                "[policy]\npublic_key = \"0000000000000000000000000000000000000000000000000000000000000000\"\naccept_unsigned = true",
+                "policy.accept_unsigned = true with a policy.public_key",
+            ),
             ("[mode]\nepsilon = 1.5", "epsilon"),
             ("[mode]\nactor_index = 3\nnum_actors = 2", "actor_index"),
             ("[safety]\nmax_rate_per_s = [0.0]", "max_rate_per_s"),

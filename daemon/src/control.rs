@@ -112,6 +112,10 @@ pub struct LoopStats {
     pub recurrent_resets: u64,
     /// Observations never acted on because a newer one came in the same tick.
     pub skipped_observations: u64,
+    /// Observations that name another robot (`robot_id` set and not this
+    /// daemon's): dropped before anything else, so another robot's sensors
+    /// neither get actions nor keep this robot's watchdog quiet.
+    pub foreign_observations: u64,
     /// Observations of the wrong dimension, with NaN or infinite values, or (with
     /// `[safety] observation_bounds`) outside the policy's observation space (→
     /// safe action, no transition).
@@ -211,6 +215,20 @@ impl ControlLoop {
         let mut newest: Option<Observation> = None;
         let mut fresh = 0;
         for obs in inbox.drain(..) {
+            if !obs.robot_id.is_empty() && obs.robot_id != self.robot_id {
+                self.stats.foreign_observations += 1;
+                if self.stats.foreign_observations <= LOGGED_BAD_OBSERVATIONS {
+                    tracing::warn!(
+                        "dropped an observation for robot {:?}: this daemon is {:?}, and two \
+                         robots publish on one key or topic (ROS 2 node names that differ \
+                         only in '-', '.' or '_' map to the same node); counted as \
+                         `foreign_observations`",
+                        obs.robot_id,
+                        self.robot_id
+                    );
+                }
+                continue;
+            }
             if self.last_seq == Some(obs.seq) {
                 continue; // a repeat of what we already saw
             }
@@ -678,12 +696,7 @@ impl Daemon {
         config.validate().map_err(DaemonError::Config)?;
         let spec = actor.spec().clone();
         let safety = check_fit(config, &spec)?;
-        let verifier = Verifier::new(
-            config
-                .policy
-                .public_key_bytes()
-                .map_err(DaemonError::Config)?,
-        )?;
+        let verifier = Verifier::from_config(&config.policy)?;
         let spool = Spool::open(&config.spool)?;
         let (uplink_tx, uplink, transition_stats) = Uplink::start(
             config.robot_id.clone(),
@@ -771,6 +784,23 @@ impl Daemon {
             policy_version = spec.policy_version,
             "reflexd running"
         );
+        if config.policy.public_key.is_empty() {
+            if config.policy.accept_unsigned {
+                tracing::warn!(
+                    "policy.accept_unsigned: unsigned policy updates are accepted; anyone who \
+                     can publish to this fleet can change what this robot runs"
+                );
+            } else {
+                let file = if config.policy.reload_poll_ms > 0 {
+                    "new policies come only by changing the policy file"
+                } else {
+                    "and policy.reload_poll_ms = 0: this robot takes no new policy while it runs"
+                };
+                tracing::info!(
+                    "no policy.public_key: policy updates over the network are refused; {file}"
+                );
+            }
+        }
         Ok(Self {
             stop,
             control,

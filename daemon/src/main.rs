@@ -196,6 +196,7 @@ fn run(config: Config) -> anyhow::Result<()> {
             "steps_unsent": unsent,
             "bad_observations": s.bad_observations,
             "skipped_observations": s.skipped_observations,
+            "foreign_observations": s.foreign_observations,
             "discarded_steps": s.discarded_steps,
             "policy_errors": s.policy_errors,
             "recurrent_resets": s.recurrent_resets,

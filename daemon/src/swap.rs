@@ -51,6 +51,16 @@ pub enum SwapError {
         /// The update's version.
         version: u64,
     },
+    /// No key is configured, and unsigned updates are not accepted.
+    #[error(
+        "policy update v{version} refused: no policy.public_key is configured to check its \
+         signature (set it to the learner's learner.pub, or set policy.accept_unsigned = true \
+         to accept updates checked by sha256 only)"
+    )]
+    NoKey {
+        /// The update's version.
+        version: u64,
+    },
     /// The signature does not verify under the configured key.
     #[error("policy update v{version} refused: bad ed25519 signature")]
     BadSignature {
@@ -108,15 +118,34 @@ pub struct BadKey;
 #[derive(Debug, Clone)]
 pub struct Verifier {
     key: Option<VerifyingKey>,
+    accept_unsigned: bool,
 }
 
 impl Verifier {
-    /// A verifier; `None` accepts unsigned updates (integrity is still checked).
-    pub fn new(public_key: Option<[u8; 32]>) -> Result<Self, BadKey> {
-        let key = public_key
-            .map(|bytes| VerifyingKey::from_bytes(&bytes).map_err(|_| BadKey))
-            .transpose()?;
-        Ok(Self { key })
+    /// A verifier that requires updates signed by `public_key`.
+    pub fn new(public_key: [u8; 32]) -> Result<Self, BadKey> {
+        let key = VerifyingKey::from_bytes(&public_key).map_err(|_| BadKey)?;
+        Ok(Self {
+            key: Some(key),
+            accept_unsigned: false,
+        })
+    }
+
+    /// A verifier without a key: it accepts updates checked by sha256 only
+    /// when `accept_unsigned`, and refuses every update otherwise.
+    pub fn without_key(accept_unsigned: bool) -> Self {
+        Self {
+            key: None,
+            accept_unsigned,
+        }
+    }
+
+    /// The verifier `[policy]` asks for: its key, else `accept_unsigned`.
+    pub fn from_config(policy: &crate::config::PolicyConfig) -> Result<Self, BadKey> {
+        match policy.public_key_bytes().map_err(|_| BadKey)? {
+            Some(key) => Self::new(key),
+            None => Ok(Self::without_key(policy.accept_unsigned)),
+        }
     }
 
     /// Whether a key is configured.
@@ -131,7 +160,11 @@ impl Verifier {
             .validate()
             .map_err(|source| SwapError::Integrity { version, source })?;
         let Some(key) = &self.key else {
-            return Ok(());
+            return if self.accept_unsigned {
+                Ok(())
+            } else {
+                Err(SwapError::NoKey { version })
+            };
         };
         let signature = update.signature().ok_or(SwapError::Unsigned { version })?;
         key.verify_strict(&update.signing_message(), &Signature::from_bytes(signature))

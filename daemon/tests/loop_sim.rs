@@ -44,7 +44,7 @@ fn simulate(
     let publish = |seq, episode_id, step, values: &[f32], reward, terminated, truncated| {
         obs_tx
             .send(Observation {
-                robot_id: "sim".into(),
+                robot_id: "sim-1".into(),
                 seq,
                 episode_id,
                 step,

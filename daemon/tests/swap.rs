@@ -29,12 +29,14 @@ fn signed(policy: &common::Linear, key: &SigningKey) -> PolicyUpdate {
     u
 }
 
+/// A validator with `public_key`, or without a key and accepting unsigned
+/// updates (`policy.accept_unsigned = true`).
 fn validator(public_key: Option<[u8; 32]>) -> Validator {
-    Validator::new(
-        Verifier::new(public_key).unwrap(),
-        common::loader(),
-        &common::cartpole_spec(1),
-    )
+    let verifier = match public_key {
+        Some(key) => Verifier::new(key).unwrap(),
+        None => Verifier::without_key(true),
+    };
+    Validator::new(verifier, common::loader(), &common::cartpole_spec(1))
 }
 
 fn offer(v: &mut Validator, u: PolicyUpdate) -> Result<u64, SwapError> {
@@ -143,6 +145,33 @@ fn unsigned_update_accepted_without_a_key() {
         offer(&mut v, update(&common::cartpole_controller(2))).unwrap(),
         2
     );
+}
+
+/// The default `[policy]` (no key, `accept_unsigned` false) refuses every
+/// update from the network, signed or not, with a message that says what to set:
+/// a robot must not run whatever anyone on its network publishes.
+#[test]
+fn updates_refused_by_default_without_a_key() {
+    let policy = reflex_daemon::config::PolicyConfig::default();
+    assert!(policy.public_key.is_empty() && !policy.accept_unsigned);
+    let verifier = Verifier::from_config(&policy).unwrap();
+    let mut v = Validator::new(verifier, common::loader(), &common::cartpole_spec(1));
+    let err = offer(&mut v, update(&common::cartpole_controller(2))).unwrap_err();
+    assert!(matches!(err, SwapError::NoKey { version: 2 }), "{err}");
+    let text = err.to_string();
+    assert!(
+        text.contains("policy.public_key") && text.contains("policy.accept_unsigned"),
+        "{text}"
+    );
+    let err = offer(&mut v, signed(&common::cartpole_controller(3), &key(1))).unwrap_err();
+    assert!(matches!(err, SwapError::NoKey { version: 3 }), "{err}");
+    assert_eq!(v.current_version(), 1);
+    // The policy file is trusted: a rollback by file still runs.
+    let file = PolicyMessage::File {
+        path: "policy.json".into(),
+        bytes: common::cartpole_controller(4).to_bytes(),
+    };
+    assert_eq!(v.validate(&file).unwrap().version(), 4);
 }
 
 #[test]
@@ -336,6 +365,8 @@ fn rig_config() -> Config {
     };
     config.safety.watchdog_ms = 0;
     config.policy.reload_poll_ms = 0;
+    // The rig offers unsigned updates (signatures have tests of their own above).
+    config.policy.accept_unsigned = true;
     config
 }
 
@@ -653,6 +684,66 @@ fn an_observation_and_its_repeat_in_one_tick_get_an_action() {
     }
     let report = rig.daemon.stop();
     assert_eq!(report.stats.skipped_observations, 0);
+}
+
+/// An observation that names another robot (two robots on one key or topic) is
+/// dropped and counted: it gets no action and does not feed this robot's
+/// watchdog, while this robot's own observations, and ones that name no robot,
+/// are acted on.
+#[test]
+fn an_observation_for_another_robot_is_dropped_and_counted() {
+    let mut config = rig_config();
+    config.robot_id = "robot-1".into();
+    config.safety.watchdog_ms = 150;
+    config.safety.safe_action_index = 0;
+    let mut rig = Rig::start(config);
+    let send = |rig: &mut Rig, robot: &str| {
+        rig.seq += 1;
+        rig.obs
+            .send(Observation {
+                robot_id: robot.into(),
+                seq: rig.seq,
+                step: rig.seq as u32,
+                values: vec![0.0, 0.0, 0.1, 0.0],
+                ..Observation::default()
+            })
+            .unwrap();
+        rig.seq
+    };
+    let answer = |rig: &mut Rig, seq: u64| loop {
+        match rig.actions.recv_timeout(HANG) {
+            Ok(c) if c.seq == seq => break Some(c),
+            Ok(_) => continue,
+            Err(_) => break None,
+        }
+    };
+    for robot in ["robot-1", ""] {
+        let seq = send(&mut rig, robot);
+        let c = answer(&mut rig, seq).unwrap_or_else(|| panic!("no action for {robot:?}"));
+        assert_eq!(c.action, Action::Discrete(1));
+    }
+    // Another robot's sensors, fresh and frequent: no answer, and the watchdog
+    // trips (the safe action goes out) as if nothing came.
+    let start = std::time::Instant::now();
+    let mut foreign = Vec::new();
+    while start.elapsed() < Duration::from_millis(400) {
+        foreign.push(send(&mut rig, "robot_1"));
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // Once tripped, the safe action goes out every tick: stop, then look at
+    // everything that was sent.
+    let report = rig.daemon.stop();
+    let mut safe = 0;
+    for c in rig.actions.try_iter() {
+        assert!(
+            !foreign.contains(&c.seq),
+            "answered a foreign observation: {c:?}"
+        );
+        safe += u32::from(c.policy_version == 0 && c.action == Action::Discrete(0));
+    }
+    assert!(safe > 0, "the watchdog tripped");
+    assert_eq!(report.stats.foreign_observations, foreign.len() as u64);
+    assert!(report.stats.safety.watchdog > 0, "{:?}", report.stats);
 }
 
 /// A policy that panics inside its step (tract has panicking paths a crafted

@@ -265,10 +265,9 @@ fn main() {
     let _ = daemon_session.close().wait();
 
     // The swap thread's work alone, on the same updates.
-    let verifier = Verifier::new(Some(
-        reflex_daemon::config::parse_hex32(&config.policy.public_key).expect("key"),
-    ))
-    .expect("verifier");
+    let verifier =
+        Verifier::new(reflex_daemon::config::parse_hex32(&config.policy.public_key).expect("key"))
+            .expect("verifier");
     let mut verify_ms = Vec::new();
     for update in &updates[1..] {
         let t = Instant::now();

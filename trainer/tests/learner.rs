@@ -113,7 +113,7 @@ fn learner_inserts_counts_and_publishes_signed_policies() {
     // A signed policy from the learner, verified as a daemon would.
     let public = std::fs::read_to_string(out.join(PUB_FILE)).unwrap();
     let public = reflex_daemon::config::parse_hex32(&public).unwrap();
-    let verifier = Verifier::new(Some(public)).unwrap();
+    let verifier = Verifier::new(public).unwrap();
     let update: PolicyUpdate = loop {
         let sample = policies
             .recv_timeout(Duration::from_secs(30))
