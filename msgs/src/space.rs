@@ -32,6 +32,20 @@ pub enum SpaceError {
     /// A box action space with no dimensions.
     #[error("box action space has 0 dimensions")]
     ZeroDim,
+    /// A box action space with an infinite bound: the safety layer clamps
+    /// actions to these bounds, and an infinite one clamps nothing.
+    #[error(
+        "box action bound {index} is infinite (low {low}, high {high}): actions are \
+         clamped to these bounds, so they must be finite"
+    )]
+    Unbounded {
+        /// Dimension index.
+        index: usize,
+        /// `low[index]`.
+        low: f32,
+        /// `high[index]`.
+        high: f32,
+    },
 }
 
 /// A box in R^n (Gymnasium `Box`, float32): each dimension `i` lies in
@@ -128,13 +142,29 @@ impl ActionSpace {
         }
     }
 
-    /// Checks `n > 0` for a discrete space, a valid non-empty box otherwise.
+    /// Checks `n > 0` for a discrete space, a valid non-empty box with finite
+    /// bounds otherwise (actions are clamped to them).
     pub fn validate(&self) -> Result<(), SpaceError> {
         match self {
             Self::Discrete { n: 0 } => Err(SpaceError::NoActions),
             Self::Discrete { .. } => Ok(()),
             Self::Box(space) if space.dim() == 0 => Err(SpaceError::ZeroDim),
-            Self::Box(space) => space.validate(),
+            Self::Box(space) => {
+                space.validate()?;
+                let unbounded = space
+                    .low
+                    .iter()
+                    .zip(space.high.iter())
+                    .position(|(l, h)| !l.is_finite() || !h.is_finite());
+                match unbounded {
+                    Some(index) => Err(SpaceError::Unbounded {
+                        index,
+                        low: space.low[index],
+                        high: space.high[index],
+                    }),
+                    None => Ok(()),
+                }
+            }
         }
     }
 
@@ -284,5 +314,11 @@ mod tests {
             ActionSpace::Box(BoxSpace::default()).validate(),
             Err(SpaceError::ZeroDim)
         );
+        // Actions are clamped to the bounds: an infinite one would clamp nothing.
+        let open = BoxSpace::new(vec![-1.0, -2.0], vec![1.0, f32::INFINITY]).unwrap();
+        assert!(matches!(
+            ActionSpace::Box(open).validate(),
+            Err(SpaceError::Unbounded { index: 1, .. })
+        ));
     }
 }

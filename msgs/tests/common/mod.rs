@@ -61,6 +61,15 @@ pub fn valid_box_space() -> impl Strategy<Value = BoxSpace> {
     })
 }
 
+/// A valid box with finite bounds, as an action space must have (actions are
+/// clamped to them).
+pub fn finite_box_space() -> impl Strategy<Value = BoxSpace> {
+    vec((-1e6f32..1e6, -1e6f32..1e6), 1..6).prop_map(|pairs| BoxSpace {
+        low: pairs.iter().map(|(a, b)| a.min(*b)).collect(),
+        high: pairs.iter().map(|(a, b)| a.max(*b)).collect(),
+    })
+}
+
 pub fn action_space() -> impl Strategy<Value = ActionSpace> {
     prop_oneof![
         any::<u32>().prop_map(|n| ActionSpace::Discrete { n }),
@@ -230,7 +239,7 @@ pub fn valid_policy_spec() -> impl Strategy<Value = PolicySpec> {
             valid_box_space(),
             prop_oneof![
                 (1u32..100).prop_map(|n| ActionSpace::Discrete { n }),
-                valid_box_space().prop_map(ActionSpace::Box),
+                finite_box_space().prop_map(ActionSpace::Box),
             ],
             // Up to MAX_POLICY_SIZE, the largest valid LSTM width.
             0u32..=(1 << 16),
