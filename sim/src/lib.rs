@@ -68,6 +68,16 @@ pub enum SimError {
         /// The length given.
         found: usize,
     },
+    /// `set_state` with a NaN or infinite value.
+    #[error("{env}: state value {index} is {value}, not a finite number")]
+    StateValue {
+        /// Gymnasium id of the env.
+        env: &'static str,
+        /// Which value.
+        index: usize,
+        /// The value given.
+        value: f64,
+    },
     /// A vectorized step with the wrong number of actions.
     #[error("expected one action per env ({expected}), got {found}")]
     ActionCount {

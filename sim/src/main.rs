@@ -24,7 +24,8 @@ enum Command {
     Check {
         /// The reference file, e.g. tests/data/gymnasium/CartPole-v1.jsonl.
         file: PathBuf,
-        /// Largest step-by-step deviation allowed (observation, reward, state).
+        /// Largest deviation allowed, of the reset (from the seed), step by step
+        /// and free running (observation, reward, state, return).
         #[arg(long, default_value_t = 1e-5)]
         tol: f64,
     },
@@ -66,14 +67,14 @@ enum Command {
         /// zenoh endpoint to listen on (repeatable).
         #[arg(long)]
         listen: Vec<String>,
-        /// zenoh mode: peer or client (through a router).
-        #[arg(long, default_value = "peer", value_parser = ["peer", "client"])]
-        mode: String,
+        /// zenoh mode: peer or client (through a router) [default: peer].
+        #[arg(long, value_parser = ["peer", "client"])]
+        mode: Option<String>,
         /// Episode k resets with seed + k.
         #[arg(long, default_value_t = 0)]
         seed: u64,
-        /// Stop after this many episodes.
-        #[arg(long)]
+        /// Stop after this many episodes (at least 1) [default: run until stopped].
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
         max_episodes: Option<u64>,
         /// Stop after this many seconds without an action.
         #[arg(long)]
@@ -88,10 +89,12 @@ enum Command {
         /// ROS 2 domain id, 0 to 232 (default: ROS_DOMAIN_ID, else 0).
         #[arg(long, value_parser = clap::value_parser!(u16).range(0..=232))]
         ros_domain: Option<u16>,
-        /// ROS 2 namespace reflexd runs in.
-        #[arg(long, default_value = "/")]
-        ros_namespace: String,
-        /// reflexd's ROS 2 node name (default: reflexd_<robot>).
+        /// ROS 2 namespace reflexd runs in [default: /].
+        #[arg(long)]
+        ros_namespace: Option<String>,
+        /// reflexd's ROS 2 node name (default: reflexd_<robot>). --robot must
+        /// still be that reflexd's robot_id: each side drops the other's
+        /// messages that name another robot.
         #[arg(long)]
         ros_daemon_node: Option<String>,
         /// Write every step the simulator took as JSON lines to this file.
@@ -140,7 +143,44 @@ fn main() -> ExitCode {
                 },
                 None => None,
             };
-            if connect.is_empty() && listen.is_empty() {
+            // Options of the other wire would be ignored without a word: refuse them.
+            let misplaced: Vec<&str> = if transport == "ros2" {
+                [
+                    (!connect.is_empty(), "--connect"),
+                    (!listen.is_empty(), "--listen"),
+                    (mode.is_some(), "--mode"),
+                ]
+                .into_iter()
+                .filter_map(|(given, name)| given.then_some(name))
+                .collect()
+            } else {
+                [
+                    (ros_domain.is_some(), "--ros-domain"),
+                    (ros_namespace.is_some(), "--ros-namespace"),
+                    (ros_daemon_node.is_some(), "--ros-daemon-node"),
+                ]
+                .into_iter()
+                .filter_map(|(given, name)| given.then_some(name))
+                .collect()
+            };
+            if !misplaced.is_empty() {
+                let (these, wire) = if transport == "ros2" {
+                    ("zenoh", "ros2")
+                } else {
+                    ("ROS 2", "zenoh")
+                };
+                let is = if misplaced.len() == 1 {
+                    format!("is a {these} option")
+                } else {
+                    format!("are {these} options")
+                };
+                eprintln!(
+                    "error: {} {is}; this robot runs on --transport {wire}",
+                    misplaced.join(", ")
+                );
+                return ExitCode::from(2);
+            }
+            if transport != "ros2" && connect.is_empty() && listen.is_empty() {
                 connect.push("tcp/127.0.0.1:7447".into());
             }
             serve(reflex_sim::node::NodeConfig {
@@ -149,7 +189,7 @@ fn main() -> ExitCode {
                 fleet,
                 connect,
                 listen,
-                mode,
+                mode: mode.unwrap_or_else(|| "peer".into()),
                 seed,
                 max_episodes,
                 idle_timeout,
@@ -160,7 +200,7 @@ fn main() -> ExitCode {
                     reflex_sim::node::NodeTransport::Zenoh
                 },
                 ros_domain,
-                ros_namespace,
+                ros_namespace: ros_namespace.unwrap_or_else(|| "/".into()),
                 ros_daemon_node,
                 record,
                 ..reflex_sim::node::NodeConfig::default()
@@ -218,10 +258,25 @@ fn serve(config: reflex_sim::node::NodeConfig) -> anyhow::Result<()> {
         signal_hook::flag::register(signal, shutdown.clone())
             .context("installing signal handlers")?;
     }
-    eprintln!(
-        "reflex-sim serve: robot {} in fleet {} ({}) over {:?}, connect {:?}, listen {:?}",
-        config.robot, config.fleet, config.env, config.transport, config.connect, config.listen
-    );
+    match config.transport {
+        reflex_sim::node::NodeTransport::Zenoh => eprintln!(
+            "reflex-sim serve: robot {} in fleet {} ({}) over zenoh, connect {:?}, listen {:?}",
+            config.robot, config.fleet, config.env, config.connect, config.listen
+        ),
+        reflex_sim::node::NodeTransport::Ros2 => eprintln!(
+            "reflex-sim serve: robot {} ({}) over ROS 2, domain {}, namespace {}, reflexd node {}",
+            config.robot,
+            config.env,
+            config
+                .ros_domain
+                .map_or("from ROS_DOMAIN_ID, else 0".to_string(), |d| d.to_string()),
+            config.ros_namespace,
+            config
+                .ros_daemon_node
+                .clone()
+                .unwrap_or_else(|| reflex_msgs::topics::daemon_node_name(&config.robot)),
+        ),
+    }
     let report = reflex_sim::node::run(&config, &shutdown)?;
     println!("{}", serde_json::to_string(&report)?);
     Ok(())

@@ -156,9 +156,9 @@ pub struct StepRecord {
 /// Where a node publishes observations and takes actions.
 trait Wire {
     fn publish(&mut self, obs: &Observation) -> Result<(), NodeError>;
-    /// The next action message within `wait`: `Ok(None)` when none came,
-    /// `Ok(Some(None))` for one that did not decode.
-    fn recv(&mut self, wait: Duration) -> Result<Option<Option<ActionCommand>>, NodeError>;
+    /// The next action message within `wait` (`None` when none came), or why
+    /// one that came does not decode.
+    fn recv(&mut self, wait: Duration) -> Result<Option<Result<ActionCommand, String>>, NodeError>;
     fn decode_errors(&self) -> u64 {
         0
     }
@@ -209,9 +209,11 @@ impl Wire for ZenohWire {
             .map_err(|e| NodeError::Zenoh(format!("put on {}: {e}", self.obs_key)))
     }
 
-    fn recv(&mut self, wait: Duration) -> Result<Option<Option<ActionCommand>>, NodeError> {
+    fn recv(&mut self, wait: Duration) -> Result<Option<Result<ActionCommand, String>>, NodeError> {
         match self.actions.recv_timeout(wait) {
-            Ok(Some(sample)) => Ok(Some(codec::decode(&sample.payload().to_bytes()).ok())),
+            Ok(Some(sample)) => Ok(Some(
+                codec::decode(&sample.payload().to_bytes()).map_err(|e| e.to_string()),
+            )),
             Ok(None) => Ok(None),
             Err(e) => Err(NodeError::Zenoh(format!("action subscriber: {e}"))),
         }
@@ -280,13 +282,13 @@ impl Wire for Ros2Wire {
         }
     }
 
-    fn recv(&mut self, wait: Duration) -> Result<Option<Option<ActionCommand>>, NodeError> {
+    fn recv(&mut self, wait: Duration) -> Result<Option<Result<ActionCommand, String>>, NodeError> {
         let deadline = Instant::now() + wait;
         loop {
             self.actions.drain(&mut self.scratch);
             self.buf.extend(self.scratch.drain(..));
             if let Some(c) = self.buf.pop_front() {
-                return Ok(Some(Some(c)));
+                return Ok(Some(Ok(c)));
             }
             let now = Instant::now();
             if now >= deadline {
@@ -301,10 +303,13 @@ impl Wire for Ros2Wire {
     }
 }
 
-/// What a node did (printed as JSON by `reflex-sim serve` when it stops).
 /// Episode returns [`NodeReport::returns`] keeps.
 pub const RETURNS_KEPT: usize = 1000;
 
+/// Dropped or refused actions whose reason is printed (the rest are counted).
+const LOGGED: u64 = 5;
+
+/// What a node did (printed as JSON by `reflex-sim serve` when it stops).
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct NodeReport {
     /// Robot id.
@@ -326,6 +331,9 @@ pub struct NodeReport {
     pub invalid_actions: u64,
     /// Action messages that did not decode (ignored).
     pub decode_errors: u64,
+    /// Actions addressed to another robot (ignored): two robots whose topics
+    /// or keys collide.
+    pub foreign_actions: u64,
     /// Republishes of an unanswered observation.
     pub republished: u64,
     /// Unanswered observations reissued under a new `seq`.
@@ -377,7 +385,12 @@ pub fn run(config: &NodeConfig, shutdown: &AtomicBool) -> Result<NodeReport, Nod
         }
     };
     let mut record = match &config.record {
-        Some(path) => Some(std::io::BufWriter::new(std::fs::File::create(path)?)),
+        Some(path) => Some(std::io::BufWriter::new(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)?,
+        )),
         None => None,
     };
     let mut report = NodeReport {
@@ -425,21 +438,43 @@ pub fn run(config: &NodeConfig, shutdown: &AtomicBool) -> Result<NodeReport, Nod
         // Wake up at least every 50 ms to notice signals.
         let wait = (due - now).min(Duration::from_millis(50));
         let command: ActionCommand = match wire.recv(wait)? {
-            Some(Some(c)) => c,
-            Some(None) => {
+            Some(Ok(c)) => c,
+            Some(Err(e)) => {
                 report.decode_errors += 1;
+                if report.decode_errors <= LOGGED {
+                    eprintln!(
+                        "reflex-sim {}: dropped an action message: {e}",
+                        config.robot
+                    );
+                }
                 continue;
             }
             None => continue,
         };
+        // An empty robot_id is taken as this robot's (as reflexd takes
+        // observations): a controller that does not fill it in still works.
+        if !command.robot_id.is_empty() && command.robot_id != config.robot {
+            report.foreign_actions += 1;
+            if report.foreign_actions <= LOGGED {
+                eprintln!(
+                    "reflex-sim {}: dropped an action for robot {:?}: another robot \
+                     publishes on this robot's action key or topic",
+                    config.robot, command.robot_id
+                );
+            }
+            continue;
+        }
         if command.seq != seq {
             report.stale_actions += 1;
             continue;
         }
         let step = match env.step(&command.action) {
             Ok(step) => step,
-            Err(_) => {
+            Err(e) => {
                 report.invalid_actions += 1;
+                if report.invalid_actions <= LOGGED {
+                    eprintln!("reflex-sim {}: refused an action: {e}", config.robot);
+                }
                 continue;
             }
         };

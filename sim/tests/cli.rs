@@ -120,6 +120,24 @@ fn serve_refuses_values_it_cannot_use_before_touching_the_network() {
             &["--transport", "ros2", "--ros-domain", "233"][..],
             "0..=232",
         ),
+        (&["--max-episodes", "0"][..], "--max-episodes"),
+        // Options of the other wire are refused, not ignored.
+        (
+            &["--transport", "ros2", "--connect", "tcp/127.0.0.1:7447"][..],
+            "--connect is a zenoh option",
+        ),
+        (
+            &[
+                "--transport",
+                "ros2",
+                "--listen",
+                "tcp/127.0.0.1:7447",
+                "--mode",
+                "client",
+            ][..],
+            "--listen, --mode are zenoh options",
+        ),
+        (&["--ros-domain", "3"][..], "--ros-domain is a ROS 2 option"),
     ] {
         let mut all = vec!["serve", "--env", "cartpole", "--robot", "r0"];
         all.extend_from_slice(args);

@@ -155,6 +155,35 @@ fn cartpole_terminates_when_the_pole_falls() {
     // Stepping on after the fall earns nothing (Gymnasium warns and returns 0).
     let after = env.step(&Action::Discrete(1)).unwrap();
     assert_eq!((after.reward, after.terminated), (0.0, true));
+    // A cart that rolls just past the edge and is pushed back comes back inside
+    // the bounds: as in Gymnasium, a step that is not terminal earns 1 again, and
+    // leaving them once more earns 0 (the episode has already ended once).
+    env.set_state(&[2.395, 0.3, 0.0, 0.0]).unwrap();
+    let over = env.step(&Action::Discrete(0)).unwrap();
+    assert_eq!(
+        (over.reward, over.terminated),
+        (1.0, true),
+        "the first fall"
+    );
+    let mut back = false;
+    for k in 0..10 {
+        let step = env.step(&Action::Discrete(0)).unwrap();
+        if !step.terminated {
+            back = true;
+            assert_eq!(
+                step.reward, 1.0,
+                "step {k} past the fall, inside the bounds"
+            );
+            break;
+        }
+        assert_eq!(step.reward, 0.0, "step {k}: still out");
+    }
+    assert!(back, "the cart never came back inside the bounds");
+    let again = (0..200)
+        .map(|_| env.step(&Action::Discrete(1)).unwrap())
+        .find(|s| s.terminated)
+        .expect("pushed right, the cart leaves again");
+    assert_eq!(again.reward, 0.0, "fallen a second time");
     env.reset(None);
     assert_eq!(env.step(&Action::Discrete(1)).unwrap().reward, 1.0);
 }
@@ -327,4 +356,35 @@ fn undrained_episode_summaries_are_bounded_and_counted() {
     let kept = vec.drain_episodes();
     assert_eq!(kept.len(), MAX_PENDING_EPISODES);
     assert_eq!(vec.dropped_episodes(), ended - MAX_PENDING_EPISODES as u64);
+}
+
+/// `set_state` refuses NaN and infinity with a clear error, and a state many
+/// periods out (1e300 rad: a corrupt reference file) steps in bounded time
+/// instead of looping once per period as Gymnasium's `wrap` does.
+#[test]
+fn set_state_refuses_non_finite_values_and_survives_huge_angles() {
+    for name in [
+        "cartpole",
+        "acrobot",
+        "mountaincar",
+        "pendulum",
+        "mountaincarcontinuous",
+    ] {
+        let mut env = make(name).unwrap();
+        let dim = env.state().len();
+        let mut state = vec![0.0; dim];
+        state[dim - 1] = f64::NAN;
+        let err = env.set_state(&state).unwrap_err().to_string();
+        assert!(err.contains("not a finite number"), "{name}: {err}");
+    }
+    let mut env = make("acrobot").unwrap();
+    env.set_state(&[1e300, -1e300, 0.0, 0.0]).unwrap();
+    let step = env.step(&Action::Discrete(1)).unwrap();
+    let state = env.state();
+    assert!(
+        state[..2]
+            .iter()
+            .all(|a| (-std::f64::consts::PI..=std::f64::consts::PI).contains(a)),
+        "{state:?} {step:?}"
+    );
 }

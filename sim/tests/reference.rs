@@ -103,6 +103,34 @@ fn checker_flags_a_tampered_file() {
     std::fs::remove_dir_all(dir).ok();
 }
 
+/// A seeding that no longer reproduces Gymnasium's reset moves only the reset
+/// state (both modes then start from the recorded one): the check must fail on
+/// it. Stand-in: the file says seed 7 where the episode was recorded with seed 0.
+#[test]
+fn checker_fails_a_reset_that_seeding_does_not_reproduce() {
+    let original = std::fs::read_to_string(reference_dir().join("MountainCar-v0.jsonl")).unwrap();
+    let needle = "\"type\": \"reset\", \"env\": \"MountainCar-v0\", \"seed\": 0,";
+    assert!(original.contains(needle));
+    let tampered = original.replacen(
+        needle,
+        "\"type\": \"reset\", \"env\": \"MountainCar-v0\", \"seed\": 7,",
+        1,
+    );
+    let dir = std::env::temp_dir().join(format!("reflex-sim-reseed-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("MountainCar-v0.jsonl");
+    std::fs::write(&path, tampered).unwrap();
+    let r = &check_file(&path).unwrap()[0];
+    assert!(r.reset_state > 0.0, "{r:?}");
+    assert_eq!(
+        (r.reset_obs, r.step_obs, r.free_obs, r.free_return),
+        (0.0, 0.0, 0.0, 0.0),
+        "only the reset state moves: {r:?}"
+    );
+    assert!(!r.passes(0.0), "{r:?}");
+    std::fs::remove_dir_all(dir).ok();
+}
+
 #[test]
 fn malformed_files_get_clear_errors() {
     let dir = std::env::temp_dir().join(format!("reflex-sim-malformed-{}", std::process::id()));

@@ -359,3 +359,82 @@ fn a_command_answering_no_observation_does_not_step_the_sim() {
         "{first:?} {report}"
     );
 }
+
+/// `reflex-sim serve` applies only actions addressed to its own robot: one that
+/// names another robot (two robots whose keys or topics collide) is dropped,
+/// counted as `foreign_actions` and said in the log, even when its `seq`
+/// answers the current observation; then the robot's own action is applied.
+#[test]
+fn the_sim_node_refuses_actions_for_another_robot() {
+    let dir = tempfile::tempdir().unwrap();
+    let fleet = format!("f{}", std::process::id());
+    let robot = "r0";
+    let endpoint = format!("tcp/127.0.0.1:{}", free_port());
+    let mut sim = cartpole_sim(dir.path(), &fleet, robot, &endpoint);
+    let session = zenoh_link::open(&ZenohConfig {
+        connect: vec![endpoint.clone()],
+        ..ZenohConfig::default()
+    })
+    .unwrap();
+    let observations = session
+        .declare_subscriber(keys::robot_key(&fleet, robot, keys::OBS))
+        .with(FifoChannel::new(1024))
+        .wait()
+        .unwrap();
+    let actions = session
+        .declare_publisher(keys::robot_key(&fleet, robot, keys::ACTION))
+        .wait()
+        .unwrap();
+    // The first observation (republished until answered).
+    let first = loop {
+        sim.assert_running();
+        if let Ok(Some(sample)) = observations.recv_timeout(Duration::from_secs(1)) {
+            break decode_sample::<Observation>(&sample).unwrap();
+        }
+    };
+    let command = |robot_id: &str| ActionCommand {
+        robot_id: robot_id.into(),
+        seq: first.seq,
+        action: Action::Discrete(1),
+        ..ActionCommand::default()
+    };
+    for _ in 0..3 {
+        let bytes = reflex_msgs::codec::encode(&command("r_0")).unwrap();
+        actions.put(bytes).wait().unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    // The robot's own action, for the newest observation (an unanswered one is
+    // reissued under a new seq now and then), until the env steps.
+    let mut newest = first.clone();
+    let end = Instant::now() + Duration::from_secs(10);
+    let stepped = 'stepped: loop {
+        assert!(
+            Instant::now() < end,
+            "no observation after the robot's own action"
+        );
+        let mut own = command(robot);
+        own.seq = newest.seq;
+        let bytes = reflex_msgs::codec::encode(&own).unwrap();
+        actions.put(bytes).wait().unwrap();
+        let wait = Instant::now() + Duration::from_millis(500);
+        while let Ok(Some(sample)) = observations.recv_timeout(Duration::from_millis(100)) {
+            let obs: Observation = decode_sample(&sample).unwrap();
+            if obs.step == 1 {
+                break 'stepped obs;
+            }
+            newest = obs;
+            if Instant::now() > wait {
+                break;
+            }
+        }
+    };
+    assert_eq!(stepped.episode_id, first.episode_id);
+    drop(actions);
+    drop(observations);
+    let _ = session.close().wait();
+    let log = sim.log();
+    let report = sim.stop_json();
+    assert_eq!(u(&report, "foreign_actions"), 3, "{report}");
+    assert_eq!(u(&report, "steps"), 1, "{report}");
+    assert!(log.contains("dropped an action for robot \"r_0\""), "{log}");
+}

@@ -70,6 +70,13 @@ fn rk4(y0: [f64; 4], a: f64) -> [f64; 4] {
 /// Gymnasium's `wrap`: shift by whole periods into `[m, big_m]`.
 fn wrap(mut x: f64, m: f64, big_m: f64) -> f64 {
     let diff = big_m - m;
+    // Gymnasium loops once per period: a state many periods out (a corrupt
+    // file, set_state with 1e300) would never end. Bring it within a period
+    // first; the loops below then take Gymnasium's steps for every state an
+    // episode reaches.
+    if (x - m).abs() > 64.0 * diff {
+        x = m + (x - m).rem_euclid(diff);
+    }
     while x > big_m {
         x -= diff;
     }

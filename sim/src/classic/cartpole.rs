@@ -83,8 +83,9 @@ impl Dynamics for CartPole {
         let terminated =
             !(-X_THRESHOLD..=X_THRESHOLD).contains(&x) || !(-limit..=limit).contains(&theta);
         // Reward 1 on every step, the terminating one included (Gymnasium's default);
-        // 0 for steps taken after the pole has fallen.
-        let reward = if self.fallen { 0.0 } else { 1.0 };
+        // 0 for a terminal step taken after the pole has already fallen once. As in
+        // Gymnasium, a state stepped back inside the bounds earns 1 again.
+        let reward = if terminated && self.fallen { 0.0 } else { 1.0 };
         self.fallen |= terminated;
         (reward, terminated)
     }

@@ -157,6 +157,13 @@ impl<D: Dynamics> Env for ClassicEnv<D> {
                 found: state.len(),
             });
         }
+        if let Some(index) = state.iter().position(|v| !v.is_finite()) {
+            return Err(SimError::StateValue {
+                env: D::ID,
+                index,
+                value: state[index],
+            });
+        }
         self.dynamics.set_state(state);
         self.dynamics.observe(&mut self.obs);
         self.started = true;
