@@ -279,7 +279,11 @@ fn serve(config: reflex_sim::node::NodeConfig) -> anyhow::Result<()> {
     }
     let report = reflex_sim::node::run(&config, &shutdown)?;
     println!("{}", serde_json::to_string(&report)?);
-    Ok(())
+    match &report.error {
+        // The report above says what was done until then.
+        Some(e) => anyhow::bail!("the simulated robot stopped: {e}"),
+        None => Ok(()),
+    }
 }
 
 fn run(name: &str, episodes: u32, seed: u64, trace: bool) -> anyhow::Result<()> {

@@ -338,8 +338,12 @@ pub struct NodeReport {
     pub republished: u64,
     /// Unanswered observations reissued under a new `seq`.
     pub reissued: u64,
-    /// Why it stopped: `signal`, `max_episodes` or `idle_timeout`.
+    /// Why it stopped: `signal`, `max_episodes`, `idle_timeout` or `error`.
     pub stopped_by: String,
+    /// With `stopped_by` = `error`: what failed (publishing, receiving, the
+    /// step record); the counts above are what was done until then.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 fn now_ns() -> u64 {
@@ -404,138 +408,150 @@ pub fn run(config: &NodeConfig, shutdown: &AtomicBool) -> Result<NodeReport, Nod
     let mut episode_return = 0.0;
     let mut returns_sum = 0.0;
     let mut current = first_observation(&mut *env, config, episode, seq);
-    wire.publish(&current)?;
     let mut last_action = Instant::now();
     let mut last_publish = Instant::now();
     let mut unanswered = 0u32;
 
-    report.stopped_by = loop {
-        if shutdown.load(Ordering::SeqCst) {
-            break "signal".into();
-        }
-        let now = Instant::now();
-        if let Some(idle) = config.idle_timeout {
-            if now.duration_since(last_action) >= idle {
-                break "idle_timeout".into();
+    // The loop runs in a closure so that a wire or record error still ends
+    // with the report of what was done (stopped_by "error", and the reason).
+    let outcome = (|| -> Result<String, NodeError> {
+        wire.publish(&current)?;
+        Ok(loop {
+            if shutdown.load(Ordering::SeqCst) {
+                break "signal".into();
             }
-        }
-        let due = last_publish + config.republish;
-        if now >= due {
-            unanswered += 1;
-            if unanswered >= config.reissue_after.max(1) {
-                unanswered = 0;
-                seq += 1;
-                current.seq = seq;
-                report.reissued += 1;
-            } else {
-                report.republished += 1;
+            let now = Instant::now();
+            if let Some(idle) = config.idle_timeout {
+                if now.duration_since(last_action) >= idle {
+                    break "idle_timeout".into();
+                }
             }
-            current.timestamp_ns = now_ns();
-            wire.publish(&current)?;
-            last_publish = Instant::now();
-            continue;
-        }
-        // Wake up at least every 50 ms to notice signals.
-        let wait = (due - now).min(Duration::from_millis(50));
-        let command: ActionCommand = match wire.recv(wait)? {
-            Some(Ok(c)) => c,
-            Some(Err(e)) => {
-                report.decode_errors += 1;
-                if report.decode_errors <= LOGGED {
+            let due = last_publish + config.republish;
+            if now >= due {
+                unanswered += 1;
+                if unanswered >= config.reissue_after.max(1) {
+                    unanswered = 0;
+                    seq += 1;
+                    current.seq = seq;
+                    report.reissued += 1;
+                } else {
+                    report.republished += 1;
+                }
+                current.timestamp_ns = now_ns();
+                wire.publish(&current)?;
+                last_publish = Instant::now();
+                continue;
+            }
+            // Wake up at least every 50 ms to notice signals.
+            let wait = (due - now).min(Duration::from_millis(50));
+            let command: ActionCommand = match wire.recv(wait)? {
+                Some(Ok(c)) => c,
+                Some(Err(e)) => {
+                    report.decode_errors += 1;
+                    if report.decode_errors <= LOGGED {
+                        eprintln!(
+                            "reflex-sim {}: dropped an action message: {e}",
+                            config.robot
+                        );
+                    }
+                    continue;
+                }
+                None => continue,
+            };
+            // An empty robot_id is taken as this robot's (as reflexd takes
+            // observations): a controller that does not fill it in still works.
+            if !command.robot_id.is_empty() && command.robot_id != config.robot {
+                report.foreign_actions += 1;
+                if report.foreign_actions <= LOGGED {
                     eprintln!(
-                        "reflex-sim {}: dropped an action message: {e}",
-                        config.robot
+                        "reflex-sim {}: dropped an action for robot {:?}: another robot \
+                     publishes on this robot's action key or topic",
+                        config.robot, command.robot_id
                     );
                 }
                 continue;
             }
-            None => continue,
-        };
-        // An empty robot_id is taken as this robot's (as reflexd takes
-        // observations): a controller that does not fill it in still works.
-        if !command.robot_id.is_empty() && command.robot_id != config.robot {
-            report.foreign_actions += 1;
-            if report.foreign_actions <= LOGGED {
-                eprintln!(
-                    "reflex-sim {}: dropped an action for robot {:?}: another robot \
-                     publishes on this robot's action key or topic",
-                    config.robot, command.robot_id
-                );
-            }
-            continue;
-        }
-        if command.seq != seq {
-            report.stale_actions += 1;
-            continue;
-        }
-        let step = match env.step(&command.action) {
-            Ok(step) => step,
-            Err(e) => {
-                report.invalid_actions += 1;
-                if report.invalid_actions <= LOGGED {
-                    eprintln!("reflex-sim {}: refused an action: {e}", config.robot);
-                }
+            if command.seq != seq {
+                report.stale_actions += 1;
                 continue;
             }
-        };
-        last_action = Instant::now();
-        unanswered = 0;
-        report.steps += 1;
-        episode_return += step.reward;
-        seq += 1;
-        let next = Observation {
-            robot_id: config.robot.clone(),
-            seq,
-            timestamp_ns: now_ns(),
-            episode_id: episode,
-            step: current.step.saturating_add(1),
-            values: env.obs().to_vec(),
-            reward: step.reward as f32,
-            terminated: step.terminated,
-            truncated: step.truncated,
-            ..Observation::default()
-        };
-        if let Some(r) = &mut record {
-            let line = StepRecord {
-                episode_id: episode,
-                step: current.step,
-                obs: current.values.clone(),
-                action: command.action.clone(),
-                reward: next.reward,
-                next_obs: next.values.clone(),
-                terminated: next.terminated,
-                truncated: next.truncated,
+            let step = match env.step(&command.action) {
+                Ok(step) => step,
+                Err(e) => {
+                    report.invalid_actions += 1;
+                    if report.invalid_actions <= LOGGED {
+                        eprintln!("reflex-sim {}: refused an action: {e}", config.robot);
+                    }
+                    continue;
+                }
             };
-            serde_json::to_writer(&mut *r, &line).map_err(std::io::Error::from)?;
-            r.write_all(b"\n")?;
-        }
-        current = next;
-        wire.publish(&current)?;
-        last_publish = Instant::now();
-        if step.done() {
-            report.episodes += 1;
-            returns_sum += episode_return;
-            if report.returns.len() == RETURNS_KEPT {
-                report.returns.remove(0);
-            }
-            report.returns.push(episode_return);
-            episode_return = 0.0;
-            if config.max_episodes.is_some_and(|m| report.episodes >= m) {
-                break "max_episodes".into();
-            }
-            episode += 1;
+            last_action = Instant::now();
+            unanswered = 0;
+            report.steps += 1;
+            episode_return += step.reward;
             seq += 1;
-            current = first_observation(&mut *env, config, episode, seq);
+            let next = Observation {
+                robot_id: config.robot.clone(),
+                seq,
+                timestamp_ns: now_ns(),
+                episode_id: episode,
+                step: current.step.saturating_add(1),
+                values: env.obs().to_vec(),
+                reward: step.reward as f32,
+                terminated: step.terminated,
+                truncated: step.truncated,
+                ..Observation::default()
+            };
+            if let Some(r) = &mut record {
+                let line = StepRecord {
+                    episode_id: episode,
+                    step: current.step,
+                    obs: current.values.clone(),
+                    action: command.action.clone(),
+                    reward: next.reward,
+                    next_obs: next.values.clone(),
+                    terminated: next.terminated,
+                    truncated: next.truncated,
+                };
+                serde_json::to_writer(&mut *r, &line).map_err(std::io::Error::from)?;
+                r.write_all(b"\n")?;
+            }
+            current = next;
             wire.publish(&current)?;
             last_publish = Instant::now();
-        }
-    };
+            if step.done() {
+                report.episodes += 1;
+                returns_sum += episode_return;
+                if report.returns.len() == RETURNS_KEPT {
+                    report.returns.remove(0);
+                }
+                report.returns.push(episode_return);
+                episode_return = 0.0;
+                if config.max_episodes.is_some_and(|m| report.episodes >= m) {
+                    break "max_episodes".into();
+                }
+                episode += 1;
+                seq += 1;
+                current = first_observation(&mut *env, config, episode, seq);
+                wire.publish(&current)?;
+                last_publish = Instant::now();
+            }
+        })
+    })();
     if report.episodes > 0 {
         report.mean_return = returns_sum / report.episodes as f64;
     }
     report.decode_errors += wire.decode_errors();
-    if let Some(r) = &mut record {
-        r.flush()?;
+    let flushed = match &mut record {
+        Some(r) => r.flush().map_err(NodeError::from),
+        None => Ok(()),
+    };
+    if let Err(e) = outcome
+        .and_then(|why| flushed.map(|()| why))
+        .map(|why| report.stopped_by = why)
+    {
+        report.stopped_by = "error".into();
+        report.error = Some(e.to_string());
     }
     // Give the wire a moment to flush the last observation before it closes.
     std::thread::sleep(Duration::from_millis(20));

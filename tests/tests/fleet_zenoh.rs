@@ -438,3 +438,78 @@ fn the_sim_node_refuses_actions_for_another_robot() {
     assert_eq!(u(&report, "steps"), 1, "{report}");
     assert!(log.contains("dropped an action for robot \"r_0\""), "{log}");
 }
+
+/// A simulated robot whose step record cannot be written (a full disk, here
+/// /dev/full) stops with the report of what it did until then, `stopped_by`
+/// "error" and the reason, and exit status 2, rather than losing the report.
+#[test]
+fn the_sim_node_reports_what_it_did_when_its_record_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let fleet = format!("g{}", std::process::id());
+    let robot = "r0";
+    let endpoint = format!("tcp/127.0.0.1:{}", free_port());
+    let sim = Proc::spawn(
+        "reflex-sim serve",
+        Command::new(bin("reflex-sim")).args([
+            "serve",
+            "--env",
+            "cartpole",
+            "--robot",
+            robot,
+            "--fleet",
+            &fleet,
+            "--listen",
+            &endpoint,
+            "--record",
+            "/dev/full",
+        ]),
+        dir.path().join("sim.log"),
+    );
+    let session = zenoh_link::open(&ZenohConfig {
+        connect: vec![endpoint.clone()],
+        ..ZenohConfig::default()
+    })
+    .unwrap();
+    let observations = session
+        .declare_subscriber(keys::robot_key(&fleet, robot, keys::OBS))
+        .with(FifoChannel::new(1024))
+        .wait()
+        .unwrap();
+    let actions = session
+        .declare_publisher(keys::robot_key(&fleet, robot, keys::ACTION))
+        .wait()
+        .unwrap();
+    // Answer every observation (alternating pushes keep episodes long) until
+    // the robot goes quiet: the record's buffer fills after a few dozen steps.
+    let end = Instant::now() + Duration::from_secs(60);
+    let mut answered = 0u64;
+    while let Ok(Some(sample)) = observations.recv_timeout(Duration::from_secs(3)) {
+        assert!(Instant::now() < end, "the robot never stopped");
+        let obs: Observation = decode_sample(&sample).unwrap();
+        let command = ActionCommand {
+            robot_id: robot.into(),
+            seq: obs.seq,
+            action: Action::Discrete(obs.step % 2),
+            ..ActionCommand::default()
+        };
+        actions
+            .put(reflex_msgs::codec::encode(&command).unwrap())
+            .wait()
+            .unwrap();
+        answered += 1;
+    }
+    drop(actions);
+    drop(observations);
+    let _ = session.close().wait();
+    let (status, last, log) = sim.stop();
+    assert_eq!(status.code(), Some(2), "{log}");
+    let report: serde_json::Value = serde_json::from_str(&last).expect("the report, as JSON");
+    assert_eq!(report["stopped_by"], "error", "{report}");
+    let error = report["error"].as_str().unwrap();
+    assert!(error.contains("step record"), "{error}");
+    assert!(
+        u(&report, "steps") > 10,
+        "{report} after {answered} answers"
+    );
+    assert!(log.contains("the simulated robot stopped"), "{log}");
+}
