@@ -365,3 +365,78 @@ pub fn load(checkpoint: &Path, agent: &mut dyn Agent, device: &Device) -> Result
     );
     crate::algo::check_weights(agent, &at)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run_with(steps: &[u64], name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("reflex-ckpt-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        for step in steps {
+            fs::create_dir_all(dir.join(format!("checkpoints/step-{step:010}"))).unwrap();
+        }
+        dir
+    }
+
+    /// Loads "checkpoints" whose step is not in `bad`; the agent is the step.
+    fn resume(dir: &Path, bad: &[u64]) -> Result<Option<(PathBuf, u64)>, TrainError> {
+        load_newest(
+            dir,
+            || Ok(0u64),
+            |path, agent| {
+                let step: u64 = path.file_name().unwrap().to_str().unwrap()[5..]
+                    .parse()
+                    .unwrap();
+                if bad.contains(&step) {
+                    return Err(bad_step(path));
+                }
+                *agent = step;
+                Ok(())
+            },
+        )
+    }
+
+    fn bad_step(path: &Path) -> TrainError {
+        TrainError::Checkpoint(format!("{}: truncated", path.display()))
+    }
+
+    #[test]
+    fn the_newest_checkpoint_that_loads_is_resumed_and_damaged_ones_set_aside() {
+        let dir = run_with(&[1000, 2000, 3000], "aside");
+        let (path, step) = resume(&dir, &[3000, 2000]).unwrap().unwrap();
+        assert_eq!(step, 1000);
+        assert!(path.ends_with("step-0000001000"));
+        let names: Vec<String> = fs::read_dir(dir.join("checkpoints"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert!(
+            names.contains(&"step-0000003000.damaged".to_string()),
+            "{names:?}"
+        );
+        assert!(
+            names.contains(&"step-0000002000.damaged".to_string()),
+            "{names:?}"
+        );
+        assert_eq!(list(&dir).unwrap().len(), 1, "list() no longer sees them");
+
+        // The same step damaged again (a rerun reached it and wrote it anew):
+        // the earlier one set aside stays, the new one gets a number.
+        fs::create_dir_all(dir.join("checkpoints/step-0000003000")).unwrap();
+        assert_eq!(resume(&dir, &[3000]).unwrap().unwrap().1, 1000);
+        assert!(dir.join("checkpoints/step-0000003000.damaged").exists());
+        assert!(dir.join("checkpoints/step-0000003000.damaged-2").exists());
+        fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn when_no_checkpoint_loads_the_newest_error_is_returned_and_nothing_renamed() {
+        let dir = run_with(&[1000, 2000], "none");
+        let err = resume(&dir, &[1000, 2000]).unwrap_err().to_string();
+        assert!(err.contains("step-0000002000"), "{err}");
+        assert_eq!(list(&dir).unwrap().len(), 2, "nothing set aside");
+        assert!(resume(&run_with(&[], "empty"), &[]).unwrap().is_none());
+        fs::remove_dir_all(&dir).ok();
+    }
+}
