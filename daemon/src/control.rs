@@ -83,6 +83,8 @@ pub struct Transports {
 /// Loop timing and bookkeeping totals.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct LoopStats {
+    /// Version of the policy running when these were taken (0 = none).
+    pub policy_version: u64,
     /// Ticks run.
     pub ticks: u64,
     /// Ticks that stepped the policy and sent an action.
@@ -148,6 +150,9 @@ struct Pending {
 
 /// Unusable observations logged one by one; the rest are only counted.
 const LOGGED_BAD_OBSERVATIONS: u64 = 5;
+
+/// Without any observation this long after start, reflexd says so once.
+const FIRST_OBSERVATION: Duration = Duration::from_secs(5);
 
 /// The control loop's state (lives on the control thread).
 pub struct ControlLoop {
@@ -520,6 +525,7 @@ impl ControlLoop {
         s.jitter_p99_ns = self.jitter.value_at_quantile(0.99);
         s.jitter_max_ns = self.jitter.max();
         s.safety = self.safety.counters();
+        s.policy_version = self.actor.version();
         s
     }
 
@@ -586,6 +592,7 @@ impl ControlLoop {
         let deadline_of = |k: u64| start + Duration::from_nanos((period_ns * u128::from(k)) as u64);
         let mut k: u64 = 0;
         let mut next_status = start;
+        let mut silence_told = false;
         while !stop.load(Ordering::Relaxed) {
             let deadline = deadline_of(k);
             sleep_until(deadline, spin);
@@ -594,6 +601,19 @@ impl ControlLoop {
                 .jitter
                 .record(woke.saturating_duration_since(deadline).as_nanos().max(1) as u64);
             self.tick(woke);
+            if !silence_told && self.last_seq.is_none() && woke - start >= FIRST_OBSERVATION {
+                // Nothing ever came: most often the robot (or simulator) publishes
+                // under another robot_id or fleet, or on another endpoint.
+                silence_told = true;
+                tracing::warn!(
+                    "no observation for robot {:?} in {} s since start: is the robot (or \
+                     `reflex-sim serve --robot`) publishing as this robot_id and fleet, on \
+                     an endpoint this daemon connects to (zenoh: reflex/<fleet>/<robot_id>/obs; \
+                     ROS 2: this node's ~/observation)?",
+                    self.robot_id,
+                    FIRST_OBSERVATION.as_secs()
+                );
+            }
             if woke >= next_status {
                 self.publish_status(woke);
                 next_status = woke + status_every;

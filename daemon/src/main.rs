@@ -183,6 +183,9 @@ fn run(config: Config) -> anyhow::Result<()> {
         serde_json::json!({
             "robot_id": config.robot_id,
             "fleet": config.fleet,
+            "policy_version": report.stats.policy_version,
+            "policies_accepted": report.policies_accepted,
+            "policies_refused": report.policies_rejected,
             "ticks": report.stats.ticks,
             "acting_ticks": report.stats.acting_ticks,
             "overruns": report.stats.overruns,

@@ -465,16 +465,25 @@ impl Swapper {
                         .decode_errors
                         .store(source.decode_errors(), Ordering::SeqCst);
                     for message in offered {
+                        let origin = match &message {
+                            PolicyMessage::Update(_) => "from the network".to_string(),
+                            PolicyMessage::File { path, .. } => {
+                                format!("from the file {}", path.display())
+                            }
+                        };
                         match validator.validate(&message) {
                             Ok(actor) => {
-                                tracing::info!("policy v{} accepted; swapping in", actor.version());
+                                tracing::info!(
+                                    "policy v{} accepted {origin}; swapping in",
+                                    actor.version()
+                                );
                                 stats.accepted.fetch_add(1, Ordering::SeqCst);
                                 if tx.send(actor).is_err() {
                                     return;
                                 }
                             }
                             Err(e) => {
-                                tracing::warn!("{e}; the running policy stays");
+                                tracing::warn!("{e} ({origin}); the running policy stays");
                                 stats.rejected.fetch_add(1, Ordering::SeqCst);
                             }
                         }

@@ -767,6 +767,10 @@ fn a_policy_that_panics_gets_the_safe_action_and_the_next_policy_takes_over() {
         .unwrap();
     assert_eq!(rig.until_version(2).action, Action::Discrete(1));
     let report = rig.daemon.stop();
+    assert_eq!(
+        report.stats.policy_version, 2,
+        "the report names the policy it ran last"
+    );
     assert!(report.control_failure.is_none());
     assert!(report.stats.policy_errors >= 3, "{:?}", report.stats);
 }

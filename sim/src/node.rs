@@ -309,6 +309,9 @@ pub const RETURNS_KEPT: usize = 1000;
 /// Dropped or refused actions whose reason is printed (the rest are counted).
 const LOGGED: u64 = 5;
 
+/// Without any applied action this long after start, the node says so once.
+const FIRST_ACTION: Duration = Duration::from_secs(5);
+
 /// What a node did (printed as JSON by `reflex-sim serve` when it stops).
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct NodeReport {
@@ -411,6 +414,8 @@ pub fn run(config: &NodeConfig, shutdown: &AtomicBool) -> Result<NodeReport, Nod
     let mut last_action = Instant::now();
     let mut last_publish = Instant::now();
     let mut unanswered = 0u32;
+    let started = Instant::now();
+    let mut silence_told = false;
 
     // The loop runs in a closure so that a wire or record error still ends
     // with the report of what was done (stopped_by "error", and the reason).
@@ -421,6 +426,19 @@ pub fn run(config: &NodeConfig, shutdown: &AtomicBool) -> Result<NodeReport, Nod
                 break "signal".into();
             }
             let now = Instant::now();
+            if !silence_told && report.steps == 0 && now - started >= FIRST_ACTION {
+                // Nothing ever answered: most often reflexd runs under another
+                // robot_id or fleet, or does not connect to this endpoint.
+                silence_told = true;
+                eprintln!(
+                    "reflex-sim {}: no action in {} s since start: is reflexd's robot_id \
+                     {:?} (and fleet {:?}), and does it reach this robot's endpoint or topics?",
+                    config.robot,
+                    FIRST_ACTION.as_secs(),
+                    config.robot,
+                    config.fleet
+                );
+            }
             if let Some(idle) = config.idle_timeout {
                 if now.duration_since(last_action) >= idle {
                     break "idle_timeout".into();

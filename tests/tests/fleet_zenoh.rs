@@ -254,6 +254,9 @@ connect = ["{sim_endpoint}", "{learner_endpoint}"]
     // What went wrong on the robot side, in the same report: nothing here.
     assert_eq!(u(&report, "bad_observations"), 0, "{report}");
     assert_eq!(u(&report, "policy_errors"), 0, "{report}");
+    // The policy it ran, and no swap offered or refused (no learner here).
+    assert!(u(&report, "policy_version") >= 1, "{report}");
+    assert_eq!(u(&report, "policies_refused"), 0, "{report}");
     assert_eq!(u(&report["safety"], "non_finite"), 0, "{report}");
     assert_eq!(
         batches[0].batch_seq, 0,
