@@ -255,7 +255,12 @@ connect = ["{sim_endpoint}", "{learner_endpoint}"]
     assert_eq!(u(&report, "bad_observations"), 0, "{report}");
     assert_eq!(u(&report, "policy_errors"), 0, "{report}");
     // The policy it ran, and no swap offered or refused (no learner here).
-    assert!(u(&report, "policy_version") >= 1, "{report}");
+    let loaded = reflex_daemon::Policy::load(&policy).expect("the policy loads");
+    assert_eq!(
+        u(&report, "policy_version"),
+        loaded.spec().policy_version,
+        "{report}"
+    );
     assert_eq!(u(&report, "policies_refused"), 0, "{report}");
     assert_eq!(u(&report["safety"], "non_finite"), 0, "{report}");
     assert_eq!(
