@@ -368,6 +368,51 @@ fn a_command_answering_no_observation_does_not_step_the_sim() {
     );
 }
 
+/// The test standing in for reflexd in front of one simulated robot: it
+/// receives the robot's observations and publishes actions for it.
+struct Controller {
+    session: reflex_daemon::zenoh::Session,
+    observations: reflex_daemon::zenoh::pubsub::Subscriber<
+        reflex_daemon::zenoh::handlers::FifoChannelHandler<reflex_daemon::zenoh::sample::Sample>,
+    >,
+    actions: reflex_daemon::zenoh::pubsub::Publisher<'static>,
+}
+
+impl Controller {
+    fn connect(endpoint: &str, fleet: &str, robot: &str) -> Self {
+        let session = zenoh_link::open(&ZenohConfig {
+            connect: vec![endpoint.to_string()],
+            ..ZenohConfig::default()
+        })
+        .unwrap();
+        let observations = session
+            .declare_subscriber(keys::robot_key(fleet, robot, keys::OBS))
+            .with(FifoChannel::new(1024))
+            .wait()
+            .unwrap();
+        let actions = session
+            .declare_publisher(keys::robot_key(fleet, robot, keys::ACTION))
+            .wait()
+            .unwrap();
+        Self {
+            session,
+            observations,
+            actions,
+        }
+    }
+
+    fn send(&self, command: &ActionCommand) {
+        let bytes = reflex_msgs::codec::encode(command).unwrap();
+        self.actions.put(bytes).wait().unwrap();
+    }
+
+    fn close(self) {
+        drop(self.actions);
+        drop(self.observations);
+        let _ = self.session.close().wait();
+    }
+}
+
 /// `reflex-sim serve` applies only actions addressed to its own robot: one that
 /// names another robot (two robots whose keys or topics collide) is dropped,
 /// counted as `foreign_actions` and said in the log, even when its `seq`
@@ -379,24 +424,11 @@ fn the_sim_node_refuses_actions_for_another_robot() {
     let robot = "r0";
     let endpoint = format!("tcp/127.0.0.1:{}", free_port());
     let mut sim = cartpole_sim(dir.path(), &fleet, robot, &endpoint);
-    let session = zenoh_link::open(&ZenohConfig {
-        connect: vec![endpoint.clone()],
-        ..ZenohConfig::default()
-    })
-    .unwrap();
-    let observations = session
-        .declare_subscriber(keys::robot_key(&fleet, robot, keys::OBS))
-        .with(FifoChannel::new(1024))
-        .wait()
-        .unwrap();
-    let actions = session
-        .declare_publisher(keys::robot_key(&fleet, robot, keys::ACTION))
-        .wait()
-        .unwrap();
+    let link = Controller::connect(&endpoint, &fleet, robot);
     // The first observation (republished until answered).
     let first = loop {
         sim.assert_running();
-        if let Ok(Some(sample)) = observations.recv_timeout(Duration::from_secs(1)) {
+        if let Ok(Some(sample)) = link.observations.recv_timeout(Duration::from_secs(1)) {
             break decode_sample::<Observation>(&sample).unwrap();
         }
     };
@@ -407,8 +439,7 @@ fn the_sim_node_refuses_actions_for_another_robot() {
         ..ActionCommand::default()
     };
     for _ in 0..3 {
-        let bytes = reflex_msgs::codec::encode(&command("r_0")).unwrap();
-        actions.put(bytes).wait().unwrap();
+        link.send(&command("r_0"));
     }
     std::thread::sleep(Duration::from_millis(300));
     // The robot's own action, for the newest observation (an unanswered one is
@@ -422,10 +453,9 @@ fn the_sim_node_refuses_actions_for_another_robot() {
         );
         let mut own = command(robot);
         own.seq = newest.seq;
-        let bytes = reflex_msgs::codec::encode(&own).unwrap();
-        actions.put(bytes).wait().unwrap();
+        link.send(&own);
         let wait = Instant::now() + Duration::from_millis(500);
-        while let Ok(Some(sample)) = observations.recv_timeout(Duration::from_millis(100)) {
+        while let Ok(Some(sample)) = link.observations.recv_timeout(Duration::from_millis(100)) {
             let obs: Observation = decode_sample(&sample).unwrap();
             if obs.step == 1 {
                 break 'stepped obs;
@@ -437,9 +467,7 @@ fn the_sim_node_refuses_actions_for_another_robot() {
         }
     };
     assert_eq!(stepped.episode_id, first.episode_id);
-    drop(actions);
-    drop(observations);
-    let _ = session.close().wait();
+    link.close();
     let log = sim.log();
     let report = sim.stop_json();
     assert_eq!(u(&report, "foreign_actions"), 3, "{report}");
@@ -473,25 +501,12 @@ fn the_sim_node_reports_what_it_did_when_its_record_fails() {
         ]),
         dir.path().join("sim.log"),
     );
-    let session = zenoh_link::open(&ZenohConfig {
-        connect: vec![endpoint.clone()],
-        ..ZenohConfig::default()
-    })
-    .unwrap();
-    let observations = session
-        .declare_subscriber(keys::robot_key(&fleet, robot, keys::OBS))
-        .with(FifoChannel::new(1024))
-        .wait()
-        .unwrap();
-    let actions = session
-        .declare_publisher(keys::robot_key(&fleet, robot, keys::ACTION))
-        .wait()
-        .unwrap();
+    let link = Controller::connect(&endpoint, &fleet, robot);
     // Answer every observation (alternating pushes keep episodes long) until
     // the robot goes quiet: the record's buffer fills after a few dozen steps.
     let end = Instant::now() + Duration::from_secs(60);
     let mut answered = 0u64;
-    while let Ok(Some(sample)) = observations.recv_timeout(Duration::from_secs(3)) {
+    while let Ok(Some(sample)) = link.observations.recv_timeout(Duration::from_secs(3)) {
         assert!(Instant::now() < end, "the robot never stopped");
         let obs: Observation = decode_sample(&sample).unwrap();
         let command = ActionCommand {
@@ -500,15 +515,10 @@ fn the_sim_node_reports_what_it_did_when_its_record_fails() {
             action: Action::Discrete(obs.step % 2),
             ..ActionCommand::default()
         };
-        actions
-            .put(reflex_msgs::codec::encode(&command).unwrap())
-            .wait()
-            .unwrap();
+        link.send(&command);
         answered += 1;
     }
-    drop(actions);
-    drop(observations);
-    let _ = session.close().wait();
+    link.close();
     let (status, last, log) = sim.stop();
     assert_eq!(status.code(), Some(2), "{log}");
     let report: serde_json::Value = serde_json::from_str(&last).expect("the report, as JSON");

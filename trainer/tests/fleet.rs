@@ -330,35 +330,30 @@ fn a_diverging_learner_stops_the_fleet_with_the_reason() {
     std::fs::remove_dir_all(&out).ok();
 }
 
+/// `/proc/PID/stat`'s fields after the command name (state, ppid, …), or `None`
+/// once the process is gone. The name is in parentheses and may hold spaces.
+fn stat_fields(pid: u32) -> Option<Vec<String>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = &stat[stat.rfind(')')? + 1..];
+    Some(after.split_whitespace().map(str::to_string).collect())
+}
+
 /// The processes whose parent is `pid`, from /proc.
 fn children_of(pid: u32) -> Vec<u32> {
-    let mut kids = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(child) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        if let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) {
-            // pid (comm) state ppid ...: comm may hold spaces, so split after ')'.
-            let after = &stat[stat.rfind(')').unwrap() + 1..];
-            let ppid: u32 = after.split_whitespace().nth(1).unwrap().parse().unwrap();
-            if ppid == pid {
-                kids.push(child);
-            }
-        }
-    }
-    kids
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_string_lossy().parse::<u32>().ok())
+        .filter(|&child| {
+            stat_fields(child).is_some_and(|f| f.get(1).and_then(|p| p.parse().ok()) == Some(pid))
+        })
+        .collect()
 }
 
 /// Whether `pid` is still a running process (a zombie waiting to be reaped counts
 /// as gone: it holds no port and runs nothing).
 fn running(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => {
-            let after = &stat[stat.rfind(')').unwrap() + 1..];
-            after.split_whitespace().next() != Some("Z")
-        }
-        Err(_) => false,
-    }
+    stat_fields(pid).is_some_and(|f| f.first().map(String::as_str) != Some("Z"))
 }
 
 /// A fleet killed with SIGKILL runs no cleanup of its own: its learner,
