@@ -79,25 +79,34 @@ fn check_stream(batches: &[TransitionBatch], robot: &str) -> usize {
     all.len()
 }
 
-/// `reflex-sim serve`: a CartPole robot listening on `endpoint`, its log in `dir`.
-fn cartpole_sim(dir: &std::path::Path, fleet: &str, robot: &str, endpoint: &str) -> Proc {
+/// `reflex-sim serve`: a CartPole robot listening on `endpoint`, with `extra`
+/// options, its log in `dir`.
+fn cartpole_sim(
+    dir: &std::path::Path,
+    fleet: &str,
+    robot: &str,
+    endpoint: &str,
+    extra: &[&str],
+) -> Proc {
     Proc::spawn(
         "reflex-sim serve",
-        Command::new(bin("reflex-sim")).args([
-            "serve",
-            "--env",
-            "cartpole",
-            "--robot",
-            robot,
-            "--fleet",
-            fleet,
-            "--listen",
-            endpoint,
-            "--seed",
-            "3",
-            "--idle-timeout-s",
-            "60",
-        ]),
+        Command::new(bin("reflex-sim"))
+            .args([
+                "serve",
+                "--env",
+                "cartpole",
+                "--robot",
+                robot,
+                "--fleet",
+                fleet,
+                "--listen",
+                endpoint,
+                "--seed",
+                "3",
+                "--idle-timeout-s",
+                "60",
+            ])
+            .args(extra),
         dir.join("sim.log"),
     )
 }
@@ -156,7 +165,7 @@ connect = ["{sim_endpoint}", "{learner_endpoint}"]
         .wait()
         .unwrap();
 
-    let mut sim = cartpole_sim(dir.path(), &fleet, robot, &sim_endpoint);
+    let mut sim = cartpole_sim(dir.path(), &fleet, robot, &sim_endpoint, &[]);
     let mut daemon = Proc::spawn(
         "reflexd run",
         Command::new(bin("reflexd"))
@@ -309,7 +318,7 @@ fn a_command_answering_no_observation_does_not_step_the_sim() {
         .with(FifoChannel::new(1024))
         .wait()
         .unwrap();
-    let sim = cartpole_sim(dir.path(), &fleet, robot, &sim_endpoint);
+    let sim = cartpole_sim(dir.path(), &fleet, robot, &sim_endpoint, &[]);
     let next = |what: &str| -> Observation {
         let sample = obs
             .recv_timeout(Duration::from_secs(20))
@@ -423,7 +432,7 @@ fn the_sim_node_refuses_actions_for_another_robot() {
     let fleet = format!("f{}", std::process::id());
     let robot = "r0";
     let endpoint = format!("tcp/127.0.0.1:{}", free_port());
-    let mut sim = cartpole_sim(dir.path(), &fleet, robot, &endpoint);
+    let mut sim = cartpole_sim(dir.path(), &fleet, robot, &endpoint, &[]);
     let link = Controller::connect(&endpoint, &fleet, robot);
     // The first observation (republished until answered).
     let first = loop {
@@ -484,22 +493,12 @@ fn the_sim_node_reports_what_it_did_when_its_record_fails() {
     let fleet = format!("g{}", std::process::id());
     let robot = "r0";
     let endpoint = format!("tcp/127.0.0.1:{}", free_port());
-    let sim = Proc::spawn(
-        "reflex-sim serve",
-        Command::new(bin("reflex-sim")).args([
-            "serve",
-            "--env",
-            "cartpole",
-            "--robot",
-            robot,
-            "--fleet",
-            &fleet,
-            "--listen",
-            &endpoint,
-            "--record",
-            "/dev/full",
-        ]),
-        dir.path().join("sim.log"),
+    let sim = cartpole_sim(
+        dir.path(),
+        &fleet,
+        robot,
+        &endpoint,
+        &["--record", "/dev/full"],
     );
     let link = Controller::connect(&endpoint, &fleet, robot);
     // Answer every observation (alternating pushes keep episodes long) until
