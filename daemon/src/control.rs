@@ -606,12 +606,15 @@ impl ControlLoop {
                 // under another robot_id or fleet, or on another endpoint.
                 silence_told = true;
                 tracing::warn!(
-                    "no observation for robot {:?} in {} s since start: is the robot (or \
-                     `reflex-sim serve --robot`) publishing as this robot_id and fleet, on \
-                     an endpoint this daemon connects to (zenoh: reflex/<fleet>/<robot_id>/obs; \
-                     ROS 2: this node's ~/observation)?",
+                    "no observation for robot {:?} in {} s since start ({} for other robots, \
+                     {} undecodable): is the robot (or `reflex-sim serve --robot`) publishing \
+                     as this robot_id and fleet, where this daemon listens (zenoh: \
+                     reflex/<fleet>/<robot_id>/obs on an endpoint it connects to; ROS 2: the \
+                     observation topic it subscribes to)?",
                     self.robot_id,
-                    FIRST_OBSERVATION.as_secs()
+                    FIRST_OBSERVATION.as_secs(),
+                    self.stats.foreign_observations,
+                    self.observations.decode_errors()
                 );
             }
             if woke >= next_status {

@@ -374,7 +374,9 @@ fn zenoh_config(config: &NodeConfig) -> Result<zenoh::Config, NodeError> {
 }
 
 /// Runs the node until `shutdown` is set, `max_episodes` episodes are done or no
-/// action came for `idle_timeout`.
+/// action came for `idle_timeout`. `Err` when it cannot start (names, env, wire,
+/// record file); once running, a wire or record failure ends it with `Ok` and the
+/// report of what was done, its `error` set (check it).
 pub fn run(config: &NodeConfig, shutdown: &AtomicBool) -> Result<NodeReport, NodeError> {
     for (what, name) in [("robot", &config.robot), ("fleet", &config.fleet)] {
         keys::validate_name(name).map_err(|e| NodeError::Name(format!("{what} {name:?}: {e}")))?;
@@ -427,14 +429,20 @@ pub fn run(config: &NodeConfig, shutdown: &AtomicBool) -> Result<NodeReport, Nod
             }
             let now = Instant::now();
             if !silence_told && report.steps == 0 && now - started >= FIRST_ACTION {
-                // Nothing ever answered: most often reflexd runs under another
-                // robot_id or fleet, or does not connect to this endpoint.
+                // Nothing applied yet: most often reflexd runs under another
+                // robot_id or fleet, or does not reach this endpoint; the counts
+                // say whether actions came but were refused.
                 silence_told = true;
                 eprintln!(
-                    "reflex-sim {}: no action in {} s since start: is reflexd's robot_id \
-                     {:?} (and fleet {:?}), and does it reach this robot's endpoint or topics?",
+                    "reflex-sim {}: no action applied in {} s since start ({} refused, {} for \
+                     other robots, {} undecodable, {} stale): is reflexd's robot_id {:?} (and \
+                     fleet {:?}), and does it reach this robot's endpoint or topics?",
                     config.robot,
                     FIRST_ACTION.as_secs(),
+                    report.invalid_actions,
+                    report.foreign_actions,
+                    report.decode_errors + wire.decode_errors(),
+                    report.stale_actions,
                     config.robot,
                     config.fleet
                 );
@@ -564,12 +572,21 @@ pub fn run(config: &NodeConfig, shutdown: &AtomicBool) -> Result<NodeReport, Nod
         Some(r) => r.flush().map_err(NodeError::from),
         None => Ok(()),
     };
-    if let Err(e) = outcome
-        .and_then(|why| flushed.map(|()| why))
-        .map(|why| report.stopped_by = why)
-    {
-        report.stopped_by = "error".into();
-        report.error = Some(e.to_string());
+    match outcome {
+        Ok(why) => report.stopped_by = why,
+        Err(e) => {
+            report.stopped_by = "error".into();
+            report.error = Some(e.to_string());
+        }
+    }
+    // A record that could not be flushed at the end is an error too, kept
+    // beside the reason the loop stopped (and beside its error, if any).
+    if let Err(e) = flushed {
+        let error = report.error.get_or_insert_with(String::new);
+        if !error.is_empty() {
+            error.push_str("; then ");
+        }
+        error.push_str(&e.to_string());
     }
     // Give the wire a moment to flush the last observation before it closes.
     std::thread::sleep(Duration::from_millis(20));

@@ -493,7 +493,7 @@ fn the_sim_node_reports_what_it_did_when_its_record_fails() {
     let fleet = format!("g{}", std::process::id());
     let robot = "r0";
     let endpoint = format!("tcp/127.0.0.1:{}", free_port());
-    let sim = cartpole_sim(
+    let mut sim = cartpole_sim(
         dir.path(),
         &fleet,
         robot,
@@ -502,11 +502,15 @@ fn the_sim_node_reports_what_it_did_when_its_record_fails() {
     );
     let link = Controller::connect(&endpoint, &fleet, robot);
     // Answer every observation (alternating pushes keep episodes long) until
-    // the robot goes quiet: the record's buffer fills after a few dozen steps.
-    let end = Instant::now() + Duration::from_secs(60);
+    // the robot stops by itself: the record's buffer fills after a few dozen
+    // steps, and the write fails inside the loop (not at a final flush).
+    let end = Instant::now() + Duration::from_secs(120);
     let mut answered = 0u64;
-    while let Ok(Some(sample)) = link.observations.recv_timeout(Duration::from_secs(3)) {
+    while !sim.exited() {
         assert!(Instant::now() < end, "the robot never stopped");
+        let Ok(Some(sample)) = link.observations.recv_timeout(Duration::from_millis(200)) else {
+            continue;
+        };
         let obs: Observation = decode_sample(&sample).unwrap();
         let command = ActionCommand {
             robot_id: robot.into(),

@@ -260,6 +260,7 @@ fn main() {
     stop.store(true, Ordering::SeqCst);
     let report = daemon.stop();
     let sim_report = sim.join().expect("sim thread").expect("sim ran");
+    assert!(sim_report.error.is_none(), "the sim failed: {sim_report:?}");
     drop(publisher);
     let _ = learner.close().wait();
     let _ = daemon_session.close().wait();
