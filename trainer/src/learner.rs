@@ -2207,16 +2207,12 @@ pub fn serve(opts: ServeOptions, shutdown: Arc<AtomicBool>) -> Result<LearnerRep
     let env = reflex_sim::make(&run.env).map_err(TrainError::from)?;
     let mut policy_version = 0;
     // The newest checkpoint that loads (a damaged one is set aside, warned about).
-    let resumed = match latest {
-        Some(_) => checkpoint::load_newest(
-            &out,
-            || FleetLearner::build(&run, env.as_ref(), &device),
-            |dir, learner: &mut FleetLearner| {
-                Ok(checkpoint::load(dir, learner.agent_mut(), &device)?)
-            },
-        )?,
-        None => None,
-    };
+    // (None when the folder has no checkpoint.)
+    let resumed = checkpoint::load_newest(
+        &out,
+        || FleetLearner::build(&run, env.as_ref(), &device),
+        |dir, learner: &mut FleetLearner| Ok(checkpoint::load(dir, learner.agent_mut(), &device)?),
+    )?;
     let (latest, learner) = match resumed {
         Some((dir, learner)) => (Some(dir), learner),
         None => (None, FleetLearner::build(&run, env.as_ref(), &device)?),
